@@ -1,0 +1,48 @@
+"""ndfs: neuroscience volume datastores as ordinary files, and as a Python library.
+
+Nothing heavy happens at import time: backends, zarr and the FUSE binding are
+imported when first used.
+"""
+
+__version__ = "0.1.0"
+
+from ndfs.errors import (  # noqa: E402
+    BackendError,
+    BadRegion,
+    NdfsError,
+    NotFound,
+    PermissionDenied,
+    ReadOnly,
+    Timeout,
+    TooLarge,
+)
+from ndfs.geometry import Box, ChunkGrid  # noqa: E402
+from ndfs.info import LevelInfo, VolumeInfo  # noqa: E402
+
+
+def open_remote(name=None, config=None):
+    """Open the backend of remote `name` from the configuration (the first remote if None)."""
+    from ndfs.config import load_config, open_backend
+
+    cfg = config if config is not None else load_config()
+    return open_backend(cfg.remote(name), cfg)
+
+
+def open_volume(path, config=None, level=0):
+    """Open a volume by its tree path, e.g. ``"local/demo/em"``, as a :class:`ndfs.volume.Volume`."""
+    from ndfs.config import load_config, open_backend
+    from ndfs.volume import Volume
+
+    cfg = config if config is not None else load_config()
+    parts = [p for p in str(path).split("/") if p]
+    if not parts:
+        raise NotFound("open_volume needs a path like 'local/<project>/<channel>'")
+    backend = open_backend(cfg.remote(parts[0]), cfg)
+    return Volume(backend, tuple(parts[1:]), level=level)
+
+
+__all__ = [
+    "__version__", "NdfsError", "NotFound", "PermissionDenied", "ReadOnly", "BadRegion",
+    "TooLarge", "Timeout", "BackendError", "Box", "ChunkGrid", "LevelInfo", "VolumeInfo",
+    "open_remote", "open_volume",
+]

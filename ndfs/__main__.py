@@ -1,0 +1,3 @@
+from ndfs.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,168 @@
+"""The backend contract every datastore implements.
+
+A backend walks the service's own hierarchy (``children``), tells whether a
+path is a volume, describes a volume (``info``) and reads/writes boxes of it.
+Boxes are in dataset coordinates at one level, ZYX, half-open.
+
+Subclasses implement the underscore methods; the public methods here check
+arguments, count requests and check results, so every backend (and the cache,
+which is itself a Backend) behaves the same at the edges. Backends must be
+thread-safe, do no network I/O in ``__init__``, raise only NdfsError, and read
+unwritten space as zeros.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from ndfs.errors import BadRegion, NdfsError, ReadOnly
+from ndfs.geometry import Box
+from ndfs.info import VolumeInfo
+
+VolumeRef = tuple[str, ...]
+"""A volume's path inside its backend, e.g. ``("demo", "em")``."""
+
+
+@dataclass
+class RequestStats:
+    """Counts of the requests a backend served; thread-safe via the owner's lock."""
+
+    reads: int = 0
+    read_bytes: int = 0
+    writes: int = 0
+    write_bytes: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+def as_ref(path: Sequence[str] | str) -> VolumeRef:
+    if isinstance(path, str):
+        return tuple(p for p in path.split("/") if p)
+    return tuple(path)
+
+
+class Backend:
+    """Base of every backend. Thread-safe; subclasses keep their own state thread-safe too."""
+
+    #: what the backend can do beyond reading, e.g. {"write"}
+    capabilities: frozenset[str] = frozenset()
+    #: a short word for logs and ``ndfs cache info``
+    kind: str = "backend"
+
+    def __init__(self) -> None:
+        self._stats_lock = threading.Lock()
+        self._stats = RequestStats()
+        self._info_lock = threading.Lock()
+        self._info_memo: dict[VolumeRef, VolumeInfo] = {}
+
+    # ---- hierarchy -------------------------------------------------------
+    def children(self, path: Sequence[str]) -> list[str]:
+        """Names below a folder of the service's hierarchy (NotFound if there is no such folder)."""
+        return self._children(as_ref(path))
+
+    def is_volume(self, path: Sequence[str]) -> bool:
+        """True if the path is a volume, False if it is a folder; NotFound if neither."""
+        return self._is_volume(as_ref(path))
+
+    # ---- metadata --------------------------------------------------------
+    def info(self, ref: Sequence[str]) -> VolumeInfo:
+        """The volume's VolumeInfo, memoised per backend instance."""
+        ref = as_ref(ref)
+        with self._info_lock:
+            found = self._info_memo.get(ref)
+        if found is None:
+            found = self._info(ref)
+            with self._info_lock:
+                self._info_memo[ref] = found
+        return found
+
+    def forget_info(self, ref: Sequence[str] | None = None) -> None:
+        """Drop memoised info (all of it when ref is None), e.g. after a channel is created."""
+        with self._info_lock:
+            if ref is None:
+                self._info_memo.clear()
+            else:
+                self._info_memo.pop(as_ref(ref), None)
+
+    # ---- voxels ----------------------------------------------------------
+    def read(self, ref: Sequence[str], box: Box, level: int = 0) -> np.ndarray:
+        """Exactly the box, as a C-order ZYX array of the volume's dtype."""
+        ref = as_ref(ref)
+        info = self.info(ref)
+        info.check_box(box, level)
+        if box.empty:
+            return np.zeros(box.shape, dtype=info.dtype)
+        out = self._read(ref, box, level)
+        if out.shape != box.shape or out.dtype != info.dtype:
+            raise BadRegion(
+                f"{self.kind} returned {out.dtype}{out.shape} for a {info.dtype}{box.shape} request"
+            )
+        with self._stats_lock:
+            self._stats.reads += 1
+            self._stats.read_bytes += out.nbytes
+        return np.ascontiguousarray(out)
+
+    def write(self, ref: Sequence[str], box: Box, level: int, array: np.ndarray) -> None:
+        """Store the array at the box; ReadOnly where the service cannot be written."""
+        ref = as_ref(ref)
+        if "write" not in self.capabilities:
+            raise ReadOnly(f"{self.kind} remote is read-only")
+        info = self.info(ref)
+        info.check_box(box, level)
+        array = np.asarray(array)
+        if array.shape != box.shape:
+            raise BadRegion(f"array shape {array.shape} does not match the box shape {box.shape}")
+        if array.dtype != info.dtype:
+            if not np.can_cast(array.dtype, info.dtype, casting="safe"):
+                raise BadRegion(f"array dtype {array.dtype} cannot be stored in a {info.dtype} volume")
+            array = array.astype(info.dtype)
+        if box.empty:
+            return
+        self._write(ref, box, level, np.ascontiguousarray(array))
+        with self._stats_lock:
+            self._stats.writes += 1
+            self._stats.write_bytes += array.nbytes
+
+    # ---- bookkeeping -----------------------------------------------------
+    @property
+    def stats(self) -> RequestStats:
+        """A snapshot of this backend's request counts."""
+        with self._stats_lock:
+            return RequestStats(**self._stats.as_dict())
+
+    def reset_stats(self) -> None:
+        with self._stats_lock:
+            self._stats = RequestStats()
+
+    def close(self) -> None:
+        """Release connections and files; the backend is not used afterwards."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ---- what subclasses implement --------------------------------------
+    def _children(self, path: VolumeRef) -> list[str]:
+        raise NotImplementedError
+
+    def _is_volume(self, path: VolumeRef) -> bool:
+        raise NotImplementedError
+
+    def _info(self, ref: VolumeRef) -> VolumeInfo:
+        raise NotImplementedError
+
+    def _read(self, ref: VolumeRef, box: Box, level: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def _write(self, ref: VolumeRef, box: Box, level: int, array: np.ndarray) -> None:
+        raise ReadOnly(f"{self.kind} remote is read-only")
+
+
+__all__ = ["Backend", "RequestStats", "VolumeRef", "as_ref", "NdfsError"]

@@ -1,0 +1,241 @@
+"""The embedded local store: zarr v3 arrays on disk, the default backend.
+
+Layout of a store directory::
+
+    STORE/<folder>/.../<channel>/zarr.json      a zarr group; attrs["ndfs"] holds kind, voxel size, offset
+    STORE/<folder>/.../<channel>/<level>/       one zarr array per level, 0 = full resolution
+
+Any directory that is not a channel is a folder (a project). Levels are 2x
+downsamplings in x and y with z kept (see :mod:`ndfs.downsample`). A write at
+level 0 recomputes the touched region of every lower level, so the pyramid
+stays consistent; a write at a lower level changes that level only.
+
+Thread-safe: reads go straight to zarr; writes to one channel are serialised
+by a per-channel lock (zarr chunk writes are read-modify-write).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ndfs.backends.base import Backend, VolumeRef, as_ref
+from ndfs.downsample import child_extent, downsample
+from ndfs.errors import BackendError, BadRegion, NdfsError, NotFound
+from ndfs.geometry import Box
+from ndfs.info import KINDS, LevelInfo, VolumeInfo
+
+GROUP_FILE = "zarr.json"
+SUPPORTED_DTYPES = ("uint8", "uint16", "uint32", "uint64", "float32")
+
+
+def pyramid(shape, offset, voxel_size_nm, n_levels, chunk_shape) -> tuple[LevelInfo, ...]:
+    """Level geometry for a volume whose lower levels halve x and y (z kept)."""
+    levels = []
+    shape, offset, vs = tuple(shape), tuple(offset), tuple(float(v) for v in voxel_size_nm)
+    for _ in range(n_levels):
+        levels.append(LevelInfo(shape=shape, offset=offset, voxel_size_nm=vs, chunk_shape=tuple(chunk_shape)))
+        (y0, y1), (x0, x1) = (child_extent(offset[1], offset[1] + shape[1]),
+                              child_extent(offset[2], offset[2] + shape[2]))
+        offset = (offset[0], y0, x0)
+        shape = (shape[0], y1 - y0, x1 - x0)
+        vs = (vs[0], vs[1] * 2, vs[2] * 2)
+    return tuple(levels)
+
+
+class LocalBackend(Backend):
+    """A directory of zarr v3 channels. ``LocalBackend(path, create=True)`` makes the directory."""
+
+    kind = "local"
+    capabilities = frozenset({"write", "create"})
+
+    def __init__(self, path: str | os.PathLike, create: bool = False, read_only: bool = False):
+        super().__init__()
+        self.root = Path(path).expanduser().resolve()
+        if create:
+            self.root.mkdir(parents=True, exist_ok=True)
+        if read_only:
+            self.capabilities = frozenset()
+        self._arrays: dict[tuple[VolumeRef, int], object] = {}
+        self._arrays_lock = threading.Lock()
+        self._write_locks: dict[VolumeRef, threading.Lock] = {}
+
+    def __repr__(self) -> str:
+        return f"LocalBackend({str(self.root)!r})"
+
+    # ---- paths -----------------------------------------------------------
+    def _dir(self, path: VolumeRef) -> Path:
+        for part in path:
+            if part in ("", ".", "..") or "/" in part or "\0" in part or part.startswith("."):
+                raise NotFound(f"invalid name {part!r} in local path")
+        return self.root.joinpath(*path)
+
+    def _group_attrs(self, path: VolumeRef) -> dict | None:
+        meta = self._dir(path) / GROUP_FILE
+        try:
+            with open(meta, "rb") as fh:
+                data = json.load(fh)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise BackendError(f"cannot read {'/'.join(path)}/{GROUP_FILE}: {exc}") from exc
+        return data.get("attributes", {}).get("ndfs")
+
+    # ---- hierarchy -------------------------------------------------------
+    def _children(self, path: VolumeRef) -> list[str]:
+        if path and self._is_volume(path):
+            raise NotFound(f"{'/'.join(path)} is a channel, not a folder")
+        d = self._dir(path)
+        try:
+            entries = sorted(os.scandir(d), key=lambda e: e.name)
+        except FileNotFoundError:
+            raise NotFound(f"no folder {'/'.join(path) or '/'} in the local store") from None
+        except NotADirectoryError:
+            raise NotFound(f"{'/'.join(path)} is not a folder") from None
+        return [e.name for e in entries if e.is_dir() and not e.name.startswith(".")]
+
+    def _is_volume(self, path: VolumeRef) -> bool:
+        d = self._dir(path)
+        if not d.is_dir():
+            raise NotFound(f"no folder or channel {'/'.join(path)} in the local store")
+        return bool(path) and self._group_attrs(path) is not None
+
+    # ---- metadata --------------------------------------------------------
+    def _info(self, ref: VolumeRef) -> VolumeInfo:
+        attrs = self._group_attrs(ref) if ref else None
+        if attrs is None:
+            raise NotFound(f"no channel {'/'.join(ref)} in the local store")
+        try:
+            return VolumeInfo.from_json(attrs)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BackendError(f"bad channel metadata in {'/'.join(ref)}: {exc}") from exc
+
+    # ---- creation --------------------------------------------------------
+    def create_volume(
+        self,
+        ref: Sequence[str] | str,
+        shape: Sequence[int],
+        dtype="uint8",
+        kind: str = "image",
+        voxel_size_nm: Sequence[float] = (1.0, 1.0, 1.0),
+        offset: Sequence[int] = (0, 0, 0),
+        levels: int = 1,
+        chunk_shape: Sequence[int] = (16, 256, 256),
+        overwrite: bool = False,
+    ) -> VolumeInfo:
+        """Create an empty channel (all zeros) with `levels` pyramid levels."""
+        import zarr
+
+        ref = as_ref(ref)
+        dtype = np.dtype(dtype)
+        if not ref:
+            raise BadRegion("a channel needs a path like 'project/channel'")
+        if dtype.name not in SUPPORTED_DTYPES:
+            raise BadRegion(f"dtype {dtype} is not supported (use one of {', '.join(SUPPORTED_DTYPES)})")
+        if kind not in KINDS:
+            raise BadRegion(f"kind must be one of {KINDS}, got {kind!r}")
+        if kind == "annotation" and dtype.name not in ("uint32", "uint64"):
+            raise BadRegion("annotation channels hold uint32 or uint64 ids")
+        if levels < 1 or any(int(s) <= 0 for s in shape):
+            raise BadRegion("a channel needs a positive shape and at least one level")
+        d = self._dir(ref)
+        if d.exists():
+            if not overwrite:
+                raise BadRegion(f"{'/'.join(ref)} already exists in the local store")
+            shutil.rmtree(d)
+        info = VolumeInfo(dtype=dtype, kind=kind,
+                          levels=pyramid(shape, offset, voxel_size_nm, levels, chunk_shape))
+        d.parent.mkdir(parents=True, exist_ok=True)
+        group = zarr.open_group(str(d), mode="w", zarr_format=3)
+        for i, lv in enumerate(info.levels):
+            chunks = tuple(min(c, s) for c, s in zip(lv.chunk_shape, lv.shape))
+            group.create_array(str(i), shape=lv.shape, chunks=chunks, dtype=dtype, fill_value=0)
+        group.attrs["ndfs"] = info.to_json()  # written last: a channel exists once it is complete
+        self.forget_info(ref)
+        return info
+
+    def delete_volume(self, ref: Sequence[str] | str) -> None:
+        ref = as_ref(ref)
+        self.info(ref)
+        shutil.rmtree(self._dir(ref))
+        self.forget_info(ref)
+        with self._arrays_lock:
+            for key in [k for k in self._arrays if k[0] == ref]:
+                del self._arrays[key]
+
+    # ---- voxels ----------------------------------------------------------
+    def _array(self, ref: VolumeRef, level: int):
+        key = (ref, level)
+        with self._arrays_lock:
+            arr = self._arrays.get(key)
+        if arr is None:
+            import zarr
+
+            try:
+                arr = zarr.open_array(str(self._dir(ref) / str(level)), mode="r+")
+            except Exception as exc:  # zarr raises several types for a missing/corrupt array
+                raise BackendError(f"cannot open level {level} of {'/'.join(ref)}: {exc}") from exc
+            with self._arrays_lock:
+                self._arrays.setdefault(key, arr)
+                arr = self._arrays[key]
+        return arr
+
+    def _read(self, ref: VolumeRef, box: Box, level: int) -> np.ndarray:
+        lv = self.info(ref).level(level)
+        try:
+            return np.asarray(self._array(ref, level)[box.slices(lv.offset)])
+        except NdfsError:
+            raise
+        except Exception as exc:
+            raise BackendError(f"reading {box} of {'/'.join(ref)} failed: {exc}") from exc
+
+    def _write_lock(self, ref: VolumeRef) -> threading.Lock:
+        with self._arrays_lock:
+            return self._write_locks.setdefault(ref, threading.Lock())
+
+    def _write(self, ref: VolumeRef, box: Box, level: int, array: np.ndarray) -> None:
+        info = self.info(ref)
+        with self._write_lock(ref):
+            self._store(ref, level, box, array)
+            if level == 0:
+                self._propagate(ref, info, box, array)
+
+    def _store(self, ref: VolumeRef, level: int, box: Box, array: np.ndarray) -> None:
+        lv = self.info(ref).level(level)
+        try:
+            self._array(ref, level)[box.slices(lv.offset)] = array
+        except NdfsError:
+            raise
+        except Exception as exc:
+            raise BackendError(f"writing {box} of {'/'.join(ref)} failed: {exc}") from exc
+
+    def _propagate(self, ref: VolumeRef, info: VolumeInfo, box: Box, array: np.ndarray) -> None:
+        """Recompute the region of every lower level that the level-0 box touches.
+
+        When the written box is exactly the 2x2 footprint of the child region (whole
+        slabs, aligned writes), the array just written is downsampled directly;
+        otherwise the footprint is read back from the level above.
+        """
+        for level in range(1, len(info.levels)):
+            parent, child = info.levels[level - 1], info.levels[level]
+            (y0, y1), (x0, x1) = child_extent(box.start[1], box.stop[1]), child_extent(box.start[2], box.stop[2])
+            cbox = Box((box.start[0], y0, x0), (box.stop[0], y1, x1)).intersect(child.box)
+            if cbox is None:
+                return
+            want = Box((cbox.start[0], 2 * cbox.start[1], 2 * cbox.start[2]),
+                       (cbox.stop[0], 2 * cbox.stop[1], 2 * cbox.stop[2]))
+            have = want.intersect(parent.box)
+            src = array if have == box else self._read(ref, have, level - 1)
+            # pad the part of `want` past the parent's edge by repeating the edge voxels
+            pads = [(a - b, c - d) for a, b, c, d in zip(have.start, want.start, want.stop, have.stop)]
+            if any(p != (0, 0) for p in pads):
+                src = np.pad(src, pads, mode="edge")
+            array = downsample(src, info.kind)
+            self._store(ref, level, cbox, array)
+            box = cbox

@@ -1,0 +1,263 @@
+"""The ``ndfs`` command line: demo data, mount/umount, and reading the tree without a mount.
+
+Every command has ``--help``. Errors print one line ``ndfs: error: ...`` and
+exit non-zero; nothing is half-done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ndfs import __version__
+from ndfs.errors import NdfsError
+
+MALLOC_ENV = {"MALLOC_TRIM_THRESHOLD_": "268435456", "MALLOC_MMAP_THRESHOLD_": "16777216"}
+
+
+def _config(args):
+    from ndfs.config import load_config
+
+    return load_config(args.config)
+
+
+def _tree(args):
+    from ndfs.config import open_backend
+    from ndfs.fs.tree import Tree
+
+    cfg = _config(args)
+    return Tree({name: open_backend(rc, cfg) for name, rc in cfg.remotes.items()})
+
+
+# ---- commands ---------------------------------------------------------------
+def cmd_demo(args) -> int:
+    from ndfs.demo import IMAGE, LABELS, PROJECT, make_demo
+
+    if args.dir:
+        store = Path(args.dir)
+    else:
+        remote = _config(args).remote(args.remote)
+        if remote.kind != "local":
+            raise NdfsError(f"remote {remote.name!r} is not a local store; give a directory")
+        store = remote.path
+    if (store / PROJECT / IMAGE / "zarr.json").exists() and not args.force:
+        print(f"demo data already in {store} (use --force to rebuild it)")
+        return 0
+    shape = (32, 256, 256) if args.small else tuple(args.shape)
+    started = time.monotonic()
+    make_demo(str(store), shape=shape, seed=args.seed, overwrite=args.force, progress=not args.quiet)
+    print(f"wrote {PROJECT}/{IMAGE} (uint8) and {PROJECT}/{LABELS} (uint64) "
+          f"{shape[2]}x{shape[1]}x{shape[0]} to {store} in {time.monotonic() - started:.1f} s")
+    return 0
+
+
+def _is_mounted(mountpoint: str) -> bool:
+    target = os.path.realpath(mountpoint)
+    with open("/proc/mounts") as fh:
+        return any(line.split()[1].replace("\\040", " ") == target for line in fh)
+
+
+def cmd_mount(args) -> int:
+    from ndfs.fs.fuse import check_fuse_available
+
+    mountpoint = os.path.abspath(args.mountpoint)
+    if not os.path.isdir(mountpoint):
+        raise NdfsError(f"mount point {mountpoint} is not a directory (create it with mkdir -p)")
+    if _is_mounted(mountpoint):
+        raise NdfsError(f"{mountpoint} is already mounted (ndfs umount {args.mountpoint})")
+    check_fuse_available()
+    if args.foreground:
+        from ndfs.fs.fuse import mount
+
+        cfg = _config(args)
+        logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                            filename=args.log_file)
+        tree = _tree(args)
+        logging.getLogger("ndfs").info("serving %s at %s", ", ".join(tree.remotes), mountpoint)
+        mount(tree, mountpoint, attr_timeout_s=cfg.mount.attr_timeout_s,
+              entry_timeout_s=cfg.mount.entry_timeout_s, negative_timeout_s=cfg.mount.negative_timeout_s,
+              debug=args.debug)
+        return 0
+    # daemon: a fresh foreground process in its own session (no fork after threads exist)
+    log_file = os.path.abspath(args.log_file) if args.log_file else _default_log(mountpoint)
+    cmd = [sys.executable, "-m", "ndfs"]
+    if args.config:
+        cmd += ["--config", os.path.abspath(args.config)]
+    cmd += ["mount", "--foreground", "--log-file", log_file, mountpoint]
+    if args.debug:
+        cmd.append("--debug")
+    env = {**os.environ, **MALLOC_ENV}
+    with open(log_file, "a") as log:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                start_new_session=True, env=env)
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        if _is_mounted(mountpoint):
+            _raise_readahead(mountpoint)
+            print(f"mounted at {mountpoint} (pid {proc.pid}, log {log_file}); stop with: ndfs umount {mountpoint}")
+            return 0
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    if proc.poll() is None:
+        proc.kill()
+    tail = Path(log_file).read_text(errors="replace").strip().splitlines()[-1:] if os.path.exists(log_file) else []
+    raise NdfsError(f"mount did not come up: {tail[0] if tail else 'no log output'} (log {log_file})")
+
+
+def _default_log(mountpoint: str) -> str:
+    from ndfs.config import user_cache_dir
+
+    d = user_cache_dir() / "logs"
+    d.mkdir(parents=True, exist_ok=True)
+    return str(d / (mountpoint.strip("/").replace("/", "_") or "root") ) + ".log"
+
+
+def _raise_readahead(mountpoint: str) -> None:
+    """Best effort: 1 MiB kernel readahead on the mount (root only), so reads arrive in 1 MiB requests."""
+    dev = os.stat(mountpoint).st_dev
+    path = f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb"
+    try:
+        with open(path, "w") as fh:
+            fh.write("1024")
+    except OSError as exc:
+        logging.getLogger("ndfs").debug("could not raise readahead (%s)", exc)
+
+
+def cmd_umount(args) -> int:
+    mountpoint = os.path.abspath(args.mountpoint)
+    if not _is_mounted(mountpoint):
+        raise NdfsError(f"{mountpoint} is not mounted")
+    tool = shutil.which("fusermount3") or shutil.which("fusermount")
+    cmd = [tool, "-u", mountpoint] if tool else ["umount", mountpoint]
+    if args.lazy:
+        cmd.insert(1, "-z")
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise NdfsError(f"unmount failed: {done.stderr.strip() or done.returncode} (is a file still open?)")
+    deadline = time.monotonic() + 10
+    while _is_mounted(mountpoint) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    print(f"unmounted {mountpoint}")
+    return 0
+
+
+def cmd_ls(args) -> int:
+    tree = _tree(args)
+    path = args.path or "/"
+    node = tree.resolve(path)
+    names = tree.listdir(path) if node.is_dir else [path.rstrip("/").rsplit("/", 1)[-1]]
+    for name in names:
+        if args.long:
+            child = tree.resolve(f"{path}/{name}") if node.is_dir else node
+            size = "-" if child.is_dir else str(child.size)
+            print(f"{'d' if child.is_dir else '-'} {size:>14} {name}{'/' if child.is_dir else ''}")
+        else:
+            print(name)
+    return 0
+
+
+def cmd_info(args) -> int:
+    from ndfs.fs.tree import VolumeDir
+
+    tree = _tree(args)
+    if not isinstance(tree.resolve(args.path), VolumeDir):
+        raise NdfsError(f"{args.path} is not a channel")
+    node = tree.resolve(args.path.rstrip("/") + "/info.json")
+    sys.stdout.write(node.read(0, node.size).decode())
+    return 0
+
+
+def cmd_cat(args) -> int:
+    tree = _tree(args)
+    node = tree.resolve(args.path)
+    if node.is_dir:
+        raise NdfsError(f"{args.path} is a folder")
+    out = open(args.output, "wb") if args.output else sys.stdout.buffer
+    try:
+        step = 1 << 22
+        for offset in range(0, node.size, step):
+            out.write(node.read(offset, min(step, node.size - offset)))
+    finally:
+        if args.output:
+            out.close()
+        else:
+            out.flush()
+    return 0
+
+
+# ---- parser -----------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ndfs",
+        description="Neuroscience volume datastores as ordinary files. Paths are MOUNT-relative, "
+                    "e.g. local/demo/em/0/z/10.tif.",
+    )
+    p.add_argument("--version", action="version", version=f"ndfs {__version__}")
+    p.add_argument("--config", metavar="FILE", help="configuration file (default: $NDFS_CONFIG, ./ndfs.toml, "
+                                                    "then the user config dir)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    s = sub.add_parser("demo", help="write the demo dataset (EM-like image + cell labels) into a local store",
+                       description="Write project 'demo' (channels 'em' uint8 and 'cells' uint64, 4 levels) "
+                                   "into DIR, or into the configured local remote's store.")
+    s.add_argument("dir", nargs="?", help="store directory (default: the local remote's path)")
+    s.add_argument("--remote", help="local remote to fill when DIR is not given (default: the first)")
+    s.add_argument("--shape", nargs=3, type=int, default=[128, 1024, 1024], metavar=("Z", "Y", "X"),
+                   help="size in voxels, z y x (default 128 1024 1024)")
+    s.add_argument("--small", action="store_true", help="a quick 32x256x256 dataset")
+    s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    s.add_argument("--force", action="store_true", help="rebuild even if the demo data exist")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("mount", help="mount the configured remotes at MOUNTPOINT",
+                       description="Mount every configured remote as a folder under MOUNTPOINT. Runs as a "
+                                   "daemon unless --foreground; a killed daemon unmounts itself.")
+    s.add_argument("mountpoint")
+    s.add_argument("--foreground", "-f", action="store_true", help="stay in the foreground")
+    s.add_argument("--log-file", help="log file (default: in the user cache dir)")
+    s.add_argument("--debug", action="store_true", help="log every FUSE request")
+    s.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the mount (default 30)")
+    s.set_defaults(func=cmd_mount)
+
+    s = sub.add_parser("umount", aliases=["unmount"], help="unmount MOUNTPOINT (the daemon exits)")
+    s.add_argument("mountpoint")
+    s.add_argument("--lazy", "-z", action="store_true", help="detach now even if files are open")
+    s.set_defaults(func=cmd_umount)
+
+    s = sub.add_parser("ls", help="list a tree path without mounting")
+    s.add_argument("path", nargs="?", default="/")
+    s.add_argument("-l", "--long", action="store_true", help="show sizes")
+    s.set_defaults(func=cmd_ls)
+
+    s = sub.add_parser("info", help="print a channel's info.json, e.g. ndfs info local/demo/em")
+    s.add_argument("path")
+    s.set_defaults(func=cmd_info)
+
+    s = sub.add_parser("cat", help="write a tree file's bytes to stdout without mounting")
+    s.add_argument("path")
+    s.add_argument("-o", "--output", help="write to this file instead of stdout")
+    s.set_defaults(func=cmd_cat)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except NdfsError as exc:
+        print(f"ndfs: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("ndfs: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0

@@ -1,0 +1,230 @@
+"""Configuration: which remotes a mount shows, and the cache budgets.
+
+Precedence: built-in defaults < ``ndfs.toml`` < ``NDFS_*`` environment < CLI
+flags (applied by the CLI). The file is the one named explicitly, else
+``$NDFS_CONFIG``, else ``./ndfs.toml``, else ``<user config dir>/ndfs/ndfs.toml``.
+Relative paths in a file are relative to that file. Backends never read files
+or the environment themselves: :func:`open_backend` hands them keyword arguments.
+
+Example::
+
+    [remotes.local]
+    kind = "local"
+    path = "demo-data"
+
+    [cache]
+    memory_bytes = 536870912
+    disk_bytes = 4294967296
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from ndfs.errors import ConfigError, NotFound
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+REMOTE_KINDS = ("local",)
+
+
+def user_config_dir() -> Path:
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "ndfs"
+
+
+def user_data_dir() -> Path:
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "ndfs"
+
+
+def user_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ndfs"
+
+
+@dataclass(frozen=True)
+class RemoteConfig:
+    """One remote: a name in the mount's root, a backend kind, and its settings."""
+
+    name: str
+    kind: str
+    path: Path | None = None
+    url: str | None = None
+    token_env: str | None = None
+    read_only: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:  # never show a token, only where it comes from
+        where = self.path if self.path is not None else self.url
+        return f"RemoteConfig({self.name!r}, kind={self.kind!r}, at={str(where)!r})"
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """Chunk cache settings (used by the cache layer)."""
+
+    enabled: bool = True
+    dir: Path = field(default_factory=lambda: user_cache_dir() / "chunks")
+    memory_bytes: int = 512 * 2**20
+    disk_bytes: int = 4 * 2**30
+    prefetch: bool = True
+
+
+@dataclass(frozen=True)
+class MountConfig:
+    """Kernel-facing mount settings."""
+
+    attr_timeout_s: float = 60.0
+    entry_timeout_s: float = 60.0
+    negative_timeout_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class Config:
+    remotes: dict[str, RemoteConfig]
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    mount: MountConfig = field(default_factory=MountConfig)
+    source: Path | None = None
+
+    def remote(self, name: str | None = None) -> RemoteConfig:
+        if not self.remotes:
+            raise NotFound("no remotes are configured")
+        if name is None:
+            return next(iter(self.remotes.values()))
+        try:
+            return self.remotes[name]
+        except KeyError:
+            raise NotFound(f"no remote named {name!r} (configured: {', '.join(self.remotes)})") from None
+
+
+def default_config() -> Config:
+    return Config(remotes={"local": RemoteConfig("local", "local", path=user_data_dir() / "store")})
+
+
+def find_config_file(explicit: str | os.PathLike | None = None) -> Path | None:
+    if explicit:
+        p = Path(explicit).expanduser()
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        return p.resolve()
+    env = os.environ.get("NDFS_CONFIG")
+    if env:
+        return find_config_file(env)
+    for candidate in (Path.cwd() / "ndfs.toml", user_config_dir() / "ndfs.toml"):
+        if candidate.is_file():
+            return candidate.resolve()
+    return None
+
+
+def _section(data: dict, key: str, where: str) -> dict:
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: [{key}] must be a table")
+    return value
+
+
+def _typed(table: dict, key: str, kind, default, where: str):
+    if key not in table:
+        return default
+    value = table[key]
+    ok = isinstance(value, kind) and not (kind in (int, float) and isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        ok, value = True, float(value)
+    if not ok:
+        raise ConfigError(f"{where}: {key} must be a {kind.__name__}, got {value!r}")
+    return value
+
+
+def parse_config(data: dict[str, Any], base_dir: Path, where: str = "config") -> Config:
+    """Build a Config from parsed TOML; relative paths resolve against base_dir."""
+    known = {"remotes", "cache", "mount"}
+    unknown = set(data) - known
+    if unknown:
+        raise ConfigError(f"{where}: unknown section(s) {', '.join(sorted(unknown))}")
+    remotes: dict[str, RemoteConfig] = {}
+    for name, table in _section(data, "remotes", where).items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: [remotes.{name}] must be a table")
+        if not name or "/" in name or name.startswith("."):
+            raise ConfigError(f"{where}: {name!r} is not a usable remote name")
+        kind = table.get("kind")
+        if kind not in REMOTE_KINDS:
+            raise ConfigError(f"{where}: remote {name!r} has kind {kind!r}; known kinds: {', '.join(REMOTE_KINDS)}")
+        here = f"{where} [remotes.{name}]"
+        path = _typed(table, "path", str, None, here)
+        url = _typed(table, "url", str, None, here)
+        if kind == "local" and path is None:
+            raise ConfigError(f"{here}: a local remote needs path = \"DIR\"")
+        extra = {k: v for k, v in table.items() if k not in ("kind", "path", "url", "token_env", "read_only")}
+        remotes[name] = RemoteConfig(
+            name=name, kind=kind, url=url,
+            path=(base_dir / Path(path).expanduser()).resolve() if path is not None else None,
+            token_env=_typed(table, "token_env", str, None, here),
+            read_only=_typed(table, "read_only", bool, False, here),
+            options=extra,
+        )
+    c = _section(data, "cache", where)
+    defaults = CacheConfig()
+    cache_dir = _typed(c, "dir", str, None, f"{where} [cache]")
+    cache = CacheConfig(
+        enabled=_typed(c, "enabled", bool, defaults.enabled, f"{where} [cache]"),
+        dir=(base_dir / Path(cache_dir).expanduser()).resolve() if cache_dir else defaults.dir,
+        memory_bytes=_typed(c, "memory_bytes", int, defaults.memory_bytes, f"{where} [cache]"),
+        disk_bytes=_typed(c, "disk_bytes", int, defaults.disk_bytes, f"{where} [cache]"),
+        prefetch=_typed(c, "prefetch", bool, defaults.prefetch, f"{where} [cache]"),
+    )
+    m = _section(data, "mount", where)
+    md = MountConfig()
+    mount = MountConfig(
+        attr_timeout_s=_typed(m, "attr_timeout_s", float, md.attr_timeout_s, f"{where} [mount]"),
+        entry_timeout_s=_typed(m, "entry_timeout_s", float, md.entry_timeout_s, f"{where} [mount]"),
+        negative_timeout_s=_typed(m, "negative_timeout_s", float, md.negative_timeout_s, f"{where} [mount]"),
+    )
+    return Config(remotes=remotes or default_config().remotes, cache=cache, mount=mount)
+
+
+def _apply_env(cfg: Config) -> Config:
+    env = os.environ
+    cache = cfg.cache
+    try:
+        if env.get("NDFS_CACHE_DIR"):
+            cache = replace(cache, dir=Path(env["NDFS_CACHE_DIR"]).expanduser().resolve())
+        if env.get("NDFS_CACHE_MEMORY_BYTES"):
+            cache = replace(cache, memory_bytes=int(env["NDFS_CACHE_MEMORY_BYTES"]))
+        if env.get("NDFS_CACHE_DISK_BYTES"):
+            cache = replace(cache, disk_bytes=int(env["NDFS_CACHE_DISK_BYTES"]))
+    except ValueError as exc:
+        raise ConfigError(f"bad NDFS_CACHE_* environment value: {exc}") from exc
+    if env.get("NDFS_NO_CACHE"):
+        cache = replace(cache, enabled=False)
+    return replace(cfg, cache=cache)
+
+
+def load_config(path: str | os.PathLike | None = None) -> Config:
+    """Load the configuration (see module docstring for where it is looked for)."""
+    found = find_config_file(path)
+    if found is None:
+        return _apply_env(default_config())
+    try:
+        with open(found, "rb") as fh:
+            data = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{found.name}: not valid TOML: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read {found}: {exc}") from exc
+    cfg = parse_config(data, found.parent, where=found.name)
+    return _apply_env(replace(cfg, source=found))
+
+
+def open_backend(remote: RemoteConfig, config: Config | None = None):
+    """Build the backend of one remote (no I/O happens until it is used)."""
+    if remote.kind == "local":
+        from ndfs.backends.local import LocalBackend
+
+        return LocalBackend(remote.path, read_only=remote.read_only)
+    raise ConfigError(f"remote {remote.name!r}: kind {remote.kind!r} is not available")

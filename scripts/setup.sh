@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Install what ndfs needs on a Debian-like machine: fuse3 (apt) and the package in ./.venv.
+# Usage: bash scripts/setup.sh [EXTRAS]    e.g. bash scripts/setup.sh test
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="${1:-}"
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+apt_updated=""
+need_apt() {
+  if [ -z "$apt_updated" ]; then as_root apt-get update -qq; apt_updated=1; fi
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+command -v fusermount3 >/dev/null || need_apt fuse3
+command -v tiffinfo >/dev/null || need_apt libtiff-tools || echo "note: tiffinfo unavailable; its checks will be skipped"
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv 2>/dev/null || { need_apt python3-venv && python3 -m venv .venv; }
+fi
+spec="."
+[ -n "$extras" ] && spec=".[$extras]"
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q -e "$spec"

@@ -1,0 +1,100 @@
+"""The ndfs command line (without a mount) and the configuration file."""
+
+import os
+
+import pytest
+import tifffile
+import numpy as np
+
+from ndfs import __version__
+from ndfs.config import load_config, parse_config
+from ndfs.errors import ConfigError
+from ndfs.testing.mount import ndfs
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    (root / "ndfs.toml").write_text('[remotes.here]\nkind = "local"\npath = "data"\n')
+    done = ndfs("--config", root / "ndfs.toml", "demo", "--small", "--quiet")
+    assert "wrote demo/em" in done.stdout
+    return root
+
+
+def test_version_and_help():
+    assert ndfs("--version").stdout.strip() == f"ndfs {__version__}"
+    for cmd in ["demo", "mount", "umount", "ls", "info", "cat"]:
+        done = ndfs(cmd, "--help")
+        assert "usage: ndfs" in done.stdout
+
+
+def test_demo_is_idempotent_and_forceable(site):
+    done = ndfs("--config", site / "ndfs.toml", "demo", "--small")
+    assert "already" in done.stdout
+
+
+def test_ls_info_and_cat_read_the_tree_without_a_mount(site, tmp_path):
+    cfg = site / "ndfs.toml"
+    assert ndfs("--config", cfg, "ls").stdout.split() == ["here"]
+    assert ndfs("--config", cfg, "ls", "here/demo").stdout.split() == ["cells", "em"]
+    long = ndfs("--config", cfg, "ls", "-l", "here/demo/em/0").stdout
+    assert "stack.tif" in long and "z/" in long
+    assert '"dtype": "uint64"' in ndfs("--config", cfg, "info", "here/demo/cells").stdout
+    out = tmp_path / "s.tif"
+    ndfs("--config", cfg, "cat", "here/demo/em/1/z/3.tif", "-o", out)
+    import zarr
+
+    np.testing.assert_array_equal(tifffile.imread(out), zarr.open_array(str(site / "data/demo/em/1"))[3])
+
+
+@pytest.mark.parametrize("args, words", [
+    (["ls", "here/nope"], "no folder or channel"),
+    (["cat", "here/demo/em/0/z/999.tif"], "no slice"),
+    (["info", "here/demo"], "is not a channel"),
+    (["ls", "elsewhere"], "no remote named"),
+])
+def test_errors_are_one_line_and_exit_non_zero(site, args, words):
+    done = ndfs("--config", site / "ndfs.toml", *args, check=False)
+    assert done.returncode == 1
+    assert done.stderr.startswith("ndfs: error: ") and done.stderr.count("\n") == 1
+    assert words in done.stderr
+
+
+def test_config_resolves_paths_relative_to_the_file(tmp_path, monkeypatch):
+    (tmp_path / "ndfs.toml").write_text(
+        '[remotes.a]\nkind = "local"\npath = "store"\n[cache]\nmemory_bytes = 1024\nprefetch = false\n')
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("NDFS_CACHE_DISK_BYTES", "4096")
+    cfg = load_config()
+    assert cfg.remote("a").path == (tmp_path / "store").resolve()
+    assert cfg.cache.memory_bytes == 1024 and cfg.cache.prefetch is False and cfg.cache.disk_bytes == 4096
+    monkeypatch.setenv("NDFS_CONFIG", str(tmp_path / "missing.toml"))
+    with pytest.raises(ConfigError):
+        load_config()
+
+
+@pytest.mark.parametrize("data, words", [
+    ({"remotes": {"x": {"kind": "ftp"}}}, "known kinds"),
+    ({"remotes": {"x": {"kind": "local"}}}, "needs path"),
+    ({"remotes": {"x": {"kind": "local", "path": 3}}}, "must be a str"),
+    ({"cache": {"memory_bytes": "lots"}}, "must be a int"),
+    ({"caches": {}}, "unknown section"),
+])
+def test_bad_configs_are_refused_with_a_reason(tmp_path, data, words):
+    with pytest.raises(ConfigError, match=words):
+        parse_config(data, tmp_path)
+
+
+def test_malformed_toml_is_a_config_error(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[remotes.x\nkind=")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad)
+    done = ndfs("--config", bad, "ls", check=False)
+    assert done.returncode == 1 and "not valid TOML" in done.stderr
+
+
+def test_the_repository_config_points_at_the_demo_data():
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cfg = load_config(os.path.join(here, "ndfs.toml"))
+    assert str(cfg.remote("local").path) == os.path.realpath(os.path.join(here, "demo-data"))

@@ -1,0 +1,167 @@
+"""Through a real FUSE mount started by `ndfs mount`: files equal the store voxel for voxel."""
+
+import errno
+import os
+import shutil
+import signal
+import subprocess
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+from ndfs.demo import make_demo
+from ndfs.testing.mount import fuse_unavailable, is_mounted, mounted, ndfs, wait_until
+
+pytestmark = pytest.mark.skipif(fuse_unavailable() is not None, reason=str(fuse_unavailable()))
+
+SHAPE = (24, 200, 168)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    root = tmp_path_factory.mktemp("site")
+    make_demo(str(root / "store"), shape=SHAPE, levels=3, chunk_shape=(8, 64, 64), progress=False)
+    (root / "ndfs.toml").write_text('[remotes.local]\nkind = "local"\npath = "store"\n')
+    return root
+
+
+@pytest.fixture(scope="module")
+def mnt(site):
+    mountpoint = site / "mnt"
+    with mounted(site / "ndfs.toml", mountpoint) as pid:
+        assert is_mounted(mountpoint)
+        yield mountpoint, pid
+
+
+def oracle(site, channel, level):
+    return zarr.open_array(str(site / "store" / "demo" / channel / str(level)), mode="r")[:]
+
+
+@pytest.mark.parametrize("level", [0, 2])
+def test_slices_on_every_axis_equal_the_store(site, mnt, level):
+    root = mnt[0] / "local" / "demo" / "em" / str(level)
+    a = oracle(site, "em", level)
+    for z in (0, 7, a.shape[0] - 1):
+        np.testing.assert_array_equal(tifffile.imread(root / "z" / f"{z}.tif"), a[z])
+    for y in (0, a.shape[1] // 2, a.shape[1] - 1):
+        np.testing.assert_array_equal(tifffile.imread(root / "y" / f"{y}.tif"), a[:, y, :])
+    for x in (0, a.shape[2] - 1):
+        np.testing.assert_array_equal(tifffile.imread(root / "x" / f"{x}.tif"), a[:, :, x])
+
+
+@pytest.mark.parametrize("level", [0, 1])
+def test_stack_tif_is_the_whole_level_with_calibration(site, mnt, level):
+    path = mnt[0] / "local" / "demo" / "em" / str(level) / "stack.tif"
+    a = oracle(site, "em", level)
+    with tifffile.TiffFile(path) as tf:
+        np.testing.assert_array_equal(tf.asarray(), a)
+        assert tf.is_imagej
+        assert tf.imagej_metadata["spacing"] == 40.0
+        assert tf.imagej_metadata["unit"] == "nm"
+        xres = tf.pages[0].tags["XResolution"].value
+        assert xres[1] / xres[0] == 4.0 * 2**level
+
+
+def test_label_slices_are_uint64(site, mnt):
+    a = oracle(site, "cells", 0)
+    got = tifffile.imread(mnt[0] / "local" / "demo" / "cells" / "0" / "z" / "11.tif")
+    assert got.dtype == np.uint64
+    np.testing.assert_array_equal(got, a[11])
+    assert len(np.unique(got)) > 1
+
+
+def test_sizes_at_stat_equal_the_bytes_read(mnt):
+    level = mnt[0] / "local" / "demo" / "em" / "0"
+    for path in [level / "z" / "3.tif", level / "y" / "10.tif", level / "stack.tif",
+                 mnt[0] / "local" / "demo" / "em" / "info.json"]:
+        size = os.stat(path).st_size
+        with open(path, "rb") as fh:
+            assert len(fh.read()) == size
+
+
+def test_listing_a_level_shows_every_slice(mnt):
+    level = mnt[0] / "local" / "demo" / "em" / "0"
+    assert sorted(os.listdir(level)) == ["stack.tif", "x", "y", "z"]
+    assert sorted(os.listdir(level / "z"), key=lambda n: int(n[:-4])) == [f"{z}.tif" for z in range(SHAPE[0])]
+    assert len(os.listdir(level / "x")) == SHAPE[2]
+    assert os.listdir(mnt[0]) == ["local"]
+    assert sorted(os.listdir(mnt[0] / "local" / "demo")) == ["cells", "em"]
+
+
+def test_cp_gives_a_file_every_reader_accepts(site, mnt, tmp_path):
+    src = mnt[0] / "local" / "demo" / "em" / "0" / "z" / "5.tif"
+    dst = tmp_path / "5.tif"
+    subprocess.run(["cp", str(src), str(dst)], check=True)
+    a = oracle(site, "em", 0)[5]
+    np.testing.assert_array_equal(tifffile.imread(dst), a)
+    from PIL import Image
+
+    with Image.open(dst) as im:
+        np.testing.assert_array_equal(np.asarray(im), a)
+    if shutil.which("tiffinfo"):
+        done = subprocess.run(["tiffinfo", str(dst)], capture_output=True, text=True)
+        assert done.returncode == 0 and "Image Width: 168" in done.stdout, done.stderr
+
+
+def test_out_of_range_slices_are_enoent(mnt):
+    level = mnt[0] / "local" / "demo" / "em" / "0"
+    for name in [f"z/{SHAPE[0]}.tif", "z/-1.tif", "z/007.tif", "z/abc.tif", "9/z/0.tif", "nope"]:
+        with pytest.raises(FileNotFoundError):
+            os.stat(level / name)
+    with pytest.raises(FileNotFoundError):
+        os.stat(mnt[0] / "local" / "demo" / "em" / "9")
+
+
+def test_writes_are_erofs_and_the_mount_still_answers(mnt):
+    level = mnt[0] / "local" / "demo" / "em" / "0"
+    for attempt in [lambda: open(level / "z" / "1.tif", "r+b"), lambda: open(level / "z" / "new.tif", "wb"),
+                    lambda: os.mkdir(level / "newdir"), lambda: os.unlink(level / "z" / "1.tif")]:
+        with pytest.raises(OSError) as info:
+            attempt()
+        assert info.value.errno == errno.EROFS
+    assert tifffile.imread(level / "z" / "1.tif").shape == SHAPE[1:]
+
+
+def test_a_broken_chunk_is_eio_and_other_files_still_work(site, tmp_path):
+    # a private copy of the store with one corrupt chunk file
+    store = tmp_path / "store"
+    shutil.copytree(site / "store", store)
+    chunk = store / "demo" / "em" / "0" / "c" / "0" / "0" / "0"  # the chunk of z 0..7, y 0..63, x 0..63
+    chunk.write_bytes(b"not a zstd frame")
+    (tmp_path / "ndfs.toml").write_text('[remotes.local]\nkind = "local"\npath = "store"\n')
+    with mounted(tmp_path / "ndfs.toml", tmp_path / "mnt"):
+        level = tmp_path / "mnt" / "local" / "demo" / "em" / "0"
+        with pytest.raises(OSError) as info:
+            (level / "z" / "0.tif").read_bytes()
+        assert info.value.errno == errno.EIO
+        z = SHAPE[0] - 1  # a slab the corrupt chunk is not in
+        np.testing.assert_array_equal(tifffile.imread(level / "z" / f"{z}.tif"), oracle(site, "em", 0)[z])
+
+
+def test_umount_stops_the_daemon(site, tmp_path):
+    mountpoint = tmp_path / "m"
+    with mounted(site / "ndfs.toml", mountpoint) as pid:
+        assert os.path.exists(mountpoint / "local" / "demo")
+        done = ndfs("umount", mountpoint)
+        assert "unmounted" in done.stdout
+        assert not is_mounted(mountpoint)
+        assert wait_until(lambda: not os.path.exists(f"/proc/{pid}"), timeout=10)
+
+
+def test_a_killed_daemon_leaves_no_stuck_mount_and_remounting_works(site, tmp_path):
+    mountpoint = tmp_path / "k"
+    with mounted(site / "ndfs.toml", mountpoint) as pid:
+        os.kill(pid, signal.SIGKILL)
+        assert wait_until(lambda: not is_mounted(mountpoint), timeout=10)
+        assert os.listdir(mountpoint) == []
+    with mounted(site / "ndfs.toml", mountpoint):
+        assert os.listdir(mountpoint) == ["local"]
+
+
+def test_mount_errors_are_one_readable_line(site, tmp_path, mnt):
+    done = ndfs("--config", site / "ndfs.toml", "mount", tmp_path / "missing", check=False)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1 and "not a directory" in done.stderr
+    done = ndfs("--config", site / "ndfs.toml", "mount", mnt[0], check=False)
+    assert done.returncode == 1 and "already mounted" in done.stderr
