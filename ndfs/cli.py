@@ -22,17 +22,44 @@ MALLOC_ENV = {"MALLOC_TRIM_THRESHOLD_": "268435456", "MALLOC_MMAP_THRESHOLD_": "
 
 
 def _config(args):
+    from dataclasses import replace
+
     from ndfs.config import load_config
 
-    return load_config(args.config)
+    cfg = load_config(args.config)
+    cache = cfg.cache
+    if getattr(args, "no_cache", False):
+        cache = replace(cache, enabled=False)
+    if getattr(args, "no_prefetch", False):
+        cache = replace(cache, prefetch=False)
+    if getattr(args, "cache_dir", None):
+        cache = replace(cache, dir=Path(args.cache_dir).expanduser().resolve())
+    if getattr(args, "cache_memory", None) is not None:
+        cache = replace(cache, memory_bytes=args.cache_memory)
+    if getattr(args, "cache_disk", None) is not None:
+        cache = replace(cache, disk_bytes=args.cache_disk)
+    return replace(cfg, cache=cache)
 
 
 def _tree(args):
-    from ndfs.config import open_backend
+    from ndfs.config import open_remotes
     from ndfs.fs.tree import Tree
 
-    cfg = _config(args)
-    return Tree({name: open_backend(rc, cfg) for name, rc in cfg.remotes.items()})
+    return Tree(open_remotes(_config(args)))
+
+
+def parse_size(text: str) -> int:
+    """Bytes from '512M', '4G', '1048576' (powers of 1024)."""
+    units = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = t[-1:] if t[-1:] in units else ""
+    try:
+        value = float(t[: len(t) - len(unit)])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (use e.g. 512M or 4G)") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"a size cannot be negative: {text!r}")
+    return int(value * units[unit])
 
 
 # ---- commands ---------------------------------------------------------------
@@ -91,8 +118,12 @@ def cmd_mount(args) -> int:
     if args.config:
         cmd += ["--config", os.path.abspath(args.config)]
     cmd += ["mount", "--foreground", "--log-file", log_file, mountpoint]
-    if args.debug:
-        cmd.append("--debug")
+    for flag in ("debug", "no_cache", "no_prefetch"):
+        if getattr(args, flag):
+            cmd.append("--" + flag.replace("_", "-"))
+    for flag in ("cache_dir", "cache_memory", "cache_disk"):
+        if getattr(args, flag) is not None:
+            cmd += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
     env = {**os.environ, **MALLOC_ENV}
     with open(log_file, "a") as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
@@ -149,11 +180,38 @@ def cmd_umount(args) -> int:
     return 0
 
 
+def cmd_cache(args) -> int:
+    import json
+
+    from ndfs.cache import clear_disk_cache, disk_cache_info
+
+    cfg = _config(args)
+    if args.action == "clear":
+        removed = clear_disk_cache(cfg.cache.dir)
+        print(f"removed {removed} cached chunks from {cfg.cache.dir}")
+        return 0
+    info = {"config": {"enabled": cfg.cache.enabled, "memory_bytes": cfg.cache.memory_bytes,
+                       "disk_bytes": cfg.cache.disk_bytes, "prefetch": cfg.cache.prefetch},
+            "disk": disk_cache_info(cfg.cache.dir)}
+    if args.mount:
+        from ndfs.fs.tree import STATUS_DIR
+
+        path = Path(args.mount) / STATUS_DIR / "stats.json"
+        try:
+            info["mount"] = json.loads(path.read_text())
+        except OSError as exc:
+            raise NdfsError(f"cannot read {path}: {exc.strerror} (is ndfs mounted there?)") from None
+    print(json.dumps(info, indent=2))
+    return 0
+
+
 def cmd_ls(args) -> int:
     tree = _tree(args)
     path = args.path or "/"
     node = tree.resolve(path)
     names = tree.listdir(path) if node.is_dir else [path.rstrip("/").rsplit("/", 1)[-1]]
+    if not args.all:
+        names = [n for n in names if not n.startswith(".")]
     for name in names:
         if args.long:
             child = tree.resolve(f"{path}/{name}") if node.is_dir else node
@@ -194,6 +252,14 @@ def cmd_cat(args) -> int:
 
 
 # ---- parser -----------------------------------------------------------------
+def _cache_flags(s) -> None:
+    s.add_argument("--no-cache", action="store_true", help="read every request from the backend")
+    s.add_argument("--no-prefetch", action="store_true", help="do not read ahead")
+    s.add_argument("--cache-dir", help="disk cache directory, shared by mounts and Python")
+    s.add_argument("--cache-memory", type=parse_size, metavar="SIZE", help="memory budget, e.g. 512M")
+    s.add_argument("--cache-disk", type=parse_size, metavar="SIZE", help="disk budget, e.g. 4G")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ndfs",
@@ -226,7 +292,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--log-file", help="log file (default: in the user cache dir)")
     s.add_argument("--debug", action="store_true", help="log every FUSE request")
     s.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the mount (default 30)")
+    _cache_flags(s)
     s.set_defaults(func=cmd_mount)
+
+    s = sub.add_parser("cache", help="show or clear the chunk cache",
+                       description="info: budgets, the disk cache's entries and bytes, and with --mount the "
+                                   "live hit rates and backend request counts of a running mount. "
+                                   "clear: empty the disk cache.")
+    s.add_argument("action", choices=["info", "clear"])
+    s.add_argument("--mount", metavar="MOUNTPOINT", help="also show the statistics of the mount there")
+    s.add_argument("--cache-dir", help="disk cache directory (default: from the config)")
+    s.set_defaults(func=cmd_cache)
 
     s = sub.add_parser("umount", aliases=["unmount"], help="unmount MOUNTPOINT (the daemon exits)")
     s.add_argument("mountpoint")
@@ -236,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("ls", help="list a tree path without mounting")
     s.add_argument("path", nargs="?", default="/")
     s.add_argument("-l", "--long", action="store_true", help="show sizes")
+    s.add_argument("-a", "--all", action="store_true", help="also show names starting with '.'")
     s.set_defaults(func=cmd_ls)
 
     s = sub.add_parser("info", help="print a channel's info.json, e.g. ndfs info local/demo/em")

@@ -221,10 +221,32 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
     return _apply_env(replace(cfg, source=found))
 
 
+def open_remotes(config: Config) -> dict:
+    """Every configured remote's backend, behind the chunk cache when the cache is enabled.
+
+    Remote services get both cache tiers (memory and the shared disk cache);
+    the local store, already on local disk, gets the memory tier only.
+    """
+    from ndfs.cache import CachedBackend
+
+    remotes = {}
+    for name, rc in config.remotes.items():
+        backend = open_backend(rc, config)
+        c = config.cache
+        if c.enabled:
+            where = rc.path if rc.path is not None else rc.url
+            backend = CachedBackend(
+                backend, namespace=f"{rc.kind}:{where}", memory_bytes=c.memory_bytes,
+                disk_dir=None if rc.kind == "local" else c.dir, disk_bytes=c.disk_bytes, prefetch=c.prefetch)
+        remotes[name] = backend
+    return remotes
+
+
 def open_backend(remote: RemoteConfig, config: Config | None = None):
-    """Build the backend of one remote (no I/O happens until it is used)."""
+    """Build the uncached backend of one remote (no I/O happens until it is used)."""
     if remote.kind == "local":
         from ndfs.backends.local import LocalBackend
 
         return LocalBackend(remote.path, read_only=remote.read_only)
     raise ConfigError(f"remote {remote.name!r}: kind {remote.kind!r} is not available")
+

@@ -98,3 +98,16 @@ def test_the_repository_config_points_at_the_demo_data():
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     cfg = load_config(os.path.join(here, "ndfs.toml"))
     assert str(cfg.remote("local").path) == os.path.realpath(os.path.join(here, "demo-data"))
+
+
+def test_mount_explains_a_missing_fuse(monkeypatch):
+    from ndfs.fs import fuse
+
+    real_exists = os.path.exists
+    monkeypatch.setattr(fuse.os.path, "exists", lambda p: False if p == "/dev/fuse" else real_exists(p))
+    with pytest.raises(fuse.MountError, match="/dev/fuse is missing"):
+        fuse.check_fuse_available()
+    monkeypatch.setattr(fuse.os.path, "exists", real_exists)
+    monkeypatch.setattr(fuse.shutil, "which", lambda name: None)
+    with pytest.raises(fuse.MountError, match="apt-get install -y fuse3"):
+        fuse.check_fuse_available()

@@ -7,9 +7,18 @@ from ndfs.testing.conformance import *  # noqa: F401,F403
 from ndfs.testing.conformance import Case
 
 
-@pytest.fixture(params=["local-raw", "local-read-only"])
-def conformance_case(request, reference_store):
+@pytest.fixture(params=["local-raw", "local-read-only", "local-cached-memory", "local-cached-disk-tiny"])
+def conformance_case(request, reference_store, tmp_path):
     path, _, oracle = reference_store
+    if request.param.startswith("local-cached"):
+        from ndfs.cache import CachedBackend
+
+        tiny = request.param.endswith("tiny")  # budgets smaller than one level: eviction on every read
+        backend = CachedBackend(LocalBackend(path), namespace=f"local:{path}",
+                                memory_bytes=20_000 if tiny else 64 * 2**20,
+                                disk_dir=tmp_path / "cache" if tiny else None, disk_bytes=200_000)
+        request.addfinalizer(backend.close)
+        return Case(backend=backend, oracle=oracle)
     if request.param == "local-raw":
         return Case(backend=LocalBackend(path), oracle=oracle)
     if request.param == "local-read-only":

@@ -128,6 +128,12 @@ class Backend:
             self._stats.writes += 1
             self._stats.write_bytes += array.nbytes
 
+    def prefetch(self, ref: Sequence[str], box: Box, level: int = 0) -> None:
+        """A hint that `box` will be read soon; backends without a cache ignore it.
+
+        Never blocks on I/O and never raises for a bad hint (the cache clips or drops it).
+        """
+
     # ---- bookkeeping -----------------------------------------------------
     @property
     def stats(self) -> RequestStats:

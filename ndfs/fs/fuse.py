@@ -97,10 +97,14 @@ def make_operations(tree: Tree):
                 raise mfusepy.FuseOSError(errno.EISDIR)
             if fi.flags & WRITE_FLAGS and not node.writable:
                 raise mfusepy.FuseOSError(errno.EROFS)
-            fi.keep_cache = 1  # content is stable for the life of the node: let the page cache keep it
+            handle = node.open()
+            if node.direct_io:
+                fi.direct_io = 1
+            else:
+                fi.keep_cache = 1  # content is stable for the life of the node: let the page cache keep it
             with self._lock:
                 fh = next(self._next)
-                self.handles[fh] = node
+                self.handles[fh] = handle
             fi.fh = fh
             return 0
 
@@ -117,6 +121,15 @@ def make_operations(tree: Tree):
             with self._lock:
                 self.handles.pop(fi.fh, None)
             return 0
+
+        def destroy(self, path):
+            """Unmounting: log the final statistics and close every backend."""
+            log.info("unmounting; statistics: %s", self.tree.stats())
+            for backend in self.tree.remotes.values():
+                try:
+                    backend.close()
+                except Exception:
+                    log.exception("closing %r failed", backend)
 
         @_errno_policy
         def statfs(self, path):

@@ -59,6 +59,12 @@ class DirNode(Node):
 class FileNode(Node):
     size: int = 0
     writable = False
+    #: bypass the page cache (only for files whose content changes while open)
+    direct_io = False
+
+    def open(self) -> "FileNode":
+        """Called when a file is opened; returns the node that serves the handle's reads."""
+        return self
 
     def read(self, offset: int, size: int) -> bytes:
         raise NotImplementedError
@@ -74,12 +80,34 @@ class BytesFile(FileNode):
         return self.data[offset:offset + size]
 
 
-class TiffFile(FileNode):
-    """A virtual TIFF: header/IFD bytes computed, pixel rows read as boxes through the backend."""
+class DynamicFile(FileNode):
+    """A small file rendered anew on each open (status files); served with direct_io."""
 
-    def __init__(self, layout: TiffLayout, get_rows: Callable[[int, int, int], np.ndarray], mtime: float):
-        self.layout, self.get_rows, self.mtime = layout, get_rows, mtime
+    direct_io = True
+
+    def __init__(self, render: Callable[[], bytes], mtime: float):
+        self.render, self.mtime = render, mtime
+        self.size = len(render())
+
+    def open(self) -> FileNode:
+        return BytesFile(self.render(), self.mtime)
+
+
+class TiffFile(FileNode):
+    """A virtual TIFF: header/IFD bytes computed, pixel rows read as boxes through the backend.
+
+    ``on_open`` (optional) runs when the file is opened, e.g. a prefetch hint for the cache.
+    """
+
+    def __init__(self, layout: TiffLayout, get_rows: Callable[[int, int, int], np.ndarray], mtime: float,
+                 on_open: Callable[[], None] | None = None):
+        self.layout, self.get_rows, self.mtime, self.on_open = layout, get_rows, mtime, on_open
         self.size = layout.size
+
+    def open(self) -> FileNode:
+        if self.on_open is not None:
+            self.on_open()
+        return self
 
     def read(self, offset: int, size: int) -> bytes:
         return self.layout.read(offset, size, self.get_rows)
@@ -137,6 +165,20 @@ class Tree:
             self._memo[key] = (now, value)
         return value
 
+    def stats(self) -> dict:
+        """Per remote: reads served, and the cache's hits, sizes and backend request counts."""
+        out = {}
+        for name, backend in self.remotes.items():
+            entry = {"kind": backend.kind, "served": backend.stats.as_dict()}
+            cache_stats = getattr(backend, "cache_stats", None)
+            if cache_stats is not None:
+                entry["cache"] = cache_stats()
+                entry["backend"] = entry["cache"].pop("backend")
+            else:
+                entry["backend"] = entry["served"]
+            out[name] = entry
+        return out
+
     def forget(self) -> None:
         with self._lock:
             self._memo.clear()
@@ -184,16 +226,38 @@ class Tree:
         return self._memoised(("layout", remote, ref, level, what), build, self.ttl_s)
 
 
+STATUS_DIR = ".ndfs"
+
+
 class RootDir(DirNode):
+    """The mount root: one folder per remote, and ``.ndfs/`` with the daemon's status."""
+
     def __init__(self, tree: Tree):
         self.tree, self.mtime = tree, tree.started
 
     def names(self) -> list[str]:
-        return list(self.tree.remotes)
+        return list(self.tree.remotes) + [STATUS_DIR]
 
     def child(self, name: str) -> Node:
+        if name == STATUS_DIR and name not in self.tree.remotes:
+            return StatusDir(self.tree)
         self.tree.backend(name)
         return FolderDir(self.tree, name, ())
+
+
+class StatusDir(DirNode):
+    """``.ndfs/stats.json``: request counts and cache statistics of every remote, read live."""
+
+    def __init__(self, tree: Tree):
+        self.tree, self.mtime = tree, tree.started
+
+    def names(self) -> list[str]:
+        return ["stats.json"]
+
+    def child(self, name: str) -> Node:
+        if name != "stats.json":
+            raise NotFound(f"{STATUS_DIR} has no {name!r}")
+        return DynamicFile(lambda: (_dumps(self.tree.stats()) + "\n").encode(), time.time())
 
 
 class FolderDir(DirNode):
@@ -292,4 +356,5 @@ class AxisDir(DirNode):
         def get_rows(p: int, r0: int, r1: int) -> np.ndarray:
             return plane.rows(backend.read(v.ref, plane.box(lv.box, index, r0, r1), level))
 
-        return TiffFile(layout, get_rows, self.mtime)
+        whole = plane.box(lv.box, index, 0, layout.height)
+        return TiffFile(layout, get_rows, self.mtime, on_open=lambda: backend.prefetch(v.ref, whole, level))

@@ -1,0 +1,479 @@
+"""CachedBackend: the chunk cache as a Backend wrapping a Backend.
+
+How a read works: the box is mapped to chunk indices on the level's grid;
+each chunk is served from the memory tier (cachetools.LRUCache bounded in
+bytes, holding read-only decoded arrays, guarded by ``_lock``), else from the
+disk tier (checked payloads, see :mod:`ndfs.cache.disk`), else it is claimed
+in the single-flight map ``_inflight`` (chunk key -> _Flight holding a
+Future). Claimed chunks are merged into few aligned boxes
+(:func:`ndfs.cache.plan.group_chunks`) and fetched with ``inner.read``: the
+first box in the calling thread, the rest on the fetch pool. A reader that
+finds a chunk already in flight waits on its Future and shares its array or
+its exception; errors are never stored. Pool tasks never wait on anything,
+and prefetch tasks run on their own small pool and only claim chunks nobody
+else has, so no thread ever waits on work queued behind itself.
+
+Writes go through, then ``invalidate`` bumps the volume's epoch and drops
+the affected chunks of every level from both tiers and from the flight map.
+A fetch stores its chunks only if the epoch it started under is still
+current (and takes a disk entry back out if the epoch moved while writing
+it), so a fetch racing a write cannot leave stale data behind in this
+process. Other processes' memory tiers do not see the invalidation.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import threading
+from collections import defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Sequence
+
+import cachetools
+import numpy as np
+
+from ndfs.backends.base import Backend, VolumeRef, as_ref
+from ndfs.cache.disk import decode_chunk, encode_chunk, open_disk_cache
+from ndfs.cache.plan import Index, affected_regions, group_chunks
+from ndfs.errors import BackendError, NdfsError
+from ndfs.geometry import Box, ChunkGrid
+from ndfs.info import VolumeInfo
+
+log = logging.getLogger("ndfs.cache")
+MiB = 2**20
+
+
+class _Flight:
+    """One in-progress fetch of one chunk: waiters block on ``future``."""
+
+    __slots__ = ("future", "epoch", "prefetch")
+
+    def __init__(self, epoch: int, prefetch: bool):
+        self.future: Future = Future()
+        self.epoch, self.prefetch = epoch, prefetch
+
+
+class CachedBackend(Backend):
+    """A chunk cache in front of ``inner``; same contract, so layers above see one type.
+
+    ``namespace`` names the remote (e.g. ``"local:/abs/store"`` or a URL).
+    ``disk_dir=None`` keeps the cache in memory only. The cache owns ``inner``:
+    ``close()`` stops the worker pools, closes the disk cache and closes
+    ``inner`` (the mount closes only the backends it sees). Thread-safe.
+    """
+
+    #: no single inner request is built larger than this from merged chunks
+    max_request_bytes = 64 * MiB
+    #: prefetch hints beyond this many queued or running tasks are dropped
+    prefetch_queue = 4
+    #: an invalidation touching more disk chunks than this evicts the whole volume from disk
+    disk_evict_limit = 4096
+
+    def __init__(self, inner: Backend, *, namespace: str, memory_bytes: int = 512 * MiB,
+                 disk_dir: str | os.PathLike | None = None, disk_bytes: int = 4 * 2**30,
+                 prefetch: bool = True, workers: int = 8, max_prefetch_bytes: int = 256 * MiB):
+        super().__init__()
+        self.inner = inner
+        self.kind = inner.kind
+        self.capabilities = inner.capabilities
+        self.namespace = str(namespace)
+        self.prefetch_enabled = bool(prefetch)
+        self.max_prefetch_bytes = int(max_prefetch_bytes)
+        self._lock = threading.Lock()  # guards _mem, _inflight, _epochs, _recent, _counts
+        self._mem = cachetools.LRUCache(maxsize=max(0, int(memory_bytes)), getsizeof=lambda a: a.nbytes)
+        self._inflight: dict[tuple, _Flight] = {}
+        self._epochs: dict[VolumeRef, int] = defaultdict(int)
+        self._recent: dict[tuple, list] = {}
+        self._counts = dict.fromkeys(("memory_hits", "disk_hits", "misses", "prefetched",
+                                      "prefetch_dropped", "corrupt", "disk_errors"), 0)
+        self._pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="ndfs-fetch")
+        self._pf_pool = ThreadPoolExecutor(max(1, min(4, workers // 2)), thread_name_prefix="ndfs-prefetch")
+        self._pf_cond = threading.Condition()
+        self._pf_pending = 0
+        self._warned: set[str] = set()
+        self.disk_dir = None if disk_dir is None else Path(disk_dir)
+        self._disk = None
+        if disk_dir is not None:
+            try:
+                self._disk = open_disk_cache(disk_dir, disk_bytes)
+            except Exception as exc:
+                log.warning("disk cache %s is unusable, caching in memory only: %s", disk_dir, exc)
+
+    def __repr__(self) -> str:
+        return f"CachedBackend({self.inner!r}, namespace={self.namespace!r})"
+
+    # ---- delegation ------------------------------------------------------
+    def _children(self, path: VolumeRef) -> list[str]:
+        return self.inner.children(path)
+
+    def _is_volume(self, path: VolumeRef) -> bool:
+        return self.inner.is_volume(path)
+
+    def _info(self, ref: VolumeRef) -> VolumeInfo:
+        return self.inner.info(ref)
+
+    def forget_info(self, ref: Sequence[str] | None = None) -> None:
+        """Drop memoised info here and in the inner backend (cached chunks are kept)."""
+        super().forget_info(ref)
+        self.inner.forget_info(ref)
+
+    # ---- keys and small helpers -----------------------------------------
+    def disk_key(self, ref: Sequence[str], level: int, index: Sequence[int]) -> str:
+        """The diskcache key of one chunk (a JSON string; stable across processes)."""
+        return json.dumps([self.namespace, list(as_ref(ref)), int(level), [int(i) for i in index]],
+                          separators=(",", ":"))
+
+    def _tag(self, ref: VolumeRef) -> str:
+        return json.dumps([self.namespace, list(ref)], separators=(",", ":"))
+
+    def _count(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._counts[name] += n
+
+    def _disk_op(self, what: str, fn, default=None):
+        """Run one disk tier call; a failure is logged (once per kind) and ``default`` returned."""
+        try:
+            return fn()
+        except Exception as exc:  # sqlite3.Error, OSError, diskcache.Timeout, ...
+            self._count("disk_errors")
+            level = logging.DEBUG if what in self._warned else logging.WARNING
+            self._warned.add(what)
+            log.log(level, "disk cache %s failed, continuing uncached: %s", what, exc)
+            return default
+
+    @staticmethod
+    def _paste(out: np.ndarray, box: Box, cbox: Box, chunk: np.ndarray) -> None:
+        part = cbox.intersect(box)
+        out[part.slices(box.start)] = chunk[part.slices(cbox.start)]
+
+    # ---- reads -----------------------------------------------------------
+    def _read(self, ref: VolumeRef, box: Box, level: int) -> np.ndarray:
+        info = self.info(ref)
+        grid = info.level(level).grid
+        out = np.empty(box.shape, dtype=info.dtype)
+        missing = []
+        with self._lock:
+            epoch = self._epochs[ref]
+            found = [(idx, self._mem.get((self.namespace, ref, level, idx))) for idx in grid.chunks(box)]
+            self._counts["memory_hits"] += sum(a is not None for _, a in found)
+        for idx, arr in found:
+            if arr is None:
+                missing.append(idx)
+            else:
+                self._paste(out, box, grid.chunk_box(idx), arr)
+        disk = self._disk
+        if missing and disk is not None:
+            missing = self._disk_lookup(disk, ref, level, grid, info.dtype, missing, epoch, out, box)
+        while missing:
+            missing = self._fetch_missing(ref, level, grid, missing, out, box)
+        self._note_read(ref, box, level, grid)
+        return out
+
+    def _disk_lookup(self, disk, ref, level, grid, dtype, idxs, epoch, out, box) -> list[Index]:
+        """Serve what the disk tier holds (checked) into ``out``; return the rest."""
+        rest, hits = [], []
+        for idx in idxs:
+            key, cbox = self.disk_key(ref, level, idx), grid.chunk_box(idx)
+            payload = self._disk_op("get", lambda: disk.get(key))
+            if payload is None:
+                rest.append(idx)
+                continue
+            try:
+                arr = decode_chunk(payload, dtype, cbox.shape)
+            except ValueError as exc:
+                log.warning("corrupt cache entry %s (%s): deleted, refetching", key, exc)
+                self._count("corrupt")
+                self._disk_op("delete", lambda: disk.delete(key))
+                rest.append(idx)
+                continue
+            self._paste(out, box, cbox, arr)
+            hits.append((idx, arr))
+        with self._lock:
+            self._counts["disk_hits"] += len(hits)
+            if self._epochs[ref] == epoch:  # not invalidated meanwhile: promote to memory
+                for idx, arr in hits:
+                    self._mem_put((self.namespace, ref, level, idx), arr)
+        return rest
+
+    def _mem_put(self, key: tuple, arr: np.ndarray) -> None:
+        try:
+            self._mem[key] = arr  # caller holds self._lock
+        except ValueError:  # larger than the whole memory budget
+            pass
+
+    def _claim(self, ref, level, idxs, prefetch: bool) -> tuple[dict, dict, dict]:
+        """Under the lock: split chunks into memory hits, ours to fetch, and others' flights."""
+        hits, mine, theirs = {}, {}, {}
+        with self._lock:
+            epoch = self._epochs[ref]
+            for idx in idxs:
+                key = (self.namespace, ref, level, idx)
+                arr = self._mem.get(key)
+                if arr is not None:
+                    hits[idx] = arr
+                elif key in self._inflight:
+                    theirs[idx] = self._inflight[key]
+                else:
+                    mine[idx] = self._inflight[key] = _Flight(epoch, prefetch)
+        return hits, mine, theirs
+
+    def _fetch_missing(self, ref, level, grid, idxs, out, box) -> list[Index]:
+        """Fetch or wait for each chunk; returns chunks to retry (their prefetch flight failed)."""
+        hits, mine, theirs = self._claim(ref, level, idxs, prefetch=False)
+        with self._lock:
+            self._counts["memory_hits"] += len(hits)
+            self._counts["misses"] += len(mine) + len(theirs)
+        if mine:
+            self._fetch_claimed(ref, level, grid, mine, parallel=True)
+        retry = []
+        for idx, flight in itertools.chain(hits.items(), mine.items(), theirs.items()):
+            if isinstance(flight, np.ndarray):
+                chunk = flight
+            else:
+                try:
+                    chunk = flight.future.result()  # owners always resolve: no timeout needed
+                except Exception:
+                    if flight.prefetch and idx in theirs:
+                        retry.append(idx)
+                        continue
+                    raise
+            self._paste(out, box, grid.chunk_box(idx), chunk)
+        return retry
+
+    def _fetch_claimed(self, ref, level, grid: ChunkGrid, mine: dict, parallel: bool) -> None:
+        """Fetch the chunks we own in grouped requests; every flight is resolved on return.
+
+        The first group runs in the calling thread, the others on the fetch pool
+        (whose tasks never wait on anything, so this cannot deadlock).
+        """
+        try:
+            groups = group_chunks(grid, mine, self.max_request_bytes, self.info(ref).dtype.itemsize)
+            jobs = []
+            for i, (gbox, members) in enumerate(groups):
+                args = (ref, level, grid, gbox, [(idx, mine[idx]) for idx in members])
+                if parallel and i > 0:
+                    try:
+                        jobs.append(self._pool.submit(self._fetch_group, *args))
+                        continue
+                    except RuntimeError:  # pool shut down: fetch here
+                        pass
+                self._fetch_group(*args)
+            for job in jobs:
+                job.result()
+        finally:
+            abandoned = [(idx, f) for idx, f in mine.items() if not f.future.done()]
+            if abandoned:
+                self._fail(ref, level, abandoned, BackendError("chunk fetch was abandoned"))
+
+    def _release(self, ref, level, members) -> None:
+        """Take finished flights out of the single-flight map (unless invalidation already did)."""
+        with self._lock:
+            for idx, f in members:
+                key = (self.namespace, ref, level, idx)
+                if self._inflight.get(key) is f:
+                    del self._inflight[key]
+
+    def _fail(self, ref, level, members, exc: BaseException) -> None:
+        """Give every unresolved flight of ``members`` the error; nothing is cached."""
+        self._release(ref, level, members)
+        for _, f in members:
+            if not f.future.done():
+                f.future.set_exception(exc)
+
+    def _fetch_group(self, ref, level, grid: ChunkGrid, gbox: Box, members: list) -> None:
+        """One inner request; splits it into chunks, stores them, resolves their flights."""
+        try:
+            arr = self.inner.read(ref, gbox, level)
+            chunks = []
+            for idx, f in members:
+                chunk = arr[grid.chunk_box(idx).slices(gbox.start)].copy()  # a copy: own its bytes
+                chunk.flags.writeable = False
+                chunks.append((idx, f, chunk))
+        except BaseException as exc:
+            self._fail(ref, level, members, exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        with self._lock:
+            if members and members[0][1].prefetch:
+                self._counts["prefetched"] += len(members)
+            for idx, f, chunk in chunks:
+                if self._epochs[ref] == f.epoch:
+                    self._mem_put((self.namespace, ref, level, idx), chunk)
+        for _, f, chunk in chunks:
+            f.future.set_result(chunk)  # waiters go on; the flight stays findable until on disk
+        try:
+            disk = self._disk
+            for idx, f, chunk in chunks:
+                if disk is not None and f.epoch == self._epochs.get(ref, 0):
+                    self._disk_put(disk, ref, level, idx, chunk, f.epoch)
+        finally:
+            self._release(ref, level, members)
+
+    def _disk_put(self, disk, ref, level, idx, chunk, epoch) -> None:
+        """Store one chunk's payload; take it back out if an invalidation raced the store."""
+        key = self.disk_key(ref, level, idx)
+        self._disk_op("set", lambda: disk.set(key, encode_chunk(chunk), tag=self._tag(ref)))
+        with self._lock:
+            stale = self._epochs[ref] != epoch
+        if stale:  # invalidated while we were writing: take it back out
+            self._disk_op("delete", lambda: disk.delete(key))
+
+    # ---- prefetch --------------------------------------------------------
+    def prefetch(self, ref: Sequence[str], box: Box, level: int = 0) -> None:
+        """Hint that ``box`` will be read soon: fetch its uncached chunks in the background.
+
+        At most ``max_prefetch_bytes`` per hint; dropped when the prefetch queue is
+        full or prefetch is off; never raises for a bad hint. Thread-safe.
+        """
+        if not self.prefetch_enabled:
+            return
+        try:
+            ref = as_ref(ref)
+            box = box.intersect(self.info(ref).level(level).box)
+        except NdfsError:
+            return
+        if box is None:
+            return
+        with self._pf_cond:
+            if self._pf_pending >= self.prefetch_queue:
+                self._count("prefetch_dropped")
+                return
+            self._pf_pending += 1
+        try:
+            self._pf_pool.submit(self._prefetch_task, ref, box, level)
+        except RuntimeError:  # closed
+            self._prefetch_done()
+
+    def _prefetch_done(self) -> None:
+        with self._pf_cond:
+            self._pf_pending -= 1
+            self._pf_cond.notify_all()
+
+    def _prefetch_task(self, ref: VolumeRef, box: Box, level: int) -> None:
+        """Runs on the prefetch pool: claims only chunks nobody has or fetches, never waits."""
+        try:
+            info = self.info(ref)
+            grid, budget, want = info.level(level).grid, self.max_prefetch_bytes, []
+            for idx in grid.chunks(box):
+                key = (self.namespace, ref, level, idx)
+                with self._lock:
+                    if key in self._mem or key in self._inflight:
+                        continue
+                disk = self._disk
+                if disk is not None and self._disk_op("contains", lambda: self.disk_key(ref, level, idx) in disk):
+                    continue
+                budget -= grid.chunk_box(idx).size * info.dtype.itemsize
+                if budget < 0:
+                    break
+                want.append(idx)
+            _, mine, _ = self._claim(ref, level, want, prefetch=True)
+            if mine:
+                self._fetch_claimed(ref, level, grid, mine, parallel=False)
+        except Exception as exc:
+            log.debug("prefetch of %s at level %d of %s failed: %s", box, level, "/".join(ref), exc)
+        finally:
+            self._prefetch_done()
+
+    def _note_read(self, ref: VolumeRef, box: Box, level: int, grid: ChunkGrid) -> None:
+        """Spot sequential z-slice readers and prefetch the next chunk-deep slab."""
+        depth, oz = grid.chunk_shape[0], grid.extent.start[0]
+        if not self.prefetch_enabled or box.shape[0] >= depth:
+            return
+        yx, slab = (box.start[1:], box.stop[1:]), (box.start[0] - oz) // depth
+        nxt = (box.stop[0] - 1 - oz) // depth + 1
+        with self._lock:
+            if len(self._recent) > 1024:
+                self._recent.clear()
+            prev = self._recent.get((ref, level))
+            done = prev[4] if prev and prev[3] == yx else None
+            self._recent[(ref, level)] = [box.start[0], box.stop[0], slab, yx, done]
+            sequential = prev is not None and prev[3] == yx and (
+                prev[1] == box.start[0] or prev[0] == box.start[0] - 1 or prev[2] == slab - 1)
+            if not sequential or nxt >= grid.grid_shape[0] or done == nxt:
+                return
+            self._recent[(ref, level)][4] = nxt
+        z0 = oz + nxt * depth
+        self.prefetch(ref, Box((z0, *yx[0]), (min(z0 + depth, grid.extent.stop[0]), *yx[1])), level)
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Block until no prefetch is queued or running; False on timeout. Thread-safe."""
+        with self._pf_cond:
+            return self._pf_cond.wait_for(lambda: self._pf_pending <= 0, timeout)
+
+    # ---- writes and invalidation ----------------------------------------
+    def _write(self, ref: VolumeRef, box: Box, level: int, array: np.ndarray) -> None:
+        try:
+            self.inner.write(ref, box, level, array)
+        finally:  # even a failed write may have changed the store
+            self.invalidate(ref, box, level)
+
+    def invalidate(self, ref: Sequence[str], box: Box | None = None, level: int | None = None) -> None:
+        """Forget cached chunks: ``box`` at ``level`` (default 0) and what it maps to on every
+        other level; ``box=None`` forgets the whole volume. Both tiers; thread-safe.
+        """
+        ref = as_ref(ref)
+        ranges = None
+        if box is not None:
+            info = self.info(ref)
+            ranges = {lv: info.level(lv).grid.index_range(b)
+                      for lv, b in affected_regions(info, box, level or 0).items()}
+
+        def hit(key) -> bool:
+            if key[1] != ref:
+                return False
+            if ranges is None:
+                return True
+            r = ranges.get(key[2])
+            return r is not None and all(a <= i < b for i, a, b in zip(key[3], *r))
+
+        with self._lock:  # the epoch bump keeps in-flight fetches from storing stale chunks
+            self._epochs[ref] += 1
+            for key in [k for k in self._mem.keys() if hit(k)]:
+                del self._mem[key]
+            for key in [k for k in self._inflight if hit(k)]:
+                del self._inflight[key]  # its owner still resolves its waiters
+        disk = self._disk
+        if disk is None:
+            return
+        n = sum(int(np.prod([b - a for a, b in zip(*r)])) for r in ranges.values()) if ranges else 0
+        try:
+            if ranges is None or n > self.disk_evict_limit:
+                disk.evict(self._tag(ref))
+            else:
+                for lv, (lo, hi) in ranges.items():
+                    for idx in itertools.product(*(range(a, b) for a, b in zip(lo, hi))):
+                        disk.delete(self.disk_key(ref, lv, idx))
+        except Exception as exc:  # never serve what we could not forget
+            log.error("disk cache invalidation failed, disabling the disk tier here: %s", exc)
+            self._disk = None
+
+    # ---- bookkeeping -----------------------------------------------------
+    def cache_stats(self) -> dict:
+        """Hit/miss counts, tier sizes and the inner backend's request counts."""
+        with self._lock:
+            s = dict(self._counts, memory_bytes=self._mem.currsize, memory_entries=len(self._mem),
+                     memory_limit=self._mem.maxsize)
+        disk = self._disk
+        s["disk_bytes"] = self._disk_op("volume", disk.volume, 0) if disk is not None else 0
+        s["disk_entries"] = self._disk_op("len", lambda: len(disk), 0) if disk is not None else 0
+        seen = s["memory_hits"] + s["disk_hits"] + s["misses"]
+        s["hit_rate"] = (s["memory_hits"] + s["disk_hits"]) / seen if seen else 0.0
+        s["backend"] = self.inner.stats.as_dict()
+        return s
+
+    def close(self) -> None:
+        """Stop the pools (queued prefetches are dropped), close the disk cache and ``inner``."""
+        self._pf_pool.shutdown(wait=True, cancel_futures=True)
+        with self._pf_cond:
+            self._pf_pending = 0
+            self._pf_cond.notify_all()
+        self._pool.shutdown(wait=True)
+        disk, self._disk = self._disk, None
+        if disk is not None:
+            self._disk_op("close", disk.close)
+        self.inner.close()

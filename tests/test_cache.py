@@ -1,0 +1,543 @@
+"""Tests for ndfs.cache: request counts (never timings), exact data, both tiers, faults.
+
+A real LocalBackend in tmp_path is the inner backend. Latency and faults are
+injected by a LocalBackend subclass whose reads can be gated, recorded and
+made to fail.
+"""
+import logging
+import sqlite3
+import threading
+import time
+
+import diskcache
+import numpy as np
+import pytest
+
+from ndfs.backends.local import LocalBackend
+from ndfs.cache import CachedBackend, clear_disk_cache, decode_chunk, disk_cache_info, encode_chunk
+from ndfs.cache.plan import group_chunks
+from ndfs.downsample import downsample
+from ndfs.errors import BackendError
+from ndfs.geometry import Box, ChunkGrid
+
+REF = ("p", "em")
+SHAPE = (32, 96, 128)  # chunks (8, 32, 32): a 4 x 3 x 4 grid at level 0, 4 x 2 x 2 at level 1
+CHUNK = (8, 32, 32)
+NS = "local:test"
+
+
+class GatedLocal(LocalBackend):
+    """A LocalBackend that records every inner read, can hold reads at a gate, and can fail."""
+
+    def __init__(self, path, **kw):
+        super().__init__(path, **kw)
+        self.boxes: list[tuple[int, Box]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.after = threading.Event()
+        self.after.set()
+        self.done = 0
+        self.fail_reads = 0
+        self.fail_writes_after_store = False
+        self._rec = threading.Lock()
+
+    def _read(self, ref, box, level):
+        with self._rec:
+            self.boxes.append((level, box))
+            fail = self.fail_reads > 0
+            self.fail_reads -= fail
+        assert self.gate.wait(10), "test gate never opened"
+        if fail:
+            raise BackendError("injected read failure")
+        out = super()._read(ref, box, level)
+        with self._rec:
+            self.done += 1
+        assert self.after.wait(10), "test gate never opened"  # data read, not yet returned
+        return out
+
+    def _write(self, ref, box, level, array):
+        super()._write(ref, box, level, array)
+        if self.fail_writes_after_store:
+            raise BackendError("injected failure after a partial write")
+
+
+@pytest.fixture
+def store(tmp_path):
+    """A filled 2-level store; returns (path, level-0 data, level-1 data)."""
+    path = tmp_path / "store"
+    b = LocalBackend(path, create=True)
+    b.create_volume("p/em", SHAPE, "uint8", levels=2, chunk_shape=CHUNK)
+    data = np.random.default_rng(7).integers(0, 256, SHAPE, dtype=np.uint8)
+    b.write(REF, Box.from_shape(SHAPE), 0, data)
+    return path, data, downsample(data, "image")
+
+
+@pytest.fixture
+def make(tmp_path):
+    """make(inner, **kw) -> CachedBackend (closed at teardown); disk=True uses tmp_path/cache."""
+    made = []
+
+    def _make(inner, disk=False, **kw):
+        kw.setdefault("namespace", NS)
+        kw.setdefault("prefetch", False)
+        if disk:
+            kw.setdefault("disk_dir", tmp_path / "cache")
+        c = CachedBackend(inner, **kw)
+        made.append(c)
+        return c
+
+    yield _make
+    for c in made:
+        c.close()
+
+
+def chunks_of(boxes, level=0):
+    """Chunk indices covered by the recorded inner boxes at `level`, with multiplicity."""
+    lv_shape = SHAPE if level == 0 else (SHAPE[0], SHAPE[1] // 2, SHAPE[2] // 2)
+    grid = ChunkGrid(CHUNK, Box.from_shape(lv_shape))
+    out = []
+    for lv, box in boxes:
+        if lv == level:
+            assert grid.aligned(box) == box, f"request {box} is not chunk-aligned"
+            out.extend(grid.chunks(box))
+    return out
+
+
+# ---- 1. slices, shapes, levels ------------------------------------------
+def test_z_slices_through_a_slab_cost_one_request_per_chunk_not_per_slice(store, make):
+    path, data, _ = store
+    inner = GatedLocal(path)
+    cached = make(inner)
+    for z in range(8):
+        got = cached.read(REF, Box((z, 10, 20), (z + 1, 70, 90)), 0)
+        np.testing.assert_array_equal(got, data[z:z + 1, 10:70, 20:90])
+    touched = chunks_of(inner.boxes)
+    assert sorted(touched) == [(0, y, x) for y in range(3) for x in range(3)]  # each once
+    assert inner.stats.reads == 1  # one grouped request for the 9 chunks, not 8 slices x 9
+
+
+def test_grouping_never_refetches_cached_chunks(store, make):
+    path, data, _ = store
+    inner = GatedLocal(path)
+    cached = make(inner)
+    cached.read(REF, Box((0, 32, 32), (8, 64, 64)), 0)  # chunk (0, 1, 1)
+    inner.boxes.clear()
+    got = cached.read(REF, Box((0, 0, 0), (16, 96, 128)), 0)
+    np.testing.assert_array_equal(got, data[:16])
+    fetched = chunks_of(inner.boxes)
+    assert len(fetched) == len(set(fetched)) == 2 * 12 - 1
+    assert (0, 1, 1) not in fetched
+    assert len(inner.boxes) == 5  # slab 0: row, two pieces around the hole, row; slab 1: one box
+
+
+def test_group_chunks_merges_runs_and_respects_the_request_cap():
+    grid = ChunkGrid(CHUNK, Box.from_shape(SHAPE))
+    chunk_bytes = 8 * 32 * 32
+    everything = list(grid.chunks(grid.extent))
+    [(box, members)] = group_chunks(grid, everything, 10**9, 1)
+    assert box == grid.extent and sorted(members) == sorted(everything)
+    capped = group_chunks(grid, everything, 5 * chunk_bytes, 1)  # at most 5 chunks a request
+    assert all(len(m) <= 5 and grid.aligned(b) == b for b, m in capped)
+    assert sorted(i for _, m in capped for i in m) == sorted(everything)
+    assert len(capped) == 12  # 4 slabs x 3 rows: a row of 4 is a request, two rows (8) exceed 5
+    diagonal = [(0, 0, 0), (0, 1, 1), (1, 1, 1)]
+    assert [b for b, _ in group_chunks(grid, diagonal, 10**9, 1)] == [
+        Box((0, 0, 0), (8, 32, 32)), Box((0, 32, 32), (16, 64, 64))]
+    one_big = group_chunks(grid, [(0, 0, 0), (0, 0, 1)], chunk_bytes // 2, 1)
+    assert len(one_big) == 2  # a chunk larger than the cap still goes alone
+
+
+@pytest.mark.parametrize("level", [0, 1])
+@pytest.mark.parametrize("kind", ["aligned", "unaligned", "voxel", "whole", "x-plane", "y-plane"])
+def test_reads_equal_the_array_voxel_for_voxel(store, make, level, kind):
+    path, data, data1 = store
+    oracle = data if level == 0 else data1
+    z, y, x = oracle.shape
+    boxes = {
+        "aligned": Box((8, 0, 32), (24, 32, 64)),
+        "unaligned": Box((3, 5, 7), (19, y - 3, x - 11)),
+        "voxel": Box((13, y - 1, 17), (14, y, 18)),
+        "whole": Box.from_shape(oracle.shape),
+        "x-plane": Box((0, 0, x // 2), (z, y, x // 2 + 1)),
+        "y-plane": Box((0, 9, 0), (z, 10, x)),
+    }
+    box = boxes[kind]
+    inner = GatedLocal(path)
+    cached = make(inner, disk=True)
+    for _ in range(2):  # cold, then from memory
+        np.testing.assert_array_equal(cached.read(REF, box, level), oracle[box.slices()])
+    fetched = chunks_of(inner.boxes, level)
+    assert len(fetched) == len(set(fetched))  # each chunk fetched at most once
+    fresh = make(LocalBackend(path), disk=True)  # from disk only
+    np.testing.assert_array_equal(fresh.read(REF, box, level), oracle[box.slices()])
+    assert fresh.inner.stats.reads == 0
+
+
+# ---- 2. single-flight ----------------------------------------------------
+def _wait_for(cond, what, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.002)
+
+
+def _crowd(cached, box, n=8):
+    results, errors = [None] * n, [None] * n
+
+    def reader(i):
+        try:
+            results[i] = cached.read(REF, box, 0)
+        except Exception as exc:  # noqa: BLE001 - collected for the assertions
+            errors[i] = exc
+
+    threads = [threading.Thread(target=reader, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    return threads, results, errors
+
+
+def test_single_flight_eight_readers_one_fetch_per_chunk(store, make):
+    path, data, _ = store
+    inner = GatedLocal(path)
+    cached = make(inner, workers=4)
+    box = Box((5, 20, 20), (12, 70, 70))  # 2 x 3 x 3 = 18 chunks
+    n_chunks = 18
+    inner.gate.clear()
+    threads, results, errors = _crowd(cached, box)
+    # every reader has claimed or joined a flight for every chunk before any fetch finishes
+    _wait_for(lambda: cached.cache_stats()["misses"] == 8 * n_chunks, "all readers to join")
+    inner.gate.set()
+    for t in threads:
+        t.join(10)
+        assert not t.is_alive()
+    assert errors == [None] * 8
+    for r in results:
+        np.testing.assert_array_equal(r, data[box.slices()])
+    fetched = chunks_of(inner.boxes)
+    assert sorted(fetched) == sorted(set(fetched)) and len(fetched) == n_chunks
+
+
+def test_single_flight_error_reaches_all_waiters_and_is_not_cached(store, make):
+    path, data, _ = store
+    inner = GatedLocal(path)
+    cached = make(inner, disk=True)
+    box = Box((0, 0, 0), (8, 32, 32))  # one chunk: one flight
+    inner.gate.clear()
+    inner.fail_reads = 1
+    threads, results, errors = _crowd(cached, box)
+    _wait_for(lambda: cached.cache_stats()["misses"] == 8, "all readers to join")
+    inner.gate.set()
+    for t in threads:
+        t.join(10)
+    assert len(inner.boxes) == 1
+    assert all(isinstance(e, BackendError) for e in errors), errors
+    s = cached.cache_stats()
+    assert s["memory_entries"] == 0 and s["disk_entries"] == 0
+    np.testing.assert_array_equal(cached.read(REF, box, 0), data[box.slices()])
+    assert len(inner.boxes) == 2 and inner.stats.reads == 1
+
+
+# ---- 3. budgets ----------------------------------------------------------
+def test_streaming_four_times_the_memory_budget_stays_within_both_budgets(store, make):
+    path, data, _ = store
+    memory_bytes = data.nbytes // 4
+    disk_bytes = 256 * 1024
+    cached = make(LocalBackend(path), disk=True, memory_bytes=memory_bytes, disk_bytes=disk_bytes)
+    for z in range(SHAPE[0]):
+        got = cached.read(REF, Box((z, 0, 0), (z + 1, *SHAPE[1:])), 0)
+        np.testing.assert_array_equal(got, data[z:z + 1])
+        assert cached.cache_stats()["memory_bytes"] <= memory_bytes
+    s = cached.cache_stats()
+    assert 0 < s["memory_entries"] < 48
+    for arr in list(cached._mem.values()):  # entries own their bytes: no views into a larger fetch
+        root = arr
+        while isinstance(root.base, np.ndarray):
+            root = root.base
+        held = root.nbytes if root.base is None else memoryview(root.base).nbytes
+        assert held == arr.nbytes
+    assert s["misses"] == 48  # each chunk fetched once in a sequential stream
+    disk = cached._disk
+    # soft cap: diskcache culls at most cull_limit (10) entries per set, so it can overshoot
+    # by a few entries until the next cull; after culling it is within the limit.
+    assert disk.volume() <= disk_bytes + 10 * 9 * 1024
+    disk.cull()
+    assert disk.volume() <= disk_bytes
+    assert 0 < len(disk) < 48
+
+
+# ---- 4. persistence ------------------------------------------------------
+def test_disk_tier_serves_a_new_instance_with_zero_requests(store, make, tmp_path):
+    path, data, data1 = store
+    box = Box((4, 10, 10), (20, 90, 120))
+    first = make(LocalBackend(path), disk=True)
+    first.read(REF, box, 0)
+    first.read(REF, Box((0, 0, 0), (8, 48, 64)), 1)
+    first.close()
+    inner = LocalBackend(path)
+    second = make(inner, disk=True)
+    np.testing.assert_array_equal(second.read(REF, box, 0), data[box.slices()])
+    np.testing.assert_array_equal(second.read(REF, Box((0, 0, 0), (8, 48, 64)), 1), data1[:8])
+    assert inner.stats.reads == 0
+    assert second.cache_stats()["disk_hits"] > 0
+    other = make(LocalBackend(path), disk=True, namespace="local:elsewhere")
+    other.read(REF, box, 0)
+    assert other.inner.stats.reads > 0  # namespaces do not share entries
+
+
+# ---- 5. invalidation -----------------------------------------------------
+@pytest.mark.parametrize("tiers", ["memory", "disk", "both"])
+def test_write_invalidates_both_levels_in_every_tier(store, make, tiers):
+    path, data, _ = store
+    kw = {"memory": dict(), "disk": dict(disk=True, memory_bytes=0), "both": dict(disk=True)}[tiers]
+    cached = make(LocalBackend(path), **kw)
+    whole0, whole1 = Box.from_shape(SHAPE), Box.from_shape((32, 48, 64))
+    cached.read(REF, whole0, 0)
+    cached.read(REF, whole1, 1)
+    box = Box((3, 5, 30), (11, 40, 70))
+    new = np.random.default_rng(1).integers(0, 256, box.shape, dtype=np.uint8)
+    cached.write(REF, box, 0, new)
+    expect = data.copy()
+    expect[box.slices()] = new
+    expect1 = downsample(expect, "image")
+    np.testing.assert_array_equal(cached.read(REF, whole0, 0), expect)
+    np.testing.assert_array_equal(cached.read(REF, whole1, 1), expect1)
+    if tiers != "memory":
+        other = make(LocalBackend(path), **kw)
+        np.testing.assert_array_equal(other.read(REF, whole0, 0), expect)
+        np.testing.assert_array_equal(other.read(REF, whole1, 1), expect1)
+
+
+def test_failed_write_still_invalidates_and_reraises(store, make):
+    path, data, _ = store
+    inner = GatedLocal(path)
+    cached = make(inner, disk=True)
+    cached.read(REF, Box.from_shape(SHAPE), 0)
+    inner.fail_writes_after_store = True
+    box = Box((0, 0, 0), (1, 1, 1))
+    with pytest.raises(BackendError):
+        cached.write(REF, box, 0, np.full((1, 1, 1), data[0, 0, 0] ^ 0xFF, np.uint8))
+    assert cached.read(REF, box, 0)[0, 0, 0] == data[0, 0, 0] ^ 0xFF
+
+
+@pytest.mark.parametrize("disk", [False, True])
+def test_fetch_in_flight_during_a_write_does_not_cache_stale_data(store, make, disk):
+    path, data, _ = store
+    inner = GatedLocal(path)
+    cached = make(inner, disk=disk)
+    box = Box((0, 0, 0), (8, 32, 32))  # one chunk; its 2x2 footprint write needs no read-back
+    inner.after.clear()
+    threads, results, errors = _crowd(cached, box, n=1)
+    _wait_for(lambda: inner.done == 1, "the old data to be read")
+    new = (data[box.slices()] ^ 0xFF).astype(np.uint8)
+    cached.write(REF, box, 0, new)
+    inner.after.set()
+    threads[0].join(10)
+    assert errors == [None]
+    np.testing.assert_array_equal(results[0], data[box.slices()])  # it started before the write
+    np.testing.assert_array_equal(cached.read(REF, box, 0), new)
+    if disk:
+        np.testing.assert_array_equal(make(LocalBackend(path), disk=True).read(REF, box, 0), new)
+
+
+def test_write_landing_while_a_chunk_is_stored_on_disk_takes_it_back_out(store, make, monkeypatch):
+    path, data, _ = store
+    cached = make(LocalBackend(path), disk=True, memory_bytes=0)
+    box = Box((0, 0, 0), (8, 32, 32))
+    new = (data[box.slices()] ^ 0xFF).astype(np.uint8)
+    real_set, fired = cached._disk.set, []
+
+    def set_with_a_write_first(key, value, **kw):  # the write lands just before the store
+        if not fired:
+            fired.append(key)
+            cached.write(REF, box, 0, new)
+        return real_set(key, value, **kw)
+
+    monkeypatch.setattr(cached._disk, "set", set_with_a_write_first)
+    np.testing.assert_array_equal(cached.read(REF, box, 0), data[box.slices()])
+    assert fired
+    np.testing.assert_array_equal(cached.read(REF, box, 0), new)
+    np.testing.assert_array_equal(make(LocalBackend(path), disk=True).read(REF, box, 0), new)
+
+
+def test_invalidate_whole_volume_and_a_box(store, make):
+    path, data, _ = store
+    inner = LocalBackend(path)
+    cached = make(inner, disk=True)
+    cached.read(REF, Box.from_shape(SHAPE), 0)
+    cached.invalidate(REF, Box((0, 0, 0), (1, 1, 1)), 0)  # one chunk at level 0, one at level 1
+    assert cached.cache_stats()["disk_entries"] == 47
+    inner.reset_stats()
+    cached.read(REF, Box.from_shape(SHAPE), 0)
+    assert inner.stats.reads == 1
+    cached.invalidate(REF)
+    s = cached.cache_stats()
+    assert s["memory_entries"] == 0 and s["disk_entries"] == 0
+
+
+# ---- 6. corruption -------------------------------------------------------
+def _corruptions():
+    good = encode_chunk(np.zeros(CHUNK, np.uint8))
+    flipped = bytearray(good)
+    flipped[-1] ^= 0xFF
+    bad_crc = bytearray(good)
+    bad_crc[30] ^= 0x01  # inside the crc field of the header
+    return {
+        "garbage": b"garbage",
+        "truncated": good[:20],
+        "bitflip": bytes(flipped),
+        "bad-crc": bytes(bad_crc),
+        "wrong-dtype": encode_chunk(np.zeros(CHUNK, np.uint16)),
+        "wrong-shape": encode_chunk(np.zeros((8, 32, 16), np.uint8)),
+        "not-bytes": {"a": 1},
+    }
+
+
+@pytest.mark.parametrize("name", list(_corruptions()))
+def test_corrupt_disk_entry_is_replaced_and_only_that_chunk_refetched(store, make, tmp_path, caplog, name):
+    path, data, _ = store
+    first = make(LocalBackend(path), disk=True)
+    first.read(REF, Box.from_shape(SHAPE), 0)
+    key = first.disk_key(REF, 0, (1, 1, 2))
+    first.close()
+    with diskcache.Cache(str(tmp_path / "cache")) as dc:
+        dc.set(key, _corruptions()[name])
+    inner = GatedLocal(path)
+    second = make(inner, disk=True)
+    with caplog.at_level(logging.WARNING, logger="ndfs.cache"):
+        np.testing.assert_array_equal(second.read(REF, Box.from_shape(SHAPE), 0), data)
+    assert inner.boxes == [(0, Box((8, 32, 64), (16, 64, 96)))]
+    assert len([r for r in caplog.records if "corrupt" in r.getMessage()]) == 1
+    with diskcache.Cache(str(tmp_path / "cache")) as dc:
+        fixed = decode_chunk(dc.get(key), np.uint8, CHUNK)
+    np.testing.assert_array_equal(fixed, data[8:16, 32:64, 64:96])
+
+
+# ---- 7. prefetch ---------------------------------------------------------
+@pytest.mark.parametrize("prefetch", [True, False])
+def test_sequential_slice_reader_gets_the_next_slab_prefetched(store, make, prefetch):
+    path, data, _ = store
+    inner = LocalBackend(path)
+    cached = make(inner, prefetch=prefetch)
+    yx = ((10, 20), (70, 90))
+    for z in range(4):
+        cached.read(REF, Box((z, *yx[0]), (z + 1, *yx[1])), 0)
+    assert cached.wait_idle(10)
+    inner.reset_stats()
+    base, foreground = cached.cache_stats()["misses"], []
+    for z in range(8, 16):
+        got = cached.read(REF, Box((z, *yx[0]), (z + 1, *yx[1])), 0)
+        np.testing.assert_array_equal(got, data[z:z + 1, 10:70, 20:90])
+        foreground.append(cached.cache_stats()["misses"] - base)
+    assert foreground == ([0] * 8 if prefetch else [9] * 8)  # chunk misses seen by the reader
+    assert cached.wait_idle(10)
+    if prefetch:
+        assert inner.stats.reads == 1  # only the prefetch of slab 2, started by the reads of slab 1
+        assert cached.cache_stats()["prefetched"] == 9 + 9
+    else:
+        assert inner.stats.reads == 1
+        assert cached.cache_stats()["prefetched"] == 0
+
+
+@pytest.mark.parametrize("prefetch", [True, False])
+def test_prefetch_hint_then_read_costs_nothing(store, make, prefetch):
+    path, data, data1 = store
+    inner = LocalBackend(path)
+    cached = make(inner, disk=True, prefetch=prefetch)
+    box = Box((8, 0, 0), (24, 48, 64))
+    cached.prefetch(REF, box, 1)
+    cached.prefetch(REF, Box((0, 0, 0), (1, 1, 1)), 9)  # a bad hint is ignored
+    assert cached.wait_idle(10)
+    inner.reset_stats()
+    np.testing.assert_array_equal(cached.read(REF, box, 1), data1[8:24])
+    assert inner.stats.reads == (0 if prefetch else 1)
+
+
+def test_prefetch_respects_its_byte_limit(store, make):
+    path, _, _ = store
+    cached = make(LocalBackend(path), prefetch=True, max_prefetch_bytes=3 * 8 * 32 * 32)
+    cached.prefetch(REF, Box.from_shape(SHAPE), 0)
+    assert cached.wait_idle(10)
+    assert cached.cache_stats()["prefetched"] == 3
+
+
+def test_base_backend_prefetch_is_a_no_op(store):
+    path, _, _ = store
+    b = LocalBackend(path)
+    assert b.prefetch(REF, Box.from_shape(SHAPE), 0) is None
+    assert b.stats.reads == 0
+
+
+# ---- 8. disk faults, concurrency, helpers --------------------------------
+def test_disk_failures_do_not_fail_reads(store, make, monkeypatch, caplog):
+    path, data, _ = store
+    cached = make(LocalBackend(path), disk=True)
+
+    def full(*a, **k):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(cached._disk, "set", full)
+    with caplog.at_level(logging.WARNING, logger="ndfs.cache"):
+        np.testing.assert_array_equal(cached.read(REF, Box.from_shape(SHAPE), 0), data)
+    monkeypatch.setattr(cached._disk, "get", lambda *a, **k: (_ for _ in ()).throw(OSError(28, "no space")))
+    cached.invalidate(REF)
+    np.testing.assert_array_equal(cached.read(REF, Box.from_shape(SHAPE), 0), data)
+    s = cached.cache_stats()
+    assert s["disk_errors"] >= 2 and s["disk_entries"] == 0
+    assert any("disk cache set failed" in r.getMessage() for r in caplog.records)
+
+
+def test_many_threads_random_boxes_small_budgets_no_deadlock(store, make):
+    path, data, data1 = store
+    cached = make(GatedLocal(path), disk=True, memory_bytes=40_000, disk_bytes=200_000,
+                  workers=2, prefetch=True)
+    rng = np.random.default_rng(3)
+    jobs = []
+    for _ in range(8):
+        for _ in range(12):
+            level = int(rng.integers(0, 2))
+            shape = SHAPE if level == 0 else data1.shape
+            a = [int(rng.integers(0, s)) for s in shape]
+            b = [int(rng.integers(lo + 1, s + 1)) for lo, s in zip(a, shape)]
+            jobs.append((level, Box(a, b)))
+    failures = []
+
+    def worker(part):
+        for level, box in part:
+            oracle = data if level == 0 else data1
+            if not np.array_equal(cached.read(REF, box, level), oracle[box.slices()]):
+                failures.append((level, box))
+            cached.prefetch(REF, box.translate((0, 0, 0)), level)
+
+    threads = [threading.Thread(target=worker, args=(jobs[i::8],)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+        assert not t.is_alive(), "a reader is stuck"
+    assert failures == []
+    assert cached.wait_idle(10)
+    assert cached.cache_stats()["memory_bytes"] <= 40_000
+
+
+def test_stats_and_disk_helpers(store, make, tmp_path):
+    path, data, _ = store
+    cached = make(LocalBackend(path), disk=True)
+    cached.read(REF, Box((0, 0, 0), (8, 64, 64)), 0)
+    cached.read(REF, Box((0, 0, 0), (8, 64, 64)), 0)
+    s = cached.cache_stats()
+    assert (s["misses"], s["memory_hits"], s["memory_entries"], s["disk_entries"]) == (4, 4, 4, 4)
+    assert s["hit_rate"] == 0.5 and s["memory_bytes"] == 4 * 8 * 32 * 32
+    assert s["backend"]["reads"] == 1
+    got = cached.read(REF, Box((0, 0, 0), (8, 64, 64)), 0)
+    got[:] = 0  # callers own what they get: the cache is not aliased
+    np.testing.assert_array_equal(cached.read(REF, Box((0, 0, 0), (8, 64, 64)), 0), data[:8, :64, :64])
+    assert cached.kind == "local" and cached.capabilities == LocalBackend(path).capabilities
+    assert cached.children(("p",)) == ["em"] and cached.is_volume(REF)
+    cached.close()
+    info = disk_cache_info(tmp_path / "cache")
+    assert info["entries"] == 4 and info["bytes"] > 0 and info["size_limit"] == 4 * 2**30
+    assert clear_disk_cache(tmp_path / "cache") == 4
+    assert disk_cache_info(tmp_path / "cache")["entries"] == 0
+    missing = tmp_path / "nowhere"
+    assert disk_cache_info(missing)["entries"] == 0 and clear_disk_cache(missing) == 0
+    assert not missing.exists()
