@@ -323,6 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("path")
     s.add_argument("-o", "--output", help="write to this file instead of stdout")
     s.set_defaults(func=cmd_cat)
+    from ndfs.serve.cli import add_serve_parser
+    add_serve_parser(sub)
     return p
 
 

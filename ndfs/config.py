@@ -32,7 +32,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-REMOTE_KINDS = ("local",)
+REMOTE_KINDS = ("local", "boss")
 
 
 def user_config_dir() -> Path:
@@ -248,5 +248,34 @@ def open_backend(remote: RemoteConfig, config: Config | None = None):
         from ndfs.backends.local import LocalBackend
 
         return LocalBackend(remote.path, read_only=remote.read_only)
+    if remote.kind == "boss":
+        from ndfs.backends.boss import BossBackend
+
+        if not remote.url:
+            raise ConfigError(f"remote {remote.name!r}: a boss remote needs url = \"https://api.bossdb.io\"")
+        token = os.environ.get(remote.token_env) if remote.token_env else None
+        try:
+            return BossBackend(remote.url, token or _intern_token(remote.url), read_only=remote.read_only,
+                               **remote.options)
+        except TypeError as exc:
+            raise ConfigError(f"remote {remote.name!r}: unknown or mistyped setting ({exc})") from None
     raise ConfigError(f"remote {remote.name!r}: kind {remote.kind!r} is not available")
 
+
+def _intern_token(url: str) -> str | None:
+    """The token in intern's ~/.intern/intern.cfg, only if its host is the one in `url` (never sent elsewhere)."""
+    import configparser
+    from urllib.parse import urlparse
+
+    path = Path.home() / ".intern" / "intern.cfg"
+    if not path.is_file():
+        return None
+    parser = configparser.ConfigParser()
+    try:
+        parser.read(path)
+    except (configparser.Error, OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
+    for section in ("Volume Service", "Default"):
+        if parser.has_section(section) and parser[section].get("host", "").strip() == urlparse(url).netloc:
+            return parser[section].get("token", "").strip() or None
+    return None

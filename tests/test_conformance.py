@@ -7,7 +7,19 @@ from ndfs.testing.conformance import *  # noqa: F401,F403
 from ndfs.testing.conformance import Case
 
 
-@pytest.fixture(params=["local-raw", "local-read-only", "local-cached-memory", "local-cached-disk-tiny"])
+@pytest.fixture(scope="module")
+def boss_reference_server(reference_store):
+    """`ndfs serve --protocol boss` over the reference store's parent: collection = the store's folder name."""
+    from ndfs.serve.boss import BossApp
+    from ndfs.serve.common import WsgiServer
+
+    path = reference_store[0]
+    with WsgiServer(BossApp(LocalBackend(path.parent))) as server:
+        yield server, path.name
+
+
+@pytest.fixture(params=["local-raw", "local-read-only", "local-cached-memory", "local-cached-disk-tiny",
+                        "boss-raw", "boss-cached"])
 def conformance_case(request, reference_store, tmp_path):
     path, _, oracle = reference_store
     if request.param.startswith("local-cached"):
@@ -19,6 +31,18 @@ def conformance_case(request, reference_store, tmp_path):
                                 disk_dir=tmp_path / "cache" if tiny else None, disk_bytes=200_000)
         request.addfinalizer(backend.close)
         return Case(backend=backend, oracle=oracle)
+    if request.param.startswith("boss-"):
+        from ndfs.backends.boss import BossBackend
+
+        server, collection = request.getfixturevalue("boss_reference_server")
+        backend = BossBackend(server.url, "x")
+        request.addfinalizer(backend.close)
+        if request.param == "boss-cached":
+            from ndfs.cache import CachedBackend
+
+            backend = CachedBackend(backend, namespace=f"boss:{server.url}", memory_bytes=64 * 2**20)
+            request.addfinalizer(backend.close)
+        return Case(backend=backend, oracle=oracle, prefix=(collection,))
     if request.param == "local-raw":
         return Case(backend=LocalBackend(path), oracle=oracle)
     if request.param == "local-read-only":

@@ -1,0 +1,419 @@
+"""The BOSS (bossDB) driver: collections, experiments and channels over the BOSS REST API v1.
+
+Hierarchy: ``children(())`` lists collections, ``children((c,))`` experiments,
+``children((c, e))`` channels; ``(c, e, ch)`` is a volume. ``info`` combines
+the channel, experiment and coordinate-frame resources: dtype (uint8/uint16
+image, uint64 annotation), one level per BOSS resolution from the channel's
+``base_resolution`` (ndfs level i is BOSS resolution ``base_resolution + i``),
+x and y halved per level (z too for ``isotropic`` experiments), extents
+``[floor(start / 2**r), ceil(stop / 2**r))``, voxel sizes in nm, and the
+512x512x16 cuboid as chunk shape.
+
+Voxels travel as blosc frames of C-order ZYX arrays (``specs/boss.md`` 3.2,
+compressed with typesize = bit depth, as the service and intern do). Every
+transfer is split on the global cuboid grid of its level, one request per
+cuboid touched (each further split if it exceeds ``max_request_bytes``), and
+the pieces run in parallel on a thread pool sharing one pooled session.
+
+Writes replace the box: BOSS posts *merge* (posted zeros never erase), so a
+piece holding zeros is first erased with ``to_black`` and then posted; a piece
+without zeros is one POST, an all-zero piece one ``to_black``. A reader racing
+such a write can see the erased piece for a moment.
+
+Every request has a (connect, read) timeout and is retried on connection
+errors, timeouts, truncated or undecodable bodies and HTTP 429/500/502/503/504,
+with exponential backoff and full jitter, honouring ``Retry-After``. Other
+errors map to the NdfsError tree: 401/403 PermissionDenied, 404 NotFound,
+400 BadRegion, 413 TooLarge, the rest BackendError; a timeout after the last
+attempt is Timeout. The token goes only into the Authorization header: it is
+never logged, and repr shows ``token=***``. Decoded cuboids are not cached
+here; wrap the backend in :class:`ndfs.cache.CachedBackend` for that.
+
+Thread-safe: the session, the pool and the counters are shared by all threads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+import struct
+import threading
+import time
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from typing import Callable
+
+import numpy as np
+
+from ndfs.backends.base import Backend, VolumeRef
+from ndfs.errors import BackendError, BadRegion, NdfsError, NotFound, PermissionDenied, Timeout, TooLarge
+from ndfs.geometry import Box
+from ndfs.info import LevelInfo, VolumeInfo
+
+log = logging.getLogger("ndfs.boss")
+MiB = 2**20
+CUBOID_ZYX = (16, 512, 512)
+DTYPES = {"uint8": "image", "uint16": "image", "uint64": "annotation"}
+UNIT_NM = {"nanometers": 1.0, "micrometers": 1e3, "millimeters": 1e6, "centimeters": 1e7}
+RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,255}")
+
+
+class _Retryable(Exception):
+    """A failed attempt worth repeating; carries the NdfsError raised if it is the last one."""
+
+    def __init__(self, error: NdfsError, retry_after_s: float = 0.0):
+        super().__init__(str(error))
+        self.error, self.retry_after_s = error, retry_after_s
+
+
+def _blosc():
+    try:
+        import blosc
+    except ImportError:
+        raise BackendError("BOSS cutouts need the blosc package: pip install blosc") from None
+    return blosc
+
+
+def blosc_encode(array: np.ndarray) -> bytes:
+    """A blosc frame of the array as BOSS and intern write it (typesize = bit depth, clevel 9, shuffle)."""
+    blosc = _blosc()
+    arr = np.ascontiguousarray(array)
+    return blosc.compress(arr.tobytes(), typesize=arr.dtype.itemsize * 8, clevel=9,
+                          shuffle=blosc.SHUFFLE, cname="blosclz")
+
+
+def blosc_decode(body: bytes, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+    """Decode one blosc frame into a writable array; ValueError unless it holds exactly ``shape``."""
+    blosc = _blosc()
+
+    expected = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if len(body) < 16:
+        raise ValueError(f"a {len(body)}-byte body is not a blosc frame")
+    nbytes, _, cbytes = struct.unpack_from("<III", body, 4)
+    if nbytes != expected:
+        raise ValueError(f"the blosc frame holds {nbytes} bytes, {expected} expected for {dtype}{shape}")
+    if cbytes != len(body):
+        raise ValueError(f"the blosc frame says {cbytes} compressed bytes but the body has {len(body)}")
+    try:
+        raw = blosc.decompress(body, as_bytearray=True)
+    except Exception as exc:  # blosc raises its own error type for corrupt frames
+        raise ValueError(f"the blosc frame does not decompress: {exc}") from exc
+    if len(raw) != expected:
+        raise ValueError(f"the blosc frame decompressed to {len(raw)} bytes, {expected} expected")
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+
+def cuboid_pieces(box: Box, itemsize: int, max_bytes: int) -> list[Box]:
+    """The box cut on the global 16x512x512 (z, y, x) cuboid grid, each piece within max_bytes. Pure."""
+    axes = []
+    for a, b, c in zip(box.start, box.stop, CUBOID_ZYX):
+        edges = [a] + list(range((a // c + 1) * c, b, c)) + [b]
+        axes.append(list(zip(edges[:-1], edges[1:])))
+    limit = max(1, max_bytes // itemsize)
+    pieces = []
+    for (z0, z1) in axes[0]:
+        for (y0, y1) in axes[1]:
+            for (x0, x1) in axes[2]:
+                pieces.extend(_within(Box((z0, y0, x0), (z1, y1, x1)), limit))
+    return pieces
+
+
+def _within(box: Box, limit: int) -> list[Box]:
+    """Cut a box into slabs along z, then y, then x until every piece holds at most ``limit`` (>= 1) voxels."""
+    if box.size <= limit:
+        return [box]
+    axis = next(i for i, n in enumerate(box.shape) if n > 1)
+    step = max(1, limit // (box.size // box.shape[axis]))
+    out = []
+    for a in range(box.start[axis], box.stop[axis], step):
+        start, stop = list(box.start), list(box.stop)
+        start[axis], stop[axis] = a, min(a + step, box.stop[axis])
+        out.extend(_within(Box(tuple(start), tuple(stop)), limit))
+    return out
+
+
+class BossBackend(Backend):
+    """A BOSS service at ``url`` (e.g. ``https://api.bossdb.io``), read with ``token`` (None: anonymous).
+
+    ``timeout_s`` is the read timeout of each request (``connect_timeout_s``
+    the connect timeout); ``retries`` extra attempts follow a retryable failure
+    after ``backoff_s * 2**n`` (full jitter, capped at ``backoff_cap_s``);
+    ``workers`` requests run at once per backend; ``max_request_bytes`` caps
+    one request's uncompressed size. No network I/O happens until first use.
+    """
+
+    kind = "boss"
+
+    def __init__(self, url: str, token: str | None = None, *, timeout_s: float = 30.0,
+                 connect_timeout_s: float = 10.0, retries: int = 4, backoff_s: float = 0.5,
+                 backoff_cap_s: float = 30.0, workers: int = 8, max_request_bytes: int = 64 * MiB,
+                 read_only: bool = False):
+        super().__init__()
+        import requests
+        from requests.adapters import HTTPAdapter
+
+        from ndfs import __version__
+
+        if not re.match(r"https?://[^/]+", str(url)):
+            raise BadRegion(f"a BOSS url looks like https://api.bossdb.io, got {url!r}")
+        if workers < 1 or retries < 0 or max_request_bytes < 8 or timeout_s <= 0:
+            raise BadRegion("BOSS driver settings must be positive (workers, timeout_s, max_request_bytes)")
+        self.url = str(url).rstrip("/").removesuffix("/v1")
+        self._base = self.url + "/v1"
+        self._token = token
+        self.timeout = (float(connect_timeout_s), float(timeout_s))
+        self.retries, self.backoff_s, self.backoff_cap_s = int(retries), float(backoff_s), float(backoff_cap_s)
+        self.workers, self.max_request_bytes = int(workers), int(max_request_bytes)
+        self.capabilities = frozenset() if read_only else frozenset({"write"})
+        self._session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=self.workers + 2, max_retries=0)
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
+        self._session.headers["User-Agent"] = f"ndfs/{__version__}"
+        if token:
+            self._session.headers["Authorization"] = f"Token {token}"
+        self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="ndfs-boss")
+        self._random = random.Random()
+        self._http_lock = threading.Lock()
+        self._http = {"requests": 0, "retries": 0}
+
+    def __repr__(self) -> str:
+        return f"BossBackend({self.url!r}, token={'***' if self._token else None})"
+
+    @property
+    def http_stats(self) -> dict[str, int]:
+        """HTTP requests sent and retried by this backend (a snapshot)."""
+        with self._http_lock:
+            return dict(self._http)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._session.close()
+
+    # ---- HTTP ------------------------------------------------------------
+    def _request(self, method: str, path: str, *, expect: int, params=None, data=None,
+                 headers=None, decode: Callable | None = None):
+        """One logical request with retries; returns decode(response) or the response."""
+        import requests
+
+        url = self._base + path
+        for attempt in range(self.retries + 1):
+            with self._http_lock:
+                self._http["requests"] += 1
+                self._http["retries"] += attempt > 0
+            started = time.monotonic()
+            try:
+                try:
+                    resp = self._session.request(method, url, params=params, data=data, headers=headers,
+                                                 timeout=self.timeout, allow_redirects=False)
+                except requests.Timeout as exc:
+                    raise _Retryable(Timeout(f"BOSS {method} {path}: no answer within "
+                                             f"{self.timeout[1]:g} s ({type(exc).__name__})")) from exc
+                except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+                    raise _Retryable(BackendError(f"BOSS {method} {path}: connection failed: {exc}")) from exc
+                except requests.RequestException as exc:
+                    raise BackendError(f"BOSS {method} {path}: {exc}") from exc
+                log.debug("%s %s -> %d in %.3f s", method, path, resp.status_code, time.monotonic() - started)
+                if resp.status_code != expect:
+                    error = self._http_error(resp, method, path)
+                    if resp.status_code in RETRY_STATUS:
+                        raise _Retryable(error, _retry_after(resp))
+                    raise error
+                if decode is None:
+                    return resp
+                try:
+                    return decode(resp)
+                except ValueError as exc:
+                    raise _Retryable(BackendError(f"BOSS {method} {path}: unusable answer: {exc}")) from exc
+            except _Retryable as failed:
+                if attempt == self.retries:
+                    raise failed.error from failed.__cause__
+                delay = self._random.uniform(0, min(self.backoff_cap_s, self.backoff_s * 2**attempt))
+                delay = min(self.backoff_cap_s, max(delay, failed.retry_after_s))
+                log.info("retrying %s %s in %.2f s: %s", method, path, delay, failed.error)
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _http_error(resp, method: str, path: str) -> NdfsError:
+        status = resp.status_code
+        detail = resp.text[:300].strip()
+        try:
+            body = resp.json()
+        except ValueError:
+            body = None  # not JSON: the start of the text body is the detail
+        if isinstance(body, dict):
+            code = body.get("code")
+            detail = str(body.get("message") or body.get("detail") or detail)
+            if code is not None:
+                detail = f"{detail} (code {code})"
+        message = f"BOSS {method} {path} answered {status}: {detail or resp.reason}"
+        if status in (401, 403):
+            return PermissionDenied(message)
+        if status == 404:
+            return NotFound(message)
+        if status == 400:
+            return BadRegion(message)
+        if status == 413:
+            return TooLarge(message)
+        return BackendError(message)
+
+    def _get_json(self, path: str) -> dict:
+        def decode(resp):
+            data = resp.json()
+            if not isinstance(data, dict):
+                raise ValueError("expected a JSON object")
+            return data
+
+        return self._request("GET", path, expect=200, decode=decode)
+
+    # ---- hierarchy -------------------------------------------------------
+    @staticmethod
+    def _names(path: VolumeRef) -> VolumeRef:
+        for name in path:
+            if not NAME_RE.fullmatch(name):
+                raise NotFound(f"{name!r} is not a BOSS name (letters, digits, '_' and '-')")
+        return path
+
+    def _children(self, path: VolumeRef) -> list[str]:
+        path = self._names(path)
+        if len(path) == 0:
+            names = self._get_json("/collection/").get("collections")
+        elif len(path) == 1:
+            names = self._get_json(f"/collection/{path[0]}/experiment/").get("experiments")
+        elif len(path) == 2:
+            names = self._get_json(f"/collection/{path[0]}/experiment/{path[1]}/channel/").get("channels")
+        elif len(path) == 3:
+            self.info(path)
+            raise NotFound(f"{'/'.join(path)} is a channel, not a folder")
+        else:
+            raise NotFound(f"BOSS paths are collection/experiment/channel, not {'/'.join(path)}")
+        if not isinstance(names, list):
+            raise BackendError(f"BOSS listing of {'/'.join(path) or '/'} is not a list of names")
+        return sorted(str(n) for n in names)
+
+    def _is_volume(self, path: VolumeRef) -> bool:
+        path = self._names(path)
+        if len(path) == 1:
+            self._get_json(f"/collection/{path[0]}")
+        elif len(path) == 2:
+            self._get_json(f"/collection/{path[0]}/experiment/{path[1]}")
+        elif len(path) == 3:
+            self.info(path)
+            return True
+        elif len(path) > 3:
+            raise NotFound(f"BOSS paths are collection/experiment/channel, not {'/'.join(path)}")
+        return False
+
+    # ---- metadata --------------------------------------------------------
+    def _info(self, ref: VolumeRef) -> VolumeInfo:
+        if len(ref) != 3:
+            raise NotFound(f"a BOSS channel is collection/experiment/channel, not {'/'.join(ref) or '/'}")
+        c, e, ch = self._names(ref)
+        chan = self._get_json(f"/collection/{c}/experiment/{e}/channel/{ch}")
+        exp = self._get_json(f"/collection/{c}/experiment/{e}")
+        frame_name = str(exp.get("coord_frame") or "")
+        if not NAME_RE.fullmatch(frame_name):
+            raise BackendError(f"BOSS experiment {c}/{e} names no usable coordinate frame ({frame_name!r})")
+        frame = self._get_json(f"/coord/{frame_name}")
+        try:
+            return volume_info(chan, exp, frame)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BackendError(f"BOSS metadata of {c}/{e}/{ch} is unusable: {exc}") from exc
+
+    # ---- voxels ----------------------------------------------------------
+    def _cutout_path(self, ref: VolumeRef, level: int, box: Box) -> str:
+        c, e, ch = ref
+        res = int(self.info(ref).extra["boss"]["base_resolution"]) + level
+        (z0, y0, x0), (z1, y1, x1) = box.start, box.stop
+        return f"{c}/{e}/{ch}/{res}/{x0}:{x1}/{y0}:{y1}/{z0}:{z1}/"
+
+    def _run(self, tasks: list[Callable[[], None]]) -> None:
+        """Run tasks on the pool (inline when there is one); raise the first error, cancelling the rest."""
+        if len(tasks) == 1:
+            tasks[0]()
+            return
+        futures = [self._pool.submit(task) for task in tasks]
+        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        for f in pending:
+            f.cancel()
+        wait(pending)
+        for f in futures:
+            if f.done() and not f.cancelled() and f.exception() is not None:
+                raise f.exception()
+
+    def _read(self, ref: VolumeRef, box: Box, level: int) -> np.ndarray:
+        dtype = self.info(ref).dtype
+        out = np.empty(box.shape, dtype=dtype)
+
+        def fetch(piece: Box) -> None:
+            path = "/cutout/" + self._cutout_path(ref, level, piece)
+            arr = self._request("GET", path, expect=200, params={"access-mode": "no-cache"},
+                                headers={"Accept": "application/blosc"},
+                                decode=lambda resp: blosc_decode(resp.content, dtype, piece.shape))
+            out[piece.slices(box.start)] = arr
+
+        self._run([lambda p=p: fetch(p) for p in cuboid_pieces(box, dtype.itemsize, self.max_request_bytes)])
+        return out
+
+    def _write(self, ref: VolumeRef, box: Box, level: int, array: np.ndarray) -> None:
+        def store(piece: Box) -> None:
+            part = np.ascontiguousarray(array[piece.slices(box.start)])
+            nonzero = int(np.count_nonzero(part))
+            tail = self._cutout_path(ref, level, piece)
+            if nonzero < part.size:  # posts merge: zeros must be erased first
+                self._request("PUT", "/cutout/to_black/" + tail, expect=200)
+            if nonzero:
+                self._request("POST", "/cutout/" + tail, expect=201, data=blosc_encode(part),
+                              headers={"Content-Type": "application/blosc"})
+
+        self._run([lambda p=p: store(p) for p in cuboid_pieces(box, array.dtype.itemsize, self.max_request_bytes)])
+
+
+def _retry_after(resp) -> float:
+    value = resp.headers.get("Retry-After", "")
+    return float(value) if value.strip().isdigit() else 0.0
+
+
+def volume_info(chan: dict, exp: dict, frame: dict) -> VolumeInfo:
+    """VolumeInfo of a channel from its channel, experiment and coordinate-frame JSON. Pure."""
+    datatype = str(chan.get("datatype") or "")
+    if datatype not in DTYPES:
+        raise ValueError(f"datatype {datatype!r} is not one the cutout service carries (uint8, uint16, uint64)")
+    kind = str(chan.get("type") or DTYPES[datatype])
+    if kind not in ("image", "annotation"):
+        raise ValueError(f"channel type {kind!r} is neither image nor annotation")
+    unit = str(frame.get("voxel_unit") or "nanometers")
+    if unit not in UNIT_NM:
+        raise ValueError(f"voxel unit {unit!r} is not one of {', '.join(UNIT_NM)}")
+    method = str(exp.get("hierarchy_method") or "anisotropic")
+    if method not in ("anisotropic", "isotropic"):
+        raise ValueError(f"hierarchy method {method!r} is neither anisotropic nor isotropic")
+    base = int(chan.get("base_resolution") or 0)
+    n_levels = int(exp.get("num_hierarchy_levels") or 1)
+    if n_levels < 1 or base < 0:
+        raise ValueError(f"{n_levels} hierarchy levels from resolution {base}")
+    start = [int(frame[f"{a}_start"]) for a in "zyx"]
+    stop = [int(frame[f"{a}_stop"]) for a in "zyx"]
+    voxel = [float(frame[f"{a}_voxel_size"]) * UNIT_NM[unit] for a in "zyx"]
+    levels = []
+    for res in range(base, base + n_levels):
+        f = [2**res if (axis > 0 or method == "isotropic") else 1 for axis in range(3)]
+        lo = [s // k for s, k in zip(start, f)]
+        hi = [-(-s // k) for s, k in zip(stop, f)]
+        if any(b <= a for a, b in zip(lo, hi)):
+            raise ValueError(f"the coordinate frame is empty at resolution {res}")
+        levels.append(LevelInfo(shape=tuple(b - a for a, b in zip(lo, hi)), offset=tuple(lo),
+                                voxel_size_nm=tuple(v * k for v, k in zip(voxel, f)), chunk_shape=CUBOID_ZYX))
+    boss = {
+        "collection": exp.get("collection"), "experiment": exp.get("name"), "channel": chan.get("name"),
+        "coord_frame": frame.get("name"), "voxel_unit": unit, "hierarchy_method": method,
+        "base_resolution": base, "num_time_samples": int(exp.get("num_time_samples") or 1),
+        "default_time_sample": int(chan.get("default_time_sample") or 0),
+        "time_step": exp.get("time_step"), "time_step_unit": exp.get("time_step_unit") or "",
+        "downsample_status": chan.get("downsample_status"),
+    }
+    return VolumeInfo(dtype=np.dtype(datatype), kind=kind, levels=tuple(levels),
+                      extra={"boss": json.loads(json.dumps(boss, default=str))})

@@ -1,0 +1,342 @@
+"""A BOSS API v1 server (WSGI app) over any ndfs Backend, faithful enough for the unmodified intern.
+
+``BossApp(backend, tokens=None)`` answers what intern and the ndfs driver use
+(``specs/boss.md``): ``/ping/``; collection, experiment, channel and coord
+GETs, lists and creation POSTs (so ``intern.array(..., create_new=True)``
+works; see :mod:`ndfs.serve.boss_model` for how local folders map to
+collection/experiment/channel); cutout GET and POST with blosc bodies
+(``application/npygz`` too on GET), ``to_black``, ``reserve``, ``ids`` and
+the downsample GET. Paths take optional trailing slashes and ``//``.
+Cutouts run the spec's checks in its order (3.4) with its status codes and
+``{"status", "code", "message"}`` bodies, including the 520 MiB size cap
+(``max_cutout_bytes``); posts merge (zeros never erase) at resolution 0 or 1.
+
+Deliberate differences from production: the range check's lower bound at
+resolution r is ``floor(start / 2**r)`` rather than the level-0 start, so
+voxels below a non-zero frame start stay readable at coarser levels; one time
+sample (t > 0 reads as zeros, writes there are refused); reserve counters and
+created-but-empty resources live in memory; no metadata, delete or update
+endpoints. Tokens: with none configured any request is accepted; otherwise
+``Authorization: Token <t>`` (or ``Bearer``) must name one of them, else 401.
+
+Thread-safe: posts to one channel are serialised by a per-channel lock.
+"""
+
+from __future__ import annotations
+
+import hmac
+import io
+import json
+import logging
+import re
+import struct
+import threading
+import zlib
+from http import HTTPStatus
+from urllib.parse import parse_qs
+
+import numpy as np
+
+from ndfs.backends.base import Backend
+from ndfs.errors import NdfsError, NotFound
+from ndfs.geometry import Box
+from ndfs.serve.boss_model import BossError, BossModel, Channel
+
+log = logging.getLogger("ndfs.serve.boss")
+MAX_CUTOUT_BYTES = 545_259_520
+N = r"([A-Za-z0-9_-]{1,255})"
+R = r"(\d+):(\d+)"
+BOX = rf"(\d)/{R}/{R}/{R}(?:/{R})?"
+ROUTES = [(name, re.compile(pattern)) for name, pattern in [
+    ("collections", r"/collection"), ("collection", rf"/collection/{N}"),
+    ("experiments", rf"/collection/{N}/experiment"), ("experiment", rf"/collection/{N}/experiment/{N}"),
+    ("channels", rf"/collection/{N}/experiment/{N}/channel"),
+    ("channel", rf"/collection/{N}/experiment/{N}/channel/{N}"),
+    ("frames", r"/coord"), ("frame", rf"/coord/{N}"),
+    ("to_black", rf"/cutout/to_black/{N}/{N}/{N}/{BOX}"), ("cutout", rf"/cutout/{N}/{N}/{N}/{BOX}"),
+    ("reserve", rf"/reserve/{N}/{N}/{N}/(\d+)"), ("ids", rf"/ids/{N}/{N}/{N}/{BOX}"),
+    ("downsample", rf"/downsample/{N}/{N}/{N}"),
+]]
+
+
+class BossApp:
+    """The WSGI app. ``tokens``: accepted tokens (None or empty: accept any request)."""
+
+    def __init__(self, backend: Backend, tokens=None, *, max_cutout_bytes: int = MAX_CUTOUT_BYTES,
+                 creator: str = "ndfs"):
+        self.backend = backend
+        self.model = BossModel(backend, creator=creator)
+        self.tokens = [t.encode() for t in (tokens or [])]
+        self.max_cutout_bytes = int(max_cutout_bytes)
+        self._lock = threading.Lock()
+        self._write_locks: dict[tuple, threading.Lock] = {}
+        self._reserved: dict[tuple, int] = {}
+
+    # ---- WSGI ------------------------------------------------------------
+    def __call__(self, environ, start_response):
+        method = environ.get("REQUEST_METHOD", "GET")
+        path = re.sub(r"/+", "/", environ.get("PATH_INFO") or "/")
+        path = path.rstrip("/") or "/"
+        try:
+            if path == "/ping":
+                return _json(start_response, 200, {"ip": environ.get("REMOTE_ADDR", "")})
+            denied = self._auth(environ)
+            if denied:
+                return _json(start_response, 401, {"detail": denied})
+            if path.startswith("/latest/"):
+                path = "/v1/" + path[len("/latest/"):]
+            if re.match(r"/v0\.\d+(/|$)", path):
+                raise BossError(400, 9003, "Unsupported API version")
+            if path.startswith("/v1/"):
+                for name, pattern in ROUTES:
+                    m = pattern.fullmatch(path[3:])
+                    if m:
+                        return getattr(self, f"_{name}")(method, m.groups(), environ, start_response)
+            return _reply(start_response, 404, b"Not Found", "text/plain")
+        except BossError as exc:
+            return _json(start_response, exc.status, {"status": exc.status, "code": exc.code, "message": exc.message})
+        except Exception as exc:  # the service's own catch-all: log it, answer 500/9002
+            log.exception("unhandled error on %s %s", method, path)
+            return _json(start_response, 500, {"status": 500, "code": 9002, "message": f"Unhandled error: {exc}"})
+
+    def _auth(self, environ) -> str | None:
+        if not self.tokens:
+            return None
+        scheme, _, given = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
+        if scheme not in ("Token", "Bearer") or not given:
+            return "Authentication credentials were not provided."
+        given = given.strip().encode()
+        return None if any(hmac.compare_digest(given, t) for t in self.tokens) else "Invalid token."
+
+    # ---- resources -------------------------------------------------------
+    def _resource(self, method, start_response, get, create, environ):
+        if method == "GET":
+            return _json(start_response, 200, get())
+        if method == "POST":
+            try:
+                body = json.loads(_body(environ) or b"{}")
+            except ValueError:
+                raise BossError(400, 1003, "The request body is not valid JSON") from None
+            if not isinstance(body, dict):
+                raise BossError(400, 1003, "The request body must be a JSON object")
+            return _json(start_response, 201, create(body))
+        return _not_allowed(start_response, method)
+
+    def _collections(self, method, args, environ, start_response):
+        return self._list(method, start_response, "collections", self.model.collections)
+
+    def _experiments(self, method, args, environ, start_response):
+        return self._list(method, start_response, "experiments", lambda: self.model.experiments(*args))
+
+    def _channels(self, method, args, environ, start_response):
+        return self._list(method, start_response, "channels", lambda: self.model.channels(*args))
+
+    def _frames(self, method, args, environ, start_response):
+        return self._list(method, start_response, "coords", self.model.frames)
+
+    def _list(self, method, start_response, key, names):
+        if method != "GET":
+            return _not_allowed(start_response, method)
+        return _json(start_response, 200, {key: names()})
+
+    def _collection(self, method, args, environ, start_response):
+        return self._resource(method, start_response, lambda: self.model.collection(*args),
+                              lambda body: self.model.create_collection(*args, body), environ)
+
+    def _experiment(self, method, args, environ, start_response):
+        return self._resource(method, start_response, lambda: self.model.experiment(*args),
+                              lambda body: self.model.create_experiment(*args, body), environ)
+
+    def _channel(self, method, args, environ, start_response):
+        return self._resource(method, start_response, lambda: self.model.channel(*args),
+                              lambda body: self.model.create_channel(*args, body), environ)
+
+    def _frame(self, method, args, environ, start_response):
+        return self._resource(method, start_response, lambda: self.model.frame(*args),
+                              lambda body: self.model.create_frame(*args, body), environ)
+
+    # ---- cutouts ---------------------------------------------------------
+    def _check(self, args, query, *, write: bool, annotation_only: bool = False):
+        """Spec 3.4 checks 1-7; returns (channel, level, box, time range)."""
+        c, e, ch, res, x0, x1, y0, y1, z0, z1, t0, t1 = args
+        chan = self.model.cutout_channel(c, e, ch)  # 1: names
+        if write and "write" not in self.backend.capabilities:  # 2: permission
+            raise BossError(403, 3001, "This user does not have the required permissions")
+        if (annotation_only or "filter" in query) and chan.info.kind != "annotation":  # 3
+            raise BossError(400, 2003, "This operation is only valid for annotation channels")
+        n_t = chan.num_time_samples
+        time = (0, 1) if t0 is None else (int(t0), int(t1))
+        if not (time[0] <= n_t and time[0] <= time[1] <= n_t + 1):  # 4 (lenient, as production)
+            raise BossError(400, 1000, f"Invalid time range {t0}:{t1}")
+        res, levels = int(res), chan.num_hierarchy_levels
+        if not 0 <= res < levels:  # 5 (base resolution is 0 here)
+            raise BossError(400, 1002, f"Invalid resolution {res}. The resolution has to be within 0 and {levels - 1}")
+        lo = [chan.frame["z_start"], chan.frame["y_start"] >> res, chan.frame["x_start"] >> res]
+        hi = [chan.frame["z_stop"], chan.frame["y_stop"], chan.frame["x_stop"]]
+        start, stop = (int(z0), int(y0), int(x0)), (int(z1), int(y1), int(x1))
+        if not all(l <= a < b <= h for l, a, b, h in zip(lo, start, stop, hi)):  # 6
+            raise BossError(400, 1001, f"Incorrect cutout arguments {res}/{x0}:{x1}/{y0}:{y1}/{z0}:{z1}")
+        box = Box(start, stop)
+        size = box.size * (time[1] - time[0]) * chan.info.dtype.itemsize
+        if chan.datatype == "uint64":
+            size //= 4
+        if size > self.max_cutout_bytes:  # 7
+            raise BossError(413, 2000, "Cutout request is over 500MB when uncompressed. Reduce cutout dimensions.")
+        return chan, res, box, time
+
+    def _region(self, chan: Channel, level: int, box: Box, time: tuple[int, int]) -> np.ndarray:
+        """The stored voxels of box at time sample 0, zeros elsewhere; (T,Z,Y,X)."""
+        out = np.zeros((time[1] - time[0],) + box.shape, dtype=chan.info.dtype)
+        inside = box.intersect(chan.info.level(level).box)
+        if inside is not None and time[0] <= 0 < time[1]:
+            try:
+                out[(-time[0],) + inside.slices(box.start)] = self.backend.read(chan.ref, inside, level)
+            except NotFound as exc:
+                raise BossError(404, 4000, str(exc)) from exc
+        return out
+
+    def _cutout(self, method, args, environ, start_response):
+        query = parse_qs(environ.get("QUERY_STRING", ""))
+        timed = args[-1] is not None
+        if method == "GET":
+            chan, level, box, time = self._check(args, query, write=False)
+            mode = query.get("access-mode", ["cache"])[-1]
+            if mode not in ("cache", "no-cache", "raw"):
+                raise BossError(400, 1001, f"Invalid access-mode {mode}")
+            data = self._region(chan, level, box, time)
+            if "filter" in query:
+                try:
+                    ids = [int(v) for v in ",".join(query["filter"]).split(",") if v]
+                except ValueError:
+                    raise BossError(400, 1001, "filter must be a comma separated list of ids") from None
+                data[~np.isin(data, np.array(ids, dtype=np.uint64))] = 0
+            return _encode(start_response, environ, data if timed else data[0])
+        if method == "POST":
+            chan, level, box, time = self._check(args, query, write=True)
+            body = _body(environ)
+            shape = (time[1] - time[0],) + box.shape if timed else box.shape
+            data = _decode(body, chan.info.dtype, shape).reshape((time[1] - time[0],) + box.shape)
+            self._store(chan, level, box, time, data, merge=True)
+            return _reply(start_response, 201, b"", "application/json")
+        return _not_allowed(start_response, method)
+
+    def _to_black(self, method, args, environ, start_response):
+        if method != "PUT":
+            return _not_allowed(start_response, method)
+        chan, level, box, time = self._check(args, {}, write=True)
+        zeros = np.zeros((time[1] - time[0],) + box.shape, dtype=chan.info.dtype)
+        self._store(chan, level, box, time, zeros, merge=False)
+        return _reply(start_response, 200, b"", "application/json")
+
+    def _store(self, chan: Channel, level: int, box: Box, time, data: np.ndarray, merge: bool) -> None:
+        """Write (T,Z,Y,X) data: posts merge non-zero voxels, to_black overwrites with zeros."""
+        if level > 1:
+            raise BossError(400, 9001, f"Error during write_cuboid: writes go to resolution 0 or 1, not {level}")
+        if time != (0, 1):
+            raise BossError(400, 9001, "Error during write_cuboid: this server holds time sample 0 only")
+        data = data[0]
+        inside = box.intersect(chan.info.level(level).box)
+        outside = data.copy()
+        if inside is not None:
+            outside[inside.slices(box.start)] = 0
+        if merge and outside.any():
+            raise BossError(400, 9001, "Error during write_cuboid: non-zero voxels beyond the channel's extent")
+        if inside is None:
+            return
+        new = data[inside.slices(box.start)]
+        with self._lock:
+            lock = self._write_locks.setdefault(chan.ref, threading.Lock())
+        try:
+            with lock:
+                if merge:
+                    new = np.where(new != 0, new, self.backend.read(chan.ref, inside, level))
+                self.backend.write(chan.ref, inside, level, new)
+        except NdfsError as exc:
+            raise BossError(400, 9001, f"Error during write_cuboid: {exc}") from exc
+
+    # ---- annotation and levels -------------------------------------------
+    def _reserve(self, method, args, environ, start_response):
+        if method != "GET":
+            return _not_allowed(start_response, method)
+        c, e, ch, n = args
+        chan = self.model.cutout_channel(c, e, ch)
+        if chan.info.kind != "annotation":
+            raise BossError(400, 2003, "This operation is only valid for annotation channels")
+        with self._lock:
+            start = self._reserved.get(chan.ref, 1)
+            self._reserved[chan.ref] = start + int(n)
+        return _json(start_response, 200, {"start_id": start, "count": str(int(n))})
+
+    def _ids(self, method, args, environ, start_response):
+        if method != "GET":
+            return _not_allowed(start_response, method)
+        chan, level, box, time = self._check(args, {}, write=False, annotation_only=True)
+        ids = np.unique(self._region(chan, level, box, time))
+        return _json(start_response, 200, {"ids": [str(int(i)) for i in ids if i != 0]})
+
+    def _downsample(self, method, args, environ, start_response):
+        if method != "GET":
+            return _not_allowed(start_response, method)
+        chan = self.model.cutout_channel(*args)
+        f, n = chan.frame, chan.num_hierarchy_levels
+        return _json(start_response, 200, {
+            "status": "DOWNSAMPLED" if n > 1 else "NOT_DOWNSAMPLED", "num_hierarchy_levels": n,
+            "voxel_size": {str(r): [f["x_voxel_size"] * 2**r, f["y_voxel_size"] * 2**r, f["z_voxel_size"]]
+                           for r in range(n)},
+            "extent": {str(r): [-(-f["x_stop"] // 2**r), -(-f["y_stop"] // 2**r), f["z_stop"]] for r in range(n)},
+            "cuboid_size": {str(r): [512, 512, 16] for r in range(n)}})
+
+
+# ---- bodies -------------------------------------------------------------------
+def _body(environ) -> bytes:
+    try:
+        size = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        raise BossError(400, 1000, "Bad Content-Length") from None
+    return environ["wsgi.input"].read(size) if size > 0 else b""
+
+
+def _decode(body: bytes, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+    """The posted blosc frame as an array of shape: 400/2001 if it is no blosc, 400/2002 if it does not fit."""
+    import blosc
+
+    expected = int(np.prod(shape)) * dtype.itemsize
+    if len(body) < 16 or body[0] not in (1, 2) or struct.unpack_from("<I", body, 12)[0] != len(body):
+        raise BossError(400, 2001, "Failed to decompress the request body: not a blosc frame")
+    nbytes = struct.unpack_from("<I", body, 4)[0]
+    if nbytes != expected:
+        raise BossError(400, 2002, f"The request body holds {nbytes} bytes but the cutout needs {expected}")
+    try:
+        raw = blosc.decompress(body)
+    except Exception as exc:  # blosc raises its own error type
+        raise BossError(400, 2001, f"Failed to decompress the request body: {exc}") from None
+    if len(raw) != expected:
+        raise BossError(400, 2002, f"The request body holds {len(raw)} bytes but the cutout needs {expected}")
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+
+def _encode(start_response, environ, data: np.ndarray):
+    accept = environ.get("HTTP_ACCEPT", "") or "*/*"
+    if "application/blosc" in accept or "*/*" in accept:
+        from ndfs.backends.boss import blosc_encode
+
+        return _reply(start_response, 200, blosc_encode(data), "application/blosc")
+    if "application/npygz" in accept:
+        buf = io.BytesIO()
+        np.save(buf, data)
+        return _reply(start_response, 200, zlib.compress(buf.getvalue()), "application/npygz")
+    raise BossError(406, 1000, f"Cannot answer in {accept}; use application/blosc or application/npygz")
+
+
+def _reply(start_response, status: int, body: bytes, content_type: str):
+    start_response(f"{status} {HTTPStatus(status).phrase}",
+                   [("Content-Type", content_type), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def _json(start_response, status: int, doc) -> list[bytes]:
+    return _reply(start_response, status, json.dumps(doc).encode(), "application/json")
+
+
+def _not_allowed(start_response, method: str):
+    return _json(start_response, 405, {"detail": f'Method "{method}" not allowed.'})

@@ -1,0 +1,94 @@
+"""``ndfs serve``: publish a store (or any configured remote) over a datastore protocol.
+
+:func:`add_serve_parser` adds the subcommand to the main parser; the servers
+and their dependencies are imported only when the command runs.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import signal
+import sys
+from pathlib import Path
+
+from ndfs.errors import NdfsError
+
+PROTOCOLS = ("boss",)
+
+
+def add_serve_parser(subparsers) -> None:
+    """Register ``ndfs serve`` on the main parser's subparsers."""
+    s = subparsers.add_parser(
+        "serve", help="serve a store over the BOSS protocol (for intern, ndfs remotes, tests)",
+        description="Serve a local store (or a configured remote) over a datastore's HTTP protocol. "
+                    "BOSS: folders collection/experiment/channel of the store become the BOSS resources "
+                    "of the same names. Stop with Ctrl-C.")
+    s.add_argument("--protocol", choices=PROTOCOLS, required=True, help="protocol to speak")
+    source = s.add_mutually_exclusive_group()
+    source.add_argument("--store", metavar="DIR", help="local store directory to serve")
+    source.add_argument("--remote", metavar="NAME", help="configured remote to serve (default: the first)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
+    s.add_argument("--token", action="append", default=[], metavar="T",
+                   help="accept this token (repeatable); without any, every request is accepted")
+    s.add_argument("--read-only", action="store_true", help="refuse writes and channel creation")
+    s.add_argument("--threads", type=int, default=16, help="worker threads (default 16)")
+    s.add_argument("--latency-ms", type=float, default=0.0, help="added delay per request, ms (testing)")
+    s.add_argument("--bandwidth-mbps", type=float, default=None,
+                   help="cap on response bytes, megabits/s over all connections (testing)")
+    s.add_argument("--fault-rate", type=float, default=0.0,
+                   help="fraction of requests answered 503 or dropped (testing)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the fault injection (default 0)")
+    s.set_defaults(func=cmd_serve)
+
+
+def _backend(args):
+    from ndfs.config import load_config, open_backend
+
+    if args.store:
+        from ndfs.backends.local import LocalBackend
+
+        if not Path(args.store).is_dir():
+            raise NdfsError(f"store {args.store} is not a directory")
+        return LocalBackend(args.store, read_only=args.read_only), str(Path(args.store).resolve())
+    cfg = load_config(args.config)
+    remote = cfg.remote(args.remote)
+    backend = open_backend(remote, cfg)
+    if args.read_only:
+        backend.capabilities = frozenset()
+    return backend, f"remote {remote.name!r}"
+
+
+def cmd_serve(args) -> int:
+    from ndfs.serve.common import ServeOptions, WsgiServer
+
+    if args.threads < 1:
+        raise NdfsError("--threads must be at least 1")
+    options = ServeOptions(latency_s=args.latency_ms / 1000.0,
+                           bandwidth_bps=args.bandwidth_mbps * 1e6 / 8 if args.bandwidth_mbps else None,
+                           fault_rate=args.fault_rate, seed=args.seed)
+    backend, what = _backend(args)
+    if args.protocol == "boss":
+        from ndfs.serve.boss import BossApp
+
+        app = BossApp(backend, tokens=args.token)
+    else:  # pragma: no cover - argparse limits the choices
+        raise NdfsError(f"unknown protocol {args.protocol}")
+    server = WsgiServer(app, args.host, args.port, options=options, threads=args.threads)
+    if not args.token and not _loopback(args.host):
+        print(f"ndfs serve: warning: no --token given, so anyone who reaches {args.host} can read "
+              "and write this store", file=sys.stderr)
+    print(f"ndfs serve: {args.protocol} protocol for {what} at {server.url}/v1/ (Ctrl-C stops)", flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: server.stop())
+    try:
+        server.serve_forever()
+    finally:
+        backend.close()
+    return 0
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"

@@ -1,0 +1,257 @@
+"""What every protocol server shares: a real threaded WSGI server and the test knobs around an app.
+
+:class:`WsgiServer` runs a WSGI app on waitress (threaded, keep-alive,
+``Content-Length`` on every response), bound at construction so port 0 gives
+the real port at once; ``start()`` serves from a background thread (tests),
+``serve_forever()`` from the calling thread (the CLI); ``stop()`` ends either.
+
+Around the app, outermost first:
+
+* :class:`RequestCounter` counts requests and body bytes in and out, and keeps
+  a bounded log of ``(method, path, status)``;
+* :class:`FaultInjector` answers a fraction of requests with 503 or a dropped
+  connection (headers promising a body that never comes, then the connection
+  closes). The fate of a request is a hash of the seed, the method, the URL
+  and how often that URL was asked before, so a run is deterministic however
+  threads interleave, and a retried request gets a fresh draw;
+* :class:`Latency` sleeps before each request;
+* :class:`BandwidthCap` paces response bodies through one shared budget of
+  bytes per second, like one shared link.
+
+Everything here is thread-safe.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from ndfs.errors import NdfsError
+
+log = logging.getLogger("ndfs.serve")
+WsgiApp = Callable[[dict, Callable], Iterable[bytes]]
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """Knobs for tests and benchmarks: seconds of latency per request, a bytes/s cap, a fault fraction."""
+
+    latency_s: float = 0.0
+    bandwidth_bps: float | None = None
+    fault_rate: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.latency_s < 0 or not 0.0 <= self.fault_rate <= 1.0:
+            raise NdfsError("latency must be >= 0 and the fault rate within 0..1")
+        if self.bandwidth_bps is not None and self.bandwidth_bps <= 0:
+            raise NdfsError("the bandwidth cap must be positive")
+
+
+class RequestCounter:
+    """Counts requests, bytes in (request bodies) and bytes out (response bodies); keeps a bounded log."""
+
+    def __init__(self, app: WsgiApp, keep: int = 100_000):
+        self.app = app
+        self._lock = threading.Lock()
+        self._totals = collections.Counter()
+        self._log: collections.deque = collections.deque(maxlen=keep)
+
+    def __call__(self, environ, start_response):
+        method, path = environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", "")
+        try:
+            size_in = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            size_in = 0
+        with self._lock:
+            self._totals["requests"] += 1
+            self._totals["bytes_in"] += size_in
+
+        def counting_start_response(status, headers, exc_info=None):
+            with self._lock:
+                self._log.append((method, path, int(status.split()[0])))
+            return start_response(status, headers, exc_info) if exc_info else start_response(status, headers)
+
+        body = self.app(environ, counting_start_response)
+        try:
+            for chunk in body:
+                with self._lock:
+                    self._totals["bytes_out"] += len(chunk)
+                yield chunk
+        finally:
+            if hasattr(body, "close"):
+                body.close()
+
+    def note(self, key: str) -> None:
+        """Count an event, e.g. an injected fault."""
+        with self._lock:
+            self._totals[key] += 1
+
+    def snapshot(self) -> dict[str, int]:
+        """Totals so far: requests, bytes_in, bytes_out, faults (and any other noted events)."""
+        with self._lock:
+            return {"requests": 0, "bytes_in": 0, "bytes_out": 0, "faults": 0, **self._totals}
+
+    def count(self, method: str | None = None, contains: str = "", status: int | None = None) -> int:
+        """How many logged requests match the method, a substring of the path and the status."""
+        with self._lock:
+            return sum(1 for m, p, s in self._log
+                       if (method is None or m == method) and contains in p and (status is None or s == status))
+
+    def reset(self) -> None:
+        with self._lock:
+            self._totals.clear()
+            self._log.clear()
+
+
+class FaultInjector:
+    """Answers a seeded fraction of requests with 503 or a dropped connection (see the module doc)."""
+
+    def __init__(self, app: WsgiApp, rate: float, seed: int, counter: RequestCounter | None = None):
+        self.app, self.rate, self.seed, self.counter = app, float(rate), int(seed), counter
+        self._lock = threading.Lock()
+        self._seen: collections.Counter = collections.Counter()
+
+    def _draw(self, environ) -> tuple[float, bool]:
+        url = f"{environ.get('REQUEST_METHOD')} {environ.get('PATH_INFO')}?{environ.get('QUERY_STRING', '')}"
+        with self._lock:
+            nth = self._seen[url]
+            self._seen[url] += 1
+        digest = hashlib.blake2b(f"{self.seed}|{url}|{nth}".encode(), digest_size=8).digest()
+        value = int.from_bytes(digest, "big")
+        return (value >> 1) / 2**63, bool(value & 1)
+
+    def __call__(self, environ, start_response):
+        if self.rate <= 0:
+            return self.app(environ, start_response)
+        draw, drop = self._draw(environ)
+        if draw >= self.rate:
+            return self.app(environ, start_response)
+        if self.counter is not None:
+            self.counter.note("faults")
+        environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        if drop:  # promise a body, send none: the server closes the connection after the short response
+            start_response("200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", "1024")])
+            return [b""]
+        body = json.dumps({"status": 503, "code": 9002, "message": "injected fault"}).encode()
+        start_response("503 Service Unavailable",
+                       [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
+
+
+class Latency:
+    """Sleeps ``seconds`` before handing each request on."""
+
+    def __init__(self, app: WsgiApp, seconds: float):
+        self.app, self.seconds = app, float(seconds)
+
+    def __call__(self, environ, start_response):
+        time.sleep(self.seconds)
+        return self.app(environ, start_response)
+
+
+class BandwidthCap:
+    """Paces response bodies so that all of them together stay within ``bytes_per_s``."""
+
+    piece = 64 * 1024
+
+    def __init__(self, app: WsgiApp, bytes_per_s: float):
+        self.app, self.rate = app, float(bytes_per_s)
+        self._lock = threading.Lock()
+        self._free_at = 0.0
+
+    def __call__(self, environ, start_response):
+        body = self.app(environ, start_response)
+        try:
+            for chunk in body:
+                for i in range(0, len(chunk), self.piece):
+                    part = chunk[i:i + self.piece]
+                    with self._lock:
+                        begin = max(time.monotonic(), self._free_at)
+                        self._free_at = begin + len(part) / self.rate
+                        due = self._free_at
+                    time.sleep(max(0.0, due - time.monotonic()))
+                    yield part
+        finally:
+            if hasattr(body, "close"):
+                body.close()
+
+
+def instrument(app: WsgiApp, options: ServeOptions) -> tuple[WsgiApp, RequestCounter]:
+    """Wrap an app in the knobs of ``options``; return the wrapped app and its request counter."""
+    inner = app
+    if options.bandwidth_bps:
+        inner = BandwidthCap(inner, options.bandwidth_bps)
+    if options.latency_s:
+        inner = Latency(inner, options.latency_s)
+    counter = RequestCounter(inner)
+    if options.fault_rate:
+        counter.app = FaultInjector(inner, options.fault_rate, options.seed, counter)
+    return counter, counter
+
+
+class WsgiServer:
+    """A WSGI app served by waitress on ``host:port`` (port 0: any free port, see ``.port``)."""
+
+    def __init__(self, app: WsgiApp, host: str = "127.0.0.1", port: int = 0, *,
+                 options: ServeOptions = ServeOptions(), threads: int = 16,
+                 max_body_bytes: int = 550 * 2**20):
+        try:
+            import waitress.server
+        except ImportError:
+            raise NdfsError("serving needs waitress: pip install 'ndfs[serve]' (or bash scripts/setup.sh serve)") \
+                from None
+
+        self.app = app
+        wrapped, self.counter = instrument(app, options)
+        self._map: dict = {}
+        try:
+            self._server = waitress.server.create_server(
+                wrapped, map=self._map, host=host, port=port, threads=threads, ident="ndfs",
+                asyncore_use_poll=True, max_request_body_size=max_body_bytes, expose_tracebacks=False)
+        except OSError as exc:
+            raise NdfsError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+        self.host, self.port = host, int(self._server.effective_port)
+        self._stop = threading.Event()
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def serve_forever(self) -> None:
+        """Serve from this thread until stop() (or KeyboardInterrupt); then close every connection."""
+        from waitress import wasyncore
+
+        try:
+            while not self._stop.is_set():
+                wasyncore.loop(timeout=0.1, map=self._map, use_poll=True, count=1)
+        finally:
+            wasyncore.close_all(self._map)
+            self._server.task_dispatcher.shutdown(cancel_pending=True, timeout=5)
+            self._stopped.set()
+
+    def start(self) -> "WsgiServer":
+        """Serve from a background thread; returns self."""
+        self._thread = threading.Thread(target=self.serve_forever, name=f"ndfs-serve-{self.port}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def __enter__(self) -> "WsgiServer":
+        return self if self._thread is not None else self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
