@@ -84,36 +84,46 @@ class Box:
 
 @dataclass(frozen=True)
 class ChunkGrid:
-    """A regular chunk grid over a volume's box; chunk (0,0,0) starts at ``extent.start``.
+    """A regular chunk grid clipped to a volume's box.
 
-    Chunk boxes are clipped to the extent, so edge chunks may be smaller.
+    Chunk boundaries fall at ``origin + k * chunk_shape``; ``origin`` defaults to
+    the extent's start (a store whose chunks begin at the volume's first voxel,
+    like the local zarr arrays), while services with a global grid (BOSS cuboids)
+    use ``(0, 0, 0)``. Chunk index (0, 0, 0) is the first chunk that overlaps the
+    extent; chunk boxes are clipped to the extent, so edge chunks may be smaller.
     """
 
     chunk_shape: Triple
     extent: Box
+    origin: Triple | None = None
 
     def __post_init__(self):
         shape = _triple(self.chunk_shape, "chunk shape")
         if any(c <= 0 for c in shape):
             raise BadRegion(f"chunk shape must be positive, got {shape}")
         object.__setattr__(self, "chunk_shape", shape)
+        origin = self.extent.start if self.origin is None else _triple(self.origin, "chunk origin")
+        object.__setattr__(self, "origin", origin)
+        # where chunk 0 starts: the grid line at or before the extent's start
+        base = tuple(o + ((e - o) // c) * c for o, e, c in zip(origin, self.extent.start, shape))
+        object.__setattr__(self, "_base", base)
 
     @property
     def grid_shape(self) -> Triple:
-        return tuple(-(-s // c) for s, c in zip(self.extent.shape, self.chunk_shape))  # type: ignore[return-value]
+        return tuple(-(-(e - b) // c) for b, e, c in zip(self._base, self.extent.stop, self.chunk_shape))  # type: ignore
 
     def chunk_box(self, index: Sequence[int]) -> Box:
-        start = tuple(o + i * c for o, i, c in zip(self.extent.start, index, self.chunk_shape))
+        start = tuple(b + i * c for b, i, c in zip(self._base, index, self.chunk_shape))
         stop = tuple(min(s + c, e) for s, c, e in zip(start, self.chunk_shape, self.extent.stop))
-        return Box(start, stop)
+        return Box(tuple(max(s, e) for s, e in zip(start, self.extent.start)), stop)
 
     def index_range(self, box: Box) -> tuple[Triple, Triple]:
         """First and one-past-last chunk index on each axis for the chunks a box touches."""
         clipped = box.intersect(self.extent)
         if clipped is None:
             return (0, 0, 0), (0, 0, 0)
-        lo = tuple((a - o) // c for a, o, c in zip(clipped.start, self.extent.start, self.chunk_shape))
-        hi = tuple(-(-(b - o) // c) for b, o, c in zip(clipped.stop, self.extent.start, self.chunk_shape))
+        lo = tuple((a - b) // c for a, b, c in zip(clipped.start, self._base, self.chunk_shape))
+        hi = tuple(-(-(e - b) // c) for e, b, c in zip(clipped.stop, self._base, self.chunk_shape))
         return lo, hi  # type: ignore[return-value]
 
     def chunks(self, box: Box) -> Iterator[Triple]:

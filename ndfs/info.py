@@ -26,6 +26,8 @@ class LevelInfo:
     offset: Triple = (0, 0, 0)
     voxel_size_nm: tuple[float, float, float] = (1.0, 1.0, 1.0)
     chunk_shape: Triple = (16, 256, 256)
+    #: where the store's chunk grid lines start; None = at the offset, (0, 0, 0) for a global grid
+    chunk_origin: Triple | None = None
 
     @property
     def box(self) -> Box:
@@ -33,7 +35,7 @@ class LevelInfo:
 
     @property
     def grid(self) -> ChunkGrid:
-        return ChunkGrid(self.chunk_shape, self.box)
+        return ChunkGrid(self.chunk_shape, self.box, self.chunk_origin)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -41,6 +43,7 @@ class LevelInfo:
             "offset_zyx": list(self.offset),
             "voxel_size_nm_zyx": list(self.voxel_size_nm),
             "chunk_shape_zyx": list(self.chunk_shape),
+            **({"chunk_origin_zyx": list(self.chunk_origin)} if self.chunk_origin is not None else {}),
         }
 
     @classmethod
@@ -50,6 +53,7 @@ class LevelInfo:
             offset=tuple(int(v) for v in data.get("offset_zyx", (0, 0, 0))),
             voxel_size_nm=tuple(float(v) for v in data.get("voxel_size_nm_zyx", (1, 1, 1))),
             chunk_shape=tuple(int(v) for v in data.get("chunk_shape_zyx", (16, 256, 256))),
+            chunk_origin=tuple(int(v) for v in data["chunk_origin_zyx"]) if "chunk_origin_zyx" in data else None,
         )
 
 

@@ -116,3 +116,16 @@ def test_unwritten_space_reads_as_zeros(tmp_path):
     b = LocalBackend(tmp_path, create=True)
     info = b.create_volume("p/c", (3, 5, 7), "uint64", kind="annotation", levels=2)
     assert not b.read("p/c", info.levels[1].box, 1).any()
+
+
+def test_a_global_chunk_grid_aligns_to_its_origin_not_the_volume_offset():
+    grid = ChunkGrid((16, 512, 512), Box((5, 700, 100), (40, 1600, 600)), origin=(0, 0, 0))
+    assert grid.chunk_box((0, 0, 0)) == Box((5, 700, 100), (16, 1024, 512))
+    assert grid.chunk_box((1, 1, 1)) == Box((16, 1024, 512), (32, 1536, 600))
+    assert grid.grid_shape == (3, 3, 2)
+    assert list(grid.chunks(Box((15, 1023, 511), (17, 1025, 513)))) == [
+        (z, y, x) for z in (0, 1) for y in (0, 1) for x in (0, 1)]
+    # every chunk lies inside one global 16x512x512 cuboid
+    for idx in grid.chunks(grid.extent):
+        b = grid.chunk_box(idx)
+        assert all(a // c == (e - 1) // c for a, e, c in zip(b.start, b.stop, (16, 512, 512)))

@@ -406,7 +406,8 @@ def volume_info(chan: dict, exp: dict, frame: dict) -> VolumeInfo:
         if any(b <= a for a, b in zip(lo, hi)):
             raise ValueError(f"the coordinate frame is empty at resolution {res}")
         levels.append(LevelInfo(shape=tuple(b - a for a, b in zip(lo, hi)), offset=tuple(lo),
-                                voxel_size_nm=tuple(v * k for v, k in zip(voxel, f)), chunk_shape=CUBOID_ZYX))
+                                voxel_size_nm=tuple(v * k for v, k in zip(voxel, f)), chunk_shape=CUBOID_ZYX,
+                                chunk_origin=(0, 0, 0)))
     boss = {
         "collection": exp.get("collection"), "experiment": exp.get("name"), "channel": chan.get("name"),
         "coord_frame": frame.get("name"), "voxel_unit": unit, "hierarchy_method": method,
