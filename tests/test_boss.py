@@ -389,6 +389,28 @@ def test_a_mount_of_the_boss_remote_shows_the_tree_and_what_intern_wrote(store, 
             driver.write(ref("em16"), box, 0, oracle.read("em16", box, 0))
 
 
+@pytest.mark.skipif(fuse_unavailable() is not None, reason=str(fuse_unavailable()))
+def test_a_wrong_token_is_eacces_and_a_bad_range_enoent_through_the_mount(store, tmp_path, monkeypatch):
+    import errno
+
+    with WsgiServer(BossApp(LocalBackend(store[0]), tokens=["right"])) as guarded:
+        config = tmp_path / "ndfs.toml"
+        config.write_text(f'[remotes.boss]\nkind = "boss"\nurl = "{guarded.url}"\ntoken_env = "NDFS_TEST_TOKEN"\n'
+                          f'[cache]\ndir = "cache"\n')
+        monkeypatch.setenv("NDFS_TEST_TOKEN", "wrong")
+        with mounted(config, tmp_path / "bad"):
+            with pytest.raises(PermissionError) as info:
+                os.listdir(tmp_path / "bad" / "boss")
+            assert info.value.errno == errno.EACCES
+            assert "boss" in os.listdir(tmp_path / "bad")  # the mount still answers
+        monkeypatch.setenv("NDFS_TEST_TOKEN", "right")
+        with mounted(config, tmp_path / "good"):
+            level = tmp_path / "good" / "boss" / COLL / EXP / "em8" / "0"
+            assert os.path.getsize(level / "z" / "3.tif") > 0
+            with pytest.raises(FileNotFoundError):
+                os.stat(level / "z" / "2.tif")  # before the volume's z offset of 3
+
+
 def test_serve_refuses_a_missing_store_with_one_line(tmp_path):
     done = subprocess.run([sys.executable, "-m", "ndfs", "serve", "--protocol", "boss", "--store",
                            str(tmp_path / "nope")], capture_output=True, text=True, timeout=60)
