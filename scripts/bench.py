@@ -1,0 +1,866 @@
+#!/usr/bin/env python
+"""Benchmark of the ndfs chunk cache and mount against same-run baselines (issue 4, "Targets").
+
+One command builds the test volumes, starts what it needs, measures the six
+targets side by side and prints one table of ratios::
+
+    python scripts/bench.py [--quick | --smoke] [--size-mib N] [--latency-ms 20]
+                            [--bandwidth-mbps 400] [--repeats N] [--keep]
+
+What runs (everything on 127.0.0.1, cleaned up in ``finally``):
+
+* a local store (zarr, uint8, 16x512x512 chunks) in a temp dir on tmpfs when
+  it fits, with channels ``bench/stack/em`` (the main volume, ``--size-mib``),
+  ``bench/ls/em`` (10,000 z-slices of 16x16 voxels) and ``bench/stream/em``
+  (four times the streaming mount's memory budget); smooth blocky noise with
+  one bit of pixel noise: zstd shrinks it to about 1/3, BOSS's blosc frames
+  to about 0.7;
+* a BOSS protocol server over that store, in a child process (this script
+  with ``--serve-child``: ``ndfs.serve.boss.BossApp`` in
+  ``ndfs.serve.common.WsgiServer``, the code ``ndfs serve --protocol boss``
+  runs) with the injected per-request latency and the shared bandwidth cap;
+  request counts come from that server's own ``RequestCounter``, read back
+  through a small ``/_bench/`` route (the route's own requests are excluded);
+* ``ndfs mount`` daemons (``ndfs.testing.mount.mounted``) with an
+  ``ndfs.toml`` naming a ``boss`` remote at that server.
+
+The targets, each ndfs measurement next to its baseline from the same run:
+
+1. scroll 64 consecutive z-slices cold (read ``z/N.tif`` fully, in order):
+   cutout requests per chunk touched, and time vs a per-slice client (one
+   cutout request per slice, sequential, decoded);
+2. warm re-read of ``stack.tif`` vs the same bytes on tmpfs;
+3. cold ``cp stack.tif`` (fresh mount, fresh cache dir) vs a direct parallel
+   HTTP client (cuboid-aligned cutouts on as many threads as ndfs uses);
+4. ``ls -l`` of a z folder of 10,000 slices: cutout requests, and time vs
+   ``ls -l`` of 10,000 empty files on tmpfs;
+5. streaming every slice of a volume 4x the memory budget: the daemon's peak
+   RSS (sampled VmRSS and VmHWM) vs budget + 150 MiB, and the disk cache
+   directory's size (du, sampled) vs its budget;
+6. a second mount (new process) over the warm disk cache of target 1 scrolls
+   the same range: cutout requests (goal 0).
+
+Cold runs drop the kernel page cache first (``echo 3 >
+/proc/sys/vm/drop_caches``, best effort, reported when refused). ndfs and
+baseline runs alternate; a warm-up pass of each is discarded; medians of
+``--repeats`` runs are shown (3 by default, 1 with ``--quick``, warm
+measurements at least 3). A missed goal still exits 0; an error exits 1
+after printing what was measured. ``--smoke`` runs every target at a tiny
+size (for the test suite). Absolute numbers move between machines; only the
+ratios of one run mean something.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+
+MiB = 2**20
+CUBOID = (16, 512, 512)  # BOSS cuboid, z y x: the chunk grid ndfs sees through a boss remote
+COLL = "bench"
+STACK, LS, STREAM = ("bench", "stack", "em"), ("bench", "ls", "em"), ("bench", "stream", "em")
+SCROLL = 64
+RSS_SLACK = 150 * MiB
+
+
+# ---- plan ---------------------------------------------------------------------
+@dataclass
+class Plan:
+    mode: str
+    size_mib: int
+    xy: int
+    z: int
+    repeats: int
+    warmup: bool
+    ls_n: int
+    mem_budget: int
+    disk_budget: int
+    stream_z: int
+    latency_ms: float
+    bandwidth_mbps: float
+    workers: int
+    keep: bool
+
+    @property
+    def stack_bytes(self) -> int:
+        return self.z * self.xy * self.xy
+
+
+def make_plan(args) -> Plan:
+    mode = "smoke" if args.smoke else "quick" if args.quick else "default"
+    size = args.size_mib or {"smoke": 8, "quick": 128, "default": 1024}[mode]
+    xy = 1024 if size >= 64 else 512 if size >= 16 else 256
+    z = max(SCROLL + 2 * CUBOID[0], round(size * MiB / (xy * xy)))
+    mem = {"smoke": 4, "quick": 32, "default": 64}[mode] * MiB
+    disk = mem
+    repeats = args.repeats or {"smoke": 1, "quick": 1, "default": 3}[mode]
+    return Plan(mode=mode, size_mib=size, xy=xy, z=z, repeats=repeats, warmup=mode != "smoke",
+                ls_n=1000 if mode == "smoke" else 10_000, mem_budget=mem, disk_budget=disk,
+                stream_z=max(1, 4 * mem // (xy * xy)), latency_ms=args.latency_ms,
+                bandwidth_mbps=args.bandwidth_mbps, workers=args.workers, keep=args.keep)
+
+
+# ---- data ---------------------------------------------------------------------
+def smooth_noise(rng, shape):
+    """Blocky smooth noise (32-voxel cells in y/x, 8 in z) plus one bit of pixel noise; uint8."""
+    import numpy as np
+
+    z, y, x = shape
+    coarse = rng.integers(0, 128, (z // 8 + 2, y // 32 + 2, x // 32 + 2), dtype=np.uint8)
+    base = np.repeat(np.repeat(np.repeat(coarse, 8, 0), 32, 1), 32, 2)[:z, :y, :x]
+    bit = np.frombuffer(rng.bytes(z * y * x), dtype=np.uint8).reshape(shape) & 1
+    return base + 64 + bit
+
+
+def build_store(store: Path, plan: Plan, log) -> None:
+    import numpy as np
+
+    from ndfs.backends.local import LocalBackend
+    from ndfs.geometry import Box
+
+    backend = LocalBackend(store, create=True)
+    rng = np.random.default_rng(2024)
+    started = time.monotonic()
+    for ref, shape in ((STACK, (plan.z, plan.xy, plan.xy)), (STREAM, (plan.stream_z, plan.xy, plan.xy))):
+        backend.create_volume(ref, shape, "uint8", voxel_size_nm=(40.0, 4.0, 4.0), levels=1,
+                              chunk_shape=CUBOID)
+        for z0 in range(0, shape[0], CUBOID[0]):
+            z1 = min(z0 + CUBOID[0], shape[0])
+            box = Box((z0, 0, 0), (z1, shape[1], shape[2]))
+            backend.write(ref, box, 0, smooth_noise(rng, box.shape))
+    backend.create_volume(LS, (plan.ls_n, 16, 16), "uint8", voxel_size_nm=(40.0, 4.0, 4.0), levels=1,
+                          chunk_shape=(16, 16, 16))  # all zeros: never read
+    backend.close()
+    log(f"built the store ({plan.stack_bytes / MiB:.0f} MiB stack, {plan.stream_z * plan.xy**2 / MiB:.0f} MiB "
+        f"stream, {plan.ls_n} ls slices) in {time.monotonic() - started:.1f} s")
+
+
+# ---- the server, in a child process -------------------------------------------
+def serve_child(args) -> int:
+    """``--serve-child``: a BOSS server over --store; prints ``PORT n``; stops on SIGTERM or stdin EOF."""
+    from urllib.parse import parse_qs
+
+    from ndfs.backends.local import LocalBackend
+    from ndfs.serve.boss import BossApp
+    from ndfs.serve.common import ServeOptions, WsgiServer
+
+    backend = LocalBackend(args.store, read_only=True)
+    app = BossApp(backend)
+    seen: list[str] = []  # paths of the cutout GETs that reached the app, in order
+    lock = threading.Lock()
+    holder: dict = {}
+
+    def routed(environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        if path.startswith("/_bench/"):
+            counter = holder["server"].counter
+            with lock:
+                since = int(parse_qs(environ.get("QUERY_STRING", "")).get("since", ["-1"])[0])
+                doc = {"totals": counter.snapshot(), "cutouts": counter.count("GET", "/cutout/"),
+                       "bench": counter.count(None, "/_bench/"), "seen": len(seen),
+                       "paths": seen[since:] if since >= 0 else []}
+            body = json.dumps(doc).encode()
+            start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+            return [body]
+        if environ.get("REQUEST_METHOD") == "GET" and "/cutout/" in path:
+            with lock:
+                seen.append(path)
+        return app(environ, start_response)
+
+    options = ServeOptions(latency_s=args.latency_ms / 1000.0,
+                           bandwidth_bps=args.bandwidth_mbps * 1e6 / 8 if args.bandwidth_mbps else None)
+    server = WsgiServer(routed, "127.0.0.1", 0, options=options, threads=16)
+    holder["server"] = server
+    signal.signal(signal.SIGTERM, lambda *_: server.stop())
+
+    def watch_parent():
+        sys.stdin.read()  # EOF when the benchmark exits, however it exits
+        server.stop()
+
+    threading.Thread(target=watch_parent, daemon=True).start()
+    print(f"PORT {server.port}", flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        backend.close()
+    return 0
+
+
+class Server:
+    """The child server process, and its request counter as seen from here."""
+
+    def __init__(self, store: Path, plan: Plan, log_path: Path):
+        import requests
+
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--serve-child", "--store", str(store),
+               "--latency-ms", str(plan.latency_ms), "--bandwidth-mbps", str(plan.bandwidth_mbps)]
+        self._log = open(log_path, "w")
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
+                                     text=True)
+        line = ""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            line = self.proc.stdout.readline()  # the child prints its port at once, or dies
+            if line.startswith("PORT ") or not line:
+                break
+        m = re.match(r"PORT (\d+)", line)
+        if not m:
+            self.stop()
+            tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] if log_path.exists() else []
+            raise RuntimeError(f"the BOSS server did not start: {tail[0] if tail else 'no output'}")
+        self.port = int(m.group(1))
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.session = requests.Session()
+
+    def state(self, since: int = -1) -> dict:
+        r = self.session.get(f"{self.url}/_bench/state", params={"since": since}, timeout=30)
+        r.raise_for_status()
+        return r.json()
+
+    def cutouts(self) -> int:
+        return self.state()["cutouts"]
+
+    def settle(self, quiet_s: float = 0.8, timeout_s: float = 30.0) -> int:
+        """Wait (bounded) until no cutout request arrived for quiet_s (prefetches done); return the count."""
+        last, since = self.cutouts(), time.monotonic()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            now = self.cutouts()
+            if now != last:
+                last, since = now, time.monotonic()
+            elif time.monotonic() - since >= quiet_s:
+                break
+        return last
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            self.session.close()
+        if self.proc.poll() is None:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
+
+
+# ---- helpers ------------------------------------------------------------------
+class Env:
+    """Temp dirs, the server, mounts, notes: everything a target needs, and the cleanup."""
+
+    def __init__(self, plan: Plan):
+        self.plan = plan
+        self.notes: list[str] = []
+        self.drop_ok: bool | None = None
+        self._n = 0
+        self.work = Path(tempfile.mkdtemp(prefix="ndfs-bench-"))  # disk: caches, mounts, logs
+        shm = Path("/dev/shm")
+        need = plan.stack_bytes * 3 + 512 * MiB
+        if shm.is_dir() and shutil.disk_usage(shm).free > need:
+            self.fast = Path(tempfile.mkdtemp(prefix="ndfs-bench-", dir=shm))
+        else:
+            self.fast = Path(tempfile.mkdtemp(prefix="ndfs-bench-fast-"))
+            self.note(f"/dev/shm lacks {need / MiB:.0f} MiB: store and tmpfs baselines are in {self.fast}")
+        self.server: Server | None = None
+        self.config = self.work / "ndfs.toml"
+
+    def log(self, msg: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+    def note(self, msg: str) -> None:
+        if msg not in self.notes:
+            self.notes.append(msg)
+
+    def fresh(self, what: str) -> Path:
+        self._n += 1
+        p = self.work / f"{what}-{self._n}"
+        p.mkdir(parents=True)
+        return p
+
+    def drop_caches(self) -> None:
+        """Best effort: sync and drop the kernel page cache (root only)."""
+        os.sync()
+        try:
+            with open("/proc/sys/vm/drop_caches", "w") as fh:
+                fh.write("3")
+            self.drop_ok = True if self.drop_ok is None else self.drop_ok
+        except OSError as exc:
+            self.drop_ok = False
+            self.note(f"drop_caches refused ({exc.strerror}): cold runs rely on fresh mounts and cache dirs")
+
+    @contextlib.contextmanager
+    def mount(self, cache_dir: Path, *, memory: int = 512 * MiB, disk: int = 4 * 2**30):
+        """An ``ndfs mount`` daemon over the boss remote; yields (mountpoint, pid); always unmounts."""
+        from ndfs.testing.mount import mounted
+
+        mnt = self.fresh("mnt")
+        log_file = self.work / f"{mnt.name}.log"
+        with mounted(self.config, mnt, "--log-file", log_file, "--cache-dir", cache_dir,
+                     "--cache-memory", str(memory), "--cache-disk", str(disk)) as pid:
+            if pid is None:
+                raise RuntimeError(f"ndfs mount printed no pid (log {log_file})")
+            yield mnt, pid
+
+    def vol(self, mnt: Path, ref) -> Path:
+        return mnt.joinpath("boss", *ref, "0")
+
+
+def read_file(path: Path, buf: memoryview) -> int:
+    """Read a file fully in 1 MiB reads (as dd bs=1M); returns the bytes read."""
+    total = 0
+    with open(path, "rb", buffering=0) as fh:
+        while True:
+            n = fh.readinto(buf)
+            if not n:
+                return total
+            total += n
+
+
+def stats_json(mnt: Path) -> dict:
+    return json.loads((mnt / ".ndfs" / "stats.json").read_text())["boss"]
+
+
+def median(values):
+    return statistics.median(values) if values else float("nan")
+
+
+def rss_of(pid: int, key: str = "VmRSS") -> int:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def du_bytes(path: Path) -> int:
+    """Disk usage of a tree (st_blocks, as du), tolerant of files vanishing meanwhile."""
+    total = 0
+    for root, dirs, files in os.walk(path):
+        for name in files + dirs:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_blocks * 512
+    return total
+
+
+class Sampler:
+    """Samples a value every `every` seconds on a thread; keeps the maximum."""
+
+    def __init__(self, fn, every: float):
+        self.fn, self.every, self.max, self.n = fn, every, 0, 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.max = max(self.max, self.fn())
+            self.n += 1
+            self._stop.wait(self.every)
+
+    def __enter__(self):
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join(10)
+        self.max = max(self.max, self.fn())
+
+
+def cutout_url(url: str, ref, box) -> str:
+    (z0, y0, x0), (z1, y1, x1) = box.start, box.stop
+    return f"{url}/v1/cutout/{'/'.join(ref)}/0/{x0}:{x1}/{y0}:{y1}/{z0}:{z1}/"
+
+
+def http_session(workers: int):
+    import requests
+    from requests.adapters import HTTPAdapter
+
+    s = requests.Session()
+    s.mount("http://", HTTPAdapter(pool_connections=1, pool_maxsize=workers + 2, max_retries=0))
+    return s
+
+
+def fetch(session, url: str, box, dtype="uint8"):
+    from ndfs.backends.boss import blosc_decode
+
+    r = session.get(url, params={"access-mode": "no-cache"}, headers={"Accept": "application/blosc"}, timeout=120)
+    r.raise_for_status()
+    return blosc_decode(r.content, dtype, box.shape)
+
+
+# ---- results ------------------------------------------------------------------
+@dataclass
+class Row:
+    target: str
+    what: str
+    ndfs: str = "-"
+    base: str = "-"
+    ratio: float | None = None
+    goal: str = ""
+    ok: bool | None = None  # None: error / not measured
+    error: str = ""
+
+    @property
+    def result(self) -> str:
+        return "ERROR" if self.error else "PASS" if self.ok else "MISS" if self.ok is False else "-"
+
+
+@dataclass
+class Results:
+    rows: list[Row] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def add(self, row: Row) -> Row:
+        self.rows.append(row)
+        return row
+
+
+def fmt_ratio(r: float | None) -> str:
+    if r is None:
+        return "-"
+    return f"{r:.2f}" if r < 100 else f"{r:.0f}"
+
+
+def print_table(plan: Plan, res: Results, env: Env | None, elapsed: float) -> None:
+    head = ("target", "ndfs", "baseline", "ratio", "goal", "result")
+    lines = [(f"{r.target} {r.what}", r.ndfs, r.base, fmt_ratio(r.ratio), r.goal, r.result) for r in res.rows]
+    widths = [max(len(x[i]) for x in [head] + lines) for i in range(len(head))]
+    sep = "  "
+    print()
+    print(f"ndfs benchmark ({plan.mode}): stack {plan.z}x{plan.xy}x{plan.xy} uint8 "
+          f"({plan.stack_bytes / MiB:.0f} MiB), BOSS cuboids {'x'.join(map(str, CUBOID))}, "
+          f"server latency {plan.latency_ms:g} ms/request, cap {plan.bandwidth_mbps:g} Mbit/s, "
+          f"{plan.workers} workers, {os.cpu_count()} CPUs, medians of {plan.repeats} "
+          f"(warm-up {'discarded' if plan.warmup else 'none'})")
+    print(sep.join(h.ljust(w) for h, w in zip(head, widths)))
+    print(sep.join("-" * w for w in widths))
+    for line in lines:
+        print(sep.join(c.ljust(w) if i in (0, 4, 5) else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))))
+    notes = list(env.notes) if env else []
+    if env is not None and env.drop_ok:
+        notes.insert(0, "page cache dropped (echo 3 > /proc/sys/vm/drop_caches) before every cold run")
+    for r in res.rows:
+        if r.error:
+            notes.append(f"{r.target}: error: {r.error}")
+    if notes:
+        print("notes:")
+        for n in notes:
+            print(f"  - {n}")
+    print(f"total {elapsed:.0f} s")
+    sys.stdout.flush()
+
+
+# ---- targets --------------------------------------------------------------------
+@dataclass
+class ScrollState:
+    cache_dir: Path | None = None
+    cold_requests: int | None = None
+    z0: int = 0
+
+
+def chunks_touched(plan: Plan, z0: int, n: int) -> int:
+    slabs = (z0 + n - 1) // CUBOID[0] - z0 // CUBOID[0] + 1
+    per = (-(-plan.xy // CUBOID[1])) * (-(-plan.xy // CUBOID[2]))
+    return slabs * per
+
+
+def scroll_mount(env: Env, mnt: Path, zs, buf) -> float:
+    zdir = env.vol(mnt, STACK) / "z"
+    os.stat(zdir / f"{zs[0]}.tif")  # resolve the path (channel metadata) before the clock starts
+    t = time.perf_counter()
+    for z in zs:
+        read_file(zdir / f"{z}.tif", buf)
+    return time.perf_counter() - t
+
+
+def target_scroll(env: Env, res: Results, state: ScrollState) -> None:
+    """Targets 1a/1b: cold scroll through the mount vs a per-slice client."""
+    from ndfs.geometry import Box
+
+    plan, srv = env.plan, env.server
+    z0 = max(0, min(plan.z - SCROLL, (plan.z // 2 - SCROLL // 2) // CUBOID[0] * CUBOID[0]))
+    zs = list(range(z0, z0 + SCROLL))
+    state.z0 = z0
+    touched = chunks_touched(plan, z0, SCROLL)
+    buf = memoryview(bytearray(MiB))
+    times = {"ndfs": [], "base": []}
+    reqs, beyond, dup, logical = [], [], [], []
+
+    def ndfs_run(keep: bool) -> None:
+        cache = env.fresh("cache")
+        with env.mount(cache) as (mnt, _pid):
+            env.drop_caches()
+            before = srv.state()
+            t = scroll_mount(env, mnt, zs, buf)
+            after_count = srv.settle()
+            paths = srv.state(since=before["seen"])["paths"]
+            backend = stats_json(mnt)["backend"]
+        if keep:
+            n = after_count - before["cutouts"]
+            times["ndfs"].append(t)
+            reqs.append(n)
+            zr = [tuple(map(int, p.rstrip("/").split("/")[-1].split(":"))) for p in paths]
+            beyond.append(sum(1 for a, b in zr if b <= z0 or a >= z0 + SCROLL))
+            dup.append(len(paths) - len(set(paths)))
+            logical.append(backend["reads"])
+            state.cache_dir, state.cold_requests = cache, n
+
+    def base_run(keep: bool) -> None:
+        env.drop_caches()
+        session = http_session(1)
+        try:
+            t = time.perf_counter()
+            for z in zs:
+                box = Box((z, 0, 0), (z + 1, plan.xy, plan.xy))
+                fetch(session, cutout_url(srv.url, STACK, box), box)
+            t = time.perf_counter() - t
+        finally:
+            session.close()
+        if keep:
+            times["base"].append(t)
+
+    if plan.warmup:
+        ndfs_run(False)
+        base_run(False)
+    for i in range(plan.repeats):
+        first, second = (ndfs_run, base_run) if i % 2 == 0 else (base_run, ndfs_run)
+        first(True)
+        second(True)
+    n = median(reqs)
+    res.add(Row("1a", f"scroll {SCROLL} z-slices cold: cutout requests", f"{n:g} req", f"{touched} chunks touched",
+                n / touched, "<= 1", n / touched <= 1))
+    tn, tb = median(times["ndfs"]), median(times["base"])
+    res.add(Row("1b", f"scroll {SCROLL} z-slices cold: time", f"{tn:.2f} s", f"{tb:.2f} s per-slice",
+                tn / tb, "<= 0.5", tn / tb <= 0.5))
+    env.note(f"1: slices z={z0}..{z0 + SCROLL - 1} of {plan.xy}x{plan.xy}; per run {reqs} cutout requests "
+             f"({beyond} of them for chunks past the scrolled range, i.e. read-ahead of the next slab; "
+             f"{dup} repeated), {logical} logical backend reads (stats.json); per-slice client "
+             f"sends {SCROLL} requests, one at a time")
+
+
+def target_remount(env: Env, res: Results, state: ScrollState) -> None:
+    """Target 6: a new mount over the warm disk cache of target 1 scrolls the same range."""
+    if state.cache_dir is None:
+        raise RuntimeError("target 1 left no warm cache")
+    srv, zs = env.server, list(range(state.z0, state.z0 + SCROLL))
+    buf = memoryview(bytearray(MiB))
+    with env.mount(state.cache_dir) as (mnt, _pid):
+        env.drop_caches()
+        c0 = srv.cutouts()
+        t = scroll_mount(env, mnt, zs, buf)
+        n = srv.settle() - c0
+        cache = stats_json(mnt)["cache"]
+    res.add(Row("6", "remount over warm disk cache: cutout requests", f"{n} req",
+                f"{state.cold_requests} req cold", n / state.cold_requests if state.cold_requests else None,
+                "0 requests", n == 0))
+    env.note(f"6: the second mount scrolled the range in {t:.2f} s with {cache['disk_hits']} disk hits, "
+             f"{cache['misses']} misses")
+
+
+def target_bulk(env: Env, res: Results) -> contextlib.ExitStack:
+    """Target 3 (cold cp vs a parallel client); returns the last ndfs mount, kept open for targets 2 and 4."""
+    import numpy as np
+
+    from ndfs.geometry import Box
+
+    plan, srv = env.plan, env.server
+    dst_ndfs, dst_base = env.fast / "stack-copy.tif", env.fast / "direct-pull.raw"
+    boxes = [Box((z, y, x), (min(z + CUBOID[0], plan.z), min(y + CUBOID[1], plan.xy), min(x + CUBOID[2], plan.xy)))
+             for z in range(0, plan.z, CUBOID[0]) for y in range(0, plan.xy, CUBOID[1])
+             for x in range(0, plan.xy, CUBOID[2])]
+    speeds = {"ndfs": [], "base": []}
+    reqs = []
+    kept = contextlib.ExitStack()
+    runs = ([False] if plan.warmup else []) + [True] * plan.repeats
+
+    def ndfs_run(keep: bool, last: bool) -> None:
+        cache = env.fresh("cache")
+        local = contextlib.ExitStack()
+        try:
+            mnt, _pid = local.enter_context(env.mount(cache))
+            src = env.vol(mnt, STACK) / "stack.tif"
+            size = os.stat(src).st_size
+            with contextlib.suppress(FileNotFoundError):
+                dst_ndfs.unlink()
+            env.drop_caches()
+            c0 = srv.cutouts()
+            t = time.perf_counter()
+            subprocess.run(["cp", str(src), str(dst_ndfs)], check=True, timeout=3600)
+            t = time.perf_counter() - t
+            n = srv.settle(quiet_s=0.3) - c0
+            if keep:
+                speeds["ndfs"].append(size / t)
+                reqs.append(n)
+            if last:
+                kept.push(local.pop_all())
+                kept.mnt = mnt  # type: ignore[attr-defined]
+        finally:
+            local.close()
+
+    def base_run(keep: bool) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            dst_base.unlink()
+        env.drop_caches()
+        session = http_session(plan.workers)
+        try:
+            t = time.perf_counter()
+            out = np.empty((plan.z, plan.xy, plan.xy), dtype=np.uint8)
+
+            def one(box):
+                out[box.slices()] = fetch(session, cutout_url(srv.url, STACK, box), box)
+
+            with ThreadPoolExecutor(plan.workers) as pool:
+                for _ in pool.map(one, boxes):
+                    pass
+            out.tofile(dst_base)
+            t = time.perf_counter() - t
+        finally:
+            session.close()
+        if keep:
+            speeds["base"].append(out.nbytes / t)
+        del out
+
+    for i, keep in enumerate(runs):
+        last = i == len(runs) - 1
+        if i % 2 == 0 and not last:
+            ndfs_run(keep, False)
+            base_run(keep)
+        else:  # the last pair ends with ndfs: its mount stays up for targets 2 and 4
+            base_run(keep)
+            ndfs_run(keep, last)
+    with contextlib.suppress(FileNotFoundError):
+        dst_base.unlink()  # stack-copy.tif stays: the tmpfs side of target 2
+    sn, sb = median(speeds["ndfs"]), median(speeds["base"])
+    res.add(Row("3", "cold cp stack.tif: throughput", f"{sn / 1e6:.0f} MB/s",
+                f"{sb / 1e6:.0f} MB/s direct {plan.workers}-way", sn / sb, ">= 0.8", sn / sb >= 0.8))
+    env.note(f"3: {len(boxes)} cuboid requests per pull for the direct client; ndfs cold cp made {reqs} cutout "
+             f"requests; both write the {plan.stack_bytes / MiB:.0f} MiB to tmpfs")
+    return kept
+
+
+def target_warm(env: Env, res: Results, mnt: Path) -> None:
+    """Target 2: warm re-read of stack.tif vs the same bytes on tmpfs."""
+    src, copy = env.vol(mnt, STACK) / "stack.tif", env.fast / "stack-copy.tif"
+    buf = memoryview(bytearray(MiB))
+    n_rep = max(3, env.plan.repeats)
+    speeds = {"ndfs": [], "tmpfs": []}
+    c0 = env.server.cutouts()
+    read_file(src, buf)  # warm-up pass (discarded)
+    read_file(copy, buf)
+    for i in range(n_rep):
+        order = (("ndfs", src), ("tmpfs", copy)) if i % 2 == 0 else (("tmpfs", copy), ("ndfs", src))
+        for name, path in order:
+            t = time.perf_counter()
+            n = read_file(path, buf)
+            speeds[name].append(n / (time.perf_counter() - t))
+    n_req = env.server.cutouts() - c0
+    sn, st = median(speeds["ndfs"]), median(speeds["tmpfs"])
+    res.add(Row("2", "warm re-read stack.tif: throughput", f"{sn / 1e6:.0f} MB/s", f"{st / 1e6:.0f} MB/s tmpfs",
+                sn / st, ">= 0.8", sn / st >= 0.8))
+    env.note(f"2: {os.stat(src).st_size / MiB:.0f} MiB read in 1 MiB reads, {n_rep} interleaved repeats; "
+             f"{n_req} cutout requests during the warm reads")
+
+
+def target_ls(env: Env, res: Results, mnt: Path) -> None:
+    """Targets 4a/4b: ls -l of a z folder of ls_n slices vs ls -l of as many empty files on tmpfs."""
+    plan, srv = env.plan, env.server
+    zdir = env.vol(mnt, LS) / "z"
+    tdir = env.fast / "ls-files"
+    tdir.mkdir()
+    for i in range(plan.ls_n):
+        (tdir / f"{i}.tif").touch()
+
+    def ls(path: Path) -> float:
+        t = time.perf_counter()
+        done = subprocess.run(["ls", "-l", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=600)
+        t = time.perf_counter() - t
+        if done.returncode != 0:
+            raise RuntimeError(f"ls -l {path} failed: {done.stderr.decode(errors='replace').strip()}")
+        lines = done.stdout.count(b"\n") - 1  # minus "total N"
+        if lines != plan.ls_n:
+            raise RuntimeError(f"ls -l {path} listed {lines} entries, expected {plan.ls_n}")
+        return t
+
+    before = srv.state()
+    reads0 = stats_json(mnt)["backend"]["reads"]
+    first = ls(zdir)  # warm-up (discarded): the first listing also fetches the channel metadata
+    ls(tdir)
+    times = {"ndfs": [], "tmpfs": []}
+    for i in range(max(3, plan.repeats)):
+        order = ((zdir, "ndfs"), (tdir, "tmpfs")) if i % 2 == 0 else ((tdir, "tmpfs"), (zdir, "ndfs"))
+        for path, name in order:
+            times[name].append(ls(path))
+    after = srv.state()
+    n = after["cutouts"] - before["cutouts"]
+    reads = stats_json(mnt)["backend"]["reads"] - reads0
+    other = (after["totals"]["requests"] - after["bench"]) - (before["totals"]["requests"] - before["bench"]) - n
+    res.add(Row("4a", f"ls -l z folder of {plan.ls_n}: cutout requests", f"{n} req", "-", None, "0 requests", n == 0))
+    tn, tt = median(times["ndfs"]), median(times["tmpfs"])
+    res.add(Row("4b", f"ls -l z folder of {plan.ls_n}: time", f"{tn * 1e3:.0f} ms", f"{tt * 1e3:.0f} ms tmpfs",
+                tn / tt, "<= 2", tn / tt <= 2))
+    env.note(f"4: first ls -l (discarded) took {first * 1e3:.0f} ms; over all listings {n} cutout and {other} "
+             f"metadata requests reached the server, {reads} backend reads in stats.json")
+
+
+def target_stream(env: Env, res: Results) -> None:
+    """Targets 5a/5b: stream every slice of a volume 4x the memory budget; peak RSS and disk cache size."""
+    plan, srv = env.plan, env.server
+    cache = env.fresh("cache")
+    buf = memoryview(bytearray(MiB))
+    vol_bytes = plan.stream_z * plan.xy * plan.xy
+    with env.mount(cache, memory=plan.mem_budget, disk=plan.disk_budget) as (mnt, pid):
+        zdir = env.vol(mnt, STREAM) / "z"
+        os.stat(zdir / "0.tif")
+        idle = rss_of(pid)
+        env.drop_caches()
+        c0 = srv.cutouts()
+        t = time.perf_counter()
+        with Sampler(lambda: rss_of(pid), 0.02) as rss, Sampler(lambda: du_bytes(cache), 0.25) as du:
+            for z in range(plan.stream_z):
+                read_file(zdir / f"{z}.tif", buf)
+            srv.settle(quiet_s=0.5)
+        t = time.perf_counter() - t
+        n = srv.cutouts() - c0
+        hwm = rss_of(pid, "VmHWM")
+        cstats = stats_json(mnt)["cache"]
+    du_after = du_bytes(cache)
+    peak = max(rss.max, hwm)
+    limit = plan.mem_budget + RSS_SLACK
+    res.add(Row("5a", "stream 4x memory budget: daemon peak RSS", f"{peak / MiB:.0f} MiB",
+                f"{plan.mem_budget / MiB:.0f}+150 MiB", peak / limit, "<= 1", peak <= limit))
+    top = max(du.max, du_after)
+    res.add(Row("5b", "stream 4x memory budget: disk cache (du)", f"{top / MiB:.1f} MiB",
+                f"{plan.disk_budget / MiB:.0f} MiB budget", top / plan.disk_budget, "<= 1", top <= plan.disk_budget))
+    env.note(f"5: {vol_bytes / MiB:.0f} MiB in {plan.stream_z} slices streamed in {t:.1f} s "
+             f"({vol_bytes / t / 1e6:.0f} MB/s), {n} cutout requests; RSS idle {idle / MiB:.0f} MiB, "
+             f"sampled max {rss.max / MiB:.0f} MiB ({rss.n} samples), VmHWM {hwm / MiB:.0f} MiB; memory tier "
+             f"{cstats['memory_bytes'] / MiB:.0f} MiB at the end; disk tier {cstats['disk_bytes'] / MiB:.1f} MiB "
+             f"(diskcache's own count) in {cstats['disk_entries']} entries, du max {du.max / MiB:.1f} MiB "
+             f"({du.n} samples), {du_after / MiB:.1f} MiB after unmount")
+
+
+# ---- main ---------------------------------------------------------------------
+def run(plan: Plan) -> int:
+    from ndfs.testing.mount import fuse_unavailable
+
+    started = time.monotonic()
+    res = Results()
+    env: Env | None = None
+    failed = False
+    with contextlib.ExitStack() as stack:
+        try:
+            reason = fuse_unavailable()
+            if reason:
+                raise RuntimeError(f"cannot mount: {reason}")
+            env = Env(plan)
+            if not plan.keep:
+                stack.callback(shutil.rmtree, env.work, True)
+                stack.callback(shutil.rmtree, env.fast, True)
+            else:
+                stack.callback(lambda: print(f"kept {env.work} and {env.fast}", file=sys.stderr))
+            env.log(f"work dir {env.work}, store and tmpfs files in {env.fast}")
+            build_store(env.fast / "store", plan, env.log)
+            env.server = Server(env.fast / "store", plan, env.work / "server.log")
+            stack.callback(env.server.stop)
+            env.config.write_text(f'[remotes.boss]\nkind = "boss"\nurl = "{env.server.url}"\n'
+                                  f'workers = {plan.workers}\nread_only = true\n')
+            env.log(f"BOSS server at {env.server.url} (pid {env.server.proc.pid})")
+        except Exception as exc:
+            traceback.print_exc()
+            res.errors.append(f"setup: {exc}")
+            failed = True
+        if not failed:
+            state = ScrollState()
+            steps = [("1", "scroll", lambda: target_scroll(env, res, state)),
+                     ("6", "remount", lambda: target_remount(env, res, state))]
+            for tid, name, fn in steps:
+                failed |= _step(env, res, tid, name, fn)
+            kept = None
+            env.log("target 3: cold cp vs direct parallel client")
+            try:
+                kept = target_bulk(env, res)
+                stack.push(kept)
+            except Exception as exc:
+                traceback.print_exc()
+                res.add(Row("3", "cold cp stack.tif", error=str(exc)))
+                failed = True
+            mnt = getattr(kept, "mnt", None)
+            for tid, name, fn in (("2", "warm re-read", lambda: target_warm(env, res, mnt)),
+                                  ("4", "ls -l", lambda: target_ls(env, res, mnt))):
+                if mnt is None:
+                    res.add(Row(tid, name, error="no mount from target 3"))
+                    failed = True
+                else:
+                    failed |= _step(env, res, tid, name, fn)
+            if kept is not None:
+                kept.close()
+            failed |= _step(env, res, "5", "stream", lambda: target_stream(env, res))
+        res.rows.sort(key=lambda r: r.target)
+        print_table(plan, res, env, time.monotonic() - started)
+        for e in res.errors:
+            print(f"error: {e}")
+    return 1 if failed or res.errors else 0
+
+
+def _step(env: Env, res: Results, tid: str, name: str, fn) -> bool:
+    env.log(f"target {tid}: {name}")
+    try:
+        fn()
+        return False
+    except Exception as exc:
+        traceback.print_exc()
+        res.add(Row(tid, name, error=f"{type(exc).__name__}: {exc}"))
+        return True
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="128 MiB stack, one repeat (about 2 minutes)")
+    p.add_argument("--smoke", action="store_true", help="every target at a tiny size, no warm-up (for tests)")
+    p.add_argument("--size-mib", type=int, default=None, help="stack size in MiB (default 1024; quick 128)")
+    p.add_argument("--latency-ms", type=float, default=20.0, help="server latency per request (default 20)")
+    p.add_argument("--bandwidth-mbps", type=float, default=400.0, help="server bandwidth cap, Mbit/s (default 400)")
+    p.add_argument("--repeats", type=int, default=None, help="measured repeats (default 3; quick/smoke 1)")
+    p.add_argument("--workers", type=int, default=8, help="parallel requests, ndfs and direct client (default 8)")
+    p.add_argument("--keep", action="store_true", help="keep the temp dirs (store, caches, logs)")
+    p.add_argument("--serve-child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--store", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.serve_child:
+        return serve_child(args)
+    if args.size_mib is not None and args.size_mib < 1 or args.repeats is not None and args.repeats < 1:
+        p.error("--size-mib and --repeats must be positive")
+    if args.latency_ms < 0 or args.bandwidth_mbps <= 0 or args.workers < 1:
+        p.error("--latency-ms must be >= 0, --bandwidth-mbps and --workers positive")
+    return run(make_plan(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,29 @@
+"""`scripts/bench.py --smoke` runs end to end: every target at a tiny size, one table row per target.
+
+No timing or PASS/MISS assertions: the ratios belong to the benchmark's report, not to the test suite.
+"""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ndfs.testing.mount import fuse_unavailable
+
+BENCH = Path(__file__).resolve().parent.parent / "scripts" / "bench.py"
+
+pytestmark = pytest.mark.skipif(fuse_unavailable() is not None, reason=str(fuse_unavailable()))
+
+
+def test_bench_smoke_prints_a_row_per_target():
+    pytest.importorskip("blosc")
+    pytest.importorskip("waitress")
+    done = subprocess.run([sys.executable, str(BENCH), "--smoke"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"bench failed ({done.returncode}):\n{done.stdout}\n{done.stderr[-3000:]}"
+    rows = [line for line in done.stdout.splitlines() if re.match(r"^[1-6][ab]? ", line)]
+    assert {row[0] for row in rows} == set("123456"), done.stdout
+    for row in rows:
+        assert re.search(r"\b(PASS|MISS)\s*$", row), f"no result in row: {row!r}\n{done.stdout}"
+    assert "ERROR" not in done.stdout
