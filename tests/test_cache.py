@@ -438,6 +438,21 @@ def test_sequential_slice_reader_gets_the_next_slab_prefetched(store, make, pref
         assert cached.cache_stats()["prefetched"] == 0
 
 
+def test_a_reader_of_planes_in_row_bands_gets_the_next_slab_prefetched(store, make):
+    """Slice files larger than one kernel read (and stack.tif) arrive as row bands of each plane."""
+    path, data, _ = store
+    inner = LocalBackend(path)
+    cached = make(inner, prefetch=True)
+    height, width = SHAPE[1], SHAPE[2]
+    for z in range(3):
+        for y in range(0, height, 16):  # each plane in bands, as 1 MiB reads deliver it
+            cached.read(REF, Box((z, y, 0), (z + 1, min(y + 16, height), width)), 0)
+    assert cached.wait_idle(10)
+    inner.reset_stats()
+    np.testing.assert_array_equal(cached.read(REF, Box((8, 0, 0), (16, height, width)), 0), data[8:16])
+    assert inner.stats.reads == 0  # the whole next slab, every row, was fetched ahead
+
+
 @pytest.mark.parametrize("prefetch", [True, False])
 def test_prefetch_hint_then_read_costs_nothing(store, make, prefetch):
     path, data, data1 = store

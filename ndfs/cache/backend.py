@@ -87,7 +87,7 @@ class CachedBackend(Backend):
         self._mem = cachetools.LRUCache(maxsize=max(0, int(memory_bytes)), getsizeof=lambda a: a.nbytes)
         self._inflight: dict[tuple, _Flight] = {}
         self._epochs: dict[VolumeRef, int] = defaultdict(int)
-        self._recent: dict[tuple, list] = {}
+        self._recent: dict[tuple, dict] = {}
         self._counts = dict.fromkeys(("memory_hits", "disk_hits", "misses", "prefetched",
                                       "prefetch_dropped", "corrupt", "disk_errors"), 0)
         self._pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="ndfs-fetch")
@@ -380,25 +380,36 @@ class CachedBackend(Backend):
             self._prefetch_done()
 
     def _note_read(self, ref: VolumeRef, box: Box, level: int, grid: ChunkGrid) -> None:
-        """Spot sequential z-slice readers and prefetch the next chunk-deep slab."""
+        """Spot sequential z-slice readers and prefetch the next chunk-deep slab.
+
+        A reader follows on from the previous read of the same ref/level when it keeps
+        the same x extent and stays on the same plane, moves to the next one, or moves
+        on from the previous slab. Row bands of one plane (a slice file larger than one
+        kernel read, or stack.tif) accumulate into the y extent to prefetch; the
+        prefetch starts when the reader moves on to a new plane, once per slab.
+        """
         depth, oz = grid.chunk_shape[0], grid.extent.start[0]
         if not self.prefetch_enabled or box.shape[0] >= depth:
             return
-        yx, slab = (box.start[1:], box.stop[1:]), (box.start[0] - oz) // depth
-        nxt = (box.stop[0] - 1 - oz) // depth + 1
+        (z0, y0, x0), (z1, y1, x1) = box.start, box.stop
+        slab, nxt = (z0 - oz) // depth, (z1 - 1 - oz) // depth + 1
         with self._lock:
             if len(self._recent) > 1024:
                 self._recent.clear()
             prev = self._recent.get((ref, level))
-            done = prev[4] if prev and prev[3] == yx else None
-            self._recent[(ref, level)] = [box.start[0], box.stop[0], slab, yx, done]
-            sequential = prev is not None and prev[3] == yx and (
-                prev[1] == box.start[0] or prev[0] == box.start[0] - 1 or prev[2] == slab - 1)
-            if not sequential or nxt >= grid.grid_shape[0] or done == nxt:
+            follows = prev is not None and prev["x"] == (x0, x1) and (
+                prev["z0"] <= z0 <= prev["z1"] or prev["slab"] == slab - 1)
+            ys = (min(prev["y"][0], y0), max(prev["y"][1], y1)) if follows else (y0, y1)
+            advanced = follows and z0 > prev["z0"]
+            done = prev["done"] if follows else None
+            state = {"z0": z0, "z1": z1, "slab": slab, "x": (x0, x1), "y": (y0, y1) if advanced else ys,
+                     "done": done}
+            self._recent[(ref, level)] = state
+            if not advanced or nxt >= grid.grid_shape[0] or done == nxt:
                 return
-            self._recent[(ref, level)][4] = nxt
-        z0 = oz + nxt * depth
-        self.prefetch(ref, Box((z0, *yx[0]), (min(z0 + depth, grid.extent.stop[0]), *yx[1])), level)
+            state["done"] = nxt
+        zn = oz + nxt * depth
+        self.prefetch(ref, Box((zn, ys[0], x0), (min(zn + depth, grid.extent.stop[0]), ys[1], x1)), level)
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until no prefetch is queued or running; False on timeout. Thread-safe."""
