@@ -48,7 +48,7 @@ import numpy as np
 
 from ndfs.backends.base import Backend, VolumeRef
 from ndfs.errors import BackendError, BadRegion, NdfsError, NotFound, PermissionDenied, Timeout, TooLarge
-from ndfs.geometry import Box
+from ndfs.geometry import Box, ChunkGrid
 from ndfs.info import LevelInfo, VolumeInfo
 
 log = logging.getLogger("ndfs.boss")
@@ -107,17 +107,9 @@ def blosc_decode(body: bytes, dtype: np.dtype, shape: tuple[int, ...]) -> np.nda
 
 def cuboid_pieces(box: Box, itemsize: int, max_bytes: int) -> list[Box]:
     """The box cut on the global 16x512x512 (z, y, x) cuboid grid, each piece within max_bytes. Pure."""
-    axes = []
-    for a, b, c in zip(box.start, box.stop, CUBOID_ZYX):
-        edges = [a] + list(range((a // c + 1) * c, b, c)) + [b]
-        axes.append(list(zip(edges[:-1], edges[1:])))
+    grid = ChunkGrid(CUBOID_ZYX, box, origin=(0, 0, 0))
     limit = max(1, max_bytes // itemsize)
-    pieces = []
-    for (z0, z1) in axes[0]:
-        for (y0, y1) in axes[1]:
-            for (x0, x1) in axes[2]:
-                pieces.extend(_within(Box((z0, y0, x0), (z1, y1, x1)), limit))
-    return pieces
+    return [piece for idx in grid.chunks(box) for piece in _within(grid.chunk_box(idx), limit)]
 
 
 def _within(box: Box, limit: int) -> list[Box]:
