@@ -84,24 +84,36 @@ def blosc_encode(array: np.ndarray) -> bytes:
                           shuffle=blosc.SHUFFLE, cname="blosclz")
 
 
+class BloscFrameError(ValueError):
+    """The bytes are not a well-formed blosc frame, or it does not decompress."""
+
+
+class BloscSizeError(ValueError):
+    """A good blosc frame that does not hold exactly the expected array."""
+
+
 def blosc_decode(body: bytes, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
-    """Decode one blosc frame into a writable array; ValueError unless it holds exactly ``shape``."""
+    """Decode one blosc frame into a writable array of ``shape``.
+
+    Raises BloscFrameError for a malformed frame and BloscSizeError for a frame of
+    the wrong size (both ValueErrors); the server maps them to BOSS codes 2001/2002.
+    """
     blosc = _blosc()
 
     expected = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    if len(body) < 16:
-        raise ValueError(f"a {len(body)}-byte body is not a blosc frame")
+    if len(body) < 16 or body[0] not in (1, 2):
+        raise BloscFrameError(f"a {len(body)}-byte body is not a blosc frame")
     nbytes, _, cbytes = struct.unpack_from("<III", body, 4)
-    if nbytes != expected:
-        raise ValueError(f"the blosc frame holds {nbytes} bytes, {expected} expected for {dtype}{shape}")
     if cbytes != len(body):
-        raise ValueError(f"the blosc frame says {cbytes} compressed bytes but the body has {len(body)}")
+        raise BloscFrameError(f"the blosc frame says {cbytes} compressed bytes but the body has {len(body)}")
+    if nbytes != expected:
+        raise BloscSizeError(f"the blosc frame holds {nbytes} bytes, {expected} expected for {dtype}{shape}")
     try:
         raw = blosc.decompress(body, as_bytearray=True)
     except Exception as exc:  # blosc raises its own error type for corrupt frames
-        raise ValueError(f"the blosc frame does not decompress: {exc}") from exc
+        raise BloscFrameError(f"the blosc frame does not decompress: {exc}") from exc
     if len(raw) != expected:
-        raise ValueError(f"the blosc frame decompressed to {len(raw)} bytes, {expected} expected")
+        raise BloscSizeError(f"the blosc frame decompressed to {len(raw)} bytes, {expected} expected")
     return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
 

@@ -29,7 +29,6 @@ import io
 import json
 import logging
 import re
-import struct
 import threading
 import zlib
 from http import HTTPStatus
@@ -298,21 +297,14 @@ def _body(environ) -> bytes:
 
 def _decode(body: bytes, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
     """The posted blosc frame as an array of shape: 400/2001 if it is no blosc, 400/2002 if it does not fit."""
-    import blosc
+    from ndfs.backends.boss import BloscFrameError, BloscSizeError, blosc_decode
 
-    expected = int(np.prod(shape)) * dtype.itemsize
-    if len(body) < 16 or body[0] not in (1, 2) or struct.unpack_from("<I", body, 12)[0] != len(body):
-        raise BossError(400, 2001, "Failed to decompress the request body: not a blosc frame")
-    nbytes = struct.unpack_from("<I", body, 4)[0]
-    if nbytes != expected:
-        raise BossError(400, 2002, f"The request body holds {nbytes} bytes but the cutout needs {expected}")
     try:
-        raw = blosc.decompress(body)
-    except Exception as exc:  # blosc raises its own error type
+        return blosc_decode(body, dtype, shape)
+    except BloscFrameError as exc:
         raise BossError(400, 2001, f"Failed to decompress the request body: {exc}") from None
-    if len(raw) != expected:
-        raise BossError(400, 2002, f"The request body holds {len(raw)} bytes but the cutout needs {expected}")
-    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+    except BloscSizeError as exc:
+        raise BossError(400, 2002, f"The request body does not fit the cutout: {exc}") from None
 
 
 def _encode(start_response, environ, data: np.ndarray):
