@@ -19,7 +19,7 @@ import stat
 import threading
 
 from ndfs.errors import NdfsError
-from ndfs.fs.tree import DirNode, FileNode, Tree
+from ndfs.fs.tree import FileNode, Tree
 
 log = logging.getLogger("ndfs.fuse")
 

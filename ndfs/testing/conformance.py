@@ -24,7 +24,7 @@ import pytest
 from ndfs.backends.base import Backend
 from ndfs.errors import BadRegion, NotFound, ReadOnly
 from ndfs.geometry import Box
-from ndfs.testing.reference import CHANNELS, LEVELS, PROJECT, SHAPE, ReferenceData
+from ndfs.testing.reference import CHANNELS, LEVELS, PROJECT, ReferenceData
 
 
 @dataclass
