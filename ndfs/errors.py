@@ -74,7 +74,19 @@ class BackendError(NdfsError):
     errno_default = _errno.EIO
 
 
+class InvalidAnnotation(NdfsError):
+    """A RAMON object or annotation request that breaks the RAMON rules (EINVAL); nothing was stored."""
+
+    errno_default = _errno.EINVAL
+
+
 class ConfigError(NdfsError):
     """The configuration is malformed or names something that does not exist (EINVAL)."""
+
+    errno_default = _errno.EINVAL
+
+
+class BadInput(NdfsError):
+    """Data handed to ndfs that cannot be used: not the named format, truncated, wrong shape or dtype (EINVAL)."""
 
     errno_default = _errno.EINVAL

@@ -13,13 +13,14 @@ unwritten space as zeros.
 
 from __future__ import annotations
 
+import errno
 import threading
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
-from ndfs.errors import BadRegion, NdfsError, ReadOnly
+from ndfs.errors import BadRegion, InvalidAnnotation, NdfsError, NotFound, ReadOnly
 from ndfs.geometry import Box
 from ndfs.info import VolumeInfo
 
@@ -134,6 +135,106 @@ class Backend:
         Never blocks on I/O and never raises for a bad hint (the cache clips or drops it).
         """
 
+    # ---- files: opaque values in a folder (DVID key-value instances) ------
+    # A backend whose folders can hold files overrides these; the defaults say "no files here".
+    def holds_files(self, path: Sequence[str]) -> bool:
+        """True if the folder keeps files (so new ones can be made in it); never raises."""
+        return False
+
+    def is_file(self, path: Sequence[str]) -> bool:
+        """True if the path names a file (e.g. a key of a key-value store); never raises for a non-file."""
+        return False
+
+    def read_file(self, path: Sequence[str]) -> bytes:
+        """The file's whole content; NotFound if there is no such file."""
+        raise NotFound(f"{self.kind} remote has no file {'/'.join(as_ref(path))}")
+
+    def write_file(self, path: Sequence[str], data: bytes) -> None:
+        """Create or replace the file with ``data``; ReadOnly where files cannot be written."""
+        raise ReadOnly(f"{self.kind} remote cannot store files")
+
+    def delete_file(self, path: Sequence[str]) -> None:
+        """Remove the file; NotFound if it does not exist, ReadOnly where files cannot be removed."""
+        raise ReadOnly(f"{self.kind} remote cannot remove files")
+
+    # ---- annotations (RAMON), where capabilities has "ramon" -------------
+    #: the largest RAMON id the service keeps (NeuroData: 2**32 - 1)
+    ramon_max_id: int = 2**63 - 1
+
+    def _annotation_channel(self, ref: Sequence[str], write: bool = False) -> VolumeRef:
+        ref = as_ref(ref)
+        if "ramon" not in self.capabilities:
+            raise NdfsError(f"{self.kind} remote keeps no RAMON annotations", errno=errno.ENOTSUP)
+        if write and "write" not in self.capabilities:
+            raise ReadOnly(f"{self.kind} remote is read-only")
+        if self.info(ref).kind != "annotation":
+            raise InvalidAnnotation(f"{'/'.join(ref)} is an image channel; RAMON objects live in annotation channels")
+        return ref
+
+    def ramon_ids(self, ref: Sequence[str], *, type: str | None = None, status=None,
+                  confidence: tuple[str, float] | None = None, kv: dict[str, str] | None = None,
+                  box: Box | None = None, level: int = 0, limit: int | None = None) -> list[int]:
+        """Ids (only ids: never the objects) of the channel's RAMON objects matching every filter, ascending.
+
+        ``type`` a RAMON type name; ``status`` an int or name; ``confidence`` ``("gt"|"lt", value)``;
+        ``kv`` string equality on kvpairs; ``box`` (at ``level``) keeps objects with a voxel in it
+        (a neuron: one of its segments); ``limit`` the most ids to return.
+        """
+        from ndfs.ramon import query_filters
+
+        ref = self._annotation_channel(ref)
+        filters = query_filters(type=type, status=status, confidence=confidence, kv=kv, limit=limit)
+        if box is not None:
+            self.info(ref).check_box(box, level)
+        return self._ramon_ids(ref, filters, box, level)
+
+    def ramon_get(self, ref: Sequence[str], ids) -> list:
+        """The RAMON objects with these ids, in the order asked; NotFound if one is missing."""
+        from ndfs.ramon import check_ids
+
+        ref = self._annotation_channel(ref)
+        ids = check_ids(ids, self.ramon_max_id)
+        return self._ramon_get(ref, ids) if ids else []
+
+    def ramon_put(self, ref: Sequence[str], objs) -> list[int]:
+        """Store RAMON objects (replacing those with the same id); id 0 gets a new id. Returns the ids.
+
+        Objects are validated first and nothing is stored if one is bad (InvalidAnnotation).
+        Voxels attached to an object (``obj.voxels``) label its non-zero voxels with its id;
+        zeros never erase.
+        """
+        from ndfs.ramon import check_objects
+
+        ref = self._annotation_channel(ref, write=True)
+        objs = check_objects(objs, self.ramon_max_id)
+        return self._ramon_put(ref, objs) if objs else []
+
+    def ramon_delete(self, ref: Sequence[str], ids) -> None:
+        """Delete RAMON objects and zero their own voxels; NotFound (and nothing deleted) if one is missing."""
+        from ndfs.ramon import check_ids
+
+        ref = self._annotation_channel(ref, write=True)
+        ids = check_ids(ids, self.ramon_max_id)
+        if ids:
+            self._ramon_delete(ref, ids)
+
+    def reserve_ids(self, ref: Sequence[str], n: int) -> list[int]:
+        """Reserve ``n`` new consecutive ids (never handed out again); creates no objects."""
+        ref = self._annotation_channel(ref, write=True)
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 2**20:
+            raise InvalidAnnotation(f"reserve between 1 and {2**20} ids, not {n!r}")
+        first = self._reserve_ids(ref, n)
+        return list(range(first, first + n))
+
+    def ramon_bbox(self, ref: Sequence[str], id: int, level: int = 0) -> Box | None:
+        """The tight box of an object's voxels at ``level`` (a neuron: its segments'); None without voxels."""
+        from ndfs.ramon import check_ids
+
+        ref = self._annotation_channel(ref)
+        self.info(ref).level(level)
+        (one,) = check_ids([id], self.ramon_max_id)
+        return self._ramon_bbox(ref, one, level)
+
     # ---- bookkeeping -----------------------------------------------------
     @property
     def stats(self) -> RequestStats:
@@ -169,6 +270,25 @@ class Backend:
 
     def _write(self, ref: VolumeRef, box: Box, level: int, array: np.ndarray) -> None:
         raise ReadOnly(f"{self.kind} remote is read-only")
+
+    # annotation hooks: arguments arrive checked (see the public methods above)
+    def _ramon_ids(self, ref: VolumeRef, filters, box: Box | None, level: int) -> list[int]:
+        raise NdfsError(f"{self.kind} remote keeps no RAMON annotations", errno=errno.ENOTSUP)
+
+    def _ramon_get(self, ref: VolumeRef, ids: list[int]) -> list:
+        raise NdfsError(f"{self.kind} remote keeps no RAMON annotations", errno=errno.ENOTSUP)
+
+    def _ramon_put(self, ref: VolumeRef, objs: list) -> list[int]:
+        raise NdfsError(f"{self.kind} remote keeps no RAMON annotations", errno=errno.ENOTSUP)
+
+    def _ramon_delete(self, ref: VolumeRef, ids: list[int]) -> None:
+        raise NdfsError(f"{self.kind} remote keeps no RAMON annotations", errno=errno.ENOTSUP)
+
+    def _reserve_ids(self, ref: VolumeRef, n: int) -> int:
+        raise NdfsError(f"{self.kind} remote keeps no RAMON annotations", errno=errno.ENOTSUP)
+
+    def _ramon_bbox(self, ref: VolumeRef, id: int, level: int) -> Box | None:
+        raise NdfsError(f"{self.kind} remote keeps no RAMON annotations", errno=errno.ENOTSUP)
 
 
 __all__ = ["Backend", "RequestStats", "VolumeRef", "as_ref", "NdfsError"]

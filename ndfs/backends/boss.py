@@ -36,18 +36,16 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import re
 import struct
-import threading
-import time
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import numpy as np
 
 from ndfs.backends.base import Backend, VolumeRef
-from ndfs.errors import BackendError, BadRegion, NdfsError, NotFound, PermissionDenied, Timeout, TooLarge
+from ndfs.backends.http import HttpClient, run_parallel
+from ndfs.errors import BackendError, BadRegion, NdfsError, NotFound, PermissionDenied, TooLarge
 from ndfs.geometry import Box, ChunkGrid
 from ndfs.info import LevelInfo, VolumeInfo
 
@@ -56,16 +54,7 @@ MiB = 2**20
 CUBOID_ZYX = (16, 512, 512)
 DTYPES = {"uint8": "image", "uint16": "image", "uint64": "annotation"}
 UNIT_NM = {"nanometers": 1.0, "micrometers": 1e3, "millimeters": 1e6, "centimeters": 1e7}
-RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,255}")
-
-
-class _Retryable(Exception):
-    """A failed attempt worth repeating; carries the NdfsError raised if it is the last one."""
-
-    def __init__(self, error: NdfsError, retry_after_s: float = 0.0):
-        super().__init__(str(error))
-        self.error, self.retry_after_s = error, retry_after_s
 
 
 def _blosc():
@@ -155,11 +144,6 @@ class BossBackend(Backend):
                  backoff_cap_s: float = 30.0, workers: int = 8, max_request_bytes: int = 64 * MiB,
                  read_only: bool = False):
         super().__init__()
-        import requests
-        from requests.adapters import HTTPAdapter
-
-        from ndfs import __version__
-
         if not re.match(r"https?://[^/]+", str(url)):
             raise BadRegion(f"a BOSS url looks like https://api.bossdb.io, got {url!r}")
         if workers < 1 or retries < 0 or max_request_bytes < 8 or timeout_s <= 0:
@@ -167,21 +151,12 @@ class BossBackend(Backend):
         self.url = str(url).rstrip("/").removesuffix("/v1")
         self._base = self.url + "/v1"
         self._token = token
-        self.timeout = (float(connect_timeout_s), float(timeout_s))
-        self.retries, self.backoff_s, self.backoff_cap_s = int(retries), float(backoff_s), float(backoff_cap_s)
         self.workers, self.max_request_bytes = int(workers), int(max_request_bytes)
         self.capabilities = frozenset() if read_only else frozenset({"write"})
-        self._session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=self.workers + 2, max_retries=0)
-        self._session.mount("http://", adapter)
-        self._session.mount("https://", adapter)
-        self._session.headers["User-Agent"] = f"ndfs/{__version__}"
-        if token:
-            self._session.headers["Authorization"] = f"Token {token}"
+        self._client = HttpClient("BOSS", self._base, token, self._http_error, timeout_s=timeout_s,
+                                  connect_timeout_s=connect_timeout_s, retries=retries, backoff_s=backoff_s,
+                                  backoff_cap_s=backoff_cap_s, workers=self.workers)
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="ndfs-boss")
-        self._random = random.Random()
-        self._http_lock = threading.Lock()
-        self._http = {"requests": 0, "retries": 0}
 
     def __repr__(self) -> str:
         return f"BossBackend({self.url!r}, token={'***' if self._token else None})"
@@ -189,56 +164,18 @@ class BossBackend(Backend):
     @property
     def http_stats(self) -> dict[str, int]:
         """HTTP requests sent and retried by this backend (a snapshot)."""
-        with self._http_lock:
-            return dict(self._http)
+        return self._client.stats
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
-        self._session.close()
+        self._client.close()
 
     # ---- HTTP ------------------------------------------------------------
     def _request(self, method: str, path: str, *, expect: int, params=None, data=None,
                  headers=None, decode: Callable | None = None):
-        """One logical request with retries; returns decode(response) or the response."""
-        import requests
-
-        url = self._base + path
-        for attempt in range(self.retries + 1):
-            with self._http_lock:
-                self._http["requests"] += 1
-                self._http["retries"] += attempt > 0
-            started = time.monotonic()
-            try:
-                try:
-                    resp = self._session.request(method, url, params=params, data=data, headers=headers,
-                                                 timeout=self.timeout, allow_redirects=False)
-                except requests.Timeout as exc:
-                    raise _Retryable(Timeout(f"BOSS {method} {path}: no answer within "
-                                             f"{self.timeout[1]:g} s ({type(exc).__name__})")) from exc
-                except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
-                    raise _Retryable(BackendError(f"BOSS {method} {path}: connection failed: {exc}")) from exc
-                except requests.RequestException as exc:
-                    raise BackendError(f"BOSS {method} {path}: {exc}") from exc
-                log.debug("%s %s -> %d in %.3f s", method, path, resp.status_code, time.monotonic() - started)
-                if resp.status_code != expect:
-                    error = self._http_error(resp, method, path)
-                    if resp.status_code in RETRY_STATUS:
-                        raise _Retryable(error, _retry_after(resp))
-                    raise error
-                if decode is None:
-                    return resp
-                try:
-                    return decode(resp)
-                except ValueError as exc:
-                    raise _Retryable(BackendError(f"BOSS {method} {path}: unusable answer: {exc}")) from exc
-            except _Retryable as failed:
-                if attempt == self.retries:
-                    raise failed.error from failed.__cause__
-                delay = self._random.uniform(0, min(self.backoff_cap_s, self.backoff_s * 2**attempt))
-                delay = min(self.backoff_cap_s, max(delay, failed.retry_after_s))
-                log.info("retrying %s %s in %.2f s: %s", method, path, delay, failed.error)
-                time.sleep(delay)
-        raise AssertionError("unreachable")
+        """One logical request with the shared retry policy (:mod:`ndfs.backends.http`)."""
+        return self._client.request(method, path, expect=expect, params=params, data=data, headers=headers,
+                                    decode=decode)
 
     @staticmethod
     def _http_error(resp, method: str, path: str) -> NdfsError:
@@ -335,18 +272,7 @@ class BossBackend(Backend):
         return f"{c}/{e}/{ch}/{res}/{x0}:{x1}/{y0}:{y1}/{z0}:{z1}/"
 
     def _run(self, tasks: list[Callable[[], None]]) -> None:
-        """Run tasks on the pool (inline when there is one); raise the first error, cancelling the rest."""
-        if len(tasks) == 1:
-            tasks[0]()
-            return
-        futures = [self._pool.submit(task) for task in tasks]
-        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
-        for f in pending:
-            f.cancel()
-        wait(pending)
-        for f in futures:
-            if f.done() and not f.cancelled() and f.exception() is not None:
-                raise f.exception()
+        run_parallel(self._pool, tasks)
 
     def _read(self, ref: VolumeRef, box: Box, level: int) -> np.ndarray:
         dtype = self.info(ref).dtype
@@ -374,11 +300,6 @@ class BossBackend(Backend):
                               headers={"Content-Type": "application/blosc"})
 
         self._run([lambda p=p: store(p) for p in cuboid_pieces(box, array.dtype.itemsize, self.max_request_bytes)])
-
-
-def _retry_after(resp) -> float:
-    value = resp.headers.get("Retry-After", "")
-    return float(value) if value.strip().isdigit() else 0.0
 
 
 def volume_info(chan: dict, exp: dict, frame: dict) -> VolumeInfo:

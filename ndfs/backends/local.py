@@ -26,6 +26,7 @@ from typing import Sequence
 import numpy as np
 
 from ndfs.backends.base import Backend, VolumeRef, as_ref
+from ndfs.backends.ramon_store import LocalRamon
 from ndfs.downsample import child_extent, downsample
 from ndfs.errors import BackendError, BadRegion, NdfsError, NotFound
 from ndfs.geometry import Box
@@ -49,11 +50,11 @@ def pyramid(shape, offset, voxel_size_nm, n_levels, chunk_shape) -> tuple[LevelI
     return tuple(levels)
 
 
-class LocalBackend(Backend):
+class LocalBackend(LocalRamon, Backend):
     """A directory of zarr v3 channels. ``LocalBackend(path, create=True)`` makes the directory."""
 
     kind = "local"
-    capabilities = frozenset({"write", "create"})
+    capabilities = frozenset({"write", "create", "ramon"})
 
     def __init__(self, path: str | os.PathLike, create: bool = False, read_only: bool = False):
         super().__init__()
@@ -61,7 +62,7 @@ class LocalBackend(Backend):
         if create:
             self.root.mkdir(parents=True, exist_ok=True)
         if read_only:
-            self.capabilities = frozenset()
+            self.capabilities = frozenset({"ramon"})
         self._arrays: dict[tuple[VolumeRef, int], object] = {}
         self._arrays_lock = threading.Lock()
         self._write_locks: dict[VolumeRef, threading.Lock] = {}

@@ -37,11 +37,11 @@ import cachetools
 import numpy as np
 
 from ndfs.backends.base import Backend, VolumeRef, as_ref
+from ndfs.backends.wrap import WrappingBackend
 from ndfs.cache.disk import decode_chunk, encode_chunk, open_disk_cache
 from ndfs.cache.plan import Index, affected_regions, group_chunks
 from ndfs.errors import BackendError, NdfsError
 from ndfs.geometry import Box, ChunkGrid
-from ndfs.info import VolumeInfo
 
 log = logging.getLogger("ndfs.cache")
 MiB = 2**20
@@ -57,7 +57,7 @@ class _Flight:
         self.epoch, self.prefetch = epoch, prefetch
 
 
-class CachedBackend(Backend):
+class CachedBackend(WrappingBackend):
     """A chunk cache in front of ``inner``; same contract, so layers above see one type.
 
     ``namespace`` names the remote (e.g. ``"local:/abs/store"`` or a URL).
@@ -76,10 +76,7 @@ class CachedBackend(Backend):
     def __init__(self, inner: Backend, *, namespace: str, memory_bytes: int = 512 * MiB,
                  disk_dir: str | os.PathLike | None = None, disk_bytes: int = 4 * 2**30,
                  prefetch: bool = True, workers: int = 8, max_prefetch_bytes: int = 256 * MiB):
-        super().__init__()
-        self.inner = inner
-        self.kind = inner.kind
-        self.capabilities = inner.capabilities
+        super().__init__(inner)
         self.namespace = str(namespace)
         self.prefetch_enabled = bool(prefetch)
         self.max_prefetch_bytes = int(max_prefetch_bytes)
@@ -106,20 +103,20 @@ class CachedBackend(Backend):
     def __repr__(self) -> str:
         return f"CachedBackend({self.inner!r}, namespace={self.namespace!r})"
 
-    # ---- delegation ------------------------------------------------------
-    def _children(self, path: VolumeRef) -> list[str]:
-        return self.inner.children(path)
+    # ---- what the cache changes besides reads and writes ---------------------
+    # (the hierarchy, info, files and other RAMON calls pass through WrappingBackend)
+    def _ramon_put(self, ref, objs):
+        try:
+            return self.inner.ramon_put(ref, objs)
+        finally:
+            if any(o.voxels is not None for o in objs):
+                self.invalidate(ref)
 
-    def _is_volume(self, path: VolumeRef) -> bool:
-        return self.inner.is_volume(path)
-
-    def _info(self, ref: VolumeRef) -> VolumeInfo:
-        return self.inner.info(ref)
-
-    def forget_info(self, ref: Sequence[str] | None = None) -> None:
-        """Drop memoised info here and in the inner backend (cached chunks are kept)."""
-        super().forget_info(ref)
-        self.inner.forget_info(ref)
+    def _ramon_delete(self, ref, ids):
+        try:
+            self.inner.ramon_delete(ref, ids)
+        finally:  # deleting an object zeroes its voxels
+            self.invalidate(ref)
 
     # ---- keys and small helpers -----------------------------------------
     def disk_key(self, ref: Sequence[str], level: int, index: Sequence[int]) -> str:
