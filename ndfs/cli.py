@@ -46,11 +46,12 @@ def _config(args):
     return replace(cfg, cache=cache)
 
 
-def _tree(args):
+def _tree(args, outbox: bool = False):
     from ndfs.config import open_remotes
     from ndfs.fs.tree import Tree
 
-    return Tree(open_remotes(_config(args)))
+    cfg = _config(args)
+    return Tree(open_remotes(cfg, outbox=outbox), max_cutout_bytes=cfg.mount.max_cutout_bytes)
 
 
 def parse_size(text: str) -> int:
@@ -111,11 +112,13 @@ def cmd_mount(args) -> int:
         logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                             filename=args.log_file)
-        tree = _tree(args)
+        tree = _tree(args, outbox=True)
         logging.getLogger("ndfs").info("serving %s at %s", ", ".join(tree.remotes), mountpoint)
+        spool = cfg.write.outbox_dir / "spool"
+        spool.mkdir(parents=True, exist_ok=True)
         mount(tree, mountpoint, attr_timeout_s=cfg.mount.attr_timeout_s,
               entry_timeout_s=cfg.mount.entry_timeout_s, negative_timeout_s=cfg.mount.negative_timeout_s,
-              debug=args.debug)
+              debug=args.debug, spool_dir=str(spool))
         return 0
     # daemon: a fresh foreground process in its own session (no fork after threads exist)
     log_file = os.path.abspath(args.log_file) if args.log_file else _default_log(mountpoint)
@@ -171,6 +174,8 @@ def cmd_umount(args) -> int:
     mountpoint = os.path.abspath(args.mountpoint)
     if not _is_mounted(mountpoint):
         raise NdfsError(f"{mountpoint} is not mounted")
+    if args.wait > 0:
+        _wait_for_outbox(mountpoint, args.wait)
     tool = shutil.which("fusermount3") or shutil.which("fusermount")
     cmd = [tool, "-u", mountpoint] if tool else ["umount", mountpoint]
     if args.lazy:
@@ -182,6 +187,82 @@ def cmd_umount(args) -> int:
     while _is_mounted(mountpoint) and time.monotonic() < deadline:
         time.sleep(0.05)
     print(f"unmounted {mountpoint}")
+    return 0
+
+
+def _wait_for_outbox(mountpoint: str, timeout: float) -> None:
+    """Let a mount post its pending writes before it goes (they are kept on disk either way)."""
+    import json
+
+    from ndfs.fs.tree import STATUS_DIR
+
+    deadline, said = time.monotonic() + timeout, False
+    while True:
+        try:
+            stats = json.loads((Path(mountpoint) / STATUS_DIR / "stats.json").read_text())
+        except (OSError, ValueError):
+            return  # an older daemon or no status: nothing to wait for
+        pending = sum(r.get("outbox_pending", 0) for r in stats.values())
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            print(f"ndfs: {pending} write(s) still pending; they stay in the outbox and are posted by the next "
+                  "mount or `ndfs outbox retry`", file=sys.stderr)
+            return
+        if not said:
+            print(f"waiting up to {timeout:.0f} s for {pending} pending write(s) to reach their remote...")
+            said = True
+        time.sleep(0.2)
+
+
+def cmd_outbox(args) -> int:
+    from ndfs.outbox import Outbox
+
+    cfg = _config(args)
+    outbox = Outbox(cfg.write.outbox_dir)
+    entries = outbox.entries()
+    if args.action == "list":
+        if not entries:
+            print(f"the outbox is empty ({cfg.write.outbox_dir})")
+        for entry in entries:
+            print(entry.describe())
+        return 0
+    if args.action == "drop":
+        if not args.ids and not args.all and not args.failed:
+            raise NdfsError("name the entries to drop (ids from `ndfs outbox list`), or --failed, or --all")
+        ids = {e.id for e in entries if args.all or (args.failed and e.state == "failed")} | set(args.ids)
+        for entry_id in sorted(ids):
+            if not outbox.remove(entry_id):
+                raise NdfsError(f"no outbox entry {entry_id}")
+            print(f"dropped {entry_id}")
+        return 0
+    # retry: post what is pending now, in this process (a running mount also retries on its own)
+    from ndfs.config import open_remotes
+
+    for entry in entries:
+        if entry.state == "failed" and (args.all or entry.id in args.ids):
+            entry.state, entry.next_try = "pending", 0.0
+            outbox.save(entry)
+    pending = [e for e in outbox.entries() if e.state == "pending"]
+    if not pending:
+        print("nothing to retry")
+        return 0
+    remotes = open_remotes(cfg, outbox=True)
+    try:
+        for backend in remotes.values():
+            drain = getattr(backend, "drain", None)
+            if drain is not None:
+                drain(timeout=args.timeout)
+    finally:
+        for backend in remotes.values():
+            backend.close()
+    left = [e for e in outbox.entries() if e.state == "pending"]
+    posted = len(pending) - len(left)
+    print(f"posted {posted} of {len(pending)} pending write(s)")
+    if left:
+        for entry in left:
+            print(entry.describe())
+        raise NdfsError(f"{len(left)} write(s) are still pending; the remote may be down")
     return 0
 
 
@@ -309,9 +390,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cache-dir", help="disk cache directory (default: from the config)")
     s.set_defaults(func=cmd_cache)
 
+    s = sub.add_parser("outbox", help="list, retry or drop writes waiting to reach their remote",
+                       description="Writes through a mount to a remote service are kept in the outbox until "
+                                   "the service has them (see [write] in the configuration). list: show them; "
+                                   "retry: post the pending ones now; drop: forget entries (their data is lost).")
+    s.add_argument("action", choices=["list", "retry", "drop"], nargs="?", default="list")
+    s.add_argument("ids", nargs="*", metavar="ID", help="entry ids (for drop, or retry of failed entries)")
+    s.add_argument("--all", action="store_true", help="drop: every entry; retry: failed ones too")
+    s.add_argument("--failed", action="store_true", help="drop: the entries the remote refused")
+    s.add_argument("--timeout", type=float, default=60.0, help="retry: seconds to keep trying (default 60)")
+    s.set_defaults(func=cmd_outbox)
+
     s = sub.add_parser("umount", aliases=["unmount"], help="unmount MOUNTPOINT (the daemon exits)")
     s.add_argument("mountpoint")
     s.add_argument("--lazy", "-z", action="store_true", help="detach now even if files are open")
+    s.add_argument("--wait", type=float, default=60.0, metavar="S",
+                   help="seconds to wait for pending writes to reach their remote first (default 60; 0: don't)")
     s.set_defaults(func=cmd_umount)
 
     s = sub.add_parser("ls", help="list a tree path without mounting")

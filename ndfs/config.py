@@ -82,6 +82,22 @@ class MountConfig:
     attr_timeout_s: float = 60.0
     entry_timeout_s: float = 60.0
     negative_timeout_s: float = 5.0
+    #: largest ``cutout/<box>`` file a mount renders or accepts, bytes of voxels (EFBIG past it)
+    max_cutout_bytes: int = 1 << 30
+
+
+WRITE_BACK_MODES = ("sync", "async")
+
+
+@dataclass(frozen=True)
+class WriteConfig:
+    """How writes through a mount reach the remote (see ndfs/outbox.py)."""
+
+    #: "sync": close() waits for the post; "async": close() returns once the data is durable locally
+    write_back: str = "sync"
+    outbox_dir: Path = field(default_factory=lambda: user_data_dir() / "outbox")
+    #: longest wait between background retries of a failed post, seconds
+    retry_max_s: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -89,6 +105,7 @@ class Config:
     remotes: dict[str, RemoteConfig]
     cache: CacheConfig = field(default_factory=CacheConfig)
     mount: MountConfig = field(default_factory=MountConfig)
+    write: WriteConfig = field(default_factory=WriteConfig)
     source: Path | None = None
 
     def remote(self, name: str | None = None) -> RemoteConfig:
@@ -142,7 +159,7 @@ def _typed(table: dict, key: str, kind, default, where: str):
 
 def parse_config(data: dict[str, Any], base_dir: Path, where: str = "config") -> Config:
     """Build a Config from parsed TOML; relative paths resolve against base_dir."""
-    known = {"remotes", "cache", "mount"}
+    known = {"remotes", "cache", "mount", "write"}
     unknown = set(data) - known
     if unknown:
         raise ConfigError(f"{where}: unknown section(s) {', '.join(sorted(unknown))}")
@@ -184,8 +201,20 @@ def parse_config(data: dict[str, Any], base_dir: Path, where: str = "config") ->
         attr_timeout_s=_typed(m, "attr_timeout_s", float, md.attr_timeout_s, f"{where} [mount]"),
         entry_timeout_s=_typed(m, "entry_timeout_s", float, md.entry_timeout_s, f"{where} [mount]"),
         negative_timeout_s=_typed(m, "negative_timeout_s", float, md.negative_timeout_s, f"{where} [mount]"),
+        max_cutout_bytes=_typed(m, "max_cutout_bytes", int, md.max_cutout_bytes, f"{where} [mount]"),
     )
-    return Config(remotes=remotes or default_config().remotes, cache=cache, mount=mount)
+    w = _section(data, "write", where)
+    wd = WriteConfig()
+    mode = _typed(w, "write_back", str, wd.write_back, f"{where} [write]")
+    if mode not in WRITE_BACK_MODES:
+        raise ConfigError(f"{where} [write]: write_back must be one of {', '.join(WRITE_BACK_MODES)}, got {mode!r}")
+    outbox_dir = _typed(w, "outbox_dir", str, None, f"{where} [write]")
+    write = WriteConfig(
+        write_back=mode,
+        outbox_dir=(base_dir / Path(outbox_dir).expanduser()).resolve() if outbox_dir else wd.outbox_dir,
+        retry_max_s=_typed(w, "retry_max_s", float, wd.retry_max_s, f"{where} [write]"),
+    )
+    return Config(remotes=remotes or default_config().remotes, cache=cache, mount=mount, write=write)
 
 
 def _apply_env(cfg: Config) -> Config:
@@ -202,7 +231,14 @@ def _apply_env(cfg: Config) -> Config:
         raise ConfigError(f"bad NDFS_CACHE_* environment value: {exc}") from exc
     if env.get("NDFS_NO_CACHE"):
         cache = replace(cache, enabled=False)
-    return replace(cfg, cache=cache)
+    write = cfg.write
+    if env.get("NDFS_OUTBOX_DIR"):
+        write = replace(write, outbox_dir=Path(env["NDFS_OUTBOX_DIR"]).expanduser().resolve())
+    if env.get("NDFS_WRITE_BACK"):
+        if env["NDFS_WRITE_BACK"] not in WRITE_BACK_MODES:
+            raise ConfigError(f"NDFS_WRITE_BACK must be one of {', '.join(WRITE_BACK_MODES)}")
+        write = replace(write, write_back=env["NDFS_WRITE_BACK"])
+    return replace(cfg, cache=cache, write=write)
 
 
 def load_config(path: str | os.PathLike | None = None) -> Config:
@@ -221,25 +257,45 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
     return _apply_env(replace(cfg, source=found))
 
 
-def open_remotes(config: Config) -> dict:
+def remote_target(rc: RemoteConfig) -> str:
+    """Where a remote points, as "kind:url-or-path" (outbox entries are only ever posted back there)."""
+    return f"{rc.kind}:{rc.path if rc.path is not None else rc.url}"
+
+
+def open_remotes(config: Config, outbox: bool = False) -> dict:
     """Every configured remote's backend, behind the chunk cache when the cache is enabled.
 
     Remote services get both cache tiers (memory and the shared disk cache);
-    the local store, already on local disk, gets the memory tier only.
+    the local store, already on local disk, gets the memory tier only. With
+    ``outbox`` (what a mount uses), writable remote services also write through
+    the durable outbox (ndfs/outbox.py); the local store writes straight to
+    disk, which is already durable.
     """
     from ndfs.cache import CachedBackend
 
     remotes = {}
+    box = None
     for name, rc in config.remotes.items():
         backend = open_backend(rc, config)
         c = config.cache
         if c.enabled:
-            where = rc.path if rc.path is not None else rc.url
             backend = CachedBackend(
-                backend, namespace=f"{rc.kind}:{where}", memory_bytes=c.memory_bytes,
+                backend, namespace=remote_target(rc), memory_bytes=c.memory_bytes,
                 disk_dir=None if rc.kind == "local" else c.dir, disk_bytes=c.disk_bytes, prefetch=c.prefetch)
+        if outbox and rc.kind != "local" and "write" in backend.capabilities:
+            from ndfs.outbox import Outbox, OutboxBackend
+
+            box = box or Outbox(config.write.outbox_dir)
+            backend = OutboxBackend(backend, box, name, remote_target(rc), mode=config.write.write_back,
+                                    retry_max_s=config.write.retry_max_s)
         remotes[name] = backend
     return remotes
+
+
+#: HTTP remote kinds: (module, class, an example url for the error message)
+HTTP_BACKENDS = {
+    "boss": ("ndfs.backends.boss", "BossBackend", "https://api.bossdb.io"),
+}
 
 
 def open_backend(remote: RemoteConfig, config: Config | None = None):
@@ -248,18 +304,21 @@ def open_backend(remote: RemoteConfig, config: Config | None = None):
         from ndfs.backends.local import LocalBackend
 
         return LocalBackend(remote.path, read_only=remote.read_only)
-    if remote.kind == "boss":
-        from ndfs.backends.boss import BossBackend
+    if remote.kind not in HTTP_BACKENDS:
+        raise ConfigError(f"remote {remote.name!r}: kind {remote.kind!r} is not available")
+    import importlib
 
-        if not remote.url:
-            raise ConfigError(f"remote {remote.name!r}: a boss remote needs url = \"https://api.bossdb.io\"")
-        token = os.environ.get(remote.token_env) if remote.token_env else None
-        try:
-            return BossBackend(remote.url, token or _intern_token(remote.url), read_only=remote.read_only,
-                               **remote.options)
-        except TypeError as exc:
-            raise ConfigError(f"remote {remote.name!r}: unknown or mistyped setting ({exc})") from None
-    raise ConfigError(f"remote {remote.name!r}: kind {remote.kind!r} is not available")
+    module, cls, example = HTTP_BACKENDS[remote.kind]
+    if not remote.url:
+        raise ConfigError(f"remote {remote.name!r}: a {remote.kind} remote needs url = \"{example}\"")
+    token = os.environ.get(remote.token_env) if remote.token_env else None
+    if token is None and remote.kind == "boss":
+        token = _intern_token(remote.url)
+    backend = getattr(importlib.import_module(module), cls)
+    try:
+        return backend(remote.url, token, read_only=remote.read_only, **remote.options)
+    except TypeError as exc:
+        raise ConfigError(f"remote {remote.name!r}: unknown or mistyped setting ({exc})") from None
 
 
 def _intern_token(url: str) -> str | None:

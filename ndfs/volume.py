@@ -99,7 +99,11 @@ class Volume:
             arr = np.full(box.shape, arr, dtype=self.dtype)
         elif squeeze:
             arr = np.expand_dims(arr, squeeze) if arr.ndim == 3 - len(squeeze) else arr
-        self.backend.write(self.ref, box, self.level_index, np.broadcast_to(arr, box.shape))
+        try:
+            arr = np.broadcast_to(arr, box.shape)
+        except ValueError:
+            raise BadRegion(f"an array of shape {arr.shape} does not fit the box {box.shape} (z, y, x)") from None
+        self.backend.write(self.ref, box, self.level_index, arr)
 
     def read(self, box: Box) -> np.ndarray:
         return self.backend.read(self.ref, box, self.level_index)

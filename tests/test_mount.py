@@ -83,7 +83,7 @@ def test_sizes_at_stat_equal_the_bytes_read(mnt):
 
 def test_listing_a_level_shows_every_slice(mnt):
     level = mnt[0] / "local" / "demo" / "em" / "0"
-    assert sorted(os.listdir(level)) == ["stack.tif", "x", "y", "z"]
+    assert sorted(os.listdir(level)) == ["cutout", "stack.tif", "x", "y", "z"]
     assert sorted(os.listdir(level / "z"), key=lambda n: int(n[:-4])) == [f"{z}.tif" for z in range(SHAPE[0])]
     assert len(os.listdir(level / "x")) == SHAPE[2]
     assert sorted(os.listdir(mnt[0])) == [".ndfs", "local"]
@@ -114,14 +114,29 @@ def test_out_of_range_slices_are_enoent(mnt):
         os.stat(mnt[0] / "local" / "demo" / "em" / "9")
 
 
-def test_writes_are_erofs_and_the_mount_still_answers(mnt):
+def test_what_cannot_be_written_is_refused_and_the_mount_still_answers(mnt):
     level = mnt[0] / "local" / "demo" / "em" / "0"
-    for attempt in [lambda: open(level / "z" / "1.tif", "r+b"), lambda: open(level / "z" / "new.tif", "wb"),
-                    lambda: os.mkdir(level / "newdir"), lambda: os.unlink(level / "z" / "1.tif")]:
+    for attempt, code in [(lambda: open(level / "z" / "new.tif", "wb"), errno.EINVAL),
+                          (lambda: os.mkdir(level / "newdir"), errno.EROFS),
+                          (lambda: os.unlink(level / "z" / "1.tif"), errno.EPERM),
+                          (lambda: open(level.parent / "info.json", "r+b"), errno.EROFS)]:
         with pytest.raises(OSError) as info:
             attempt()
-        assert info.value.errno == errno.EROFS
+        assert info.value.errno == code
     assert tifffile.imread(level / "z" / "1.tif").shape == SHAPE[1:]
+
+
+def test_a_read_only_remote_refuses_every_write_with_erofs(site, tmp_path):
+    (tmp_path / "ndfs.toml").write_text(f'[remotes.local]\nkind = "local"\npath = "{site / "store"}"\n'
+                                        'read_only = true\n')
+    with mounted(tmp_path / "ndfs.toml", tmp_path / "mnt"):
+        level = tmp_path / "mnt" / "local" / "demo" / "em" / "0"
+        for attempt in [lambda: open(level / "z" / "1.tif", "r+b"), lambda: open(level / "stack.tif", "wb"),
+                        lambda: open(level / "cutout" / "0-4_0-4_0-1.npy", "wb")]:
+            with pytest.raises(OSError) as info:
+                attempt()
+            assert info.value.errno == errno.EROFS
+        assert oct(os.stat(level / "z" / "1.tif").st_mode & 0o777) == "0o444"
 
 
 def test_a_broken_chunk_is_eio_and_other_files_still_work(site, tmp_path):

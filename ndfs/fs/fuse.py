@@ -3,6 +3,14 @@
 Nothing here knows about datastores; it maps kernel requests to tree nodes.
 Every handler is wrapped so an NdfsError becomes its errno and anything else is
 logged once and becomes EIO: one bad read never takes the mount down.
+
+Writes: a handle opened for writing spools the file's new content (memory,
+then a temporary file) and hands it to the node's ``commit_file`` in
+``flush``, so a refused or failed post is the error of ``close()`` (ImageJ
+and cp check it). After every write through the tree the kernel's cached
+pages and attributes of the files of that volume are evicted with libfuse's
+``fuse_invalidate_path``; files opened again after a write also drop their
+pages (``keep_cache`` only while the volume is unchanged).
 mfusepy is imported inside :func:`mount` only (it fails at import when libfuse
 is missing). Handlers are thread-safe (libfuse runs a multithreaded loop).
 """
@@ -14,11 +22,13 @@ import functools
 import itertools
 import logging
 import os
+import queue
 import shutil
 import stat
+import tempfile
 import threading
 
-from ndfs.errors import NdfsError
+from ndfs.errors import NdfsError, ReadOnly
 from ndfs.fs.tree import FileNode, Tree
 
 log = logging.getLogger("ndfs.fuse")
@@ -59,8 +69,133 @@ def _read_only(self, path, *args, **kwargs):
     raise FuseOSError(errno.EROFS)
 
 
-def make_operations(tree: Tree):
-    """Build the mfusepy Operations object for a tree."""
+class WriteHandle:
+    """An open writable file: the new content is spooled until ``commit`` hands it to the node."""
+
+    def __init__(self, node: FileNode, truncate: bool, spool_dir: str | None = None):
+        self.node = node
+        # a named file: tifffile and h5py read from it (they need a str name); removed on close
+        self.spool = tempfile.NamedTemporaryFile(dir=spool_dir, prefix="write-", suffix=".spool")
+        self.loaded = truncate  # the spool holds the content (empty after O_TRUNC)
+        self.dirty = False
+        self.lock = threading.Lock()
+        self.tid = 0  # the thread that opened it (set by the FUSE skin)
+
+    def _load(self) -> None:
+        """Copy the current content in before the first partial change (open without O_TRUNC)."""
+        if self.loaded:
+            return
+        base = self.node.open()
+        offset = 0
+        while offset < base.size:
+            chunk = base.read(offset, min(1 << 20, base.size - offset))
+            if not chunk:
+                break
+            self.spool.write(chunk)
+            offset += len(chunk)
+        self.loaded = True
+
+    def size(self) -> int:
+        with self.lock:
+            if not self.loaded:
+                return self.node.size
+            self.spool.seek(0, os.SEEK_END)
+            return self.spool.tell()
+
+    def read(self, offset: int, size: int) -> bytes:
+        with self.lock:
+            if not self.loaded:
+                return self.node.read(offset, size)
+            self.spool.seek(offset)
+            return self.spool.read(size)
+
+    def write(self, data: bytes, offset: int) -> int:
+        with self.lock:
+            self._load()
+            self.spool.seek(0, os.SEEK_END)
+            end = self.spool.tell()
+            if offset > end:  # a hole: zeros, as a sparse file would read
+                self.spool.write(b"\0" * (offset - end))
+            self.spool.seek(offset)
+            self.spool.write(data)
+            self.dirty = True
+            return len(data)
+
+    def truncate(self, length: int) -> None:
+        with self.lock:
+            self._load()
+            self.spool.seek(0, os.SEEK_END)
+            end = self.spool.tell()
+            if length > end:
+                self.spool.write(b"\0" * (length - end))
+            else:
+                self.spool.truncate(length)
+            self.dirty = True
+
+    def commit(self) -> None:
+        """Hand the content to the node once per change; errors go to the caller (flush -> close())."""
+        with self.lock:
+            if not self.dirty:
+                return
+            self.dirty = False  # one attempt per change: a failed post is kept by the outbox, not retried here
+            self.node.commit_file(self.spool)
+
+    def close(self) -> None:
+        self.spool.close()
+
+
+class _Invalidator:
+    """Evicts kernel pages and attributes of paths through libfuse3's ``fuse_invalidate_path``.
+
+    Runs on its own thread: a notification from inside a request handler for
+    the same inode can deadlock the kernel, so callers wait (bounded) for a
+    batch of other paths and never for the path they are handling.
+    """
+
+    def __init__(self):
+        self._fuse = None
+        self._call = None
+        self._queue: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="ndfs-invalidate", daemon=True)
+
+    def start(self, fuse_ptr, call) -> None:
+        self._fuse, self._call = fuse_ptr, call
+        self._thread.start()
+
+    def submit(self, paths: list[str]) -> threading.Event:
+        done = threading.Event()
+        if self._call is None or not paths:
+            done.set()
+        else:
+            self._queue.put((paths, done))
+        return done
+
+    def _run(self) -> None:
+        while True:
+            paths, done = self._queue.get()
+            for path in paths:
+                try:
+                    self._call(self._fuse, path.encode("utf-8", "surrogateescape"))
+                except Exception:
+                    log.exception("evicting kernel pages of %s failed", path)
+            done.set()
+
+
+def _libfuse_invalidate():
+    """(fuse pointer of the running mount, fuse_invalidate_path); call inside a request handler."""
+    import ctypes
+
+    import mfusepy
+
+    lib = mfusepy._libfuse  # mfusepy exposes no wrapper for this libfuse3 call
+    func = lib.fuse_invalidate_path
+    func.argtypes = (ctypes.c_void_p, ctypes.c_char_p)
+    func.restype = ctypes.c_int
+    return ctypes.c_void_p(lib.fuse_get_context().contents.fuse), func
+
+
+def make_operations(tree: Tree, spool_dir: str | None = None):
+    """Build the mfusepy Operations object for a tree; writes spool under spool_dir (default: temp dir)."""
     import mfusepy
 
     class NdfsOperations(mfusepy.Operations):
@@ -68,22 +203,62 @@ def make_operations(tree: Tree):
 
         def __init__(self):
             self.tree = tree
-            self.handles: dict[int, FileNode] = {}
+            self.handles: dict[int, FileNode | WriteHandle] = {}
             self._next = itertools.count(1)
             self._lock = threading.Lock()
             self.uid, self.gid = os.getuid(), os.getgid()
+            self._seen: dict[str, float] = {}  # path -> mtime when last opened (keep_cache while unchanged)
+            self._truncated: set[str] = set()  # truncate(path, 0) without a handle: the next open starts empty
+            self._writers: dict[str, WriteHandle] = {}  # path -> latest handle writing it (for stat by path)
+            self._written: set[str] = set()  # folder prefixes of volumes written through this mount
+            self._local = threading.local()
+            self.invalidator = _Invalidator()
+            self.spool_dir = spool_dir
+            tree.listeners.append(self._volume_changed)
 
-        def _attrs(self, node) -> dict:
+        def init(self, path):
+            try:
+                self.invalidator.start(*_libfuse_invalidate())
+            except (AttributeError, OSError, ValueError):
+                log.warning("this libfuse has no fuse_invalidate_path: files re-read after a write may "
+                            "show old pages until they are opened again")
+
+        def _volume_changed(self, remote, ref) -> None:
+            """After a write: evict the kernel's pages of every file of that volume it may hold."""
+            prefix = "/" + "/".join((remote, *ref)) + "/"
+            own = getattr(self._local, "path", None)
+            with self._lock:
+                self._written.add(prefix)
+                paths = [p for p in self._seen if p.startswith(prefix) and p != own]
+            if not self.invalidator.submit(paths).wait(timeout=5.0):
+                log.warning("evicting cached pages after a write to %s took over 5 s", prefix)
+
+        def _handle(self, fi):
+            with self._lock:
+                handle = self.handles.get(fi.fh)
+            if handle is None:
+                raise mfusepy.FuseOSError(errno.EBADF)
+            return handle
+
+        def _attrs(self, node, size=None) -> dict:
             ns = int(node.mtime * 1e9)
             base = {"st_uid": self.uid, "st_gid": self.gid, "st_atime": ns, "st_mtime": ns, "st_ctime": ns}
             if node.is_dir:
-                return {**base, "st_mode": stat.S_IFDIR | 0o555, "st_nlink": 2}
+                mode = 0o755 if node.writable else 0o555
+                return {**base, "st_mode": stat.S_IFDIR | mode, "st_nlink": 2}
             mode = 0o644 if node.writable else 0o444
-            return {**base, "st_mode": stat.S_IFREG | mode, "st_nlink": 1, "st_size": node.size,
-                    "st_blksize": BLOCK, "st_blocks": -(-node.size // 512)}
+            size = node.size if size is None else size
+            return {**base, "st_mode": stat.S_IFREG | mode, "st_nlink": 1, "st_size": size,
+                    "st_blksize": BLOCK, "st_blocks": -(-size // 512)}
 
         @_errno_policy
         def getattr(self, path, fh=None):
+            with self._lock:
+                handle = self.handles.get(fh.fh) if fh is not None else self._writers.get(path)
+            # a file being written has the size written so far, for the thread writing it (libfuse
+            # passes no handle on fstat); everyone else sees the file as it is until the write lands
+            if isinstance(handle, WriteHandle) and (fh is not None or handle.tid == mfusepy.fuse_get_context()[2]):
+                return self._attrs(handle.node, handle.size())
             return self._attrs(self.tree.resolve(path))
 
         @_errno_policy
@@ -95,32 +270,127 @@ def make_operations(tree: Tree):
             node = self.tree.resolve(path)
             if node.is_dir:
                 raise mfusepy.FuseOSError(errno.EISDIR)
-            if fi.flags & WRITE_FLAGS and not node.writable:
-                raise mfusepy.FuseOSError(errno.EROFS)
+            if fi.flags & WRITE_FLAGS:
+                if not node.writable:
+                    raise mfusepy.FuseOSError(errno.EROFS)
+                with self._lock:
+                    truncate = bool(fi.flags & os.O_TRUNC) or path in self._truncated
+                    self._truncated.discard(path)
+                return self._new_handle(fi, WriteHandle(node, truncate, self.spool_dir), direct=True, path=path)
             handle = node.open()
-            if node.direct_io:
+            with self._lock:
+                if len(self._seen) > 1_000_000:
+                    self._seen.clear()
+                unchanged = self._seen.get(path, node.mtime) == node.mtime
+                self._seen[path] = node.mtime
+            with self._lock:
+                written = any(path.startswith(p) for p in self._written)
+            if node.direct_io or written:
+                # a volume written through this mount is read past the page cache from then on: pages
+                # are shared by every open file of an inode, so only per-handle reads (each served from
+                # one snapshot of a slice) keep a reader from mixing old and new pixels
+                return self._new_handle(fi, handle, direct=True)
+            # content is stable while the volume is unchanged: let the page cache keep it across opens
+            fi.keep_cache = 1 if unchanged else 0
+            return self._new_handle(fi, handle, direct=False)
+
+        def _new_handle(self, fi, handle, direct: bool, path: str | None = None) -> int:
+            if direct:
                 fi.direct_io = 1
-            else:
-                fi.keep_cache = 1  # content is stable for the life of the node: let the page cache keep it
             with self._lock:
                 fh = next(self._next)
                 self.handles[fh] = handle
+                if path is not None:
+                    handle.tid = mfusepy.fuse_get_context()[2]  # the kernel sends the calling thread's id
+                    self._writers[path] = handle
             fi.fh = fh
             return 0
 
         @_errno_policy
-        def read(self, path, size, offset, fi):
-            with self._lock:
-                node = self.handles.get(fi.fh)
-            if node is None:
-                raise mfusepy.FuseOSError(errno.EBADF)
-            return node.read(offset, size)
+        def create(self, path, mode, fi):
+            parent, _, name = path.rpartition("/")
+            folder = self.tree.resolve(parent or "/")
+            if not folder.is_dir:
+                raise mfusepy.FuseOSError(errno.ENOTDIR)
+            node = folder.create(name)
+            return self._new_handle(fi, WriteHandle(node, True, self.spool_dir), direct=True, path=path)
 
         @_errno_policy
+        def read(self, path, size, offset, fi):
+            return self._handle(fi).read(offset, size)
+
+        @_errno_policy
+        def write(self, path, data, offset, fi):
+            handle = self._handle(fi)
+            if not isinstance(handle, WriteHandle):
+                raise mfusepy.FuseOSError(errno.EBADF)
+            return handle.write(data, offset)
+
+        @_errno_policy
+        def truncate(self, path, length, fh=None):
+            if fh is not None:
+                handle = self._handle(fh)
+                if isinstance(handle, WriteHandle):
+                    handle.truncate(length)
+                    return 0
+            node = self.tree.resolve(path)
+            if node.is_dir:
+                raise mfusepy.FuseOSError(errno.EISDIR)
+            if not node.writable:
+                raise mfusepy.FuseOSError(errno.EROFS)
+            if length != 0:
+                raise mfusepy.FuseOSError(errno.EINVAL)  # only "empty it, then write it anew" makes sense
+            with self._lock:
+                self._truncated.add(path)
+            return 0
+
+        def _commit(self, path, fi) -> None:
+            handle = self._handle(fi)
+            if isinstance(handle, WriteHandle):
+                self._local.path = path
+                try:
+                    handle.commit()
+                finally:
+                    self._local.path = None
+
+        @_errno_policy
+        def flush(self, path, fi):
+            self._commit(path, fi)
+            return 0
+
+        @_errno_policy
+        def fsync(self, path, datasync, fi):
+            self._commit(path, fi)
+            return 0
+
         def release(self, path, fi):
             with self._lock:
-                self.handles.pop(fi.fh, None)
+                handle = self.handles.pop(fi.fh, None)
+                if path is not None and self._writers.get(path) is handle:
+                    del self._writers[path]
+            if isinstance(handle, WriteHandle):
+                try:
+                    if handle.dirty:  # written after the last flush (libfuse ignores release's result)
+                        handle.commit()
+                except Exception as exc:
+                    log.error("writing %s failed at release: %s", path, exc)
+                finally:
+                    handle.close()
+                    if path is not None:  # its own pages: safe to evict now that the handle is gone
+                        self.invalidator.submit([path])
             return 0
+
+        @_errno_policy
+        def unlink(self, path):
+            parent, _, name = path.rpartition("/")
+            self.tree.resolve(parent or "/").unlink(name)
+            return 0
+
+        @_errno_policy
+        def utimens(self, path, times=None):
+            if not self.tree.resolve(path).writable:
+                raise ReadOnly(f"{path} is read-only")
+            return 0  # times follow the volume's writes; accept tools that set them after a copy
 
         def destroy(self, path):
             """Unmounting: log the final statistics and close every backend."""
@@ -136,8 +406,8 @@ def make_operations(tree: Tree):
             return {"f_bsize": BLOCK, "f_frsize": BLOCK, "f_blocks": 0, "f_bfree": 0, "f_bavail": 0,
                     "f_files": 0, "f_ffree": 0, "f_namemax": 255}
 
-        create = write = truncate = unlink = mkdir = rmdir = rename = _read_only
-        chmod = chown = symlink = link = mknod = utimens = _read_only
+        mkdir = rmdir = rename = _read_only
+        chmod = chown = symlink = link = mknod = _read_only
 
     return NdfsOperations()
 
@@ -152,7 +422,7 @@ def check_fuse_available() -> None:
 
 
 def mount(tree: Tree, mountpoint: str, *, attr_timeout_s: float = 60.0, entry_timeout_s: float = 60.0,
-          negative_timeout_s: float = 5.0, debug: bool = False) -> None:
+          negative_timeout_s: float = 5.0, debug: bool = False, spool_dir: str | None = None) -> None:
     """Mount the tree at mountpoint and serve in the foreground until unmounted."""
     check_fuse_available()
     os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
@@ -163,7 +433,7 @@ def mount(tree: Tree, mountpoint: str, *, attr_timeout_s: float = 60.0, entry_ti
     mountpoint = os.path.abspath(mountpoint)
     if not os.path.isdir(mountpoint):
         raise MountError(f"mount point {mountpoint} is not a directory")
-    ops = make_operations(tree)
+    ops = make_operations(tree, spool_dir)
     mfusepy.FUSE(
         ops, mountpoint, raw_fi=True, foreground=True, debug=debug,
         fsname="ndfs", subtype="ndfs", auto_unmount=True, default_permissions=True,

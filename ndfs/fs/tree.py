@@ -6,30 +6,47 @@ use the same code. Layout under the mount root::
     <remote>/<folder>.../<channel>/info.json
     <remote>/<folder>.../<channel>/<level>/{z,y,x}/<N>.tif   one plane, N in dataset coordinates
     <remote>/<folder>.../<channel>/<level>/stack.tif         the whole level, ImageJ multipage
+    <remote>/<folder>.../<channel>/<level>/cutout/<x0>-<x1>_<y0>-<y1>_<z0>-<z1>.{tif,npy,npz,h5}
+                                                             any box, made when it is opened
 
 Sizes come from VolumeInfo alone, so listing never reads voxels. Hierarchy
 answers from backends are memoised for ``ttl_s`` seconds. Thread-safe.
+
+Writes: a writable file node has ``writable = True`` and gets the whole new
+content of the file once, in ``commit``/``commit_file``, when a handle that
+wrote to it is flushed; the node checks it and stores it with
+:meth:`Tree.write`, which is the one place the mount writes voxels. A folder
+that can hold new files implements ``create``; ``unlink`` removes a file.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import re
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import BinaryIO, Callable, Mapping
 
+import cachetools
 import numpy as np
 
 from ndfs.backends.base import Backend, VolumeRef
-from ndfs.errors import NotFound, TooLarge
+from ndfs.errors import BadInput, NdfsError, NotFound, ReadOnly, TooLarge
+from ndfs.formats import arrays
 from ndfs.geometry import Box
 from ndfs.info import VolumeInfo
 from ndfs.formats.tiff import TiffLayout
 
+log = logging.getLogger("ndfs.tree")
+
 AXES = ("z", "y", "x")
 SLICE_NAME = re.compile(r"^(0|-?[1-9][0-9]*)\.tif$")
+CUTOUT_NAME = re.compile(r"^(-?[0-9]+)-(-?[0-9]+)_(-?[0-9]+)-(-?[0-9]+)_(-?[0-9]+)-(-?[0-9]+)\.(tif|npy|npz|h5)$")
+#: a plane file is read whole on its first read (so a concurrent write is never seen half-done) up to this size
+SNAPSHOT_BYTES = 64 * 2**20
 
 
 def _dumps(doc) -> str:
@@ -48,12 +65,21 @@ class Node:
 
 class DirNode(Node):
     is_dir = True
+    #: new files can be created here
+    writable = False
 
     def names(self) -> list[str]:
         raise NotImplementedError
 
     def child(self, name: str) -> Node:
         raise NotImplementedError
+
+    def create(self, name: str) -> "FileNode":
+        """A new, empty, writable file named `name` (its content arrives in ``commit``)."""
+        raise ReadOnly(f"new files cannot be made here ({name!r})")
+
+    def unlink(self, name: str) -> None:
+        raise NdfsError(f"{name!r} is a view of a volume and cannot be removed", errno=errno.EPERM)
 
 
 class FileNode(Node):
@@ -69,6 +95,15 @@ class FileNode(Node):
     def read(self, offset: int, size: int) -> bytes:
         raise NotImplementedError
 
+    def commit(self, data: bytes) -> None:
+        """Store the file's whole new content (writable files only); raise an NdfsError to refuse it."""
+        raise ReadOnly("this file cannot be written")
+
+    def commit_file(self, fh: BinaryIO) -> None:
+        """Like ``commit`` with the content in a seekable file; nodes with large files read it in parts."""
+        fh.seek(0)
+        self.commit(fh.read())
+
 
 class BytesFile(FileNode):
     """A small file whose whole content is known (info.json)."""
@@ -78,6 +113,23 @@ class BytesFile(FileNode):
 
     def read(self, offset: int, size: int) -> bytes:
         return self.data[offset:offset + size]
+
+
+class RenderedFile(FileNode):
+    """A file whose bytes are made whole when first needed (``_bytes``): cutouts, RAMON files."""
+
+    def _bytes(self) -> bytes:
+        raise NotImplementedError
+
+    @property
+    def size(self) -> int:  # type: ignore[override]
+        return len(self._bytes())
+
+    def open(self) -> FileNode:
+        return BytesFile(self._bytes(), self.mtime)
+
+    def read(self, offset: int, size: int) -> bytes:
+        return self._bytes()[offset:offset + size]
 
 
 class DynamicFile(FileNode):
@@ -93,6 +145,40 @@ class DynamicFile(FileNode):
         return BytesFile(self.render(), self.mtime)
 
 
+class BlobFile(FileNode):
+    """A file a backend keeps whole (a DVID key): read with ``read_file`` at each open, committed with ``write_file``.
+
+    Served with direct_io, since the service may change it; the size is the
+    content's length, memoised like other backend answers.
+    """
+
+    direct_io = True
+
+    def __init__(self, tree: "Tree", remote: str, path: VolumeRef, data: bytes | None = None):
+        self.tree, self.remote, self.path, self.mtime = tree, remote, path, tree.started
+        self.writable = "write" in tree.backend(remote).capabilities
+        self._data = data
+
+    @property
+    def size(self) -> int:
+        if self._data is not None:
+            return len(self._data)
+        return self.tree._memoised(("file_size", self.remote, self.path),
+                                   lambda: len(self.tree.backend(self.remote).read_file(self.path)), self.tree.ttl_s)
+
+    def open(self) -> FileNode:
+        return BytesFile(self.tree.backend(self.remote).read_file(self.path), self.mtime)
+
+    def read(self, offset: int, size: int) -> bytes:
+        return self.open().read(offset, size)
+
+    def commit(self, data: bytes) -> None:
+        try:
+            self.tree.backend(self.remote).write_file(self.path, bytes(data))
+        finally:
+            self.tree.forget_file(self.remote, self.path)
+
+
 class TiffFile(FileNode):
     """A virtual TIFF: header/IFD bytes computed, pixel rows read as boxes through the backend.
 
@@ -100,17 +186,47 @@ class TiffFile(FileNode):
     """
 
     def __init__(self, layout: TiffLayout, get_rows: Callable[[int, int, int], np.ndarray], mtime: float,
-                 on_open: Callable[[], None] | None = None):
+                 on_open: Callable[[], None] | None = None, store: Callable[[BinaryIO], None] | None = None,
+                 snapshot: Callable[[], np.ndarray] | None = None):
         self.layout, self.get_rows, self.mtime, self.on_open = layout, get_rows, mtime, on_open
         self.size = layout.size
+        self.store, self.snapshot = store, snapshot
+        self.writable = store is not None
 
     def open(self) -> FileNode:
         if self.on_open is not None:
             self.on_open()
+        if self.snapshot is not None and self.layout.height * self.layout.width * self.layout.dtype.itemsize \
+                <= SNAPSHOT_BYTES:
+            return _SnapshotTiff(self)
         return self
 
     def read(self, offset: int, size: int) -> bytes:
         return self.layout.read(offset, size, self.get_rows)
+
+    def commit_file(self, fh: BinaryIO) -> None:
+        if self.store is None:
+            raise ReadOnly("this file cannot be written")
+        self.store(fh)
+
+
+class _SnapshotTiff(FileNode):
+    """An open plane file: the plane is read whole (under the volume's read lock) on the first read."""
+
+    def __init__(self, node: TiffFile):
+        self.node, self.size, self.mtime = node, node.size, node.mtime
+        self._plane: np.ndarray | None = None
+        self._lock = threading.Lock()
+
+    def read(self, offset: int, size: int) -> bytes:
+        layout = self.node.layout
+        if offset + size <= layout.data_start or offset >= layout.data_end:
+            return self.node.read(offset, size)  # header or trailer: no pixels
+        with self._lock:
+            if self._plane is None:
+                self._plane = self.node.snapshot()
+        plane = self._plane
+        return self.node.layout.read(offset, size, lambda p, r0, r1: plane[r0:r1])
 
 
 @dataclass(frozen=True)
@@ -130,7 +246,7 @@ class Plane:
 
     def box(self, lbox: Box, index: int, r0: int, r1: int) -> Box:
         """The volume box of rows [r0, r1) (counted from the level's start) of plane `index`."""
-        (z0, y0, x0), (z1, y1, x1) = lbox.start, lbox.stop
+        (z0, y0, x0), (_, y1, x1) = lbox.start, lbox.stop
         if self.axis == "z":
             return Box((index, y0 + r0, x0), (index + 1, y0 + r1, x1))
         if self.axis == "y":
@@ -141,15 +257,59 @@ class Plane:
         return {"z": lambda a: a[0], "y": lambda a: a[:, 0, :], "x": lambda a: a[:, :, 0]}[self.axis](arr)
 
 
-class Tree:
-    """Resolves mount paths to nodes over a set of named backends."""
+class _RWLock:
+    """Many readers or one writer (writers wait for readers to leave, new readers wait for writers)."""
 
-    def __init__(self, remotes: Mapping[str, Backend], ttl_s: float = 10.0):
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writers = 0
+
+    def acquire_read(self):
+        with self._cond:
+            self._cond.wait_for(lambda: self._writers == 0)
+            self._readers += 1
+
+    def release_read(self):
+        with self._cond:
+            self._readers -= 1
+            self._cond.notify_all()
+
+    def acquire_write(self):
+        with self._cond:
+            self._writers += 1
+            self._cond.wait_for(lambda: self._readers == 0 and not self._writing)
+            self._writing = True
+
+    def release_write(self):
+        with self._cond:
+            self._writers -= 1
+            self._writing = False
+            self._cond.notify_all()
+
+    _writing = False
+
+
+class Tree:
+    """Resolves mount paths to nodes over a set of named backends.
+
+    ``listeners`` are called as ``listener(remote, ref)`` after every write
+    through :meth:`write` (the FUSE skin evicts kernel pages there).
+    """
+
+    def __init__(self, remotes: Mapping[str, Backend], ttl_s: float = 10.0, max_cutout_bytes: int = 1 << 30):
         self.remotes = dict(remotes)
         self.ttl_s = ttl_s
+        self.max_cutout_bytes = max_cutout_bytes
         self.started = time.time()
         self._memo: dict[tuple, tuple[float, object]] = {}
         self._lock = threading.Lock()
+        self._versions: dict[tuple, tuple[int, float]] = {}  # (remote, ref) -> (writes so far, time of last)
+        self._vlocks: dict[tuple, _RWLock] = {}
+        self.listeners: list[Callable[[str, VolumeRef], None]] = []
+        #: rendered cutout files, keyed with the volume's version so a write makes them stale
+        self.rendered = cachetools.LRUCache(maxsize=max(64 * 2**20, min(2 * max_cutout_bytes, 512 * 2**20)),
+                                            getsizeof=len)
 
     # ---- memo of backend answers (hierarchy, info, layouts) ---------------
     def _memoised(self, key: tuple, compute: Callable[[], object], ttl: float | None = None):
@@ -176,12 +336,81 @@ class Tree:
                 entry["backend"] = entry["cache"].pop("backend")
             else:
                 entry["backend"] = entry["served"]
+            pending = getattr(backend, "pending", None)
+            if pending is not None:  # writes still in the outbox (ndfs/outbox.py)
+                entry["outbox_pending"] = len(pending())
             out[name] = entry
         return out
 
     def forget(self) -> None:
         with self._lock:
             self._memo.clear()
+
+    def forget_file(self, remote: str, path: VolumeRef) -> None:
+        """Drop what is memoised about one file and its folder's listing (after it was written or removed)."""
+        with self._lock:
+            for key in (("is_file", remote, path), ("file_size", remote, path), ("is_volume", remote, path),
+                        ("children", remote, path[:-1])):
+                self._memo.pop(key, None)
+
+    # ---- writes -------------------------------------------------------------
+    def version(self, remote: str, ref: VolumeRef) -> tuple[int, float]:
+        """(number of writes through this tree, time of the last one or the tree's start) of a volume."""
+        with self._lock:
+            return self._versions.get((remote, ref), (0, self.started))
+
+    def volume_lock(self, remote: str, ref: VolumeRef) -> _RWLock:
+        with self._lock:
+            return self._vlocks.setdefault((remote, ref), _RWLock())
+
+    def read_whole(self, remote: str, ref: VolumeRef, box: Box, level: int) -> np.ndarray:
+        """Read a box as one unit: never half before and half after a write through this tree."""
+        lock = self.volume_lock(remote, ref)
+        lock.acquire_read()
+        try:
+            return self.backend(remote).read(ref, box, level)
+        finally:
+            lock.release_read()
+
+    def write(self, remote: str, ref: VolumeRef, box: Box, level: int, array: np.ndarray) -> None:
+        """Store voxels through the remote's backend (the one write path of the mount), then tell listeners."""
+        lock = self.volume_lock(remote, ref)
+        lock.acquire_write()
+        try:
+            self.backend(remote).write(ref, box, level, array)
+        finally:  # a failed write may still have changed part of the store
+            self._bump(remote, ref)
+            lock.release_write()
+            self._notify(remote, ref)
+
+    def changed(self, remote: str, ref: VolumeRef) -> None:
+        """A volume changed through this tree other than by ``write`` (RAMON): new version, fresh answers."""
+        self._bump(remote, ref)
+        self.forget()
+        self._notify(remote, ref)
+
+    def _bump(self, remote: str, ref: VolumeRef) -> None:
+        with self._lock:
+            n, _ = self._versions.get((remote, ref), (0, self.started))
+            self._versions[(remote, ref)] = (n + 1, time.time())
+
+    def _notify(self, remote: str, ref: VolumeRef) -> None:
+        for listener in list(self.listeners):
+            try:
+                listener(remote, ref)
+            except Exception:
+                log.exception("write listener failed for %s/%s", remote, "/".join(ref))
+
+    def render(self, key: tuple, render: Callable[[], bytes]) -> bytes:
+        """A rendered file's bytes, memoised in ``rendered`` (bounded in bytes) under `key`."""
+        with self._lock:
+            data = self.rendered.get(key)
+        if data is None:
+            data = render()
+            if len(data) <= self.rendered.maxsize // 2:
+                with self._lock:
+                    self.rendered[key] = data
+        return data
 
     def backend(self, remote: str) -> Backend:
         try:
@@ -271,25 +500,61 @@ class FolderDir(DirNode):
         return self.tree._memoised(("children", self.remote, self.path),
                                    lambda: backend.children(self.path), self.tree.ttl_s)
 
+    @property
+    def writable(self) -> bool:
+        """New files can be made here: the backend keeps files in this folder (a DVID key-value instance)."""
+        backend = self.tree.backend(self.remote)
+        return "write" in backend.capabilities and backend.holds_files(self.path)
+
     def child(self, name: str) -> Node:
         path = self.path + (name,)
         backend = self.tree.backend(self.remote)
+        if self.tree._memoised(("is_file", self.remote, path), lambda: backend.is_file(path), self.tree.ttl_s):
+            return BlobFile(self.tree, self.remote, path)
         is_volume = self.tree._memoised(("is_volume", self.remote, path),
                                         lambda: backend.is_volume(path), self.tree.ttl_s)
         if is_volume:
             return VolumeDir(self.tree, self.remote, path)
         return FolderDir(self.tree, self.remote, path)
 
+    def create(self, name: str) -> FileNode:
+        """A new empty file, stored at once (as a disk would show it) and filled by ``commit``."""
+        path = self.path + (name,)
+        if not self.writable:
+            raise ReadOnly(f"new files cannot be made in {'/'.join(self.path) or '/'}")
+        try:
+            self.tree.backend(self.remote).write_file(path, b"")
+        finally:
+            self.tree.forget_file(self.remote, path)
+        return BlobFile(self.tree, self.remote, path, data=b"")
+
+    def unlink(self, name: str) -> None:
+        path = self.path + (name,)
+        if not isinstance(self.child(name), BlobFile):
+            return super().unlink(name)
+        try:
+            self.tree.backend(self.remote).delete_file(path)
+        finally:
+            self.tree.forget_file(self.remote, path)
+
 
 class VolumeDir(DirNode):
     """A channel: info.json and one folder per level."""
 
     def __init__(self, tree: Tree, remote: str, ref: VolumeRef):
-        self.tree, self.remote, self.ref, self.mtime = tree, remote, ref, tree.started
+        self.tree, self.remote, self.ref = tree, remote, ref
+        self.version, self.mtime = tree.version(remote, ref)  # mtime moves with every write
 
     @property
     def info(self) -> VolumeInfo:
         return self.tree.info(self.remote, self.ref)
+
+    @property
+    def writable(self) -> bool:
+        return "write" in self.tree.backend(self.remote).capabilities
+
+    def name_of(self, level: int, rest: str) -> str:
+        return f"{self.remote}/{'/'.join(self.ref)}/{level}/{rest}"
 
     def names(self) -> list[str]:
         return ["info.json"] + [str(i) for i in range(len(self.info.levels))]
@@ -308,12 +573,14 @@ class LevelDir(DirNode):
         self.vol, self.level, self.mtime = vol, level, vol.mtime
 
     def names(self) -> list[str]:
-        return list(AXES) + ["stack.tif"]
+        return list(AXES) + ["stack.tif", "cutout"]
 
     def child(self, name: str) -> Node:
         t, v = self.vol.tree, self.vol
         if name in AXES:
             return AxisDir(self, Plane(name))
+        if name == "cutout":
+            return CutoutDir(self)
         if name == "stack.tif":
             lv = v.info.level(self.level)
             layout = t.layout(v.remote, v.ref, self.level, "stack")
@@ -323,8 +590,31 @@ class LevelDir(DirNode):
             def get_rows(p: int, r0: int, r1: int) -> np.ndarray:
                 return plane.rows(backend.read(v.ref, plane.box(lv.box, lv.offset[0] + p, r0, r1), self.level))
 
-            return TiffFile(layout, get_rows, self.mtime)
+            return TiffFile(layout, get_rows, self.mtime, store=self._store_stack if v.writable else None)
         raise NotFound(f"level {self.level} has no {name!r}")
+
+    def _store_stack(self, fh: BinaryIO) -> None:
+        """A whole level written as one multipage TIFF: checked page by page, then posted in slabs."""
+        v, level = self.vol, self.level
+        name = v.name_of(level, "stack.tif")
+        info = v.info
+        lv = info.level(level)
+        n, hw, dtype = arrays.tiff_info(fh, name)
+        if (n, *hw) != tuple(lv.shape):
+            raise BadInput(f"{name}: the TIFF is {n} pages of {hw[0]}x{hw[1]}; this level is "
+                           f"{lv.shape[0]} pages of {lv.shape[1]}x{lv.shape[2]}")
+        if dtype != info.dtype:
+            raise BadInput(f"{name}: the TIFF holds {dtype} pixels; this volume stores {info.dtype}")
+        plane_bytes = int(np.prod(hw)) * info.dtype.itemsize
+        cz = lv.chunk_shape[0]
+        depth = max(cz, (SNAPSHOT_BYTES // max(1, plane_bytes * cz)) * cz)
+        slabs = [(z0, min(n, z0 + depth)) for z0 in range(0, n, depth)]
+        for z0, z1 in slabs:  # every page must decode before anything is posted
+            arrays.tiff_pages(fh, z0, z1, name)
+        (oz, oy, ox), (_, sy, sx) = lv.offset, lv.shape
+        for z0, z1 in slabs:
+            box = Box((oz + z0, oy, ox), (oz + z1, oy + sy, ox + sx))
+            v.tree.write(v.remote, v.ref, box, level, arrays.tiff_pages(fh, z0, z1, name))
 
 
 class AxisDir(DirNode):
@@ -340,6 +630,16 @@ class AxisDir(DirNode):
 
     def names(self) -> list[str]:
         return [f"{n}.tif" for n in self._range()]
+
+    def create(self, name: str) -> FileNode:
+        """Only the existing slice names can be written (e.g. ``cp *.tif z/`` of files named <N>.tif)."""
+        try:
+            node = self.child(name)
+        except NotFound as exc:
+            raise BadInput(f"cannot make {name!r} here: {exc}") from None
+        if not node.writable:
+            raise ReadOnly(f"{self.leveldir.vol.remote} is read-only")
+        return node  # type: ignore[return-value]
 
     def child(self, name: str) -> Node:
         m = SLICE_NAME.match(name)
@@ -357,4 +657,80 @@ class AxisDir(DirNode):
             return plane.rows(backend.read(v.ref, plane.box(lv.box, index, r0, r1), level))
 
         whole = plane.box(lv.box, index, 0, layout.height)
-        return TiffFile(layout, get_rows, self.mtime, on_open=lambda: backend.prefetch(v.ref, whole, level))
+
+        def store(fh: BinaryIO) -> None:
+            fname = v.name_of(level, f"{plane.axis}/{name}")
+            arr = arrays.check_shape(arrays.decode(fh, "tif", fname), whole.shape, v.info.dtype, fname)
+            t.write(v.remote, v.ref, whole, level, arr)
+
+        return TiffFile(layout, get_rows, self.mtime, on_open=lambda: backend.prefetch(v.ref, whole, level),
+                        store=store if v.writable else None,
+                        snapshot=lambda: plane.rows(t.read_whole(v.remote, v.ref, whole, level)))
+
+
+class CutoutDir(DirNode):
+    """``cutout/``: a file for any box, named ``<x0>-<x1>_<y0>-<y1>_<z0>-<z1>.<fmt>``.
+
+    Coordinates are the level's dataset coordinates, stops exclusive. The
+    folder lists nothing (every box exists); opening a name renders that box
+    (up to the tree's ``max_cutout_bytes``, else EFBIG); writing an array of
+    the box's shape into it posts it.
+    """
+
+    def __init__(self, level: LevelDir):
+        self.leveldir, self.mtime = level, level.mtime
+
+    @property
+    def writable(self) -> bool:
+        return self.leveldir.vol.writable
+
+    def names(self) -> list[str]:
+        return []
+
+    def _node(self, name: str, new: bool) -> "CutoutFile":
+        m = CUTOUT_NAME.match(name)
+        if not m:
+            raise (BadInput if new else NotFound)(
+                f"cutout names look like <x0>-<x1>_<y0>-<y1>_<z0>-<z1>.tif (or .npy .npz .h5), not {name!r}")
+        x0, x1, y0, y1, z0, z1 = (int(g) for g in m.groups()[:6])
+        if x1 <= x0 or y1 <= y0 or z1 <= z0:
+            raise (BadInput if new else NotFound)(f"{name}: every stop must be larger than its start")
+        v, level = self.leveldir.vol, self.leveldir.level
+        box = Box((z0, y0, x0), (z1, y1, x1))
+        v.info.check_box(box, level)
+        nbytes = box.size * v.info.dtype.itemsize
+        if nbytes > v.tree.max_cutout_bytes:
+            raise TooLarge(f"{name} would hold {nbytes} bytes of voxels; the limit is {v.tree.max_cutout_bytes} "
+                           "(max_cutout_bytes in [mount]); read it in smaller boxes")
+        return CutoutFile(self.leveldir, box, m.group(7), name)
+
+    def child(self, name: str) -> Node:
+        return self._node(name, new=False)
+
+    def create(self, name: str) -> FileNode:
+        if not self.writable:
+            raise ReadOnly(f"{self.leveldir.vol.remote} is read-only")
+        return self._node(name, new=True)
+
+
+class CutoutFile(RenderedFile):
+    """One box of a level in one file format, rendered when first looked at."""
+
+    def __init__(self, level: LevelDir, box: Box, fmt: str, name: str):
+        self.leveldir, self.box, self.fmt, self.name = level, box, fmt, name
+        self.mtime = level.mtime
+        self.writable = level.vol.writable
+
+    def _bytes(self) -> bytes:
+        v, level = self.leveldir.vol, self.leveldir.level
+        t = v.tree
+        key = (v.remote, v.ref, level, self.box, self.fmt, t.version(v.remote, v.ref)[0])
+        return t.render(key, lambda: arrays.encode(t.read_whole(v.remote, v.ref, self.box, level), self.fmt,
+                                                   voxel_size_nm=v.info.level(level).voxel_size_nm,
+                                                   offset=self.box.start))
+
+    def commit_file(self, fh: BinaryIO) -> None:
+        v, level = self.leveldir.vol, self.leveldir.level
+        fname = v.name_of(level, f"cutout/{self.name}")
+        arr = arrays.check_shape(arrays.decode(fh, self.fmt, fname), self.box.shape, v.info.dtype, fname)
+        v.tree.write(v.remote, v.ref, self.box, level, arr)
