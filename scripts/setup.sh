@@ -14,6 +14,11 @@ need_apt() {
 
 command -v fusermount3 >/dev/null || need_apt fuse3
 command -v tiffinfo >/dev/null || need_apt libtiff-tools || echo "note: tiffinfo unavailable; its checks will be skipped"
+if [[ ",$extras," == *",test,"* ]]; then  # what tests/test_fiji.py opens a mount with: headless ImageJ, GDAL, ImageMagick
+  { command -v java >/dev/null && [ -e /usr/share/java/ij.jar ]; } || need_apt --no-install-recommends default-jre-headless libij-java
+  command -v gdalinfo >/dev/null || need_apt --no-install-recommends gdal-bin
+  identify -version 2>/dev/null | grep -q ImageMagick || need_apt --no-install-recommends imagemagick
+fi
 
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv 2>/dev/null || { need_apt python3-venv && python3 -m venv .venv; }

@@ -83,7 +83,7 @@ def test_sizes_at_stat_equal_the_bytes_read(mnt):
 
 def test_listing_a_level_shows_every_slice(mnt):
     level = mnt[0] / "local" / "demo" / "em" / "0"
-    assert sorted(os.listdir(level)) == ["cutout", "stack.tif", "x", "y", "z"]
+    assert sorted(os.listdir(level)) == ["cutout", "stack.tif", "volume.npy", "x", "y", "z"]
     assert sorted(os.listdir(level / "z"), key=lambda n: int(n[:-4])) == [f"{z}.tif" for z in range(SHAPE[0])]
     assert len(os.listdir(level / "x")) == SHAPE[2]
     assert sorted(os.listdir(mnt[0])) == [".ndfs", "local"]

@@ -8,8 +8,9 @@ tifffile, libtiff, Pillow and GDAL all read it (spec ``fuse-tiff-cache.md`` sect
 
 The FUSE layer reports :attr:`TiffLayout.size` at getattr and answers ``read()`` requests with
 :meth:`TiffLayout.read`, which computes header and IFD bytes and asks a callback for pixel rows.
-A layout is immutable after construction and holds no per-request state, so one instance may
-serve any number of threads at once.
+A layout is immutable after construction (a ``display_range`` callable is resolved once, under
+a lock, at the first header read) and holds no per-request state, so one instance may serve any
+number of threads at once.
 
 Deviation from the spec's offset formula: when ``data_end`` is odd (odd plane sizes, e.g. 7x13
 uint8) one zero byte precedes IFD1, because TIFF requires IFDs to start on a word boundary.
@@ -18,9 +19,12 @@ uint8) one zero byte precedes IFD1, because TIFF requires IFDs to start on a wor
 from __future__ import annotations
 
 import struct
+import threading
 from fractions import Fraction
 
 import numpy as np
+
+from ndfs.formats.npy import plane_bytes
 
 __all__ = ["TiffLayout"]
 
@@ -84,7 +88,10 @@ class TiffLayout:
 
     ``voxel_size`` is (z, y, x) in ``unit``.  ``single_ifd=None`` picks the single-IFD ImageJ
     variant only when a multi-IFD file would not fit 32-bit offsets; True/False force it.
-    ``display_range`` adds ImageJ's ``min=``/``max=`` to the description.
+    ``display_range`` adds ImageJ's ``min=``/``max=`` to the description: a (min, max) pair, or
+    (integer types only) a zero-argument callable returning one, called once at the first read
+    of the header (e.g. to look at the data only when the file is opened). Integer ranges are
+    written zero-padded to the type's width, so the header size never depends on the values.
     """
 
     def __init__(self, n_planes: int, height: int, width: int, dtype,
@@ -113,7 +120,13 @@ class TiffLayout:
         else:
             rows = self.height
         self.rows_per_strip = rows
-        self.display_range = None if display_range is None else tuple(display_range)
+        self._pending_range = display_range if callable(display_range) else None
+        if self._pending_range is not None:
+            if dt.kind not in "ui":
+                raise ValueError("a display_range callable needs an integer sample type")
+            display_range = (0, 0)  # placeholder of the same width as any real range
+        self.display_range = None if display_range is None else self._range(display_range)
+        self._head_lock = threading.Lock()
 
         # Multi-IFD needs every offset (hence the whole file) below 2**32.
         multi_head = self._build_ifd0(single=False)
@@ -150,11 +163,38 @@ class TiffLayout:
                 f"unit={unit}\nspacing={_fmt(self.voxel_size[0])}\nloop=false\n")
         rng = self.display_range
         if rng is not None:
-            text += f"min={_fmt(rng[0])}\nmax={_fmt(rng[1])}\n"
+            text += f"min={self._fmt_value(rng[0])}\nmax={self._fmt_value(rng[1])}\n"
         try:
             return text.encode("ascii") + b"\0"
         except UnicodeEncodeError:
             raise ValueError(f"unit {self.unit!r} is not ASCII") from None
+
+    def _range(self, rng) -> tuple:
+        lo, hi = (float(v) for v in rng)
+        if self.dtype.kind in "ui" and (self._pending_range is not None
+                                        or (lo.is_integer() and hi.is_integer())):
+            info = np.iinfo(self.dtype)
+            lo, hi = (int(min(max(round(v), info.min), info.max)) for v in (lo, hi))
+        return lo, hi
+
+    def _fmt_value(self, v) -> str:
+        if isinstance(v, int):  # integer sample types: fixed width, e.g. 00012 for uint16
+            info = np.iinfo(self.dtype)
+            return f"{v:0{len(str(info.max)) + (info.min < 0)}d}"
+        return _fmt(v)
+
+    @property
+    def header(self) -> bytes:
+        """The first ``data_start`` bytes; resolves a display_range callable on first use."""
+        if self._pending_range is not None:
+            with self._head_lock:
+                if self._pending_range is not None:
+                    self.display_range = self._range(self._pending_range())
+                    head = self._build_ifd0(single=self.single_ifd)
+                    if len(head) != self.data_start:  # cannot happen: fixed-width values
+                        raise AssertionError("TIFF header size changed with the display range")
+                    self._head, self._pending_range = head, None
+        return self._head
 
     def _common_tags(self, strip_offsets, strip_counts) -> list:
         """Tags of any IFD, ascending, without ImageDescription."""
@@ -238,7 +278,7 @@ class TiffLayout:
             return b""
         parts = []
         if offset < self.data_start:
-            parts.append(self._head[offset:min(end, self.data_start)])
+            parts.append(self.header[offset:min(end, self.data_start)])
         a, b = max(offset, self.data_start), min(end, self.data_end)
         if a < b:
             parts.extend(self._pixels(a - self.data_start, b - self.data_start, get_rows))
@@ -256,16 +296,7 @@ class TiffLayout:
 
     def _pixels(self, a: int, b: int, get_rows):
         """Yield the bytes of pixel range [a, b) (relative to data_start), one call per plane."""
-        P, rb = self.plane_bytes, self.row_bytes
-        for z in range(a // P, (b - 1) // P + 1):
-            pa, pb = max(a - z * P, 0), min(b - z * P, P)
-            y0, y1 = pa // rb, -(-pb // rb)
-            arr = np.asarray(get_rows(z, y0, y1))
-            if arr.shape != (y1 - y0, self.width):
-                raise ValueError(f"get_rows({z}, {y0}, {y1}) returned shape {arr.shape}, "
-                                 f"expected {(y1 - y0, self.width)}")
-            arr = np.ascontiguousarray(arr.astype(self.dtype, copy=False))
-            yield memoryview(arr).cast("B")[pa - y0 * rb:pb - y0 * rb]
+        return plane_bytes(a, b, self.height, self.width, self.dtype, get_rows)
 
     def describe(self) -> str:
         """Short one-line summary for logs."""

@@ -447,8 +447,12 @@ class Tree:
             else:
                 plane = Plane(what)
                 n, (h, w), vs = 1, plane.shape(lv.shape), plane.voxel_size(lv.voxel_size_nm)
+            from ndfs.fs import views  # calibration unit and 16-bit display range (issue 11)
+
+            vs, unit = views.calibration(vs)
             try:
-                return TiffLayout(n, h, w, info.dtype, voxel_size=vs, unit="nm")
+                return TiffLayout(n, h, w, info.dtype, voxel_size=vs, unit=unit,
+                                  display_range=views.image_display_range(self, remote, ref))
             except ValueError as exc:
                 raise TooLarge(f"{'/'.join(ref)} level {level}: {exc}") from exc
 
@@ -573,7 +577,9 @@ class LevelDir(DirNode):
         self.vol, self.level, self.mtime = vol, level, vol.mtime
 
     def names(self) -> list[str]:
-        return list(AXES) + ["stack.tif", "cutout"]
+        from ndfs.fs import views
+
+        return list(AXES) + ["stack.tif", "cutout"] + views.level_names(self)
 
     def child(self, name: str) -> Node:
         t, v = self.vol.tree, self.vol
@@ -591,7 +597,9 @@ class LevelDir(DirNode):
                 return plane.rows(backend.read(v.ref, plane.box(lv.box, lv.offset[0] + p, r0, r1), self.level))
 
             return TiffFile(layout, get_rows, self.mtime, store=self._store_stack if v.writable else None)
-        raise NotFound(f"level {self.level} has no {name!r}")
+        from ndfs.fs import views  # volume.npy, labels16/, labels32/
+
+        return views.level_child(self, name)
 
     def _store_stack(self, fh: BinaryIO) -> None:
         """A whole level written as one multipage TIFF: checked page by page, then posted in slabs."""
@@ -642,6 +650,10 @@ class AxisDir(DirNode):
         return node  # type: ignore[return-value]
 
     def child(self, name: str) -> Node:
+        if name.endswith(".png"):
+            from ndfs.fs import views
+
+            return views.axis_child(self, name)
         m = SLICE_NAME.match(name)
         if not m or int(m.group(1)) not in self._range():
             rng = self._range()
