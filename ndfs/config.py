@@ -32,7 +32,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-REMOTE_KINDS = ("local", "boss")
+REMOTE_KINDS = ("local", "boss", "dvid")
 
 
 def user_config_dir() -> Path:
@@ -295,6 +295,7 @@ def open_remotes(config: Config, outbox: bool = False) -> dict:
 #: HTTP remote kinds: (module, class, an example url for the error message)
 HTTP_BACKENDS = {
     "boss": ("ndfs.backends.boss", "BossBackend", "https://api.bossdb.io"),
+    "dvid": ("ndfs.backends.dvid", "DvidBackend", "http://host:8000"),
 }
 
 

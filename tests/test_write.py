@@ -365,7 +365,7 @@ def test_kill_9_of_the_daemon_mid_upload_loses_nothing_after_remount(boss):
         tifffile.imwrite(mountpoint / "b" / "coll" / "demo" / "em" / "0" / "z" / "9.tif", new)
         time.sleep(0.5)
         os.kill(pid, signal.SIGKILL)
-        assert wait_until(lambda: not is_mounted(mountpoint), timeout=10)  # auto_unmount released it
+        assert wait_until(lambda: not is_mounted(mountpoint), timeout=30)  # auto_unmount released it
     assert len(outbox_entries(root)) == 1
     switch.post_delay_s = 0.0
     with mounted(config("async"), mountpoint):

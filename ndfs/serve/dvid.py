@@ -1,0 +1,631 @@
+"""A DVID HTTP API server (WSGI app) over any ndfs Backend, faithful enough for unmodified DVID clients.
+
+``DvidApp(backend)`` answers the routes of ``specs/dvid.md`` that intern's
+``DVIDRemote``, dvidtools and the ndfs driver use: server info and types;
+repo creation, ``repos/info``, ``repo/{u}/info``, ``branch-versions``, logs,
+notes; ``commit``, ``newversion`` and ``branch`` (locked nodes refuse
+writes); instance creation for the voxel types, ``labelblk``, ``labelmap``
+and ``keyvalue``; instance ``info``; 3D raw GET/POST (block alignment checked,
+labels with ``compression=lz4|gzip``, ``throttle=true`` limited server-wide),
+2D ``xy``/``xz``/``yz`` images (png, tif, jpg, bmp); key-value ``key``,
+``keys``, ``keyrange``, ``keyrangevalues``; labelmap ``label``, ``labels``,
+``size``, ``sizes``, ``sparsevol-size``, ``sparsevol`` (+HEAD),
+``sparsevol-coarse``, ``maxlabel``, ``nextlabel``, and ``scale=N`` reads of
+labelmaps created with a ``MaxDownresLevel`` (computed on the fly, the most
+frequent label of each 2x2x2 cube). UUIDs may be unique prefixes,
+``prefix:branch`` or ``:master~N``. How the backend maps onto repos and
+instances, and what is kept in memory only, is in :mod:`ndfs.serve.dvid_model`.
+
+Errors are DVID's: ``text/plain``, 400 for bad requests, unknown UUIDs or
+instances, misalignment, locked nodes and read-only mode, with the body
+``"<message> (<URL path>).\\n"``; 404 for missing keys and labels and for
+unrouted paths (``404 page not found``); 503 for throttled requests.
+
+Deliberate differences from DVID: no JPEG-compressed 3D bodies, no block
+streams, no ROI masks; label indexes are computed by scanning the voxels
+(fine for test volumes, slow for big ones); sparsevol only at scale 0; the
+served volumes' extents are fixed to the volumes' boxes, so voxel POSTs that
+put non-zero voxels beyond them are refused (400). Tokens: with none
+configured every request is accepted; otherwise ``Authorization: Bearer <t>``
+(or ``Token <t>``) must name one of them, else 401.
+
+Thread-safe: the model is, and concurrent voxel POSTs to one instance are
+serialised by its write lock.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hmac
+import io
+import json
+import logging
+import os
+import threading
+from http import HTTPStatus
+from urllib.parse import parse_qs
+
+import numpy as np
+
+from ndfs.backends.base import Backend
+from ndfs.geometry import Box
+from ndfs.serve.dvid_model import (
+    LABEL_TYPES, TYPES, DvidError, DvidModel, Instance, Node, Repo, bad, type_url)
+
+log = logging.getLogger("ndfs.serve.dvid")
+MAX_PAYLOAD_BYTES = 3 * 2**30
+VERSION = "v1.0.0 (ndfs)"
+NOT_ROUTED = "404 page not found"
+PLANES = {"0_1": "xy", "xy": "xy", "0_2": "xz", "xz": "xz", "1_2": "yz", "yz": "yz"}
+IMAGE_FORMATS = {"png": ("PNG", "image/png"), "jpg": ("JPEG", "image/jpeg"), "jpeg": ("JPEG", "image/jpeg"),
+                 "tif": ("TIFF", "image/tiff"), "tiff": ("TIFF", "image/tiff"), "bmp": ("BMP", "image/bmp")}
+
+
+class DvidApp:
+    """The WSGI app. ``tokens``: accepted tokens (None or empty: accept every request)."""
+
+    def __init__(self, backend: Backend, tokens=None, *, read_only: bool = False, throttle_limit: int = 1):
+        self.backend = backend
+        self.model = DvidModel(backend, read_only=read_only)
+        self.read_only = read_only
+        self.tokens = [t.encode() for t in (tokens or [])]
+        self.throttle_limit = int(throttle_limit)
+        self._lock = threading.Lock()
+        self._throttled = 0
+        self._write_locks: dict[int, threading.Lock] = {}
+
+    # ---- WSGI ---------------------------------------------------------------
+    def __call__(self, environ, start_response):
+        method = environ.get("REQUEST_METHOD", "GET")
+        raw_path = environ.get("PATH_INFO") or "/"
+        try:
+            path = raw_path.encode("latin-1").decode("utf-8")
+        except UnicodeError:
+            path = raw_path
+        try:
+            if self.tokens and not self._authorised(environ):
+                return _text(start_response, 401, "missing or invalid token in the Authorization header\n")
+            parts = path.split("/")[1:]
+            if parts and parts[-1] == "" and len(parts) > 1:
+                parts = parts[:-1]  # one trailing slash is tolerated
+            if len(parts) < 2 or parts[0] != "api":
+                raise DvidError(404, NOT_ROUTED)
+            if self.read_only and method in ("POST", "PUT", "DELETE"):
+                raise bad("server is in read-only mode")
+            request = _Request(environ, method, path, parts[1:])
+            return self._route(request, start_response)
+        except DvidError as exc:
+            if exc.status == 404 and exc.message in ("", NOT_ROUTED):
+                return _text(start_response, 404, exc.message and exc.message + "\n", head=method == "HEAD")
+            return _text(start_response, exc.status, f"{exc.message} ({path}).\n", head=method == "HEAD")
+        except Exception:  # a handler panic: DVID answers 500 and goes on
+            log.exception("unhandled error on %s %s", method, path)
+            return _text(start_response, 500, f"internal server error ({path}).\n")
+
+    def _authorised(self, environ) -> bool:
+        scheme, _, given = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
+        if scheme not in ("Bearer", "Token") or not given.strip():
+            return False
+        return any(hmac.compare_digest(given.strip().encode(), t) for t in self.tokens)
+
+    def _route(self, r: "_Request", start_response):
+        p, m = r.parts, r.method
+        if p == ["heartbeat"]:
+            return _text(start_response, 200, "OK")
+        if p[0] == "server" and len(p) == 2:
+            if p[1] == "info":
+                return _json(start_response, self._server_info(r))
+            if p[1] in ("types", "compiled-types"):
+                return _json(start_response, {t: type_url(t) for t in TYPES})
+        if p == ["repos"] and m == "POST":
+            body = r.config()
+            repo = self.model.create_repo(body.get("alias", ""), body.get("description", ""), body.get("root"))
+            return _json(start_response, {"root": repo.root})
+        if p == ["repos", "info"] and m == "GET":
+            return _json(start_response, {repo.root: repo.to_json() for repo in self.model.all_repos()})
+        if p[0] == "repo" and len(p) >= 2:
+            return self._repo(r, start_response, p[1], p[2:])
+        if p[0] == "node" and len(p) >= 3:
+            repo, node = self.model.resolve(p[1])
+            if len(p) == 3 and p[2] in ("log", "note", "commit", "status", "newversion", "branch"):
+                return self._node(r, start_response, repo, node, p[2])
+            inst = self.model.instance(repo, p[2])
+            if len(p) == 3:
+                raise bad(f"Bad API call: no endpoint given for data {inst.name}")
+            return self._instance(r, start_response, repo, node, inst, p[3], p[4:])
+        raise DvidError(404, NOT_ROUTED)
+
+    def _server_info(self, r: "_Request") -> dict:
+        info = {"DVID Version": VERSION, "Datastore Version": "0.10.0", "Cores": str(os.cpu_count() or 1),
+                "Maximum Cores": str(os.cpu_count() or 1), "Host": r.environ.get("HTTP_HOST", ""),
+                "Storage backend": "ndfs " + self.backend.kind}
+        if self.read_only:
+            info["Mode"] = "read only"
+        return info
+
+    # ---- repos and nodes -------------------------------------------------------
+    def _repo(self, r, start_response, u: str, rest: list[str]):
+        if not rest and r.method == "HEAD":
+            self.model.resolve(u)
+            return _text(start_response, 200, "", head=True)
+        repo, node = self.model.resolve(u)
+        if rest == ["info"]:
+            if r.method == "POST":
+                body = r.config()
+                with self.model._lock:
+                    repo.alias = body.get("alias", repo.alias)
+                    repo.description = body.get("description", repo.description)
+                return _text(start_response, 200, "")
+            return _json(start_response, repo.to_json())
+        if len(rest) == 2 and rest[0] == "branch-versions":
+            return _json(start_response, self.model.branch_versions(repo, rest[1]))
+        if rest == ["log"]:
+            if r.method == "POST":
+                entries = r.log_entries()
+                with self.model._lock:
+                    repo.log.extend(entries)
+                return _text(start_response, 200, "")
+            return _json(start_response, {"log": list(repo.log)})
+        if rest == ["instance"] and r.method == "POST":
+            inst = self.model.create_instance(repo, node, r.config())
+            return _json(start_response, {"result": f"Added {inst.name} [{inst.typename}] to node {node.uuid}"})
+        raise DvidError(404, NOT_ROUTED)
+
+    def _node(self, r, start_response, repo: Repo, node: Node, what: str):
+        if what in ("commit", "status") and r.method == "GET":
+            return _json(start_response, {"Locked": node.locked})
+        if what in ("log", "note") and r.method == "GET":
+            return _json(start_response, {"log": list(node.log)} if what == "log" else {"note": node.note})
+        if r.method != "POST":
+            raise DvidError(404, NOT_ROUTED)
+        body = r.json_body()
+        if what == "commit":
+            self.model.commit(repo, node, _string(body, "note"), r.log_entries(body))
+            return _json(start_response, {"committed": node.uuid})
+        if what in ("newversion", "branch"):
+            name = _string(body, "branch") if what == "branch" else None
+            child = self.model.new_child(repo, node, branch=name, note=_string(body, "note"),
+                                         child_uuid=body.get("uuid") or None)
+            return _json(start_response, {"child": child.uuid})
+        if node.locked:
+            raise bad(f"Cannot do post on locked node {node.uuid}")
+        with self.model._lock:
+            if what == "log":
+                node.log.extend(r.log_entries(body))
+            else:
+                node.note = _string(body, "note")
+        return _text(start_response, 200, "")
+
+    # ---- instances ---------------------------------------------------------------
+    def _instance(self, r, start_response, repo: Repo, node: Node, inst: Instance, endpoint: str, rest: list[str]):
+        if endpoint == "info" and not rest and r.method == "GET":
+            return _json(start_response, inst.info())
+        if inst.typename == "keyvalue":
+            return self._keyvalue(r, start_response, node, inst, endpoint, rest)
+        if endpoint in ("raw", "isotropic") and 2 <= len(rest) <= 4:
+            return self._raw(r, start_response, node, inst, endpoint, rest)
+        if inst.typename in LABEL_TYPES and endpoint in ("label", "labels"):
+            return self._labels(r, start_response, node, inst, endpoint, rest)
+        if inst.typename == "labelmap" and endpoint in LABELMAP_ENDPOINTS:
+            return getattr(self, "_" + endpoint.replace("-", "_"))(r, start_response, node, inst, rest)
+        raise bad(f'Bad API call "{endpoint}" for data {inst.name!r} of type {inst.typename}')
+
+    def _check_writable(self, node: Node, inst: Instance, endpoint: str, method: str) -> None:
+        if inst.versioned and node.locked:
+            raise bad(f'Cannot do {method} on endpoint "{endpoint}" of locked node {node.uuid}')
+
+    # ---- voxels ------------------------------------------------------------------
+    def _raw(self, r, start_response, node: Node, inst: Instance, endpoint: str, rest: list[str]):
+        dims, size, offset = rest[0], rest[1], rest[2] if len(rest) > 2 else ""
+        fmt = rest[3] if len(rest) > 3 else ""
+        if not offset:
+            raise bad("raw requests need a size and an offset")
+        ox, oy, oz = _ints(offset, 3, "offset")
+        plane = PLANES.get(dims)
+        if dims in ("0_1_2", "vol"):
+            sx, sy, sz = _ints(size, 3, "size")
+        elif plane is not None:
+            if r.method != "GET" or endpoint == "isotropic":
+                raise bad(f"cannot {r.method} 2D {dims} voxels: only 3D raw ({endpoint}) POSTs are allowed")
+            w, h = _ints(size, 2, "size")
+            sx, sy, sz = {"xy": (w, h, 1), "xz": (w, 1, h), "yz": (1, w, h)}[plane]
+        else:
+            raise bad(f"bad dims {dims!r}: use 0_1_2 for 3D, xy, xz or yz for 2D")
+        if min(sx, sy, sz) <= 0:
+            raise bad(f"size {size} must be positive on every axis")
+        box = Box((oz, oy, ox), (oz + sz, oy + sy, ox + sx))
+        if box.size * inst.dtype.itemsize > MAX_PAYLOAD_BYTES:
+            raise bad(f"requested payload of {box.size * inst.dtype.itemsize} bytes is over 3 GiB")
+        compression = r.arg("compression").lower() if inst.typename in LABEL_TYPES else ""
+        scale = _int_arg(r, "scale", 0)
+        throttled = r.arg("throttle").lower() in ("true", "on") and plane is None
+        if throttled:
+            with self._lock:
+                if self._throttled >= self.throttle_limit:
+                    raise DvidError(503, f"Server already running {self._throttled} throttled operations "
+                                         f"(max = {self.throttle_limit})")
+                self._throttled += 1
+        try:
+            if r.method == "GET":
+                data = self._read_scaled(inst, node, box, scale)
+                if plane is not None:
+                    return _image(start_response, data, plane, fmt or "png")
+                if fmt.startswith("jp"):
+                    raise bad("this server does not answer 3D voxels as JPEG")
+                return _reply(start_response, 200, _compress(data.tobytes(), compression), "application/octet-stream")
+            if r.method == "POST":
+                if endpoint == "isotropic":
+                    raise bad("cannot POST isotropic voxels: only raw")
+                if scale:
+                    raise bad("voxel POSTs go to scale 0 only")
+                self._check_writable(node, inst, endpoint, "POST")
+                body = _decompress(r.body(), compression, box.size * inst.dtype.itemsize)
+                if len(body) != box.size * inst.dtype.itemsize:
+                    raise bad(f"expected {box.size * inst.dtype.itemsize} bytes for {sx}x{sy}x{sz} "
+                              f"{inst.dtype.name} voxels, got {len(body)}")
+                data = np.frombuffer(body, inst.dtype.newbyteorder("<")).astype(inst.dtype).reshape(box.shape)
+                with self._lock:
+                    lock = self._write_locks.setdefault(id(inst), threading.Lock())
+                with lock:
+                    self.model.write(inst, node, box, data)
+                return _text(start_response, 200, "", content_type="text/plain")
+            raise bad(f"cannot {r.method} raw voxels")
+        finally:
+            if throttled:
+                with self._lock:
+                    self._throttled -= 1
+
+    def _read_scaled(self, inst: Instance, node: Node, box: Box, scale: int) -> np.ndarray:
+        if scale == 0:
+            return self.model.read(inst, node, box)
+        if inst.typename != "labelmap" or not 0 < scale <= inst.max_downres:
+            raise bad(f"scale {scale} is not available: {inst.name} has MaxDownresLevel {inst.max_downres}")
+        f = 2**scale
+        data = self.model.read(inst, node, Box(tuple(a * f for a in box.start), tuple(b * f for b in box.stop)))
+        for _ in range(scale):
+            data = _downres_labels(data)
+        return data
+
+    # ---- labels ------------------------------------------------------------------
+    def _labels(self, r, start_response, node, inst, endpoint, rest):
+        if endpoint == "label" and len(rest) == 1 and r.method == "GET":
+            x, y, z = _ints(rest[0], 3, "point")
+            voxel = self.model.read(inst, node, Box((z, y, x), (z + 1, y + 1, x + 1)))
+            return _json(start_response, {"Label": int(voxel[0, 0, 0])})
+        if endpoint == "labels" and not rest and r.method == "GET":
+            points = r.json_body(kind=list)
+            out = []
+            for point in points:
+                if not (isinstance(point, list) and len(point) == 3 and all(isinstance(v, int) for v in point)):
+                    raise bad(f"each point must be [x, y, z] integers, got {point!r}")
+                x, y, z = point
+                out.append(int(self.model.read(inst, node, Box((z, y, x), (z + 1, y + 1, x + 1)))[0, 0, 0]))
+            return _json(start_response, out)
+        raise bad(f'Bad API call "{endpoint}" for data {inst.name!r}')
+
+    def _scan(self, inst: Instance, node: Node, region: Box | None = None):
+        """(box, array) pieces covering the instance's stored voxels (within region), block rows at a time."""
+        data_box = inst.data_box()
+        if data_box is not None and region is not None:
+            data_box = data_box.intersect(region)
+        if data_box is None:
+            return
+        bz, by, _ = inst.block_zyx
+        (z0, y0, x0), (z1, y1, x1) = data_box.start, data_box.stop
+        for z in range(z0 - z0 % bz, z1, bz):
+            for y in range(y0 - y0 % by, y1, by):
+                piece = Box((max(z, z0), max(y, y0), x0), (min(z + bz, z1), min(y + by, y1), x1))
+                yield piece, self.model.read(inst, node, piece)
+
+    def _label_arg(self, rest: list[str]) -> int:
+        if len(rest) != 1 or not rest[0].isdigit():
+            raise bad("a label endpoint needs one label id")
+        label = int(rest[0])
+        if label == 0:
+            raise bad("label 0 is the background and has no index")
+        return label
+
+    def _voxels_of(self, inst, node, label, region=None):
+        """Coordinates (z, y, x arrays) of a label's voxels."""
+        zs, ys, xs = [], [], []
+        for piece, arr in self._scan(inst, node, region):
+            z, y, x = np.nonzero(arr == label)
+            zs.append(z + piece.start[0])
+            ys.append(y + piece.start[1])
+            xs.append(x + piece.start[2])
+        if not zs:
+            return (np.zeros(0, np.int64),) * 3
+        return np.concatenate(zs), np.concatenate(ys), np.concatenate(xs)
+
+    def _size(self, r, start_response, node, inst, rest):
+        label = self._label_arg(rest)
+        n = sum(int(np.count_nonzero(arr == label)) for _, arr in self._scan(inst, node))
+        if not n:
+            raise DvidError(404, "")
+        return _json(start_response, {"voxels": n})
+
+    def _sizes(self, r, start_response, node, inst, rest):
+        labels = r.json_body(kind=list)
+        if not all(isinstance(v, int) for v in labels):
+            raise bad("sizes needs a JSON list of label ids")
+        counts = dict.fromkeys(labels, 0)
+        want = np.array(sorted(set(labels)), dtype=np.uint64)
+        for _, arr in self._scan(inst, node):
+            found, n = np.unique(arr[np.isin(arr, want)], return_counts=True)
+            for label, count in zip(found.tolist(), n.tolist()):
+                counts[label] += count
+        return _json(start_response, [counts[v] if v else 0 for v in labels])
+
+    def _sparsevol_size(self, r, start_response, node, inst, rest):
+        label = self._label_arg(rest)
+        z, y, x = self._voxels_of(inst, node, label)
+        if not len(z):
+            raise DvidError(404, "")
+        bz, by, bx = inst.block_zyx
+        blocks = np.unique(np.stack([z // bz, y // by, x // bx], axis=1), axis=0)
+        lo, hi = blocks.min(axis=0), blocks.max(axis=0)
+        return _json(start_response, {"voxels": int(len(z)), "numblocks": int(len(blocks)),
+                                      "minvoxel": [int(lo[2] * bx), int(lo[1] * by), int(lo[0] * bz)],
+                                      "maxvoxel": [int((hi[2] + 1) * bx - 1), int((hi[1] + 1) * by - 1),
+                                                   int((hi[0] + 1) * bz - 1)]})
+
+    def _sparsevol(self, r, start_response, node, inst, rest, coarse: bool = False):
+        label = self._label_arg(rest)
+        if _int_arg(r, "scale", 0) != 0:
+            raise bad("this server answers sparsevol at scale 0 only")
+        lo = [_int_arg(r, f"min{a}", None) for a in "zyx"]
+        hi = [_int_arg(r, f"max{a}", None) for a in "zyx"]
+        region = None
+        if any(v is not None for v in lo + hi):
+            big = 2**40
+            region = Box(tuple(-big if v is None else v for v in lo), tuple(big if v is None else v + 1 for v in hi))
+        z, y, x = self._voxels_of(inst, node, label, region)
+        if not len(z):
+            if r.method == "HEAD":
+                return _text(start_response, 204, "", head=True)
+            raise DvidError(404, "")
+        if r.method == "HEAD":
+            return _text(start_response, 200, "", head=True)
+        if coarse:
+            bz, by, bx = inst.block_zyx
+            z, y, x = np.unique(np.stack([z // bz, y // by, x // bx], axis=1), axis=0).T
+        return _reply(start_response, 200, encode_rles(z, y, x), "application/octet-stream")
+
+    def _sparsevol_coarse(self, r, start_response, node, inst, rest):
+        return self._sparsevol(r, start_response, node, inst, rest, coarse=True)
+
+    def _maxlabel(self, r, start_response, node, inst, rest):
+        return _json(start_response, {"maxlabel": self._max_label(inst, node)})
+
+    def _max_label(self, inst, node) -> int:
+        found = max((int(arr.max()) for _, arr in self._scan(inst, node) if arr.size), default=0)
+        with inst.lock:
+            return max(found, inst.next_label)
+
+    def _nextlabel(self, r, start_response, node, inst, rest):
+        if r.method == "GET" and not rest:
+            return _json(start_response, {"nextlabel": self._max_label(inst, node) + 1})
+        if r.method == "POST" and len(rest) == 1 and rest[0].isdigit() and int(rest[0]) > 0:
+            self._check_writable(node, inst, "nextlabel", "POST")
+            start = self._max_label(inst, node) + 1
+            with inst.lock:
+                start = max(start, inst.next_label + 1)
+                inst.next_label = start + int(rest[0]) - 1
+            return _json(start_response, {"start": start, "end": start + int(rest[0]) - 1})
+        raise bad("nextlabel: GET, or POST nextlabel/<count>")
+
+    # ---- key-value -------------------------------------------------------------------
+    def _keyvalue(self, r, start_response, node: Node, inst: Instance, endpoint: str, rest: list[str]):
+        m = r.method
+        if endpoint == "key" and len(rest) == 1 and rest[0]:
+            key = rest[0]
+            if m in ("GET", "HEAD"):
+                value = self.model.get_key(inst, node, key)
+                if value is None:
+                    raise DvidError(404, "" if m == "HEAD" else f'Key "{key}" not found')
+                if m == "HEAD":
+                    return _text(start_response, 200, "", head=True)
+                return _reply(start_response, 200, value, "application/octet-stream")
+            if m in ("POST", "PUT", "DELETE"):
+                self._check_writable(node, inst, "key", m)
+                if m == "DELETE":
+                    self.model.delete_key(inst, node, key)
+                else:
+                    self.model.put_key(inst, node, key, r.body())
+                return _text(start_response, 200, "")
+        if endpoint == "keys" and not rest and m == "GET":
+            return _json(start_response, self.model.keys(inst, node))
+        if endpoint in ("keyrange", "keyrangevalues") and len(rest) == 2 and m == "GET":
+            first, last = (k.encode() for k in rest)
+            keys = [k for k in self.model.keys(inst, node) if first <= k.encode() <= last]
+            if endpoint == "keyrange":
+                return _json(start_response, keys)
+            if r.arg("json").lower() != "true":
+                raise bad("keyrangevalues: this server answers with json=true only")
+            out = {}
+            for k in keys:
+                value = self.model.get_key(inst, node, k)
+                try:
+                    out[k] = json.loads(value) if value is not None else None
+                except ValueError:
+                    raise bad(f"the value of key {k!r} is not JSON") from None
+            return _json(start_response, out)
+        raise bad(f'Bad API call "{endpoint}" for keyvalue data {inst.name!r}')
+
+
+LABELMAP_ENDPOINTS = ("size", "sizes", "sparsevol-size", "sparsevol", "sparsevol-coarse", "maxlabel", "nextlabel")
+
+
+# ---- requests ------------------------------------------------------------------------
+class _Request:
+    def __init__(self, environ, method: str, path: str, parts: list[str]):
+        self.environ, self.method, self.path, self.parts = environ, method, path, parts
+        self.query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+        self._body: bytes | None = None
+
+    def arg(self, name: str) -> str:
+        return self.query.get(name, [""])[-1]
+
+    def body(self) -> bytes:
+        if self._body is None:
+            try:
+                size = int(self.environ.get("CONTENT_LENGTH") or 0)
+            except ValueError:
+                raise bad("bad Content-Length") from None
+            self._body = self.environ["wsgi.input"].read(size) if size > 0 else b""
+        return self._body
+
+    def json_body(self, kind=dict):
+        raw = self.body()
+        if not raw.strip():
+            return kind()
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            raise bad("the request body is not valid JSON") from None
+        if not isinstance(doc, kind):
+            raise bad(f"the request body must be a JSON {'object' if kind is dict else 'array'}")
+        return doc
+
+    def config(self) -> dict:
+        """A creation body: keys case-insensitive, values JSON strings (``versioned`` may be a bool)."""
+        out = {}
+        for key, value in self.json_body().items():
+            key = key.lower()
+            if key == "versioned" and isinstance(value, bool):
+                value = "true" if value else "false"
+            if not isinstance(value, str):
+                raise bad(f"configuration value for {key!r} must be a JSON string, got {json.dumps(value)}")
+            out[key] = value
+        return out
+
+    def log_entries(self, body: dict | None = None) -> list[str]:
+        entries = (self.json_body() if body is None else body).get("log", [])
+        if not (isinstance(entries, list) and all(isinstance(e, str) for e in entries)):
+            raise bad('"log" must be a list of strings')
+        return [e for e in entries if e]
+
+
+def _string(body: dict, key: str) -> str:
+    value = body.get(key, "")
+    if not isinstance(value, str):
+        raise bad(f'"{key}" must be a string')
+    return value
+
+
+def _ints(text: str, n: int, what: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split("_"))
+    except ValueError:
+        values = ()
+    if len(values) != n:
+        raise bad(f"bad {what} {text!r}: needs {n} integers joined by '_'")
+    return values
+
+
+def _int_arg(r: _Request, name: str, default):
+    text = r.arg(name)
+    if not text:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise bad(f"query parameter {name}={text!r} is not an integer") from None
+
+
+# ---- bodies -----------------------------------------------------------------------------
+def _compress(data: bytes, compression: str) -> bytes:
+    if compression in ("", "uncompressed"):
+        return data
+    if compression == "lz4":
+        return _lz4().compress(data, store_size=False)
+    if compression == "gzip":
+        return gzip.compress(data, compresslevel=1)
+    raise bad(f"compression {compression!r} is not supported by this server (lz4, gzip)")
+
+
+def _decompress(body: bytes, compression: str, size: int) -> bytes:
+    if compression in ("", "uncompressed"):
+        return body
+    try:
+        if compression == "lz4":
+            return _lz4().decompress(body, uncompressed_size=size)
+        if compression == "gzip":
+            return gzip.decompress(body)
+    except (OSError, EOFError, ValueError) as exc:
+        raise bad(f"cannot decompress the {compression} body: {exc}") from None
+    except Exception as exc:  # lz4.block.LZ4BlockError
+        raise bad(f"cannot decompress the {compression} body: {exc}") from None
+    raise bad(f"compression {compression!r} is not supported by this server (lz4, gzip)")
+
+
+def _lz4():
+    try:
+        import lz4.block
+    except ImportError:
+        raise bad("lz4 compression needs the lz4 package on the server") from None
+    return lz4.block
+
+
+def encode_rles(z: np.ndarray, y: np.ndarray, x: np.ndarray) -> bytes:
+    """DVID's sparse volume body: a 12-byte header and one (x, y, z, length) int32 run per x-run. Pure."""
+    order = np.lexsort((x, y, z))
+    z, y, x = (np.asarray(a, np.int64)[order] for a in (z, y, x))
+    if len(x):
+        new = np.ones(len(x), bool)
+        new[1:] = (x[1:] != x[:-1] + 1) | (y[1:] != y[:-1]) | (z[1:] != z[:-1])
+        starts = np.flatnonzero(new)
+        lengths = np.diff(np.append(starts, len(x)))
+        runs = np.stack([x[starts], y[starts], z[starts], lengths], axis=1).astype("<i4")
+    else:
+        runs = np.zeros((0, 4), "<i4")
+    header = np.array([0, 3, 0, 0], np.uint8).tobytes() + np.array([0, len(runs)], "<u4").tobytes()
+    return header + runs.tobytes()
+
+
+def _downres_labels(a: np.ndarray) -> np.ndarray:
+    """The most frequent label of each 2x2x2 cube (ties: the first in C order). Pure."""
+    z, y, x = (s // 2 for s in a.shape)
+    cubes = a[:2 * z, :2 * y, :2 * x].reshape(z, 2, y, 2, x, 2).transpose(0, 2, 4, 1, 3, 5).reshape(z, y, x, 8)
+    counts = (cubes[..., :, None] == cubes[..., None, :]).sum(axis=-1)
+    return np.take_along_axis(cubes, counts.argmax(axis=-1)[..., None], axis=-1)[..., 0]
+
+
+def _image(start_response, data: np.ndarray, plane: str, fmt: str):
+    kind, quality = fmt.partition(":")[0].lower(), fmt.partition(":")[2]
+    if kind not in IMAGE_FORMATS:
+        raise bad(f"unknown image format {fmt!r} (png, jpg, tif, bmp)")
+    image = {"xy": lambda a: a[0], "xz": lambda a: a[:, 0, :], "yz": lambda a: a[:, :, 0]}[plane](data)
+    if data.dtype not in (np.uint8, np.uint16):
+        raise bad(f"2D images are 8- or 16-bit; this instance holds {data.dtype}")
+    if kind in ("tif", "tiff"):
+        import tifffile
+
+        buf = io.BytesIO()
+        tifffile.imwrite(buf, image)
+        return _reply(start_response, 200, buf.getvalue(), "image/tiff")
+    try:
+        from PIL import Image
+    except ImportError:
+        raise bad(f"{kind} images need Pillow on the server; tif works without it") from None
+    if kind in ("jpg", "jpeg", "bmp") and data.dtype != np.uint8:
+        raise bad(f"{kind} images are 8-bit; use png or tif for 16-bit data")
+    buf = io.BytesIO()
+    pil = Image.fromarray(image, mode="L") if image.dtype == np.uint8 else Image.fromarray(image.astype("<u2"), "I;16")
+    options = {"quality": int(quality)} if quality.isdigit() and kind.startswith("jp") else {}
+    pil.save(buf, format=IMAGE_FORMATS[kind][0], **options)
+    return _reply(start_response, 200, buf.getvalue(), IMAGE_FORMATS[kind][1])
+
+
+def _reply(start_response, status: int, body: bytes, content_type: str, head: bool = False):
+    start_response(f"{status} {HTTPStatus(status).phrase}",
+                   [("Content-Type", content_type), ("Content-Length", str(0 if head else len(body)))])
+    return [b"" if head else body]
+
+
+def _text(start_response, status: int, text: str, *, head: bool = False, content_type="text/plain; charset=utf-8"):
+    return _reply(start_response, status, text.encode(), content_type, head)
+
+
+def _json(start_response, doc) -> list[bytes]:
+    return _reply(start_response, 200, json.dumps(doc).encode(), "application/json")
