@@ -41,8 +41,30 @@ def open_volume(path, config=None, level=0):
     return Volume(backend, tuple(parts[1:]), level=level)
 
 
+def remote(name_or_url=None, **kwargs):
+    """An ndio-style :class:`ndfs.api.Remote`: a configured name, ``KIND+URL`` or a store directory."""
+    from ndfs.api import remote as _remote
+
+    return _remote(name_or_url, **kwargs)
+
+
+_LAZY = {"Remote": ("ndfs.api", "Remote"), "Volume": ("ndfs.volume", "Volume")}
+_SUBMODULES = ("api", "batch", "convert", "mesh")
+
+
+def __getattr__(name):  # submodules and classes load on first use, so `import ndfs` stays light
+    import importlib
+
+    if name in _SUBMODULES:
+        return importlib.import_module(f"ndfs.{name}")
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'ndfs' has no attribute {name!r}")
+
+
 __all__ = [
     "__version__", "NdfsError", "NotFound", "PermissionDenied", "ReadOnly", "BadRegion",
     "TooLarge", "Timeout", "BackendError", "Box", "ChunkGrid", "LevelInfo", "VolumeInfo",
-    "open_remote", "open_volume",
+    "open_remote", "open_volume", "remote", "Remote", "Volume",
 ]

@@ -424,6 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_cat)
     from ndfs.serve.cli import add_serve_parser
     add_serve_parser(sub)
+    from ndfs.convert_cli import add_export_parser
+    add_export_parser(sub)
     return p
 
 
@@ -432,7 +434,7 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except NdfsError as exc:
-        print(f"ndfs: error: {exc}", file=sys.stderr)
+        print(f"ndfs: error: {' '.join(str(exc).split())}", file=sys.stderr)  # one line, whatever names it quotes
         return 1
     except KeyboardInterrupt:
         print("ndfs: interrupted", file=sys.stderr)

@@ -32,7 +32,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-REMOTE_KINDS = ("local", "boss", "dvid")
+REMOTE_KINDS = ("local", "boss", "dvid", "neurodata")
 
 
 def user_config_dir() -> Path:
@@ -296,6 +296,7 @@ def open_remotes(config: Config, outbox: bool = False) -> dict:
 HTTP_BACKENDS = {
     "boss": ("ndfs.backends.boss", "BossBackend", "https://api.bossdb.io"),
     "dvid": ("ndfs.backends.dvid", "DvidBackend", "http://host:8000"),
+    "neurodata": ("ndfs.backends.neurodata", "NeuroDataBackend", "http://host:8000"),
 }
 
 

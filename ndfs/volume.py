@@ -110,3 +110,15 @@ class Volume:
 
     def write(self, box: Box, array: np.ndarray) -> None:
         self.backend.write(self.ref, box, self.level_index, array)
+
+    def to_dask(self, chunks=None):
+        """This level as a lazy ``dask.array`` (needs the ``dask`` extra); see :func:`ndfs.batch.to_dask`."""
+        from ndfs.batch import to_dask
+
+        return to_dask(self, chunks)
+
+    def __reduce__(self):
+        # pickled as a recipe that reopens the backend (no connections, no token): see ndfs.api.source_of
+        from ndfs.api import _reopen_volume, source_of
+
+        return (_reopen_volume, (source_of(self.backend), self.ref, self.level_index))

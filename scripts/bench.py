@@ -48,6 +48,14 @@ measurements at least 3). A missed goal still exits 0; an error exits 1
 after printing what was measured. ``--smoke`` runs every target at a tiny
 size (for the test suite). Absolute numbers move between machines; only the
 ratios of one run mean something.
+
+``--api`` runs the API section instead (issue 10): A1-A3 fetch one large
+cutout (256 MiB; quick 64, smoke 1) through ``ndfs.remote(...).get_cutout``
+and through each protocol's reference client (intern for BOSS and DVID,
+ndio 1.1.5 for NeuroData, when its test venv exists) against the same
+``ndfs serve`` child; A4-A5 time ``ndfs.batch.map_blocks`` (an intensity
+transform, a threshold and a count) with 1 and 2 workers, on threads and on
+processes, and print the speedup.
 """
 
 from __future__ import annotations
@@ -840,6 +848,253 @@ def _step(env: Env, res: Results, tid: str, name: str, fn) -> bool:
         return True
 
 
+# ---- API section (issue 10): ndfs's Python API vs each protocol's reference client -----
+API_COLL = ("bench", "api")      # BOSS collection/experiment of the API volume (channel "em")
+API_REPO = "benchapi"            # DVID repo / NeuroData token: the same channel, by a symlink
+
+
+def api_transform_count(block) -> int:
+    """The map_blocks work of the API section (module level: picklable): an intensity transform (four
+    exponentials per voxel: compute-bound, so workers rather than memory bandwidth set the time), a
+    threshold and a count."""
+    import numpy as np
+
+    x = block.astype(np.float32) / 255
+    for _ in range(4):
+        x = np.exp(-x)
+    return int(np.count_nonzero(x > 0.5))
+
+
+def api_add(a: int, b: int) -> int:
+    return a + b
+
+
+class CliServer:
+    """``ndfs serve --protocol P --store DIR --port 0`` in a child process; its URL from the start line."""
+
+    def __init__(self, protocol: str, store: Path, plan: Plan, log_path: Path):
+        cmd = [sys.executable, "-m", "ndfs", "serve", "--protocol", protocol, "--store", str(store), "--port", "0",
+               "--read-only", "--latency-ms", str(plan.latency_ms), "--bandwidth-mbps", str(plan.bandwidth_mbps)]
+        self._log = open(log_path, "w")
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._log,
+                                     text=True)
+        line = self.proc.stdout.readline()  # printed once listening, or nothing if it died
+        m = re.search(r" at (http://[^/\s]+)", line)
+        if not m:
+            self.stop()
+            raise RuntimeError(f"ndfs serve --protocol {protocol} did not start: "
+                               f"{log_path.read_text(errors='replace').strip()[-300:] or line.strip()}")
+        self.url = m.group(1)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
+
+
+def api_shape(plan: Plan) -> tuple[int, int, int]:
+    """The API cutout: 256 MiB (quick 64, smoke 1), z a multiple of 16."""
+    size = {"smoke": 1, "quick": 64}.get(plan.mode, 256)
+    xy = 2048 if size >= 256 else 1024 if size >= 16 else 256
+    return (max(16, round(size * MiB / (xy * xy)) // 16 * 16), xy, xy)
+
+
+def build_api_store(root: Path, shape, log) -> tuple[Path, Path]:
+    """Store A holds bench/api/em (BOSS depth); store B's benchapi/em is a symlink to it (DVID, NeuroData)."""
+    import numpy as np
+
+    from ndfs.backends.local import LocalBackend
+    from ndfs.geometry import Box
+
+    a, b = root / "api-a", root / "api-b"
+    backend = LocalBackend(a, create=True)
+    ref = API_COLL + ("em",)
+    backend.create_volume(ref, shape, "uint8", voxel_size_nm=(40.0, 4.0, 4.0), levels=1, chunk_shape=CUBOID)
+    rng = np.random.default_rng(10)
+    for z0 in range(0, shape[0], CUBOID[0]):
+        box = Box((z0, 0, 0), (min(z0 + CUBOID[0], shape[0]), shape[1], shape[2]))
+        backend.write(ref, box, 0, smooth_noise(rng, box.shape))
+    backend.close()
+    (b / API_REPO).mkdir(parents=True)
+    (b / API_REPO / "em").symlink_to(a.joinpath(*ref), target_is_directory=True)
+    log(f"built the API store: {'x'.join(map(str, shape[::-1]))} uint8 ({np.prod(shape) / MiB:.0f} MiB)")
+    return a, b
+
+
+def ndio_python() -> str | None:
+    """A python with ndio 1.1.5 (the NeuroData reference client), as tests/test_neurodata.py makes it."""
+    from ndfs.config import user_cache_dir
+
+    found = sorted((user_cache_dir() / "test-venvs").glob("ndio-1.1.5-*/bin/python"))
+    return str(found[-1]) if found and (found[-1].parent.parent / "ndfs-ready").exists() else None
+
+
+def reference_cutout(kind: str, url: str, shape, tmp: Path):
+    """A function fetching the whole API volume through the protocol's reference client: () -> (array, s)."""
+    import numpy as np
+
+    z, y, x = shape
+    if kind == "boss":
+        from intern.remote.boss import BossRemote
+
+        rmt = BossRemote({"protocol": "http", "host": url.removeprefix("http://"), "token": "x"})
+        chan = rmt.get_channel("em", *API_COLL)
+
+        def run():
+            t = time.perf_counter()
+            arr = rmt.get_cutout(chan, 0, [0, x], [0, y], [0, z])
+            return arr, time.perf_counter() - t
+        return run, "intern BossRemote"
+    if kind == "dvid":
+        import requests
+        from intern.remote.dvid import DVIDRemote
+
+        rmt = DVIDRemote({"protocol": "http", "host": url.removeprefix("http://")})
+        repo = [u for u, r in requests.get(f"{url}/api/repos/info", timeout=30).json().items()
+                if r["Alias"] == API_REPO][0]
+        inst = rmt.get_instance(repo, "em", datatype="uint8")
+
+        def run():
+            t = time.perf_counter()
+            arr = rmt.get_cutout(inst, 0, [0, x], [0, y], [0, z])
+            return arr, time.perf_counter() - t
+        return run, "intern DVIDRemote"
+    python = ndio_python()
+    if python is None:
+        return None, "ndio 1.1.5 (no venv: run tests/test_neurodata.py once to make it)"
+    out = tmp / "ndio.npy"
+    code = ("import time, numpy, ndio.remote.neurodata as neurodata\n"
+            f"nd = neurodata(hostname={url.removeprefix('http://')!r}, protocol='http')\n"
+            "t = time.perf_counter()\n"
+            f"a = nd.get_cutout({API_REPO!r}, 'em', 0, {x}, 0, {y}, 0, {z}, resolution=0)\n"
+            "print('NDIO-SECONDS', time.perf_counter() - t)\n"
+            f"numpy.save({str(out)!r}, a)\n")
+
+    def run():
+        done = subprocess.run([python, "-W", "ignore", "-c", code], capture_output=True, text=True, timeout=1800)
+        if done.returncode != 0:
+            raise RuntimeError(f"ndio failed: {done.stderr.strip()[-300:]}")
+        seconds = float(done.stdout.split("NDIO-SECONDS")[1].split()[0])
+        return np.load(out).transpose(2, 1, 0), seconds  # ndio hands out x, y, z
+    return run, "ndio 1.1.5"
+
+
+def api_cutouts(env: Env, res: Results, stores, shape, tid: str, kind: str) -> None:
+    import numpy as np
+
+    import ndfs
+
+    plan = env.plan
+    server = CliServer(kind, stores[0] if kind == "boss" else stores[1], plan, env.work / f"serve-{kind}.log")
+    try:
+        project = "/".join(API_COLL) if kind == "boss" else API_REPO
+        if kind == "dvid":  # ndfs names DVID channels repo/branch/instance
+            project = f"{API_REPO}/master"
+        nd = ndfs.remote(f"{kind}+{server.url}", cache=False)
+        try:
+            def ours():
+                t = time.perf_counter()
+                arr = nd.get_cutout(project, "em")
+                return arr, time.perf_counter() - t
+
+            theirs, who = reference_cutout(kind, server.url, shape, env.work)
+            mib = np.prod(shape) / MiB
+            first, _ = ours()
+            if theirs is None:
+                times = [ours()[1] for _ in range(plan.repeats)]
+                res.add(Row(tid, f"cutout {mib:.0f} MiB via {kind}: time", f"{median(times):.2f} s", "-", None,
+                            "<= 1.1"))
+                env.note(f"{tid}: no reference client: {who}")
+                return
+            ref_arr, _ = theirs()
+            if not np.array_equal(first, ref_arr):
+                raise RuntimeError(f"ndfs and {who} returned different voxels")
+            del first, ref_arr
+            tn, tb = [], []
+            for _ in range(plan.repeats):  # alternating, after the checked pass above (the warm-up)
+                tn.append(ours()[1])
+                tb.append(theirs()[1])
+            n, b = median(tn), median(tb)
+            res.add(Row(tid, f"cutout {mib:.0f} MiB via {kind}: time", f"{n:.2f} s", f"{b:.2f} s {who}",
+                        n / b, "<= 1.1", n / b <= 1.1))
+        finally:
+            nd.close()
+    finally:
+        server.stop()
+
+
+def api_scaling(env: Env, res: Results, stores, tid: str, scheduler: str) -> None:
+    import ndfs
+    from ndfs.batch import map_blocks
+
+    plan = env.plan
+    vol = ndfs.remote(str(stores[0]), cache=False).volume(API_COLL, "em")
+    times = {1: [], 2: []}
+    want = None
+    for i in range(plan.repeats + (1 if plan.warmup else 0)):
+        for workers in (1, 2):
+            t = time.perf_counter()
+            got = map_blocks(api_transform_count, vol, reduce=api_add, scheduler=scheduler, workers=workers,
+                             progress=False, timeout_s=3600)
+            dt = time.perf_counter() - t
+            if want is None:
+                want = got
+            elif got != want:
+                raise RuntimeError(f"map_blocks gave {got} with {workers} workers, {want} before")
+            if i > 0 or not plan.warmup:
+                times[workers].append(dt)
+    t1, t2 = median(times[1]), median(times[2])
+    res.add(Row(tid, f"map_blocks transform+threshold+count, {scheduler}: 1 -> 2 workers", f"{t2:.2f} s (2)",
+                f"{t1:.2f} s (1)", t1 / t2, "speedup >= 1.5", t1 / t2 >= 1.5))
+
+
+def run_api(plan: Plan) -> int:
+    """The API section alone: rows A1-A3 (cutouts vs reference clients), A4-A5 (map_blocks scaling)."""
+    started = time.monotonic()
+    res = Results()
+    env = Env(plan)
+    failed = False
+    try:
+        shape = api_shape(plan)
+        stores = build_api_store(env.fast, shape, env.log)
+        for tid, kind in (("A1", "boss"), ("A2", "dvid"), ("A3", "neurodata")):
+            failed |= _step(env, res, tid, f"cutout via {kind}", lambda k=kind, t=tid: api_cutouts(
+                env, res, stores, shape, t, k))
+        for tid, scheduler in (("A4", "threads"), ("A5", "processes")):
+            failed |= _step(env, res, tid, f"map_blocks {scheduler}",
+                            lambda s=scheduler, t=tid: api_scaling(env, res, stores, t, s))
+        env.note(f"API volume {'x'.join(map(str, shape[::-1]))} uint8 in 512x512x16 chunks; servers are "
+                 f"`ndfs serve --protocol P` children with {plan.latency_ms:g} ms latency and a "
+                 f"{plan.bandwidth_mbps:g} Mbit/s cap; ndfs reads without its cache (cache=False); "
+                 f"ratios of A1-A3 are ndfs time / reference client time, of A4-A5 speedups on {os.cpu_count()} CPUs")
+    finally:
+        res.rows.sort(key=lambda r: r.target)
+        head = ("target", "ndfs", "baseline", "ratio", "goal", "result")
+        lines = [(f"{r.target} {r.what}", r.ndfs, r.base, fmt_ratio(r.ratio), r.goal, r.result) for r in res.rows]
+        widths = [max(len(x[i]) for x in [head] + lines) for i in range(len(head))]
+        print(f"\nndfs API benchmark ({plan.mode}), medians of {plan.repeats}")
+        print("  ".join(h.ljust(w) for h, w in zip(head, widths)))
+        print("  ".join("-" * w for w in widths))
+        for line in lines:
+            print("  ".join(c.ljust(w) if i in (0, 4, 5) else c.rjust(w)
+                            for i, (c, w) in enumerate(zip(line, widths))))
+        notes = env.notes + [f"{r.target}: error: {r.error}" for r in res.rows if r.error]
+        if notes:
+            print("notes:")
+            for n in notes:
+                print(f"  - {n}")
+        print(f"total {time.monotonic() - started:.0f} s", flush=True)
+        if not plan.keep:
+            shutil.rmtree(env.work, True)
+            shutil.rmtree(env.fast, True)
+    return 1 if failed else 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="128 MiB stack, one repeat (about 2 minutes)")
@@ -850,6 +1105,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=None, help="measured repeats (default 3; quick/smoke 1)")
     p.add_argument("--workers", type=int, default=8, help="parallel requests, ndfs and direct client (default 8)")
     p.add_argument("--keep", action="store_true", help="keep the temp dirs (store, caches, logs)")
+    p.add_argument("--api", action="store_true", help="run the API section instead (rows A1-A5, see run_api)")
     p.add_argument("--serve-child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--store", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -859,7 +1115,7 @@ def main(argv=None) -> int:
         p.error("--size-mib and --repeats must be positive")
     if args.latency_ms < 0 or args.bandwidth_mbps <= 0 or args.workers < 1:
         p.error("--latency-ms must be >= 0, --bandwidth-mbps and --workers positive")
-    return run(make_plan(args))
+    return run_api(make_plan(args)) if args.api else run(make_plan(args))
 
 
 if __name__ == "__main__":

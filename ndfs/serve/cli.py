@@ -13,19 +13,21 @@ from pathlib import Path
 
 from ndfs.errors import NdfsError
 
-PROTOCOLS = ("boss", "dvid")
+PROTOCOLS = ("boss", "dvid", "neurodata")
 
 
 def add_serve_parser(subparsers) -> None:
     """Register ``ndfs serve`` on the main parser's subparsers."""
     s = subparsers.add_parser(
-        "serve", help="serve a store over the BOSS or DVID protocol (for intern, dvidtools, ndfs remotes, tests)",
+        "serve", help="serve a store over the BOSS, DVID or NeuroData protocol "
+                      "(for intern, dvidtools, ndio, ndfs remotes, tests)",
         description="Serve a local store (or a configured remote) over a datastore's HTTP protocol. "
                     "BOSS: folders collection/experiment/channel of the store become the BOSS resources "
                     "of the same names. DVID: each top-level folder is a repo (alias = folder name) whose "
                     "volumes are data instances (level i of a volume: instance <name>_i); version nodes, "
                     "locks, key-value data and instances created by clients are kept in memory only and "
-                    "are lost when the server stops. Stop with Ctrl-C.")
+                    "are lost when the server stops. NeuroData (ndio): each top-level folder is a token whose "
+                    "volumes are its channels, with RAMON objects of annotation channels. Stop with Ctrl-C.")
     s.add_argument("--protocol", choices=PROTOCOLS, required=True, help="protocol to speak")
     source = s.add_mutually_exclusive_group()
     source.add_argument("--store", metavar="DIR", help="local store directory to serve")
@@ -58,7 +60,7 @@ def _backend(args):
     remote = cfg.remote(args.remote)
     backend = open_backend(remote, cfg)
     if args.read_only:
-        backend.capabilities = frozenset()
+        backend.capabilities = backend.capabilities & {"ramon"}
     return backend, f"remote {remote.name!r}"
 
 
@@ -79,13 +81,17 @@ def cmd_serve(args) -> int:
         from ndfs.serve.dvid import DvidApp
 
         app = DvidApp(backend, tokens=args.token, read_only=args.read_only)
+    elif args.protocol == "neurodata":
+        from ndfs.serve.neurodata import NeuroDataApp
+
+        app = NeuroDataApp(backend, tokens=args.token)
     else:  # pragma: no cover - argparse limits the choices
         raise NdfsError(f"unknown protocol {args.protocol}")
     server = WsgiServer(app, args.host, args.port, options=options, threads=args.threads)
     if not args.token and not _loopback(args.host):
         print(f"ndfs serve: warning: no --token given, so anyone who reaches {args.host} can read "
               "and write this store", file=sys.stderr)
-    api = {"dvid": "/api/"}.get(args.protocol, "/v1/")
+    api = {"dvid": "/api/", "neurodata": "/ocp/ca/"}.get(args.protocol, "/v1/")
     print(f"ndfs serve: {args.protocol} protocol for {what} at {server.url}{api} (Ctrl-C stops)", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     try:

@@ -1,0 +1,423 @@
+"""Block-wise batch processing: one function over the blocks of a volume, on threads, processes or Dask.
+
+:func:`map_blocks` cuts a volume (or a box of it, or a numpy array) into
+blocks aligned to the store's chunk grid, runs ``fn`` on each block (padded
+by ``halo`` voxels where the volume has them) and gathers the results:
+
+* ``out=None``: a dict ``{block box: result}`` in block order;
+* ``out="array"`` or a numpy array: results pasted into one array of the box's shape;
+* ``out=volume``: results written into another :class:`~ndfs.volume.Volume`
+  (e.g. a new channel from ``Remote.create_channel``), from the calling
+  process only, so writes to one store never race;
+* ``reduce=f`` (with ``initial``): results folded as they arrive, so memory
+  stays at the blocks in flight; ``f`` must be associative and commutative.
+
+``scheduler`` is ``"threads"`` (default; the GIL is released in I/O, blosc,
+zlib and numpy), ``"processes"`` (workers started by a forkserver, never forked
+from the calling process, that reopen the store from a recipe, see
+:func:`ndfs.api.source_of`; ``fn`` must be picklable), or
+``"dask"``: a ``dask.distributed`` LocalCluster of ``workers`` processes, or
+the scheduler at ``address=`` (``tcp://host:8786``), or an existing
+``client=``; Dask workers reopen the store with their own environment (set
+token variables where they run). Dask needs the ``dask`` extra
+(``pip install 'ndfs[dask]'``).
+
+Each block that raises is retried ``retries`` times; blocks that still fail
+are listed in :class:`BatchError` (box, attempts, last error) after every
+other block has finished, and the partial result rides on the error, so no
+block is lost silently. At most ``2 * workers`` blocks are in flight. A tqdm
+progress bar counts blocks. ``map_blocks`` is safe to call from several
+threads at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ndfs.errors import BadRegion, NdfsError, Timeout
+from ndfs.geometry import Box, ChunkGrid
+
+__all__ = ["map_blocks", "blocks", "BatchError", "BlockFailure", "to_dask", "SCHEDULERS"]
+
+log = logging.getLogger("ndfs.batch")
+SCHEDULERS = ("threads", "processes", "dask")
+MiB = 2**20
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class BlockFailure:
+    """A block that failed every attempt."""
+
+    box: Box
+    attempts: int
+    error: str
+
+
+class BatchError(NdfsError):
+    """Some blocks failed every attempt. ``failures`` lists them; ``result`` is what the other blocks gave."""
+
+    def __init__(self, failures: Sequence[BlockFailure], result: Any = None, total: int = 0):
+        self.failures, self.result, self.total = list(failures), result, total
+        shown = "; ".join(f"[{f.box}] {f.error}" for f in self.failures[:5])
+        more = f" (and {len(self.failures) - 5} more)" if len(self.failures) > 5 else ""
+        super().__init__(f"{len(self.failures)} of {total} blocks failed after retries: {shown}{more}")
+
+    def __reduce__(self):
+        return (BatchError, (self.failures, self.result, self.total))
+
+
+class _WrongShape(BadRegion):
+    """fn returned an array of the wrong shape for out= (raised at once: a retry cannot fix it)."""
+
+
+# ---- geometry -----------------------------------------------------------------
+def _triple(value, what: str) -> tuple[int, int, int]:
+    if isinstance(value, (int, np.integer)):
+        value = (int(value),) * 3
+    try:
+        out = tuple(int(v) for v in value)
+    except TypeError:
+        raise BadRegion(f"{what} must be an int or (z, y, x), got {value!r}") from None
+    if len(out) != 3:
+        raise BadRegion(f"{what} must be an int or (z, y, x), got {value!r}")
+    return out  # type: ignore[return-value]
+
+
+def blocks(box: Box, block: Sequence[int], origin: Sequence[int] | None = None) -> list[Box]:
+    """The box cut into blocks on a grid of ``block`` lines starting at ``origin`` (default: the box's start)."""
+    grid = ChunkGrid(tuple(block), box, None if origin is None else tuple(origin))
+    return [grid.chunk_box(idx) for idx in grid.chunks(box)]
+
+
+def _default_block(chunk: Sequence[int], itemsize: int, target_bytes: int = 8 * MiB) -> tuple[int, int, int]:
+    """Whole store chunks, grown in x, then y, then z until a block holds about ``target_bytes``."""
+    b = list(chunk)
+    for axis in (2, 1, 0):
+        while np.prod(b) * itemsize * 2 <= target_bytes:
+            b[axis] *= 2
+            if b[axis] >= 4 * chunk[axis]:
+                break
+    return tuple(b)  # type: ignore[return-value]
+
+
+# ---- the work of one block (module level: picklable for processes and Dask) ----
+def _run_block(source, data, core: Box, padded: Box, fn: Callable, pass_box: bool):
+    """Read ``padded`` (or take ``data``), run ``fn``, trim a padded array result to ``core``."""
+    arr = data if data is not None else source.read(padded)
+    result = fn(arr, padded) if pass_box else fn(arr)
+    if padded != core and isinstance(result, np.ndarray) and result.shape == padded.shape:
+        result = result[core.slices(padded.start)]
+    return result
+
+
+def _use_environment(env: dict) -> None:
+    """Worker initializer: take the caller's environment as it is now."""
+    os.environ.clear()
+    os.environ.update(env)
+
+
+class _Reopen:
+    """A Volume as sent to worker processes: its recipe, reopened in the worker when the block is read,
+    so a failure to reopen (a refused token, a server down) is that block's error, not a dead worker."""
+
+    def __init__(self, volume):
+        from ndfs.api import source_of
+
+        self.recipe = (source_of(volume.backend), volume.ref, volume.level_index)
+
+    def read(self, box: Box) -> np.ndarray:
+        from ndfs.api import _reopen_volume
+
+        return _reopen_volume(*self.recipe).read(box)
+
+
+class _ArraySource:
+    """A numpy array seen as a volume whose first voxel is at ``offset`` (threads read it in place)."""
+
+    def __init__(self, array: np.ndarray, offset=(0, 0, 0)):
+        self.array, self.box = array, Box.from_shape(array.shape, offset)
+
+    def read(self, box: Box) -> np.ndarray:
+        return self.array[box.slices(self.box.start)]
+
+
+# ---- executors ------------------------------------------------------------------
+class _Pool:
+    """A concurrent.futures executor for one scheduler, restartable after a broken process pool."""
+
+    def __init__(self, scheduler: str, workers: int, address: str | None, client, cluster_options: dict):
+        self.scheduler, self.workers = scheduler, workers
+        self.address, self.client, self.cluster_options = address, client, cluster_options
+        self._own_client = self._cluster = None
+        self.executor = self._start()
+
+    def _start(self):
+        if self.scheduler == "threads":
+            return ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="ndfs-batch")
+        if self.scheduler == "processes":
+            import multiprocessing
+
+            # forkserver: workers fork from a clean server process (never from this threaded one) that has
+            # ndfs and numpy imported, so a pool starts in milliseconds after the first; they get this
+            # process's current environment (the server's is from when it started), e.g. token variables
+            ctx = multiprocessing.get_context("forkserver")
+            ctx.set_forkserver_preload(["numpy", "ndfs.api", "ndfs.batch", "ndfs.volume", "ndfs.backends.local"])
+            return ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx, initializer=_use_environment,
+                                       initargs=(dict(os.environ),))
+        try:
+            from distributed import Client, LocalCluster
+        except ImportError:
+            raise NdfsError("scheduler='dask' needs dask.distributed: pip install 'ndfs[dask]'") from None
+        client = self.client
+        if client is None:
+            if self.address:
+                try:
+                    client = Client(self.address, timeout=self.cluster_options.get("timeout", "20s"))
+                except (OSError, TimeoutError) as exc:
+                    raise Timeout(f"no Dask scheduler answered at {self.address}: {exc}") from None
+            else:
+                opts = {"n_workers": self.workers, "threads_per_worker": 1, "processes": True,
+                        "dashboard_address": None, "silence_logs": logging.ERROR, **self.cluster_options}
+                opts.pop("timeout", None)
+                self._cluster = LocalCluster(**opts)
+                client = Client(self._cluster)
+            self._own_client = client
+        return client.get_executor(pure=False)
+
+    def submit(self, *args) -> Future:
+        return self.executor.submit(*args)
+
+    def restart(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.executor = self._start()
+
+    def close(self, wait: bool = True) -> None:
+        """Stop the workers; ``wait=False`` (after a timeout or an error) leaves running blocks to finish alone."""
+        if self.scheduler == "dask":
+            self.executor.shutdown(wait=False)
+            if self._own_client is not None:
+                self._own_client.close()
+            if self._cluster is not None:
+                self._cluster.close()
+        else:
+            self.executor.shutdown(wait=wait, cancel_futures=True)
+
+
+# ---- the driver -----------------------------------------------------------------
+def map_blocks(fn: Callable, volume, out=None, *, block=None, halo=0, box: Box | None = None,
+               scheduler: str = "threads", workers: int | None = None, reduce: Callable | None = None,
+               initial=_MISSING, retries: int = 2, progress: bool = True, pass_box: bool = False,
+               address: str | None = None, client=None, cluster_options: dict | None = None,
+               timeout_s: float | None = None, desc: str | None = None):
+    """Run ``fn(block_array)`` (or ``fn(block_array, box)`` with ``pass_box``) over every block.
+
+    ``volume`` is a :class:`~ndfs.volume.Volume` or a 3-D numpy array; ``box``
+    (dataset coordinates) limits the work to part of it. ``block`` is the
+    block shape (z, y, x), default whole store chunks of a few MiB. ``halo``
+    (int or (z, y, x)) pads each block with that many neighbouring voxels
+    where they exist; an array result of the padded shape is trimmed back to
+    the block. ``timeout_s`` bounds the whole run (Timeout). See the module
+    docstring for ``out``, ``reduce``, schedulers and failures.
+    """
+    from ndfs.volume import Volume
+
+    if scheduler not in SCHEDULERS:
+        raise BadRegion(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {scheduler!r}")
+    if (address or client is not None) and scheduler != "dask":
+        raise BadRegion("address= and client= go with scheduler='dask'")
+    if out is not None and reduce is not None:
+        raise BadRegion("give out= or reduce=, not both")
+    if retries < 0:
+        raise BadRegion("retries cannot be negative")
+    workers = max(1, int(workers if workers is not None else (os.cpu_count() or 1)))
+    if isinstance(volume, Volume):
+        source, extent, chunk, origin = volume, volume.box, volume.level_info.chunk_shape, volume.level_info.grid.origin
+        itemsize = volume.dtype.itemsize
+    elif isinstance(volume, np.ndarray) and volume.ndim == 3:
+        source = _ArraySource(volume)
+        extent, chunk, origin, itemsize = source.box, (16, 256, 256), (0, 0, 0), volume.dtype.itemsize
+    else:
+        raise BadRegion("map_blocks runs over an ndfs Volume or a 3-D numpy array")
+    box = extent if box is None else box
+    if not extent.contains(box):
+        raise BadRegion(f"box {box} is outside the volume {extent}")
+    block = _default_block(chunk, itemsize) if block is None else _triple(block, "block")
+    if min(block) < 1:
+        raise BadRegion(f"block sizes must be positive, got {block}")
+    halo = _triple(halo, "halo")
+    if min(halo) < 0:
+        raise BadRegion(f"halo cannot be negative, got {halo}")
+    cores = [] if box.empty else blocks(box, block, origin)
+
+    # where results go
+    if isinstance(out, str) and out == "array":
+        out_array: np.ndarray | None = None
+        sink = "array"
+    elif isinstance(out, np.ndarray):
+        if out.shape != box.shape:
+            raise BadRegion(f"out has shape {out.shape}, the box has {box.shape}")
+        out_array, sink = out, "array"
+    elif isinstance(out, Volume):
+        if not out.box.contains(box):
+            raise BadRegion(f"out volume {out.box} does not contain the box {box}")
+        out_array, sink = None, "volume"
+    elif out is None:
+        out_array, sink = None, "reduce" if reduce is not None else "dict"
+    else:
+        raise BadRegion(f"out must be None, 'array', a numpy array or a Volume, got {type(out).__name__}")
+    acc = initial
+    by_box: dict[Box, Any] = {}
+
+    def take(core: Box, result) -> None:
+        nonlocal out_array, acc
+        if sink == "dict":
+            by_box[core] = result
+        elif sink == "reduce":
+            acc = result if acc is _MISSING else reduce(acc, result)
+        else:
+            arr = np.asarray(result)
+            if arr.shape != core.shape:
+                raise _WrongShape(f"fn returned shape {arr.shape} for block {core} of shape {core.shape}")
+            if sink == "volume":
+                out.write(core, arr)  # an NdfsError here counts as the block's failure (retried)
+            else:
+                if out_array is None:
+                    out_array = np.zeros(box.shape, dtype=arr.dtype)
+                out_array[core.slices(box.start)] = arr
+
+    def padded_of(core: Box) -> Box:
+        grown = Box(tuple(a - h for a, h in zip(core.start, halo)), tuple(b + h for b, h in zip(core.stop, halo)))
+        return grown.intersect(extent) or core
+
+    shipped = _Reopen(source) if isinstance(source, Volume) and scheduler != "threads" else source
+
+    def args_of(core: Box):
+        padded = padded_of(core)
+        if isinstance(source, _ArraySource) and scheduler != "threads":
+            return (None, source.read(padded), core, padded, fn, pass_box)
+        return (shipped, None, core, padded, fn, pass_box)
+
+    from tqdm import tqdm
+
+    failures: list[BlockFailure] = []
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    pool = _Pool(scheduler, workers, address, client, dict(cluster_options or {})) if cores else None
+    todo = [(core, 1) for core in reversed(cores)]  # (block, attempt), popped from the end: block order
+    running: dict[Future, tuple[Box, int]] = {}
+    bar = tqdm(total=len(cores), unit="block", desc=desc or "blocks", disable=not progress or not cores)
+    finished = False
+    try:
+        while todo or running:
+            while todo and len(running) < 2 * workers:
+                core, attempt = todo.pop()
+                running[pool.submit(_run_block, *args_of(core))] = (core, attempt)
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise Timeout(f"map_blocks ran out of time: {len(todo) + len(running)} of {len(cores)} blocks "
+                              f"not done after {timeout_s:g} s")
+            done, _ = wait(list(running), timeout=left, return_when=FIRST_COMPLETED)
+            broken = False
+            for fut in done:
+                core, attempt = running.pop(fut)
+                try:
+                    result = fut.result()
+                    if sink == "volume":
+                        take(core, result)
+                except Exception as exc:  # a block's failure is recorded, retried and reported, never lost
+                    if isinstance(exc, _WrongShape):
+                        raise  # fn's own mistake: retrying cannot help
+                    broken = broken or isinstance(exc, BrokenProcessPool)  # a worker died (maybe in this block)
+                    if attempt <= retries:
+                        log.info("block %s failed (attempt %d), retrying: %s", core, attempt, exc)
+                        todo.append((core, attempt + 1))
+                    else:
+                        failures.append(BlockFailure(core, attempt, f"{type(exc).__name__}: {exc}"))
+                        bar.update(1)
+                    continue
+                if sink != "volume":
+                    take(core, result)
+                bar.update(1)
+            if broken:  # the blocks still held by the dead pool go to a fresh one, without losing an attempt
+                for fut, item in running.items():
+                    fut.cancel()
+                    todo.append(item)
+                running.clear()
+                pool.restart()
+        finished = True
+    finally:
+        bar.close()
+        for fut in running:
+            fut.cancel()
+        if pool is not None:
+            pool.close(wait=finished)
+    if sink == "dict":
+        result: Any = {core: by_box[core] for core in cores if core in by_box}
+    elif sink == "reduce":
+        result = None if acc is _MISSING else acc
+    elif sink == "volume":
+        result = out
+    else:
+        result = out_array if out_array is not None else None
+    if failures:
+        raise BatchError(sorted(failures, key=lambda f: f.box.start), result, len(cores))
+    if sink == "array" and result is None:
+        result = np.zeros(box.shape, dtype=np.uint8)
+    return result
+
+
+
+# ---- dask arrays ------------------------------------------------------------------
+class _DaskSlicer:
+    """What ``dask.array.from_array`` slices: 0-based indices over a Volume's dataset coordinates."""
+
+    def __init__(self, volume):
+        self.volume = volume
+        self.shape, self.dtype, self.ndim = tuple(volume.shape), volume.dtype, 3
+
+    def __getitem__(self, key) -> np.ndarray:
+        start = [a + (s.start or 0) for a, s in zip(self.volume.offset, key)]
+        stop = [a + (n if s.stop is None else s.stop) for a, s, n in zip(self.volume.offset, key, self.shape)]
+        return self.volume.read(Box(tuple(start), tuple(stop)))
+
+
+def _grid_chunks(volume) -> tuple[tuple[int, ...], ...]:
+    """Chunk sizes per axis that follow the store's chunk grid (edge chunks may be smaller)."""
+    grid = volume.level_info.grid
+    lo, hi = grid.index_range(volume.box)
+    out = []
+    for axis in range(3):
+        sizes = []
+        for i in range(lo[axis], hi[axis]):
+            idx = [lo[0], lo[1], lo[2]]
+            idx[axis] = i
+            b = grid.chunk_box(tuple(idx))
+            sizes.append(b.stop[axis] - b.start[axis])
+        out.append(tuple(sizes))
+    return tuple(out)
+
+
+def to_dask(volume, chunks=None):
+    """A lazy ``dask.array.Array`` over a Volume: one task per chunk, read through the volume's backend.
+
+    ``chunks`` defaults to the store's chunk grid. Index 0 of the dask array is
+    the volume's offset. Works with any Dask scheduler; on process-based ones
+    each worker reopens the store (see :func:`ndfs.api.source_of`).
+    """
+    try:
+        import dask.array as da
+    except ImportError:
+        raise NdfsError("Volume.to_dask needs dask: pip install 'ndfs[dask]'") from None
+    if chunks is None:
+        chunks = _grid_chunks(volume)
+    return da.from_array(_DaskSlicer(volume), chunks=chunks, lock=False, asarray=False, fancy=False,
+                         meta=np.empty((0, 0, 0), dtype=volume.dtype), name=f"ndfs-{uuid.uuid4().hex}")
