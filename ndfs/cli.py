@@ -426,6 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_parser(sub)
     from ndfs.convert_cli import add_export_parser
     add_export_parser(sub)
+    from ndfs.annotate_cli import add_annotate_parsers
+    add_annotate_parsers(sub)
     return p
 
 

@@ -2,7 +2,10 @@
 
 ``ndfs demo [DIR]`` calls :func:`make_demo`. The data come from
 :class:`ndfs.synth.DemoVolume` (deterministic for a seed) and are written slab
-by slab, so memory stays at a few slabs whatever the size.
+by slab, so memory stays at a few slabs whatever the size. The label channel
+also gets RAMON objects: one segment per cell the generator placed (id = its
+label, key-value ``kind=cell``) and a few synapses between neighbouring cells
+(metadata only, no voxels), so ``ndfs count`` has a known answer.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ IMAGE = "em"
 LABELS = "cells"
 DEFAULT_SHAPE = (128, 1024, 1024)
 VOXEL_SIZE_NM = (40.0, 4.0, 4.0)
+#: synapses the demo adds between neighbouring cells
+N_SYNAPSES = 5
 
 
 def make_demo(
@@ -52,4 +57,37 @@ def make_demo(
             backend.write((PROJECT, IMAGE), box, 0, image)
             backend.write((PROJECT, LABELS), box, 0, labels)
             bar.update(image.shape[0])
+    add_demo_annotations(backend, synth)
     return backend
+
+
+def add_demo_annotations(backend: LocalBackend, synth) -> list[int]:
+    """RAMON segments for every cell of `synth` and synapses between a few close pairs; returns their ids."""
+    import numpy as np
+
+    from ndfs import ramon
+
+    ref = (PROJECT, LABELS)
+    objs = []
+    for cell in synth.cells:
+        z, y, x = cell.center
+        objs.append(ramon.RamonSegment(id=cell.id, author="ndfs demo", confidence=1.0,
+                                       kvpairs={"kind": "cell", "centre_xyz": f"{x:.1f},{y:.1f},{z:.1f}"}))
+    centres = np.array([c.center for c in synth.cells], dtype=float).reshape(-1, 3)
+    pairs = []
+    for i in range(len(centres)):  # each cell's nearest neighbour, first few distinct pairs
+        d = np.linalg.norm(centres - centres[i], axis=1)
+        d[i] = np.inf
+        pair = tuple(sorted((synth.cells[i].id, synth.cells[int(np.argmin(d))].id)))
+        if len(centres) > 1 and pair not in pairs:
+            pairs.append(pair)
+        if len(pairs) == N_SYNAPSES:
+            break
+    first = len(synth.cells) + 1
+    for k, (a, b) in enumerate(pairs):
+        mid = (centres[a - 1] + centres[b - 1]) / 2
+        objs.append(ramon.RamonSynapse(id=first + k, author="ndfs demo", synapse_type=1, weight=1.0,
+                                       segments=[a, b], presegments=[a], postsegments=[b],
+                                       centroid=[round(mid[2]), round(mid[1]), round(mid[0])],
+                                       kvpairs={"kind": "synapse"}))
+    return backend.ramon_put(ref, objs)

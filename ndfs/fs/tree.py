@@ -561,9 +561,17 @@ class VolumeDir(DirNode):
         return f"{self.remote}/{'/'.join(self.ref)}/{level}/{rest}"
 
     def names(self) -> list[str]:
-        return ["info.json"] + [str(i) for i in range(len(self.info.levels))]
+        from ndfs.fs.ramon_dir import has_ramon
+
+        levels = [str(i) for i in range(len(self.info.levels))]
+        return ["info.json"] + levels + (["ramon"] if has_ramon(self) else [])
 
     def child(self, name: str) -> Node:
+        if name == "ramon":
+            from ndfs.fs.ramon_dir import RamonDir, has_ramon
+
+            if has_ramon(self):
+                return RamonDir(self)
         if name == "info.json":
             doc = {"remote": self.remote, "path": "/".join(self.ref), **self.info.to_json()}
             return BytesFile((_dumps(doc) + "\n").encode(), self.mtime)

@@ -1,0 +1,194 @@
+"""Counting cells through RAMON, labels to objects, and the mount's ramon/ folder."""
+
+import errno
+import json
+import os
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+from ndfs import ramon
+from ndfs.annotate import count, from_labels, label_stats
+from ndfs.backends.local import LocalBackend
+from ndfs.demo import LABELS, N_SYNAPSES, PROJECT, make_demo
+from ndfs.geometry import Box
+from ndfs.synth import DemoVolume
+from ndfs.testing.mount import fuse_unavailable, mounted, ndfs
+
+SHAPE = (16, 192, 160)
+CELLS = (PROJECT, LABELS)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("annot")
+    backend = make_demo(str(root / "store"), shape=SHAPE, levels=2, chunk_shape=(8, 64, 64), progress=False)
+    (root / "ndfs.toml").write_text('[remotes.local]\nkind = "local"\npath = "store"\n')
+    return root, backend
+
+
+def labels_of(root):
+    return zarr.open_array(str(root / "store" / PROJECT / LABELS / "0"), mode="r")[:]
+
+
+def test_count_on_the_demo_is_the_number_of_cells_the_generator_placed(demo):
+    root, backend = demo
+    placed = len(DemoVolume(shape=SHAPE, n_cells=max(4, round(300 * np.prod(SHAPE) / (128 * 1024 * 1024))),
+                            seed=0).cells)
+    result = count(backend, CELLS, type="segment")
+    assert result.count == placed == len(np.unique(labels_of(root))) - 1
+    synapses = count(backend, CELLS, type="synapse")  # metadata only: counted channel-wide, 0 voxels
+    assert 1 <= synapses.count <= N_SYNAPSES and all(r["voxels"] == 0 for r in synapses.rows)
+    assert count(backend, CELLS, kv={"kind": "cell"}).count == placed
+    done = ndfs("--config", root / "ndfs.toml", "count", "local/demo/cells", "--type", "segment",
+                "--table", root / "cells.csv")
+    assert done.stdout.startswith(f"{placed} segment object(s)")
+    rows = (root / "cells.csv").read_text().splitlines()
+    assert rows[0].startswith("id,type,voxels") and len(rows) == placed + 1
+
+
+def test_count_in_a_box_uses_the_labels_and_the_table_is_exact(demo):
+    root, backend = demo
+    lab = labels_of(root)
+    box = Box((2, 30, 40), (9, 150, 120))
+    sub = lab[box.slices()]
+    result = count(backend, CELLS, type="segment", box=box)
+    present = sorted(int(v) for v in np.unique(sub) if v)
+    assert result.count == len(present) and [r["id"] for r in result.rows] == present
+    for row in result.rows:
+        zz, yy, xx = np.nonzero(sub == row["id"])
+        assert row["voxels"] == len(zz)
+        assert (row["z0"], row["y0"], row["x0"]) == (zz.min() + 2, yy.min() + 30, xx.min() + 40)
+        assert row["centroid_x"] == pytest.approx(xx.mean() + 40, abs=1e-3)
+    parsed = json.loads(result.to_json())
+    assert parsed["count"] == result.count
+
+
+def test_from_labels_makes_objects_with_voxel_counts_boxes_and_centroids(tmp_path):
+    backend = LocalBackend(tmp_path / "s", create=True)
+    backend.create_volume(("p", "lab"), (8, 32, 32), "uint64", kind="annotation", levels=1)
+    data = np.zeros((8, 32, 32), np.uint64)
+    data[1:3, 2:10, 4:8] = 7
+    data[5:8, 20:30, 20:31] = 900
+    backend.write(("p", "lab"), Box((0, 0, 0), (8, 32, 32)), 0, data)
+    ids = from_labels(backend, ("p", "lab"), type="organelle")
+    assert ids == [7, 900]
+    (a,) = backend.ramon_get(("p", "lab"), [7])
+    assert a.type == "organelle" and a.kvpairs["voxels"] == str(2 * 8 * 4)
+    assert a.kvpairs["bbox_xyz"] == "4,2,1,8,10,3"
+    assert backend.reserve_ids(("p", "lab"), 1) == [901]  # the counter moved past the labels' ids
+    stats = label_stats(backend, ("p", "lab"))
+    assert stats[900].centroid == pytest.approx((6.0, 24.5, 25.0))
+
+
+def test_a_thresholded_image_becomes_connected_objects_with_reserved_ids(tmp_path):
+    pytest.importorskip("scipy")
+    backend = LocalBackend(tmp_path / "s", create=True)
+    backend.create_volume(("p", "img"), (6, 40, 40), "uint8", kind="image", levels=1)
+    backend.create_volume(("p", "found"), (6, 40, 40), "uint64", kind="annotation", levels=1)
+    backend.reserve_ids(("p", "found"), 10)  # ids 1..10 are taken
+    img = np.zeros((6, 40, 40), np.uint8)
+    img[0:2, 0:5, 0:5] = 200
+    img[3:6, 10:20, 10:12] = 255
+    img[1, 30:35, 30:40] = 180
+    img[1, 36, 0] = 100  # below the threshold
+    backend.write(("p", "img"), Box((0, 0, 0), (6, 40, 40)), 0, img)
+    ids = from_labels(backend, ("p", "img"), threshold=150, into=("p", "found"), type="segment")
+    assert ids == [11, 12, 13]
+    lab = backend.read(("p", "found"), Box((0, 0, 0), (6, 40, 40)), 0)
+    assert set(np.unique(lab)) == {0, 11, 12, 13}
+    assert sorted(int((lab == i).sum()) for i in ids) == sorted([50, 60, 50])
+    assert count(backend, ("p", "found"), type="segment").count == 3
+
+
+# ---- the ramon/ folder through a real mount ------------------------------------------
+pytestmark_mount = pytest.mark.skipif(fuse_unavailable() is not None, reason=str(fuse_unavailable()))
+
+
+@pytest.fixture
+def mnt(tmp_path):
+    make_demo(str(tmp_path / "store"), shape=SHAPE, levels=2, chunk_shape=(8, 64, 64), progress=False)
+    (tmp_path / "ndfs.toml").write_text('[remotes.local]\nkind = "local"\npath = "store"\n')
+    with mounted(tmp_path / "ndfs.toml", tmp_path / "mnt"):
+        yield tmp_path, tmp_path / "mnt" / "local" / "demo" / "cells" / "ramon"
+
+
+def objects_and_labels(root):
+    """Every object of the channel (as JSON), the id counter and the label voxels: what a refusal must not change.
+
+    (Not the SQLite file's bytes: opening it from a new process may rewrite its header.)
+    """
+    backend = LocalBackend(root / "store")
+    ids = backend.ramon_ids(CELLS)
+    docs = [o.to_json() for o in backend.ramon_get(CELLS, ids)]
+    return docs, labels_of(root).tobytes()
+
+
+@pytestmark_mount
+def test_the_ramon_folder_lists_reads_and_edits_objects(mnt):
+    root, rdir = mnt
+    backend = LocalBackend(root / "store")
+    ids = backend.ramon_ids(CELLS)
+    assert sorted(os.listdir(rdir)) == sorted([f"{i}.json" for i in ids] + ["by-type"])
+    syn = backend.ramon_ids(CELLS, type="synapse")
+    assert sorted(os.listdir(rdir / "by-type" / "synapse")) == sorted(f"{i}.json" for i in syn)
+    one = ids[0]
+    doc = json.loads((rdir / f"{one}.json").read_text())
+    assert ramon.from_json(json.dumps(doc)) == backend.ramon_get(CELLS, [one])[0]
+    doc["author"], doc["kvpairs"]["note"] = "bob", "checked"
+    (rdir / f"{one}.json").write_text(json.dumps(doc))
+    (got,) = LocalBackend(root / "store").ramon_get(CELLS, [one])
+    assert got.author == "bob" and got.kvpairs["note"] == "checked"
+    new = ramon.RamonOrganelle(author="me", organelleclass=2, kvpairs={"k": "v"})
+    (rdir / "5000.json").write_text(new.to_json())
+    (made,) = LocalBackend(root / "store").ramon_get(CELLS, [5000])
+    assert made.type == "organelle" and made.kvpairs == {"k": "v"}
+    assert "5000.json" in os.listdir(rdir)
+
+
+@pytestmark_mount
+def test_bad_ramon_json_is_einval_and_changes_nothing(mnt):
+    root, rdir = mnt
+    one = LocalBackend(root / "store").ramon_ids(CELLS)[0]
+    before = objects_and_labels(root)
+    good = json.loads((rdir / f"{one}.json").read_text())
+    for bad in [b"{not json", json.dumps({**good, "confidence": "high"}).encode(),
+                json.dumps({**good, "type": "spaceship"}).encode(), json.dumps({**good, "id": one + 1}).encode(),
+                b"\xff\xfe"]:
+        fh = open(rdir / f"{one}.json", "wb")
+        fh.write(bad)
+        with pytest.raises(OSError) as info:
+            fh.close()
+        assert info.value.errno == errno.EINVAL, bad
+    with pytest.raises(OSError) as info:
+        open(rdir / "cell.json", "w").close()
+    assert info.value.errno == errno.EINVAL
+    assert objects_and_labels(root) == before
+    assert json.loads((rdir / f"{one}.json").read_text()) == good
+
+
+@pytestmark_mount
+def test_an_objects_tif_and_meshes_match_its_voxels_and_rm_deletes_it(mnt):
+    pytest.importorskip("zmesh")
+    root, rdir = mnt
+    backend = LocalBackend(root / "store")
+    lab = labels_of(root)
+    one = backend.ramon_ids(CELLS, type="segment")[0]
+    zz, yy, xx = np.nonzero(lab == one)
+    own = tifffile.imread(rdir / f"{one}.tif")
+    assert own.shape == tuple(int(np.ptp(a)) + 1 for a in (zz, yy, xx))
+    assert int((own == one).sum()) == len(zz) and set(np.unique(own)) <= {0, one}
+    ply = (rdir / f"{one}.ply").read_bytes()
+    assert ply.startswith(b"ply\nformat binary_little_endian 1.0\n")
+    verts = [line for line in (rdir / f"{one}.obj").read_text().splitlines() if line.startswith("v ")]
+    xyz = np.array([[float(v) for v in line.split()[1:4]] for line in verts])
+    vz, vy, vx = (40.0, 4.0, 4.0)  # nm per voxel of the demo
+    assert xyz[:, 0].min() >= (xx.min() - 1) * vx and xyz[:, 0].max() <= (xx.max() + 2) * vx
+    assert xyz[:, 2].min() >= (zz.min() - 1) * vz and xyz[:, 2].max() <= (zz.max() + 2) * vz
+    os.unlink(rdir / f"{one}.json")
+    assert one not in LocalBackend(root / "store").ramon_ids(CELLS)
+    assert not (labels_of(root) == one).any()  # its voxels are gone too
+    with pytest.raises(FileNotFoundError):
+        os.stat(rdir / f"{one}.json")
