@@ -98,16 +98,12 @@ def _reopen_volume(source: Source, ref: VolumeRef, level: int):
 def _build(rc, cache) -> Backend:
     """The backend of a remote, behind the chunk cache as ``ndfs.config.open_remotes`` builds it for mounts
     (same namespace, so Python and mounts share the disk cache); no outbox: errors reach the caller."""
-    from ndfs.config import open_backend, remote_target
+    from ndfs.config import cached_backend, open_backend
 
     backend = open_backend(rc)
     if cache is not None and cache.enabled:
-        from ndfs.cache import CachedBackend
-
         inner = backend
-        backend = CachedBackend(inner, namespace=remote_target(rc), memory_bytes=cache.memory_bytes,
-                                disk_dir=None if rc.kind == "local" else cache.dir, disk_bytes=cache.disk_bytes,
-                                prefetch=cache.prefetch)
+        backend = cached_backend(rc, cache, inner)
         _SOURCES[inner] = Source(rc, None)
     _SOURCES[backend] = Source(rc, cache)
     return backend

@@ -262,26 +262,34 @@ def remote_target(rc: RemoteConfig) -> str:
     return f"{rc.kind}:{rc.path if rc.path is not None else rc.url}"
 
 
-def open_remotes(config: Config, outbox: bool = False) -> dict:
-    """Every configured remote's backend, behind the chunk cache when the cache is enabled.
+def cached_backend(rc: RemoteConfig, cache: CacheConfig, backend=None):
+    """The remote's backend (opened unless given) behind the chunk cache, as every mount and Remote builds it.
 
     Remote services get both cache tiers (memory and the shared disk cache);
-    the local store, already on local disk, gets the memory tier only. With
-    ``outbox`` (what a mount uses), writable remote services also write through
-    the durable outbox (ndfs/outbox.py); the local store writes straight to
-    disk, which is already durable.
+    the local store, already on local disk, gets the memory tier only. The
+    namespace is :func:`remote_target`, so mounts and Python share disk entries.
     """
     from ndfs.cache import CachedBackend
 
+    backend = open_backend(rc) if backend is None else backend
+    if not cache.enabled:
+        return backend
+    return CachedBackend(backend, namespace=remote_target(rc), memory_bytes=cache.memory_bytes,
+                         disk_dir=None if rc.kind == "local" else cache.dir, disk_bytes=cache.disk_bytes,
+                         prefetch=cache.prefetch)
+
+
+def open_remotes(config: Config, outbox: bool = False) -> dict:
+    """Every configured remote's backend, behind the chunk cache when it is enabled (:func:`cached_backend`).
+
+    With ``outbox`` (what a mount uses), writable remote services also write
+    through the durable outbox (ndfs/outbox.py); the local store writes straight
+    to disk, which is already durable.
+    """
     remotes = {}
     box = None
     for name, rc in config.remotes.items():
-        backend = open_backend(rc, config)
-        c = config.cache
-        if c.enabled:
-            backend = CachedBackend(
-                backend, namespace=remote_target(rc), memory_bytes=c.memory_bytes,
-                disk_dir=None if rc.kind == "local" else c.dir, disk_bytes=c.disk_bytes, prefetch=c.prefetch)
+        backend = cached_backend(rc, config.cache)
         if outbox and rc.kind != "local" and "write" in backend.capabilities:
             from ndfs.outbox import Outbox, OutboxBackend
 

@@ -279,9 +279,9 @@ def cached_mesh(volume, label_id: int, box: Box | None = None, level: int | None
     """
     vol = volume if level is None or level == volume.level_index else volume.level(level)
     box = vol.box if box is None else box
-    # the chunk cache bumps a volume's epoch on every write through it (no public accessor yet)
-    epochs = getattr(vol.backend, "_epochs", None)
-    epoch = epochs.get(vol.ref, 0) if isinstance(epochs, dict) else 0
+    # the chunk cache bumps a volume's epoch on every write through it
+    epoch_of = getattr(vol.backend, "epoch", None)
+    epoch = epoch_of(vol.ref) if callable(epoch_of) else 0
     key = (_namespace(vol.backend), vol.ref, int(label_id), vol.level_index, (box.start, box.stop),
            tuple(sorted(options.items())), epoch)
     return (cache or mesh_cache).get(key, lambda: mesh_label(vol, label_id, box, **options))

@@ -420,6 +420,11 @@ class CachedBackend(WrappingBackend):
         finally:  # even a failed write may have changed the store
             self.invalidate(ref, box, level)
 
+    def epoch(self, ref: Sequence[str]) -> int:
+        """A number that changes with every write or invalidation of the volume through this cache."""
+        with self._lock:
+            return self._epochs.get(as_ref(ref), 0)
+
     def invalidate(self, ref: Sequence[str], box: Box | None = None, level: int | None = None) -> None:
         """Forget cached chunks: ``box`` at ``level`` (default 0) and what it maps to on every
         other level; ``box=None`` forgets the whole volume. Both tiers; thread-safe.
