@@ -48,8 +48,23 @@ def remote(name_or_url=None, **kwargs):
     return _remote(name_or_url, **kwargs)
 
 
+def count(target, ref=None, **kwargs):
+    """Count RAMON objects (see :func:`ndfs.annotate.count`): of a Volume, a tree path
+    (``"local/demo/cells"``) or a backend and a channel ref; keywords ``type``, ``box``, ``kv``, ``level``."""
+    from ndfs.annotate import count as _count
+    from ndfs.volume import Volume
+
+    if isinstance(target, Volume):
+        kwargs.setdefault("level", target.level_index)
+        return _count(target.backend, target.ref, **kwargs)
+    if isinstance(target, str) and ref is None:
+        vol = open_volume(target)
+        return _count(vol.backend, vol.ref, **kwargs)
+    return _count(target, ref, **kwargs)
+
+
 _LAZY = {"Remote": ("ndfs.api", "Remote"), "Volume": ("ndfs.volume", "Volume")}
-_SUBMODULES = ("api", "batch", "convert", "mesh")
+_SUBMODULES = ("api", "batch", "convert", "mesh", "annotate")
 
 
 def __getattr__(name):  # submodules and classes load on first use, so `import ndfs` stays light
@@ -66,5 +81,5 @@ def __getattr__(name):  # submodules and classes load on first use, so `import n
 __all__ = [
     "__version__", "NdfsError", "NotFound", "PermissionDenied", "ReadOnly", "BadRegion",
     "TooLarge", "Timeout", "BackendError", "Box", "ChunkGrid", "LevelInfo", "VolumeInfo",
-    "open_remote", "open_volume", "remote", "Remote", "Volume",
+    "open_remote", "open_volume", "remote", "count", "Remote", "Volume",
 ]

@@ -39,6 +39,10 @@ def test_count_on_the_demo_is_the_number_of_cells_the_generator_placed(demo):
                             seed=0).cells)
     result = count(backend, CELLS, type="segment")
     assert result.count == placed == len(np.unique(labels_of(root))) - 1
+    import ndfs as package
+    from ndfs.volume import Volume
+
+    assert package.count(Volume(backend, CELLS), type="segment").count == placed  # the package-level spelling
     synapses = count(backend, CELLS, type="synapse")  # metadata only: counted channel-wide, 0 voxels
     assert 1 <= synapses.count <= N_SYNAPSES and all(r["voxels"] == 0 for r in synapses.rows)
     assert count(backend, CELLS, kv={"kind": "cell"}).count == placed
@@ -73,7 +77,7 @@ def test_from_labels_makes_objects_with_voxel_counts_boxes_and_centroids(tmp_pat
     data[1:3, 2:10, 4:8] = 7
     data[5:8, 20:30, 20:31] = 900
     backend.write(("p", "lab"), Box((0, 0, 0), (8, 32, 32)), 0, data)
-    ids = from_labels(backend, ("p", "lab"), type="organelle")
+    ids = ramon.from_labels(backend, ("p", "lab"), type="organelle")  # = ndfs.annotate.from_labels
     assert ids == [7, 900]
     (a,) = backend.ramon_get(("p", "lab"), [7])
     assert a.type == "organelle" and a.kvpairs["voxels"] == str(2 * 8 * 4)

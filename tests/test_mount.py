@@ -118,12 +118,25 @@ def test_what_cannot_be_written_is_refused_and_the_mount_still_answers(mnt):
     level = mnt[0] / "local" / "demo" / "em" / "0"
     for attempt, code in [(lambda: open(level / "z" / "new.tif", "wb"), errno.EINVAL),
                           (lambda: os.mkdir(level / "newdir"), errno.EROFS),
-                          (lambda: os.unlink(level / "z" / "1.tif"), errno.EPERM),
+                          (lambda: os.unlink(level.parent / "info.json"), errno.EPERM),
                           (lambda: open(level.parent / "info.json", "r+b"), errno.EROFS)]:
         with pytest.raises(OSError) as info:
             attempt()
         assert info.value.errno == code
     assert tifffile.imread(level / "z" / "1.tif").shape == SHAPE[1:]
+
+
+def test_removing_a_slice_only_hides_it_until_it_is_written_again(site, mnt):
+    """`mv` from another disk removes the target first: the name goes away for a while, the voxels stay."""
+    level = mnt[0] / "local" / "demo" / "em" / "0"
+    before = oracle(site, "em", 0)[2].copy()
+    os.unlink(level / "z" / "2.tif")
+    with pytest.raises(FileNotFoundError):
+        os.stat(level / "z" / "2.tif")
+    np.testing.assert_array_equal(oracle(site, "em", 0)[2], before)
+    with open(level / "z" / "2.tif", "xb") as fh:  # O_EXCL create, as mv and cp do after the removal
+        tifffile.imwrite(fh, before)
+    np.testing.assert_array_equal(tifffile.imread(level / "z" / "2.tif"), before)
 
 
 def test_a_read_only_remote_refuses_every_write_with_erofs(site, tmp_path):

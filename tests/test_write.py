@@ -412,3 +412,52 @@ def test_python_assignment_takes_the_same_checks_and_invalidates_the_cache(tmp_p
     with pytest.raises(ReadOnly):
         Volume(LocalBackend(tmp_path / "store", read_only=True), "demo/em")[0, 0, 0] = 1
     backend.close()
+
+
+SAVER = r"""
+import ij.IJ;
+import ij.ImagePlus;
+
+/** "src dst": open src as ImageJ does and save it over dst with File > Save As > Tiff; print the result. */
+public class IjSave {
+    public static void main(String[] args) {
+        ImagePlus imp = IJ.openImage(args[0]);
+        System.out.println(imp != null && IJ.saveAsTiff(imp, args[1]) ? "SAVED" : "FAILED");
+    }
+}
+"""
+
+
+def test_imagej_save_as_lands_in_the_store_and_a_refused_save_fails_in_imagej(site, mnt, tmp_path):
+    import shutil
+
+    jar = "/usr/share/java/ij.jar"
+    if not (os.path.exists(jar) and shutil.which("java")):
+        if os.environ.get("CI"):
+            pytest.fail("ImageJ (libij-java) and java are missing: scripts/setup.sh test installs them")
+        pytest.skip("ImageJ is not installed (bash scripts/setup.sh test)")
+    (tmp_path / "IjSave.java").write_text(SAVER)
+
+    def save(src, dst) -> str:
+        done = subprocess.run(["java", "-Djava.awt.headless=true", "-cp", jar, str(tmp_path / "IjSave.java"),
+                               str(src), str(dst)], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()  # ImageJ's own message about a failed save, then the verdict
+
+    new = noise(SHAPE[1:], seed=33)
+    tifffile.imwrite(tmp_path / "edited.tif", new)
+    assert save(tmp_path / "edited.tif", mnt / "em" / "0" / "z" / "13.tif").splitlines() == ["SAVED"]
+    np.testing.assert_array_equal(oracle(site / "store")[13], new)
+    before = store_digest(site / "store")
+    tifffile.imwrite(tmp_path / "wide.tif", noise(SHAPE[1:], np.uint16, seed=2))  # 16-bit into an 8-bit channel
+    said = save(tmp_path / "wide.tif", mnt / "em" / "0" / "z" / "13.tif")
+    assert said.endswith("FAILED") and "Invalid argument" in said  # ImageJ saw close() fail with EINVAL
+    assert store_digest(site / "store") == before
+
+
+def test_mv_of_a_slice_from_another_disk_replaces_it(site, mnt, tmp_path):
+    new = noise(SHAPE[1:], seed=44)
+    tifffile.imwrite(tmp_path / "22.tif", new)
+    subprocess.run(["mv", str(tmp_path / "22.tif"), str(mnt / "em" / "0" / "z" / "22.tif")], check=True)
+    assert not (tmp_path / "22.tif").exists()
+    np.testing.assert_array_equal(oracle(site / "store")[22], new)

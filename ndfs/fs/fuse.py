@@ -27,6 +27,7 @@ import shutil
 import stat
 import tempfile
 import threading
+import time
 
 from ndfs.errors import NdfsError, ReadOnly
 from ndfs.fs.tree import FileNode, Tree
@@ -211,6 +212,7 @@ def make_operations(tree: Tree, spool_dir: str | None = None):
             self._truncated: set[str] = set()  # truncate(path, 0) without a handle: the next open starts empty
             self._writers: dict[str, WriteHandle] = {}  # path -> latest handle writing it (for stat by path)
             self._written: set[str] = set()  # folder prefixes of volumes written through this mount
+            self._hidden: dict[str, float] = {}  # removed views -> until when they read as absent
             self._local = threading.local()
             self.invalidator = _Invalidator()
             self.spool_dir = spool_dir
@@ -251,8 +253,21 @@ def make_operations(tree: Tree, spool_dir: str | None = None):
             return {**base, "st_mode": stat.S_IFREG | mode, "st_nlink": 1, "st_size": size,
                     "st_blksize": BLOCK, "st_blocks": -(-size // 512)}
 
+        HIDE_S = 60.0  # how long a removed slice/stack/cutout view reads as absent (so `mv` can replace it)
+
+        def _check_hidden(self, path: str) -> None:
+            with self._lock:
+                until = self._hidden.get(path)
+                if until is not None and until < time.monotonic():
+                    del self._hidden[path]
+                    until = None
+            if until is not None:
+                raise mfusepy.FuseOSError(errno.ENOENT)
+
         @_errno_policy
         def getattr(self, path, fh=None):
+            if fh is None:
+                self._check_hidden(path)
             with self._lock:
                 handle = self.handles.get(fh.fh) if fh is not None else self._writers.get(path)
             # a file being written has the size written so far, for the thread writing it (libfuse
@@ -267,6 +282,7 @@ def make_operations(tree: Tree, spool_dir: str | None = None):
 
         @_errno_policy
         def open(self, path, fi):
+            self._check_hidden(path)
             node = self.tree.resolve(path)
             if node.is_dir:
                 raise mfusepy.FuseOSError(errno.EISDIR)
@@ -313,6 +329,8 @@ def make_operations(tree: Tree, spool_dir: str | None = None):
             if not folder.is_dir:
                 raise mfusepy.FuseOSError(errno.ENOTDIR)
             node = folder.create(name)
+            with self._lock:
+                self._hidden.pop(path, None)
             return self._new_handle(fi, WriteHandle(node, True, self.spool_dir), direct=True, path=path)
 
         @_errno_policy
@@ -383,7 +401,17 @@ def make_operations(tree: Tree, spool_dir: str | None = None):
         @_errno_policy
         def unlink(self, path):
             parent, _, name = path.rpartition("/")
-            self.tree.resolve(parent or "/").unlink(name)
+            try:
+                self.tree.resolve(parent or "/").unlink(name)
+            except NdfsError as exc:
+                # a writable view of voxels (slice, stack, cutout) cannot be removed, but `mv` from
+                # another disk removes the target before copying: the name reads as absent for a
+                # while (the voxels stay) and comes back when written or after HIDE_S seconds
+                node = self.tree.resolve(path)
+                if exc.errno != errno.EPERM or node.is_dir or not node.writable:
+                    raise
+                with self._lock:
+                    self._hidden[path] = time.monotonic() + self.HIDE_S
             return 0
 
         @_errno_policy
