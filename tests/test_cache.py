@@ -168,6 +168,7 @@ def test_reads_equal_the_array_voxel_for_voxel(store, make, level, kind):
         np.testing.assert_array_equal(cached.read(REF, box, level), oracle[box.slices()])
     fetched = chunks_of(inner.boxes, level)
     assert len(fetched) == len(set(fetched))  # each chunk fetched at most once
+    assert cached.wait_idle(10)  # disk writes run in the background
     fresh = make(LocalBackend(path), disk=True)  # from disk only
     np.testing.assert_array_equal(fresh.read(REF, box, level), oracle[box.slices()])
     assert fresh.inner.stats.reads == 0
@@ -354,6 +355,7 @@ def test_write_landing_while_a_chunk_is_stored_on_disk_takes_it_back_out(store, 
 
     monkeypatch.setattr(cached._disk, "set", set_with_a_write_first)
     np.testing.assert_array_equal(cached.read(REF, box, 0), data[box.slices()])
+    assert cached.wait_idle(10)  # the disk store (and the write racing it) runs on the disk thread
     assert fired
     np.testing.assert_array_equal(cached.read(REF, box, 0), new)
     np.testing.assert_array_equal(make(LocalBackend(path), disk=True).read(REF, box, 0), new)
@@ -364,6 +366,7 @@ def test_invalidate_whole_volume_and_a_box(store, make):
     inner = LocalBackend(path)
     cached = make(inner, disk=True)
     cached.read(REF, Box.from_shape(SHAPE), 0)
+    assert cached.wait_idle(10)  # on disk (written in the background)
     cached.invalidate(REF, Box((0, 0, 0), (1, 1, 1)), 0)  # one chunk at level 0, one at level 1
     assert cached.cache_stats()["disk_entries"] == 47
     inner.reset_stats()
@@ -407,6 +410,7 @@ def test_corrupt_disk_entry_is_replaced_and_only_that_chunk_refetched(store, mak
         np.testing.assert_array_equal(second.read(REF, Box.from_shape(SHAPE), 0), data)
     assert inner.boxes == [(0, Box((8, 32, 64), (16, 64, 96)))]
     assert len([r for r in caplog.records if "corrupt" in r.getMessage()]) == 1
+    assert second.wait_idle(10)  # the refetched chunk is written back in the background
     with diskcache.Cache(str(tmp_path / "cache")) as dc:
         fixed = decode_chunk(dc.get(key), np.uint8, CHUNK)
     np.testing.assert_array_equal(fixed, data[8:16, 32:64, 64:96])
@@ -539,6 +543,8 @@ def test_stats_and_disk_helpers(store, make, tmp_path):
     cached = make(LocalBackend(path), disk=True)
     cached.read(REF, Box((0, 0, 0), (8, 64, 64)), 0)
     cached.read(REF, Box((0, 0, 0), (8, 64, 64)), 0)
+    s = cached.cache_stats()
+    assert cached.wait_idle(10)  # the disk tier is written in the background
     s = cached.cache_stats()
     assert (s["misses"], s["memory_hits"], s["memory_entries"], s["disk_entries"]) == (4, 4, 4, 4)
     assert s["hit_rate"] == 0.5 and s["memory_bytes"] == 4 * 8 * 32 * 32

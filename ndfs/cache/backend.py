@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections import defaultdict
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -88,6 +89,13 @@ class CachedBackend(WrappingBackend):
         self._counts = dict.fromkeys(("memory_hits", "disk_hits", "misses", "prefetched",
                                       "prefetch_dropped", "corrupt", "disk_errors"), 0)
         self._pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="ndfs-fetch")
+        #: sequential readers get enough slabs read ahead to keep this many chunks in flight
+        self.readahead_chunks = max(1, workers)
+        # disk-tier writes (compress, checksum, write) run here, off the fetch threads; past
+        # `_disk_backlog` queued groups the fetch thread writes itself, so memory stays bounded
+        self._disk_pool = ThreadPoolExecutor(1, thread_name_prefix="ndfs-disk-put")
+        self._disk_queued = 0
+        self._disk_backlog = 2 * max(1, workers)
         self._pf_pool = ThreadPoolExecutor(max(1, min(4, workers // 2)), thread_name_prefix="ndfs-prefetch")
         self._pf_cond = threading.Condition()
         self._pf_pending = 0
@@ -303,6 +311,24 @@ class CachedBackend(WrappingBackend):
                     self._mem_put((self.namespace, ref, level, idx), chunk)
         for _, f, chunk in chunks:
             f.future.set_result(chunk)  # waiters go on; the flight stays findable until on disk
+        if self._disk is None:
+            self._release(ref, level, members)
+            return
+        with self._lock:
+            queue_it = self._disk_queued < self._disk_backlog
+            if queue_it:
+                self._disk_queued += 1
+        if queue_it:
+            try:
+                self._disk_pool.submit(self._store_on_disk, ref, level, members, chunks, True)
+                return
+            except RuntimeError:  # closing: write here
+                with self._lock:
+                    self._disk_queued -= 1
+        self._store_on_disk(ref, level, members, chunks, False)
+
+    def _store_on_disk(self, ref, level, members, chunks, queued: bool) -> None:
+        """Put fetched chunks in the disk tier (unless invalidated meanwhile), then end their flights."""
         try:
             disk = self._disk
             for idx, f, chunk in chunks:
@@ -310,6 +336,9 @@ class CachedBackend(WrappingBackend):
                     self._disk_put(disk, ref, level, idx, chunk, f.epoch)
         finally:
             self._release(ref, level, members)
+            if queued:
+                with self._lock:
+                    self._disk_queued -= 1
 
     def _disk_put(self, disk, ref, level, idx, chunk, epoch) -> None:
         """Store one chunk's payload; take it back out if an invalidation raced the store."""
@@ -377,13 +406,16 @@ class CachedBackend(WrappingBackend):
             self._prefetch_done()
 
     def _note_read(self, ref: VolumeRef, box: Box, level: int, grid: ChunkGrid) -> None:
-        """Spot sequential z-slice readers and prefetch the next chunk-deep slab.
+        """Spot sequential z-slice readers and prefetch the chunk-deep slabs ahead of them.
 
         A reader follows on from the previous read of the same ref/level when it keeps
         the same x extent and stays on the same plane, moves to the next one, or moves
         on from the previous slab. Row bands of one plane (a slice file larger than one
         kernel read, or stack.tif) accumulate into the y extent to prefetch; the
-        prefetch starts when the reader moves on to a new plane, once per slab.
+        prefetch starts when the reader moves on to a new plane, once per slab. It
+        reaches as many slabs ahead as keep ``readahead_chunks`` chunks in flight (a
+        1024x1024 plane on 512x512 cuboids: 4 per slab, so 2 slabs for 8), since a
+        single slab ahead leaves the service idle while the reader drains it.
         """
         depth, oz = grid.chunk_shape[0], grid.extent.start[0]
         if not self.prefetch_enabled or box.shape[0] >= depth:
@@ -402,16 +434,32 @@ class CachedBackend(WrappingBackend):
             state = {"z0": z0, "z1": z1, "slab": slab, "x": (x0, x1), "y": (y0, y1) if advanced else ys,
                      "done": done}
             self._recent[(ref, level)] = state
-            if not advanced or nxt >= grid.grid_shape[0] or done == nxt:
+            if not advanced or nxt >= grid.grid_shape[0]:
                 return
-            state["done"] = nxt
-        zn = oz + nxt * depth
-        self.prefetch(ref, Box((zn, ys[0], x0), (min(zn + depth, grid.extent.stop[0]), ys[1], x1)), level)
+            (_, ya, xa), (_, yb, xb) = grid.index_range(Box((z0, ys[0], x0), (z1, ys[1], x1)))
+            ahead = max(1, -(-self.readahead_chunks // max(1, (yb - ya) * (xb - xa))))
+            start = nxt if done is None else max(nxt, done + 1)
+            end = min(nxt + ahead, grid.grid_shape[0])
+            if start >= end:
+                return
+            state["done"] = end - 1
+        za, zb = oz + start * depth, min(oz + end * depth, grid.extent.stop[0])
+        self.prefetch(ref, Box((za, ys[0], x0), (zb, ys[1], x1)), level)
 
     def wait_idle(self, timeout: float | None = None) -> bool:
-        """Block until no prefetch is queued or running; False on timeout. Thread-safe."""
+        """Block until no prefetch is queued or running and fetched chunks are on disk; False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._pf_cond:
-            return self._pf_cond.wait_for(lambda: self._pf_pending <= 0, timeout)
+            if not self._pf_cond.wait_for(lambda: self._pf_pending <= 0, timeout):
+                return False
+        try:  # the disk writer is one thread: a no-op queued now runs after every earlier write
+            self._disk_pool.submit(lambda: None).result(
+                None if deadline is None else max(0.0, deadline - time.monotonic()))
+        except RuntimeError:  # closed: nothing is queued any more
+            pass
+        except TimeoutError:
+            return False
+        return True
 
     # ---- writes and invalidation ----------------------------------------
     def _write(self, ref: VolumeRef, box: Box, level: int, array: np.ndarray) -> None:
@@ -486,6 +534,7 @@ class CachedBackend(WrappingBackend):
             self._pf_pending = 0
             self._pf_cond.notify_all()
         self._pool.shutdown(wait=True)
+        self._disk_pool.shutdown(wait=True)  # queued disk writes finish first
         disk, self._disk = self._disk, None
         if disk is not None:
             self._disk_op("close", disk.close)
