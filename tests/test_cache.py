@@ -16,6 +16,7 @@ import pytest
 from ndfs.backends.local import LocalBackend
 from ndfs.cache import CachedBackend, clear_disk_cache, decode_chunk, disk_cache_info, encode_chunk
 from ndfs.cache.plan import group_chunks
+from ndfs.cache.disk import PAYLOAD_SHARE
 from ndfs.downsample import downsample
 from ndfs.errors import BackendError
 from ndfs.geometry import Box, ChunkGrid
@@ -556,7 +557,7 @@ def test_stats_and_disk_helpers(store, make, tmp_path):
     assert cached.children(("p",)) == ["em"] and cached.is_volume(REF)
     cached.close()
     info = disk_cache_info(tmp_path / "cache")
-    assert info["entries"] == 4 and info["bytes"] > 0 and info["size_limit"] == 4 * 2**30
+    assert info["entries"] == 4 and info["bytes"] > 0 and info["size_limit"] == int(4 * 2**30 * PAYLOAD_SHARE)
     assert clear_disk_cache(tmp_path / "cache") == 4
     assert disk_cache_info(tmp_path / "cache")["entries"] == 0
     missing = tmp_path / "nowhere"

@@ -62,11 +62,16 @@ def decode_chunk(payload, dtype, shape: Sequence[int]) -> np.ndarray:
     return np.frombuffer(raw, dtype=dt).reshape(tuple(dims))
 
 
+#: share of the disk budget given to chunk payloads: diskcache culls only after a store, and its
+#: SQLite index and write-ahead log take room too, so the rest keeps the directory within budget
+PAYLOAD_SHARE = 0.85
+
+
 def open_disk_cache(disk_dir: str | os.PathLike, size_limit: int):
-    """Open (creating if needed) a cache directory with ndfs's settings."""
+    """Open (creating if needed) a cache directory with ndfs's settings; `size_limit` is the whole budget."""
     import diskcache
 
-    return diskcache.Cache(str(disk_dir), size_limit=int(size_limit),
+    return diskcache.Cache(str(disk_dir), size_limit=int(size_limit * PAYLOAD_SHARE),
                            eviction_policy="least-recently-used", tag_index=True)
 
 
