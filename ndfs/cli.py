@@ -51,6 +51,9 @@ def _tree(args, outbox: bool = False):
     from ndfs.fs.tree import Tree
 
     cfg = _config(args)
+    from ndfs.mesh import configure_mesh_cache  # ramon/<id>.obj|ply meshes on disk in <cache dir>/meshes
+
+    configure_mesh_cache(cfg.cache)
     return Tree(open_remotes(cfg, outbox=outbox), max_cutout_bytes=cfg.mount.max_cutout_bytes)
 
 

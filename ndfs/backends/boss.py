@@ -29,6 +29,10 @@ attempt is Timeout. The token goes only into the Authorization header: it is
 never logged, and repr shows ``token=***``. Decoded cuboids are not cached
 here; wrap the backend in :class:`ndfs.cache.CachedBackend` for that.
 
+RAMON (capability ``ramon``, annotation channels, limited): ids from the
+``ids`` endpoint, ``reserve``, ``boundingbox``, objects as ``ramon/<id>`` keys
+of the channel's metadata; see :mod:`ndfs.backends.boss_ramon`.
+
 Thread-safe: the session, the pool and the counters are shared by all threads.
 """
 
@@ -44,6 +48,7 @@ from typing import Callable
 import numpy as np
 
 from ndfs.backends.base import Backend, VolumeRef
+from ndfs.backends.boss_ramon import BossRamon
 from ndfs.backends.http import HttpClient, run_parallel
 from ndfs.errors import BackendError, BadRegion, NdfsError, NotFound, PermissionDenied, TooLarge
 from ndfs.geometry import Box, ChunkGrid
@@ -127,14 +132,15 @@ def _within(box: Box, limit: int) -> list[Box]:
     return out
 
 
-class BossBackend(Backend):
+class BossBackend(BossRamon, Backend):
     """A BOSS service at ``url`` (e.g. ``https://api.bossdb.io``), read with ``token`` (None: anonymous).
 
     ``timeout_s`` is the read timeout of each request (``connect_timeout_s``
     the connect timeout); ``retries`` extra attempts follow a retryable failure
     after ``backoff_s * 2**n`` (full jitter, capped at ``backoff_cap_s``);
     ``workers`` requests run at once per backend; ``max_request_bytes`` caps
-    one request's uncompressed size. No network I/O happens until first use.
+    one request's uncompressed size; ``max_meta_bytes`` caps the URL-encoded RAMON
+    metadata value of one object. No network I/O happens until first use.
     """
 
     kind = "boss"
@@ -142,17 +148,19 @@ class BossBackend(Backend):
     def __init__(self, url: str, token: str | None = None, *, timeout_s: float = 30.0,
                  connect_timeout_s: float = 10.0, retries: int = 4, backoff_s: float = 0.5,
                  backoff_cap_s: float = 30.0, workers: int = 8, max_request_bytes: int = 64 * MiB,
-                 read_only: bool = False):
+                 max_meta_bytes: int = 8192, read_only: bool = False):
         super().__init__()
         if not re.match(r"https?://[^/]+", str(url)):
             raise BadRegion(f"a BOSS url looks like https://api.bossdb.io, got {url!r}")
-        if workers < 1 or retries < 0 or max_request_bytes < 8 or timeout_s <= 0:
-            raise BadRegion("BOSS driver settings must be positive (workers, timeout_s, max_request_bytes)")
+        if workers < 1 or retries < 0 or max_request_bytes < 8 or timeout_s <= 0 or max_meta_bytes < 64:
+            raise BadRegion("BOSS driver settings must be positive (workers, timeout_s, max_request_bytes, "
+                            "max_meta_bytes >= 64)")
         self.url = str(url).rstrip("/").removesuffix("/v1")
         self._base = self.url + "/v1"
         self._token = token
         self.workers, self.max_request_bytes = int(workers), int(max_request_bytes)
-        self.capabilities = frozenset() if read_only else frozenset({"write"})
+        self.max_meta_bytes = int(max_meta_bytes)
+        self.capabilities = frozenset({"ramon"}) if read_only else frozenset({"write", "ramon"})
         self._client = HttpClient("BOSS", self._base, token, self._http_error, timeout_s=timeout_s,
                                   connect_timeout_s=connect_timeout_s, retries=retries, backoff_s=backoff_s,
                                   backoff_cap_s=backoff_cap_s, workers=self.workers)

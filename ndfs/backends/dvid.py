@@ -45,6 +45,10 @@ A token, if given, goes only into the Authorization header (``Token``) and never
 into logs or reprs. Repo listings and node resolutions are remembered for
 ``ttl_s`` seconds.
 
+RAMON (capability ``ramon``, label instances): objects in the key-value instance
+``<instance>_ramon``, ids through ``nextlabel``, boxes from ``sparsevol-size``;
+see :mod:`ndfs.backends.dvid_ramon`.
+
 Thread-safe: the session, the pool, the memos and the counters are shared.
 """
 
@@ -61,6 +65,7 @@ from urllib.parse import quote
 import numpy as np
 
 from ndfs.backends.base import Backend, VolumeRef, as_ref
+from ndfs.backends.dvid_ramon import DvidRamon
 from ndfs.backends.http import HttpClient, run_parallel
 from ndfs.errors import BackendError, BadRegion, NdfsError, NotFound, PermissionDenied, ReadOnly, TooLarge
 from ndfs.geometry import Box, ChunkGrid
@@ -154,7 +159,7 @@ def _level(ext: dict) -> LevelInfo:
     return LevelInfo(shape=shape, offset=start, voxel_size_nm=voxel, chunk_shape=block, chunk_origin=(0, 0, 0))
 
 
-class DvidBackend(Backend):
+class DvidBackend(DvidRamon, Backend):
     """A DVID server at ``url`` (e.g. ``http://emdata.example.org:8000``).
 
     ``branch``: None for the repo/node/instance hierarchy, or a branch name
@@ -193,7 +198,7 @@ class DvidBackend(Backend):
         self.workers = int(workers)
         self.max_request_voxels, self.max_request_bytes = int(max_request_voxels), int(max_request_bytes)
         self.ttl_s, self.label_compression = float(ttl_s), label_compression
-        self.capabilities = frozenset() if read_only else frozenset({"write"})
+        self.capabilities = frozenset({"ramon"}) if read_only else frozenset({"write", "ramon"})
         self._client = HttpClient("DVID", self.url, token, _error_for, timeout_s=timeout_s,
                                   connect_timeout_s=connect_timeout_s, retries=retries, backoff_s=backoff_s,
                                   backoff_cap_s=backoff_cap_s, workers=self.workers)

@@ -11,7 +11,8 @@ exist for every listed id but are not listed (a file browser would render
 every mesh). A written ``<id>.json`` is checked completely before anything is
 stored: bad JSON or a bad field is EINVAL and nothing changes; an ``id`` in
 the file must match the name (or be 0/absent). Rendered files are kept in the
-tree's rendered-file cache, keyed with the channel's write version.
+tree's rendered-file cache, keyed with the channel's write version; meshes
+come from :data:`ndfs.mesh.mesh_cache` (memory and disk, keyed by content).
 """
 
 from __future__ import annotations
@@ -129,7 +130,7 @@ class RamonJson(RenderedFile):
 
             def render() -> bytes:
                 (obj,) = t.backend(v.remote).ramon_get(v.ref, [self.id])
-                return (obj.to_json() + "\n").encode()
+                return obj.to_json().encode()  # the file form, which ends in one newline
 
             self._data = t._memoised(("ramon_json", v.remote, v.ref, self.id), render, t.ttl_s)
         return self._data
@@ -181,10 +182,11 @@ class RamonRendered(RenderedFile):
         if self.ext == "tif":
             own = np.where(np.isin(labels, np.array(ids, dtype=labels.dtype)), labels, 0).astype(labels.dtype)
             return arrays.encode(own, "tif", voxel_size_nm=v.info.level(0).voxel_size_nm, offset=box.start)
-        from ndfs.mesh import Mesh, mesh_label, to_obj, to_ply
+        from ndfs.mesh import Mesh, mesh_cache, to_obj, to_ply
 
         mask = np.isin(labels, np.array(ids, dtype=labels.dtype)).astype(np.uint8)
-        mesh: Mesh = mesh_label(mask, 1, voxel_size_nm=v.info.level(0).voxel_size_nm, offset=box.start)
+        # the process-wide mesh cache: memory, and on disk (<cache dir>/meshes) keyed by the mask's content
+        mesh: Mesh = mesh_cache.mesh_of_mask(mask, box.start, v.info.level(0).voxel_size_nm, label=self.id)
         return to_obj(mesh.vertices, mesh.faces) if self.ext == "obj" else to_ply(mesh.vertices, mesh.faces)
 
     def _bytes(self) -> bytes:

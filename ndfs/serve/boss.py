@@ -6,7 +6,9 @@ GETs, lists and creation POSTs (so ``intern.array(..., create_new=True)``
 works; see :mod:`ndfs.serve.boss_model` for how local folders map to
 collection/experiment/channel); cutout GET and POST with blosc bodies
 (``application/npygz`` too on GET), ``to_black``, ``reserve``, ``ids`` and
-the downsample GET. Paths take optional trailing slashes and ``//``.
+the downsample GET, ``boundingbox`` (found by scanning the labels) and the
+metadata service (``/v1/meta/{c}[/{e}[/{ch}]]``: list, get, create, update,
+delete keys of a resource). Paths take optional trailing slashes and ``//``.
 Cutouts run the spec's checks in its order (3.4) with its status codes and
 ``{"status", "code", "message"}`` bodies, including the 520 MiB size cap
 (``max_cutout_bytes``); posts merge (zeros never erase) at resolution 0 or 1.
@@ -14,9 +16,9 @@ Cutouts run the spec's checks in its order (3.4) with its status codes and
 Deliberate differences from production: the range check's lower bound at
 resolution r is ``floor(start / 2**r)`` rather than the level-0 start, so
 voxels below a non-zero frame start stay readable at coarser levels; one time
-sample (t > 0 reads as zeros, writes there are refused); reserve counters and
-created-but-empty resources live in memory; no metadata, delete or update
-endpoints. Tokens: with none configured any request is accepted; otherwise
+sample (t > 0 reads as zeros, writes there are refused); reserve counters,
+metadata and created-but-empty resources live in memory (gone when the server
+stops); no delete or update endpoints for resources. Tokens: with none configured any request is accepted; otherwise
 ``Authorization: Token <t>`` (or ``Bearer``) must name one of them, else 401.
 
 Thread-safe: posts to one channel are serialised by a per-channel lock.
@@ -37,6 +39,7 @@ from urllib.parse import parse_qs
 import numpy as np
 
 from ndfs.backends.base import Backend
+from ndfs.backends.boss import CUBOID_ZYX
 from ndfs.errors import NdfsError, NotFound
 from ndfs.geometry import Box
 from ndfs.serve.boss_model import BossError, BossModel, Channel
@@ -55,6 +58,7 @@ ROUTES = [(name, re.compile(pattern)) for name, pattern in [
     ("to_black", rf"/cutout/to_black/{N}/{N}/{N}/{BOX}"), ("cutout", rf"/cutout/{N}/{N}/{N}/{BOX}"),
     ("reserve", rf"/reserve/{N}/{N}/{N}/(\d+)"), ("ids", rf"/ids/{N}/{N}/{N}/{BOX}"),
     ("downsample", rf"/downsample/{N}/{N}/{N}"),
+    ("boundingbox", rf"/boundingbox/{N}/{N}/{N}/(\d)/(\d+)"), ("meta", rf"/meta/{N}(?:/{N})?(?:/{N})?"),
 ]]
 
 
@@ -70,6 +74,7 @@ class BossApp:
         self._lock = threading.Lock()
         self._write_locks: dict[tuple, threading.Lock] = {}
         self._reserved: dict[tuple, int] = {}
+        self._metadata: dict[tuple, dict[str, str]] = {}  # resource -> metadata key -> value (memory only)
 
     # ---- WSGI ------------------------------------------------------------
     def __call__(self, environ, start_response):
@@ -272,6 +277,75 @@ class BossApp:
         chan, level, box, time = self._check(args, {}, write=False, annotation_only=True)
         ids = np.unique(self._region(chan, level, box, time))
         return _json(start_response, 200, {"ids": [str(int(i)) for i in ids if i != 0]})
+
+    def _boundingbox(self, method, args, environ, start_response):
+        """Spec 5: ``tight`` is the exact box of the id's voxels, ``loose`` (default) that box widened to cuboids."""
+        from ndfs.ramon.labels import scan_bbox
+
+        if method != "GET":
+            return _not_allowed(start_response, method)
+        c, e, ch, res, oid = args
+        kind = parse_qs(environ.get("QUERY_STRING", "")).get("type", ["loose"])[-1]
+        if kind not in ("loose", "tight"):
+            raise BossError(400, 1005, f"Invalid option for bounding box type {kind}. "
+                                       "The valid options are : loose or tight")
+        chan = self.model.cutout_channel(c, e, ch)
+        if chan.info.kind != "annotation":
+            raise BossError(400, 2003, "This operation is only valid for annotation channels")
+        level, levels = int(res), chan.num_hierarchy_levels
+        if not 0 <= level < levels:
+            raise BossError(400, 1002, f"Invalid resolution {level}. "
+                                       f"The resolution has to be within 0 and {levels - 1}")
+        box = scan_bbox(self.backend, chan.ref, [int(oid)], level) if 0 < int(oid) < 2**64 else None
+        if box is None:
+            raise BossError(404, 4004, f"The id does not exist. {oid}")
+        if kind == "loose":
+            cz, cy, cx = CUBOID_ZYX
+            box = Box(tuple(a - a % k for a, k in zip(box.start, (cz, cy, cx))),
+                      tuple(-(-b // k) * k for b, k in zip(box.stop, (cz, cy, cx))))
+        (z0, y0, x0), (z1, y1, x1) = box.start, box.stop
+        return _json(start_response, 200, {"x_range": [x0, x1], "y_range": [y0, y1], "z_range": [z0, z1],
+                                           "t_range": [0, 1]})
+
+    def _meta(self, method, args, environ, start_response):
+        """The metadata service (spec 2): string values under string keys, per collection, experiment or channel."""
+        resource = tuple(a for a in args if a is not None)
+        if len(resource) == 3:
+            self.model.cutout_channel(*resource)
+        elif len(resource) == 2:
+            self.model.experiment(*resource)
+        else:
+            self.model.collection(*resource)
+        query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+        key, value = query.get("key", [None])[-1], query.get("value", [None])[-1]
+        if method == "GET":
+            with self._lock:
+                values = dict(self._metadata.get(resource, {}))
+            if key is None:
+                return _json(start_response, 200, {"keys": sorted(values)})
+            if key not in values:
+                raise BossError(400, 1003, f"Invalid request. Key {key} Not found in the database")
+            return _json(start_response, 200, {"key": key, "value": values[key]})
+        if method not in ("POST", "PUT", "DELETE"):
+            return _not_allowed(start_response, method)
+        if "write" not in self.backend.capabilities:
+            raise BossError(403, 3001, "This user does not have the required permissions")
+        if key is None or (value is None and method != "DELETE"):
+            raise BossError(400, 1003, "Missing optional argument key/value in the request")
+        with self._lock:
+            values = self._metadata.setdefault(resource, {})
+            if method == "POST":
+                if key in values:
+                    raise BossError(400, 1003, f"Invalid request. The key {key} already exists")
+                values[key] = value
+                return _reply(start_response, 201, b"", "application/json")
+            if key not in values:
+                raise BossError(400, 1003, f"Invalid request. The key {key} does not exist")
+            if method == "PUT":
+                values[key] = value
+                return _reply(start_response, 200, b"", "application/json")
+            del values[key]
+        return _reply(start_response, 204, b"", "application/json")
 
     def _downsample(self, method, args, environ, start_response):
         if method != "GET":

@@ -10,7 +10,7 @@ labels with ``compression=lz4|gzip``, ``throttle=true`` limited server-wide),
 2D ``xy``/``xz``/``yz`` images (png, tif, jpg, bmp); key-value ``key``,
 ``keys``, ``keyrange``, ``keyrangevalues``; labelmap ``label``, ``labels``,
 ``size``, ``sizes``, ``sparsevol-size``, ``sparsevol`` (+HEAD),
-``sparsevol-coarse``, ``maxlabel``, ``nextlabel``, and ``scale=N`` reads of
+``sparsevol-coarse``, ``maxlabel`` (GET and POST), ``nextlabel``, and ``scale=N`` reads of
 labelmaps created with a ``MaxDownresLevel`` (computed on the fly, the most
 frequent label of each 2x2x2 cube). UUIDs may be unique prefixes,
 ``prefix:branch`` or ``:master~N``. How the backend maps onto repos and
@@ -395,6 +395,15 @@ class DvidApp:
         return self._sparsevol(r, start_response, node, inst, rest, coarse=True)
 
     def _maxlabel(self, r, start_response, node, inst, rest):
+        if r.method == "POST":  # raise the maximum label (ignored unless greater), as DVID's labelmap does
+            if len(rest) != 1 or not rest[0].isdigit():
+                raise bad("DVID requires max label ID to follow POST /maxlabel")
+            self._check_writable(node, inst, "maxlabel", "POST")
+            with inst.lock:
+                inst.next_label = max(inst.next_label, int(rest[0]))
+            return _text(start_response, 200, "")
+        if rest or r.method != "GET":
+            raise bad("maxlabel: GET, or POST maxlabel/<max label>")
         return _json(start_response, {"maxlabel": self._max_label(inst, node)})
 
     def _max_label(self, inst, node) -> int:
