@@ -121,7 +121,7 @@ def cmd_mount(args) -> int:
         spool.mkdir(parents=True, exist_ok=True)
         mount(tree, mountpoint, attr_timeout_s=cfg.mount.attr_timeout_s,
               entry_timeout_s=cfg.mount.entry_timeout_s, negative_timeout_s=cfg.mount.negative_timeout_s,
-              debug=args.debug, spool_dir=str(spool))
+              debug=args.debug, spool_dir=str(spool), allow_other=args.allow_other)
         return 0
     # daemon: a fresh foreground process in its own session (no fork after threads exist)
     log_file = os.path.abspath(args.log_file) if args.log_file else _default_log(mountpoint)
@@ -129,7 +129,7 @@ def cmd_mount(args) -> int:
     if args.config:
         cmd += ["--config", os.path.abspath(args.config)]
     cmd += ["mount", "--foreground", "--log-file", log_file, mountpoint]
-    for flag in ("debug", "no_cache", "no_prefetch"):
+    for flag in ("debug", "no_cache", "no_prefetch", "allow_other"):
         if getattr(args, flag):
             cmd.append("--" + flag.replace("_", "-"))
     for flag in ("cache_dir", "cache_memory", "cache_disk"):
@@ -381,6 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--log-file", help="log file (default: in the user cache dir)")
     s.add_argument("--debug", action="store_true", help="log every FUSE request")
     s.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the mount (default 30)")
+    s.add_argument("--allow-other", action="store_true",
+                   help="let other users read the mount (by default only you can; file modes still apply). "
+                        "Needs root, or user_allow_other in /etc/fuse.conf")
     _cache_flags(s)
     s.set_defaults(func=cmd_mount)
 

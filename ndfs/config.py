@@ -251,6 +251,8 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
             data = tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{found.name}: not valid TOML: {exc}") from exc
+    except RecursionError:
+        raise ConfigError(f"{found.name}: not usable TOML: nested too deeply") from None
     except OSError as exc:
         raise ConfigError(f"cannot read {found}: {exc}") from exc
     cfg = parse_config(data, found.parent, where=found.name)

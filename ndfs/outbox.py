@@ -232,6 +232,7 @@ class OutboxBackend(WrappingBackend):
         self._cond = threading.Condition()
         self._closed = False
         self._pending: dict[str, Entry] = {}  # id -> entry, pending state only
+        self._owned: set[str] = set()  # ids a sync writer is posting itself: the retry thread keeps off them
         outbox.clean_orphans()
         for entry in outbox.entries(remote):
             if entry.state == "pending":
@@ -279,10 +280,17 @@ class OutboxBackend(WrappingBackend):
         entry = self.outbox.put(self.remote, self.target, ref, level, box, array)
         with self._cond:
             self._pending[entry.id] = entry
+            if self.mode == "sync":  # posted by this writer, so that a refusal reaches it
+                self._owned.add(entry.id)
             self._cond.notify_all()
         if self.mode == "async":
             return
-        self._post_through(entry)
+        try:
+            self._post_through(entry)
+        finally:
+            with self._cond:
+                self._owned.discard(entry.id)
+                self._cond.notify_all()
 
     def _post_through(self, entry: Entry) -> None:
         """Post every older pending entry of the volume, then this one; raise if this one fails."""
@@ -348,9 +356,17 @@ class OutboxBackend(WrappingBackend):
                 if self._closed:
                     return
                 now = time.time()
-                due = sorted((e for e in self._pending.values() if e.next_try <= now), key=lambda e: e.id)
+                # a volume's entries go out in the order they were written: none is due while an older
+                # one of its volume waits for its retry time or is being posted by a sync writer
+                due, waiting = [], set()
+                for e in sorted(self._pending.values(), key=lambda e: e.id):
+                    if tuple(e.ref) in waiting or e.next_try > now or e.id in self._owned:
+                        waiting.add(tuple(e.ref))
+                    else:
+                        due.append(e)
                 if not due:
-                    wait = min((e.next_try for e in self._pending.values()), default=now + 3600) - now
+                    wait = min((e.next_try for e in self._pending.values() if e.id not in self._owned),
+                               default=now + 3600) - now
                     self._cond.wait(timeout=max(0.05, min(wait, 60.0)))
                     continue
             blocked: set[tuple] = set()  # volumes with an older entry still failing: keep their order

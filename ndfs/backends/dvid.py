@@ -600,10 +600,24 @@ def _decompress(body: bytes, compression: str, size: int) -> bytes:
         except Exception as exc:  # lz4.block.LZ4BlockError: a truncated or corrupt body
             raise ValueError(f"bad lz4 body: {exc}") from None
     if compression == "gzip":
-        import gzip
-
-        try:
-            return gzip.decompress(body)
-        except (OSError, EOFError) as exc:
-            raise ValueError(f"bad gzip body: {exc}") from None
+        return gunzip(body, size)
     return body
+
+
+def gunzip(body: bytes, max_bytes: int) -> bytes:
+    """A gzip body inflated, refusing one that is truncated, followed by other bytes, or larger than
+    ``max_bytes`` once inflated (inflation stops there: a gzip bomb never fills memory). ValueError."""
+    import zlib
+
+    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    try:
+        raw = inflater.decompress(body, max_bytes + 1)
+    except zlib.error as exc:
+        raise ValueError(f"bad gzip body: {exc}") from None
+    if len(raw) > max_bytes or inflater.unconsumed_tail:
+        raise ValueError(f"the gzip body inflates past {max_bytes} bytes")
+    if not inflater.eof:
+        raise ValueError("bad gzip body: truncated")
+    if inflater.unused_data:
+        raise ValueError(f"bad gzip body: {len(inflater.unused_data)} bytes follow the stream")
+    return raw

@@ -1,11 +1,12 @@
 """What the remote drivers share on top of ``requests``: a pooled session and one retrying request.
 
 :class:`HttpClient` holds the session (pooled, ``User-Agent: ndfs/<version>``,
-an optional ``Authorization: Token …`` header that never appears in a repr or
-a log line), the (connect, read) timeouts and the retry policy: connection
-errors, timeouts, undecodable bodies and HTTP 429/500/502/503/504 are retried
-``retries`` times after ``backoff_s * 2**n`` seconds (full jitter, capped at
-``backoff_cap_s``, at least ``Retry-After``). Every other status is turned into
+an optional ``Authorization: Token …`` header that never appears in a repr, a
+log line or an error message, even when a server echoes it back), the
+(connect, read) timeouts and the retry policy: connection errors, timeouts,
+undecodable bodies and HTTP 429/500/502/503/504 are retried ``retries`` times
+after ``backoff_s * 2**n`` seconds (full jitter, capped at ``backoff_cap_s``, at
+least ``Retry-After``). Every other status is turned into
 an NdfsError by the driver's ``error_for(resp, method, path)``.
 
 Thread-safe: requests' Session with a pool sized for ``workers`` threads.
@@ -58,6 +59,7 @@ class HttpClient:
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.session.headers["User-Agent"] = f"ndfs/{__version__}"
+        self._secret = token or None  # only to keep it out of error messages (see _scrub)
         if token:
             self.session.headers["Authorization"] = f"Token {token}"
         self._random = random.Random()
@@ -74,6 +76,13 @@ class HttpClient:
 
     def close(self) -> None:
         self.session.close()
+
+    def _scrub(self, error: NdfsError) -> NdfsError:
+        """The error with the token masked: a server or proxy may echo request headers in its answer."""
+        secret = self._secret
+        if not secret or secret not in error.message:
+            return error
+        return type(error)(error.message.replace(secret, "***"), errno=error.errno)
 
     def request(self, method: str, path: str, *, expect: int = 200, data=None, headers=None, params=None,
                 decode: Callable | None = None, retry: bool = True):
@@ -99,12 +108,13 @@ class HttpClient:
                     raise Retryable(Timeout(f"{self.name} {method} {path}: no answer within "
                                             f"{self.timeout[1]:g} s ({type(exc).__name__})")) from exc
                 except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
-                    raise Retryable(BackendError(f"{self.name} {method} {path}: connection failed: {exc}")) from exc
+                    raise Retryable(self._scrub(BackendError(f"{self.name} {method} {path}: connection failed: "
+                                                             f"{exc}"))) from exc
                 except requests.RequestException as exc:
-                    raise BackendError(f"{self.name} {method} {path}: {exc}") from exc
+                    raise self._scrub(BackendError(f"{self.name} {method} {path}: {exc}")) from exc
                 log.debug("%s %s -> %d in %.3f s", method, path, resp.status_code, time.monotonic() - started)
                 if resp.status_code != expect:
-                    error = self.error_for(resp, method, path)
+                    error = self._scrub(self.error_for(resp, method, path))
                     if resp.status_code in RETRY_STATUS:
                         raise Retryable(error, retry_after(resp))
                     raise error
@@ -113,7 +123,8 @@ class HttpClient:
                 try:
                     return decode(resp)
                 except ValueError as exc:
-                    raise Retryable(BackendError(f"{self.name} {method} {path}: unusable answer: {exc}")) from exc
+                    raise Retryable(self._scrub(BackendError(f"{self.name} {method} {path}: unusable answer: "
+                                                             f"{exc}"))) from exc
             except Retryable as failed:
                 if attempt == attempts - 1:
                     raise failed.error from failed.__cause__

@@ -10,16 +10,20 @@ downsamplings in x and y with z kept (see :mod:`ndfs.downsample`). A write at
 level 0 recomputes the touched region of every lower level, so the pyramid
 stays consistent; a write at a lower level changes that level only.
 
-Thread-safe: reads go straight to zarr; writes to one channel are serialised
-by a per-channel lock (zarr chunk writes are read-modify-write).
+Thread-safe: each channel has a readers-writer lock. Writes to a channel are
+serialised (zarr chunk writes are read-modify-write) and a read never sees
+half of a write: a box spans several zarr chunks, written one after another,
+so reads of a channel wait while it is written (within this process).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 
@@ -50,6 +54,41 @@ def pyramid(shape, offset, voxel_size_nm, n_levels, chunk_shape) -> tuple[LevelI
     return tuple(levels)
 
 
+class _ReadWriteLock:
+    """Many readers or one writer; a waiting writer holds new readers back. Not re-entrant."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._readers = self._waiting = 0
+        self._writing = False
+
+    @contextmanager
+    def reading(self):
+        with self._cond:
+            self._cond.wait_for(lambda: not self._writing and not self._waiting)
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def writing(self):
+        with self._cond:
+            self._waiting += 1
+            self._cond.wait_for(lambda: not self._writing and not self._readers)
+            self._waiting -= 1
+            self._writing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
+
+
 class LocalBackend(LocalRamon, Backend):
     """A directory of zarr v3 channels. ``LocalBackend(path, create=True)`` makes the directory."""
 
@@ -65,7 +104,7 @@ class LocalBackend(LocalRamon, Backend):
             self.capabilities = frozenset({"ramon"})
         self._arrays: dict[tuple[VolumeRef, int], object] = {}
         self._arrays_lock = threading.Lock()
-        self._write_locks: dict[VolumeRef, threading.Lock] = {}
+        self._voxel_locks: dict[VolumeRef, _ReadWriteLock] = {}
 
     def __repr__(self) -> str:
         return f"LocalBackend({str(self.root)!r})"
@@ -75,6 +114,8 @@ class LocalBackend(LocalRamon, Backend):
         for part in path:
             if part in ("", ".", "..") or "/" in part or "\0" in part or part.startswith("."):
                 raise NotFound(f"invalid name {part!r} in local path")
+            if len(os.fsencode(part)) > 255:  # NAME_MAX: the OS would refuse it with an OSError
+                raise NdfsError(f"name {part[:40]!r}... is longer than 255 bytes", errno=errno.ENAMETOOLONG)
         return self.root.joinpath(*path)
 
     def _group_attrs(self, path: VolumeRef) -> dict | None:
@@ -188,6 +229,10 @@ class LocalBackend(LocalRamon, Backend):
         return arr
 
     def _read(self, ref: VolumeRef, box: Box, level: int) -> np.ndarray:
+        with self._voxel_lock(ref).reading():
+            return self._read_array(ref, box, level)
+
+    def _read_array(self, ref: VolumeRef, box: Box, level: int) -> np.ndarray:
         lv = self.info(ref).level(level)
         try:
             return np.asarray(self._array(ref, level)[box.slices(lv.offset)])
@@ -196,13 +241,13 @@ class LocalBackend(LocalRamon, Backend):
         except Exception as exc:
             raise BackendError(f"reading {box} of {'/'.join(ref)} failed: {exc}") from exc
 
-    def _write_lock(self, ref: VolumeRef) -> threading.Lock:
+    def _voxel_lock(self, ref: VolumeRef) -> "_ReadWriteLock":
         with self._arrays_lock:
-            return self._write_locks.setdefault(ref, threading.Lock())
+            return self._voxel_locks.setdefault(ref, _ReadWriteLock())
 
     def _write(self, ref: VolumeRef, box: Box, level: int, array: np.ndarray) -> None:
         info = self.info(ref)
-        with self._write_lock(ref):
+        with self._voxel_lock(ref).writing():
             self._store(ref, level, box, array)
             if level == 0:
                 self._propagate(ref, info, box, array)
@@ -232,7 +277,7 @@ class LocalBackend(LocalRamon, Backend):
             want = Box((cbox.start[0], 2 * cbox.start[1], 2 * cbox.start[2]),
                        (cbox.stop[0], 2 * cbox.stop[1], 2 * cbox.stop[2]))
             have = want.intersect(parent.box)
-            src = array if have == box else self._read(ref, have, level - 1)
+            src = array if have == box else self._read_array(ref, have, level - 1)  # we hold the write lock
             # pad the part of `want` past the parent's edge by repeating the edge voxels
             pads = [(a - b, c - d) for a, b, c, d in zip(have.start, want.start, want.stop, have.stop)]
             if any(p != (0, 0) for p in pads):

@@ -29,7 +29,7 @@ import tempfile
 import threading
 import time
 
-from ndfs.errors import NdfsError, ReadOnly
+from ndfs.errors import NdfsError, NotFound, ReadOnly
 from ndfs.fs.tree import FileNode, Tree
 
 log = logging.getLogger("ndfs.fuse")
@@ -96,8 +96,11 @@ class WriteHandle:
             offset += len(chunk)
         self.loaded = True
 
-    def size(self) -> int:
+    def size(self) -> int | None:
+        """Bytes written so far; None once the handle is released (then the file is what the tree says)."""
         with self.lock:
+            if self.spool.closed:
+                return None
             if not self.loaded:
                 return self.node.size
             self.spool.seek(0, os.SEEK_END)
@@ -142,7 +145,8 @@ class WriteHandle:
             self.node.commit_file(self.spool)
 
     def close(self) -> None:
-        self.spool.close()
+        with self.lock:  # not while size() looks at the spool from a getattr racing the release
+            self.spool.close()
 
 
 class _Invalidator:
@@ -195,8 +199,11 @@ def _libfuse_invalidate():
     return ctypes.c_void_p(lib.fuse_get_context().contents.fuse), func
 
 
-def make_operations(tree: Tree, spool_dir: str | None = None):
-    """Build the mfusepy Operations object for a tree; writes spool under spool_dir (default: temp dir)."""
+def make_operations(tree: Tree, spool_dir: str | None = None, entry_timeout_s: float = 60.0):
+    """Build the mfusepy Operations object for a tree; writes spool under spool_dir (default: temp dir).
+
+    ``entry_timeout_s`` is how long the kernel trusts a name it was given (the mount's entry_timeout).
+    """
     import mfusepy
 
     class NdfsOperations(mfusepy.Operations):
@@ -213,6 +220,7 @@ def make_operations(tree: Tree, spool_dir: str | None = None):
             self._writers: dict[str, WriteHandle] = {}  # path -> latest handle writing it (for stat by path)
             self._written: set[str] = set()  # folder prefixes of volumes written through this mount
             self._hidden: dict[str, float] = {}  # removed views -> until when they read as absent
+            self._created: dict[str, float] = {}  # made by create() -> until when the kernel may reuse the name
             self._local = threading.local()
             self.invalidator = _Invalidator()
             self.spool_dir = spool_dir
@@ -273,8 +281,23 @@ def make_operations(tree: Tree, spool_dir: str | None = None):
             # a file being written has the size written so far, for the thread writing it (libfuse
             # passes no handle on fstat); everyone else sees the file as it is until the write lands
             if isinstance(handle, WriteHandle) and (fh is not None or handle.tid == mfusepy.fuse_get_context()[2]):
-                return self._attrs(handle.node, handle.size())
-            return self._attrs(self.tree.resolve(path))
+                size = handle.size()
+                if size is not None:  # None: released meanwhile, the tree has the file as it now is
+                    return self._attrs(handle.node, size)
+            try:
+                return self._attrs(self.tree.resolve(path))
+            except NotFound:
+                if not self._recently_created(path):
+                    raise
+                # made by create() but its content was refused: the kernel keeps the name for a while (and
+                # would fail an open of it with this ENOENT), so it reads as an empty file, as on a disk
+                return {**self._attrs(self.tree.resolve(path.rpartition("/")[0] or "/")),
+                        "st_mode": stat.S_IFREG | 0o644, "st_nlink": 1, "st_size": 0, "st_blocks": 0,
+                        "st_blksize": BLOCK}
+
+        def _recently_created(self, path: str) -> bool:
+            with self._lock:
+                return self._created.get(path, 0.0) > time.monotonic()
 
         @_errno_policy
         def readdir(self, path, fh):
@@ -283,7 +306,14 @@ def make_operations(tree: Tree, spool_dir: str | None = None):
         @_errno_policy
         def open(self, path, fi):
             self._check_hidden(path)
-            node = self.tree.resolve(path)
+            try:
+                node = self.tree.resolve(path)
+            except NotFound:
+                # a new file whose first content was refused (e.g. bad RAMON JSON) does not exist, but the
+                # kernel keeps the name create() gave it and opens it instead of creating it: create it again
+                if self._recently_created(path) and fi.flags & WRITE_FLAGS:
+                    return self.create(path, 0o644, fi)
+                raise
             if node.is_dir:
                 raise mfusepy.FuseOSError(errno.EISDIR)
             if fi.flags & WRITE_FLAGS:
@@ -331,6 +361,9 @@ def make_operations(tree: Tree, spool_dir: str | None = None):
             node = folder.create(name)
             with self._lock:
                 self._hidden.pop(path, None)
+                if len(self._created) > 100_000:
+                    self._created.clear()
+                self._created[path] = time.monotonic() + entry_timeout_s
             return self._new_handle(fi, WriteHandle(node, True, self.spool_dir), direct=True, path=path)
 
         @_errno_policy
@@ -403,7 +436,13 @@ def make_operations(tree: Tree, spool_dir: str | None = None):
             parent, _, name = path.rpartition("/")
             try:
                 self.tree.resolve(parent or "/").unlink(name)
+                with self._lock:
+                    self._created.pop(path, None)
             except NdfsError as exc:
+                if exc.errno == errno.ENOENT and self._recently_created(path):
+                    with self._lock:  # the empty name a refused create() left: removing it is all there is
+                        self._created.pop(path, None)
+                    return 0
                 # a writable view of voxels (slice, stack, cutout) cannot be removed, but `mv` from
                 # another disk removes the target before copying: the name reads as absent for a
                 # while (the voxels stay) and comes back when written or after HIDE_S seconds
@@ -450,8 +489,13 @@ def check_fuse_available() -> None:
 
 
 def mount(tree: Tree, mountpoint: str, *, attr_timeout_s: float = 60.0, entry_timeout_s: float = 60.0,
-          negative_timeout_s: float = 5.0, debug: bool = False, spool_dir: str | None = None) -> None:
-    """Mount the tree at mountpoint and serve in the foreground until unmounted."""
+          negative_timeout_s: float = 5.0, debug: bool = False, spool_dir: str | None = None,
+          allow_other: bool = False) -> None:
+    """Mount the tree at mountpoint and serve in the foreground until unmounted.
+
+    The mount is private to the user who made it unless ``allow_other`` (libfuse's option of that
+    name, which non-root users may only pass with ``user_allow_other`` in /etc/fuse.conf).
+    """
     check_fuse_available()
     os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
     try:
@@ -461,9 +505,11 @@ def mount(tree: Tree, mountpoint: str, *, attr_timeout_s: float = 60.0, entry_ti
     mountpoint = os.path.abspath(mountpoint)
     if not os.path.isdir(mountpoint):
         raise MountError(f"mount point {mountpoint} is not a directory")
-    ops = make_operations(tree, spool_dir)
+    ops = make_operations(tree, spool_dir, entry_timeout_s)
+    shared = {"allow_other": True} if allow_other else {}
     mfusepy.FUSE(
         ops, mountpoint, raw_fi=True, foreground=True, debug=debug,
         fsname="ndfs", subtype="ndfs", auto_unmount=True, default_permissions=True,
         attr_timeout=attr_timeout_s, entry_timeout=entry_timeout_s, negative_timeout=negative_timeout_s,
+        **shared,
     )

@@ -102,6 +102,8 @@ def from_json(text: str | bytes, **kwargs) -> RamonObject:
         data = json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidAnnotation(f"not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidAnnotation("not usable JSON: nested too deeply") from None
     return from_dict(data, **kwargs)
 
 

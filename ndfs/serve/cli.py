@@ -7,6 +7,7 @@ and their dependencies are imported only when the command runs.
 from __future__ import annotations
 
 import ipaddress
+import os
 import signal
 import sys
 from pathlib import Path
@@ -36,6 +37,9 @@ def add_serve_parser(subparsers) -> None:
     s.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
     s.add_argument("--token", action="append", default=[], metavar="T",
                    help="accept this token (repeatable); without any, every request is accepted")
+    s.add_argument("--token-env", action="append", default=[], metavar="VAR",
+                   help="accept the token held by this environment variable (repeatable); unlike --token, "
+                        "it does not show in the process list")
     s.add_argument("--read-only", action="store_true", help="refuse writes and channel creation")
     s.add_argument("--threads", type=int, default=16, help="worker threads (default 16)")
     s.add_argument("--latency-ms", type=float, default=0.0, help="added delay per request, ms (testing)")
@@ -72,6 +76,10 @@ def cmd_serve(args) -> int:
     options = ServeOptions(latency_s=args.latency_ms / 1000.0,
                            bandwidth_bps=args.bandwidth_mbps * 1e6 / 8 if args.bandwidth_mbps else None,
                            fault_rate=args.fault_rate, seed=args.seed)
+    for var in args.token_env:
+        if not os.environ.get(var):
+            raise NdfsError(f"--token-env {var}: the environment variable {var} is not set")
+        args.token.append(os.environ[var])
     backend, what = _backend(args)
     if args.protocol == "boss":
         from ndfs.serve.boss import BossApp

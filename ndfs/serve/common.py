@@ -9,11 +9,14 @@ Around the app, outermost first:
 
 * :class:`RequestCounter` counts requests and body bytes in and out, and keeps
   a bounded log of ``(method, path, status)``;
-* :class:`FaultInjector` answers a fraction of requests with 503 or a dropped
-  connection (headers promising a body that never comes, then the connection
-  closes). The fate of a request is a hash of the seed, the method, the URL
-  and how often that URL was asked before, so a run is deterministic however
-  threads interleave, and a retried request gets a fresh draw;
+* :class:`FaultInjector` answers a fraction of requests with a fault: 503, a
+  dropped connection (headers promising a body that never comes), by default;
+  also a connection reset, a stall, a body cut off mid-way, a short, garbled or
+  padded body (see ``FAULT_MODES``), optionally only for paths matching a
+  regex, and scripted bursts (``plan``). The fate of a request is a hash of
+  the seed, the method, the URL and how often that URL was asked before, so a
+  run is deterministic however threads interleave, and a retried request gets
+  a fresh draw;
 * :class:`Latency` sleeps before each request;
 * :class:`BandwidthCap` paces response bodies through one shared budget of
   bytes per second, like one shared link.
@@ -27,6 +30,9 @@ import collections
 import hashlib
 import json
 import logging
+import re
+import socket
+import struct
 import threading
 import time
 from dataclasses import dataclass
@@ -38,20 +44,37 @@ log = logging.getLogger("ndfs.serve")
 WsgiApp = Callable[[dict, Callable], Iterable[bytes]]
 
 
+#: what FaultInjector can do to a request (see FaultInjector)
+FAULT_MODES = ("503", "drop", "reset", "stall", "cut", "truncate", "corrupt", "pad")
+
+
 @dataclass(frozen=True)
 class ServeOptions:
-    """Knobs for tests and benchmarks: seconds of latency per request, a bytes/s cap, a fault fraction."""
+    """Knobs for tests and benchmarks: seconds of latency per request, a bytes/s cap, a fault fraction.
+
+    ``fault_modes`` are the faults drawn from (FAULT_MODES), ``fault_match`` a regex a
+    request's path must match to be faulted (empty: every request), ``stall_s`` how
+    long a "stall" fault holds its answer.
+    """
 
     latency_s: float = 0.0
     bandwidth_bps: float | None = None
     fault_rate: float = 0.0
     seed: int = 0
+    fault_modes: tuple[str, ...] = ("503", "drop")
+    fault_match: str = ""
+    stall_s: float = 30.0
 
     def __post_init__(self):
         if self.latency_s < 0 or not 0.0 <= self.fault_rate <= 1.0:
             raise NdfsError("latency must be >= 0 and the fault rate within 0..1")
         if self.bandwidth_bps is not None and self.bandwidth_bps <= 0:
             raise NdfsError("the bandwidth cap must be positive")
+        bad = [m for m in self.fault_modes if m not in FAULT_MODES]
+        if bad or not self.fault_modes:
+            raise NdfsError(f"fault modes are some of {', '.join(FAULT_MODES)}, not {bad or 'none'}")
+        if self.stall_s < 0:
+            raise NdfsError("the stall must be >= 0 seconds")
 
 
 class RequestCounter:
@@ -111,38 +134,149 @@ class RequestCounter:
 
 
 class FaultInjector:
-    """Answers a seeded fraction of requests with 503 or a dropped connection (see the module doc)."""
+    """Answers a seeded fraction (``rate``) of requests with a fault; see the module doc.
 
-    def __init__(self, app: WsgiApp, rate: float, seed: int, counter: RequestCounter | None = None):
+    Modes (``FAULT_MODES``): ``503`` (a JSON 503), ``drop`` (headers promising
+    1 KiB, no body, the connection closes), ``reset`` (the connection is reset
+    (RST) before any answer; needs waitress, else it is a ``drop``), ``stall``
+    (no answer for ``stall_s`` seconds, then the real one), and on a 200 answer
+    with a body: ``cut`` (the real headers, half the body, then the connection
+    closes), ``truncate`` (half the body with a matching Content-Length),
+    ``corrupt`` (the body replaced by as many seeded garbage bytes) and
+    ``pad`` (garbage bytes appended: a body of the wrong length). Only requests
+    whose path matches ``match`` (a regex; None: all) are faulted. ``plan(*modes)``
+    scripts a burst: the next matching requests get those faults in order,
+    whatever the rate. ``rate``, ``modes`` and ``match`` may be changed while
+    serving; ``clear()`` stops faulting; ``release()`` ends every stall at once. Thread-safe.
+    """
+
+    def __init__(self, app: WsgiApp, rate: float, seed: int, counter: RequestCounter | None = None, *,
+                 modes: tuple[str, ...] = ("503", "drop"), match: str | None = None, stall_s: float = 30.0):
         self.app, self.rate, self.seed, self.counter = app, float(rate), int(seed), counter
+        self.modes, self.stall_s = tuple(modes), float(stall_s)
+        self.match = match or None
         self._lock = threading.Lock()
         self._seen: collections.Counter = collections.Counter()
+        self._planned: collections.deque = collections.deque()
+        self._released = threading.Event()
+        self.injected: collections.Counter = collections.Counter()  # mode -> faults applied
 
-    def _draw(self, environ) -> tuple[float, bool]:
+    def plan(self, *modes: str) -> None:
+        """The next ``len(modes)`` matching requests fail with these modes, in order (a burst)."""
+        bad = [m for m in modes if m not in FAULT_MODES]
+        if bad:
+            raise ValueError(f"unknown fault mode(s) {bad}; known: {', '.join(FAULT_MODES)}")
+        with self._lock:
+            self._planned.extend(modes)
+
+    def clear(self) -> None:
+        """No more faults: rate 0, no planned burst, every path eligible again."""
+        with self._lock:
+            self._planned.clear()
+            self.rate, self.match = 0.0, None
+
+    def release(self) -> None:
+        """End every stall now and from now on (the server is stopping)."""
+        self._released.set()
+
+    def _draw(self, environ) -> tuple[float, int]:
         url = f"{environ.get('REQUEST_METHOD')} {environ.get('PATH_INFO')}?{environ.get('QUERY_STRING', '')}"
         with self._lock:
             nth = self._seen[url]
             self._seen[url] += 1
         digest = hashlib.blake2b(f"{self.seed}|{url}|{nth}".encode(), digest_size=8).digest()
         value = int.from_bytes(digest, "big")
-        return (value >> 1) / 2**63, bool(value & 1)
+        return (value >> 1) / 2**63, value
 
-    def __call__(self, environ, start_response):
+    def _fate(self, environ) -> str | None:
+        match = self.match
+        if match is not None and not re.search(match, environ.get("PATH_INFO", "")):
+            return None
+        with self._lock:
+            if self._planned:
+                return self._planned.popleft()
         if self.rate <= 0:
-            return self.app(environ, start_response)
-        draw, drop = self._draw(environ)
+            return None
+        draw, value = self._draw(environ)
         if draw >= self.rate:
-            return self.app(environ, start_response)
+            return None
+        modes = self.modes
+        return modes[(value & 0xFF) % len(modes)]  # two modes: the low bit, as before
+
+    def _noted(self, mode: str) -> None:
+        with self._lock:
+            self.injected[mode] += 1
         if self.counter is not None:
             self.counter.note("faults")
-        environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
-        if drop:  # promise a body, send none: the server closes the connection after the short response
-            start_response("200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", "1024")])
-            return [b""]
-        body = json.dumps({"status": 503, "code": 9002, "message": "injected fault"}).encode()
-        start_response("503 Service Unavailable",
-                       [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
-        return [body]
+
+    def __call__(self, environ, start_response):
+        mode = self._fate(environ)
+        if mode is None:
+            return self.app(environ, start_response)
+        if mode in ("503", "drop", "reset"):
+            self._noted(mode)
+            environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+            if mode == "reset" and _reset_connection(environ):
+                from waitress.channel import ClientDisconnected
+
+                raise ClientDisconnected("injected connection reset")
+            if mode in ("drop", "reset"):  # promise a body, send none: the connection closes after it
+                start_response("200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", "1024")])
+                return [b""]
+            body = json.dumps({"status": 503, "code": 9002, "message": "injected fault"}).encode()
+            start_response("503 Service Unavailable",
+                           [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+            return [body]
+        if mode == "stall":
+            self._noted(mode)
+            self._released.wait(self.stall_s)
+            return self.app(environ, start_response)
+        return self._mangle(mode, environ, start_response)
+
+    def _mangle(self, mode: str, environ, start_response):
+        """A body fault: run the app, then cut, shorten, garble or pad a 200 answer's body."""
+        captured = {}
+
+        def capture(status, headers, exc_info=None):
+            captured["status"], captured["headers"] = status, headers
+            return lambda data: None  # the legacy write() callable; the apps here return iterables
+
+        inner = self.app(environ, capture)
+        try:
+            body = b"".join(inner)
+        finally:
+            if hasattr(inner, "close"):
+                inner.close()
+        status, headers = captured["status"], captured["headers"]
+        if not status.startswith("200") or not body:
+            start_response(status, headers)  # nothing to mangle: an ordinary answer, not a fault
+            return [body]
+        self._noted(mode)
+        rest = [(k, v) for k, v in headers if k.lower() != "content-length"]
+        garbage = hashlib.shake_256(f"{self.seed}|{len(body)}".encode()).digest(len(body))
+        if mode == "cut":
+            start_response(status, rest + [("Content-Length", str(len(body)))])
+            return [body[:len(body) // 2]]
+        new = {"truncate": body[:len(body) // 2], "corrupt": garbage, "pad": body + garbage[:64]}[mode]
+        start_response(status, rest + [("Content-Length", str(len(new)))])
+        return [new]
+
+
+def _reset_connection(environ) -> bool:
+    """Make waitress close this request's connection with a reset (RST) instead of an answer.
+
+    waitress exposes its channel only through ``waitress.client_disconnected``; with
+    SO_LINGER 0 its close of the socket sends RST. False where that is not possible.
+    """
+    channel = getattr(environ.get("waitress.client_disconnected"), "__self__", None)
+    sock = getattr(channel, "socket", None)
+    if sock is None:
+        return False
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        return False
+    return True
 
 
 class Latency:
@@ -191,8 +325,9 @@ def instrument(app: WsgiApp, options: ServeOptions) -> tuple[WsgiApp, RequestCou
     if options.latency_s:
         inner = Latency(inner, options.latency_s)
     counter = RequestCounter(inner)
-    if options.fault_rate:
-        counter.app = FaultInjector(inner, options.fault_rate, options.seed, counter)
+    # always present (a pass-through at rate 0), so tests can plan faults or raise the rate while serving
+    counter.app = FaultInjector(inner, options.fault_rate, options.seed, counter, modes=options.fault_modes,
+                                match=options.fault_match or None, stall_s=options.stall_s)
     return counter, counter
 
 
@@ -210,6 +345,7 @@ class WsgiServer:
 
         self.app = app
         wrapped, self.counter = instrument(app, options)
+        self.faults: FaultInjector = self.counter.app  # type: ignore[assignment]
         self._map: dict = {}
         try:
             self._server = waitress.server.create_server(
@@ -246,6 +382,7 @@ class WsgiServer:
         return self
 
     def stop(self, timeout_s: float = 10.0) -> None:
+        self.faults.release()
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
