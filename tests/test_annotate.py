@@ -190,6 +190,7 @@ def test_an_objects_tif_and_meshes_match_its_voxels_and_rm_deletes_it(mnt):
     xyz = np.array([[float(v) for v in line.split()[1:4]] for line in verts])
     vz, vy, vx = (40.0, 4.0, 4.0)  # nm per voxel of the demo
     assert xyz[:, 0].min() >= (xx.min() - 1) * vx and xyz[:, 0].max() <= (xx.max() + 2) * vx
+    assert xyz[:, 1].min() >= (yy.min() - 1) * vy and xyz[:, 1].max() <= (yy.max() + 2) * vy
     assert xyz[:, 2].min() >= (zz.min() - 1) * vz and xyz[:, 2].max() <= (zz.max() + 2) * vz
     os.unlink(rdir / f"{one}.json")
     assert one not in LocalBackend(root / "store").ramon_ids(CELLS)
