@@ -49,7 +49,7 @@ import numpy as np
 
 from ndfs.backends.base import Backend, VolumeRef
 from ndfs.backends.boss_ramon import BossRamon
-from ndfs.backends.http import HttpClient, run_parallel
+from ndfs.backends.http import HttpClient, HttpDriver, run_parallel
 from ndfs.errors import BackendError, BadRegion, NdfsError, NotFound, PermissionDenied, TooLarge
 from ndfs.geometry import Box, ChunkGrid
 from ndfs.info import LevelInfo, VolumeInfo
@@ -132,7 +132,7 @@ def _within(box: Box, limit: int) -> list[Box]:
     return out
 
 
-class BossBackend(BossRamon, Backend):
+class BossBackend(BossRamon, HttpDriver, Backend):
     """A BOSS service at ``url`` (e.g. ``https://api.bossdb.io``), read with ``token`` (None: anonymous).
 
     ``timeout_s`` is the read timeout of each request (``connect_timeout_s``
@@ -165,18 +165,6 @@ class BossBackend(BossRamon, Backend):
                                   connect_timeout_s=connect_timeout_s, retries=retries, backoff_s=backoff_s,
                                   backoff_cap_s=backoff_cap_s, workers=self.workers)
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="ndfs-boss")
-
-    def __repr__(self) -> str:
-        return f"BossBackend({self.url!r}, token={'***' if self._token else None})"
-
-    @property
-    def http_stats(self) -> dict[str, int]:
-        """HTTP requests sent and retried by this backend (a snapshot)."""
-        return self._client.stats
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
-        self._client.close()
 
     # ---- HTTP ------------------------------------------------------------
     def _request(self, method: str, path: str, *, expect: int, params=None, data=None,

@@ -66,7 +66,7 @@ import numpy as np
 
 from ndfs.backends.base import Backend, VolumeRef, as_ref
 from ndfs.backends.dvid_ramon import DvidRamon
-from ndfs.backends.http import HttpClient, run_parallel
+from ndfs.backends.http import HttpClient, HttpDriver, run_parallel
 from ndfs.errors import BackendError, BadRegion, NdfsError, NotFound, PermissionDenied, ReadOnly, TooLarge
 from ndfs.geometry import Box, ChunkGrid
 from ndfs.info import LevelInfo, VolumeInfo
@@ -159,7 +159,7 @@ def _level(ext: dict) -> LevelInfo:
     return LevelInfo(shape=shape, offset=start, voxel_size_nm=voxel, chunk_shape=block, chunk_origin=(0, 0, 0))
 
 
-class DvidBackend(DvidRamon, Backend):
+class DvidBackend(DvidRamon, HttpDriver, Backend):
     """A DVID server at ``url`` (e.g. ``http://emdata.example.org:8000``).
 
     ``branch``: None for the repo/node/instance hierarchy, or a branch name
@@ -206,18 +206,6 @@ class DvidBackend(DvidRamon, Backend):
         self._lock = threading.Lock()  # guards _memo and _rmw
         self._memo: dict[tuple, tuple[float, object]] = {}
         self._rmw: dict[tuple, threading.Lock] = {}
-
-    def __repr__(self) -> str:
-        return f"DvidBackend({self.url!r}, token={'***' if self._token else None})"
-
-    @property
-    def http_stats(self) -> dict[str, int]:
-        """HTTP requests sent and retried by this backend (a snapshot)."""
-        return self._client.stats
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
-        self._client.close()
 
     # ---- HTTP ------------------------------------------------------------
     def _request(self, method: str, path: str, **kwargs):

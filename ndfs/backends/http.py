@@ -135,6 +135,27 @@ class HttpClient:
         raise AssertionError("unreachable")
 
 
+class HttpDriver:
+    """What the BOSS and DVID drivers share around their ``_client`` (HttpClient) and ``_pool``:
+    a repr that masks the token, the request counts, and closing both."""
+
+    url: str
+    _token: str | None
+    _client: HttpClient
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r}, token={'***' if self._token else None})"
+
+    @property
+    def http_stats(self) -> dict[str, int]:
+        """HTTP requests sent and retried by this backend (a snapshot)."""
+        return self._client.stats
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._client.close()
+
+
 def run_parallel(pool, tasks: list[Callable[[], None]]) -> None:
     """Run tasks on a ThreadPoolExecutor (inline when there is one); raise the first error, cancelling the rest."""
     from concurrent.futures import FIRST_EXCEPTION, wait
