@@ -6,6 +6,7 @@ every process), never with mocks of ndfs itself.
 """
 
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -184,11 +185,15 @@ def test_a_block_that_keeps_failing_is_reported_after_the_rest_finish(demo):
 def test_a_failed_write_to_the_output_channel_is_retried_like_a_failed_block(demo, monkeypatch):
     r, em, _, em_all, _ = demo
     target = r.create_channel("demo", "half", like=em, overwrite=True)
-    real, calls = target.backend._write, {"n": 0}
+    real, calls, seen, lock = target.backend._write, {"n": 0}, {}, threading.Lock()
 
-    def flaky(ref, box, level, array):  # fault injection: every third write fails once
-        calls["n"] += 1
-        if calls["n"] % 3 == 0:
+    def flaky(ref, box, level, array):  # fault injection: the first write of every third block fails
+        with lock:  # (counted per block: a shared call counter let one block fail on every retry)
+            calls["n"] += 1
+            first = box not in seen
+            if first:
+                seen[box] = len(seen)
+        if first and seen[box] % 3 == 0:
             raise ndfs.BackendError("injected write failure")
         return real(ref, box, level, array)
 
