@@ -5,7 +5,7 @@ One command builds the test volumes, starts what it needs, measures the six
 targets side by side and prints one table of ratios::
 
     python scripts/bench.py [--quick | --smoke] [--size-mib N] [--latency-ms 20]
-                            [--bandwidth-mbps 400] [--repeats N] [--keep]
+                            [--bandwidth-mbps 400] [--repeats N] [--only 1,3] [--keep]
 
 What runs (everything on 127.0.0.1, cleaned up in ``finally``):
 
@@ -108,6 +108,14 @@ class Plan:
     bandwidth_mbps: float
     workers: int
     keep: bool
+    only: frozenset = frozenset()  # targets to run; empty: all
+
+    def runs(self, target: str) -> bool:
+        """Whether ``target`` runs: picked, or needed by a picked one (6 needs 1; 2 and 4 need 3's mount)."""
+        if not self.only:
+            return True
+        needed = {"1": {"1", "6"}, "3": {"2", "3", "4"}}.get(target, {target})
+        return bool(needed & self.only)
 
     @property
     def stack_bytes(self) -> int:
@@ -125,7 +133,11 @@ def make_plan(args) -> Plan:
     return Plan(mode=mode, size_mib=size, xy=xy, z=z, repeats=repeats, warmup=mode != "smoke",
                 ls_n=1000 if mode == "smoke" else 10_000, mem_budget=mem, disk_budget=disk,
                 stream_z=max(1, 4 * mem // (xy * xy)), latency_ms=args.latency_ms,
-                bandwidth_mbps=args.bandwidth_mbps, workers=args.workers, keep=args.keep)
+                bandwidth_mbps=args.bandwidth_mbps, workers=args.workers, keep=args.keep,
+                only=frozenset(getattr(args, "only", None) or ()))
+
+
+TARGETS = ("1", "2", "3", "4", "5", "6")
 
 
 # ---- data ---------------------------------------------------------------------
@@ -572,7 +584,7 @@ def target_scroll(env: Env, res: Results, state: ScrollState) -> None:
     res.add(Row("1b", f"scroll {SCROLL} z-slices cold: time", f"{tn:.2f} s", f"{tb:.2f} s per-slice",
                 tn / tb, "<= 0.5", tn / tb <= 0.5))
     env.note(f"1: slices z={z0}..{z0 + SCROLL - 1} of {plan.xy}x{plan.xy}; per run {reqs} cutout requests "
-             f"({beyond} of them for chunks past the scrolled range, i.e. read-ahead of the next slab; "
+             f"({beyond} of them for chunks past the scrolled range, i.e. read-ahead past it; "
              f"{dup} repeated), {logical} logical backend reads (stats.json); per-slice client "
              f"sends {SCROLL} requests, one at a time")
 
@@ -813,19 +825,23 @@ def run(plan: Plan) -> int:
             steps = [("1", "scroll", lambda: target_scroll(env, res, state)),
                      ("6", "remount", lambda: target_remount(env, res, state))]
             for tid, name, fn in steps:
-                failed |= _step(env, res, tid, name, fn)
+                if plan.runs(tid):
+                    failed |= _step(env, res, tid, name, fn)
             kept = None
-            env.log("target 3: cold cp vs direct parallel client")
-            try:
-                kept = target_bulk(env, res)
-                stack.push(kept)
-            except Exception as exc:
-                traceback.print_exc()
-                res.add(Row("3", "cold cp stack.tif", error=str(exc)))
-                failed = True
+            if plan.runs("3"):
+                env.log("target 3: cold cp vs direct parallel client")
+                try:
+                    kept = target_bulk(env, res)
+                    stack.push(kept)
+                except Exception as exc:
+                    traceback.print_exc()
+                    res.add(Row("3", "cold cp stack.tif", error=str(exc)))
+                    failed = True
             mnt = getattr(kept, "mnt", None)
             for tid, name, fn in (("2", "warm re-read", lambda: target_warm(env, res, mnt)),
                                   ("4", "ls -l", lambda: target_ls(env, res, mnt))):
+                if not plan.runs(tid):
+                    continue
                 if mnt is None:
                     res.add(Row(tid, name, error="no mount from target 3"))
                     failed = True
@@ -833,7 +849,8 @@ def run(plan: Plan) -> int:
                     failed |= _step(env, res, tid, name, fn)
             if kept is not None:
                 kept.close()
-            failed |= _step(env, res, "5", "stream", lambda: target_stream(env, res))
+            if plan.runs("5"):
+                failed |= _step(env, res, "5", "stream", lambda: target_stream(env, res))
         res.rows.sort(key=lambda r: r.target)
         print_table(plan, res, env, time.monotonic() - started)
         for e in res.errors:
@@ -1109,6 +1126,8 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=None, help="measured repeats (default 3; quick/smoke 1)")
     p.add_argument("--workers", type=int, default=8, help="parallel requests, ndfs and direct client (default 8)")
     p.add_argument("--keep", action="store_true", help="keep the temp dirs (store, caches, logs)")
+    p.add_argument("--only", default=None, metavar="T,T",
+                   help="run only these targets, e.g. 1,3 (6 runs after 1; 2 and 4 reuse 3's mount)")
     p.add_argument("--api", action="store_true", help="run the API section instead (rows A1-A5, see run_api)")
     p.add_argument("--serve-child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--store", help=argparse.SUPPRESS)
@@ -1119,6 +1138,11 @@ def main(argv=None) -> int:
         p.error("--size-mib and --repeats must be positive")
     if args.latency_ms < 0 or args.bandwidth_mbps <= 0 or args.workers < 1:
         p.error("--latency-ms must be >= 0, --bandwidth-mbps and --workers positive")
+    if args.only is not None:
+        picked = {t.strip() for t in args.only.split(",") if t.strip()}
+        if not picked or not picked <= set(TARGETS):
+            p.error(f"--only takes targets from {','.join(TARGETS)}, e.g. --only 1,3")
+        args.only = picked
     return run_api(make_plan(args)) if args.api else run(make_plan(args))
 
 

@@ -436,11 +436,79 @@ def test_sequential_slice_reader_gets_the_next_slab_prefetched(store, make, pref
     assert foreground == ([0] * 8 if prefetch else [9] * 8)  # chunk misses seen by the reader
     assert cached.wait_idle(10)
     if prefetch:
-        assert inner.stats.reads == 1  # only the prefetch of slab 2, started by the reads of slab 1
-        assert cached.cache_stats()["prefetched"] == 9 + 9
+        # only the read-ahead of slabs 2 and 3 (9 chunks each, so the 8 workers' worth and one
+        # slab more), one request, started when the reader entered slab 1, itself read ahead
+        assert inner.stats.reads == 1
+        assert cached.cache_stats()["prefetched"] == 9 + 9 + 9
     else:
         assert inner.stats.reads == 1
         assert cached.cache_stats()["prefetched"] == 0
+
+
+def test_read_ahead_starts_one_slab_deep_and_deepens_once_a_read_ahead_slab_is_entered(store, make):
+    """A short scroll must not share the link with slabs it never reaches (bench row 1b)."""
+    path, data, _ = store
+    inner = GatedLocal(path)
+    cached = make(inner, prefetch=True)
+    cached.readahead_chunks = 1  # one chunk per slab here, so two slabs once deep (one more than in flight)
+    fetched = []
+
+    def scroll(zs):
+        for z in zs:
+            got = cached.read(REF, Box((z, 0, 0), (z + 1, 32, 32)), 0)
+            np.testing.assert_array_equal(got, data[z:z + 1, :32, :32])
+            assert cached.wait_idle(10)
+        fetched.append([(b.start[0], b.stop[0]) for _, b in inner.boxes])
+        inner.boxes.clear()
+
+    scroll([0])
+    scroll(range(1, 8))  # sequential now: one slab ahead, not two
+    scroll([8])          # the reader entered the slab read ahead: two slabs ahead
+    scroll(range(9, 24))
+    assert fetched == [[(0, 8)], [(8, 16)], [(16, 32)], []]
+    # a jump back starts a new stream, shallow again
+    cached.invalidate(REF)
+    scroll([0, 1])
+    assert fetched[-1] == [(0, 8), (8, 16)]
+
+
+def test_read_ahead_never_takes_more_than_half_the_memory_tier(store, make):
+    """Chunks read ahead must still be there when the reader comes: none fetched twice."""
+    path, data, _ = store
+    inner = GatedLocal(path)
+    cached = make(inner, prefetch=True, memory_bytes=3 * 8 * 32 * 32)  # three chunks; a slab is one here
+    cached.readahead_chunks = 4  # would be five slabs ahead once deep
+    for z in range(32):
+        np.testing.assert_array_equal(cached.read(REF, Box((z, 0, 0), (z + 1, 32, 32)), 0), data[z:z + 1, :32, :32])
+        assert cached.wait_idle(10)
+    assert [(b.start[0], b.stop[0]) for _, b in inner.boxes] == [(0, 8), (8, 16), (16, 24), (24, 32)]
+    assert cached.cache_stats()["misses"] == 1  # only the first slab: the rest was read ahead in time
+
+
+def test_read_ahead_follows_reads_that_arrive_out_of_order_and_straddle_planes(store, make):
+    """The kernel reads stack.tif in pieces that can run out of order: the stream must not restart."""
+    path, data, _ = store
+    inner = GatedLocal(path)
+    cached = make(inner, prefetch=True)
+    cached.readahead_chunks = 12  # 12 chunks per whole-plane slab here: two slabs once deep
+    height, width = SHAPE[1], SHAPE[2]
+
+    def plane(z, y0=0, y1=height):
+        np.testing.assert_array_equal(cached.read(REF, Box((z, y0, 0), (z + 1, y1, width)), 0),
+                                      data[z:z + 1, y0:y1])
+
+    plane(0)
+    for z in (2, 1, 4, 3):  # out of order, and a last row before its plane
+        plane(z, height - 1)
+        plane(z)
+    assert cached.wait_idle(10)
+    assert [(b.start[0], b.stop[0]) for _, b in inner.boxes] == [(0, 8), (8, 16)]
+    inner.boxes.clear()
+    for z in (9, 8, 10):  # into the slab read ahead, out of order: deep now
+        plane(z)
+    assert cached.wait_idle(10)
+    assert [(b.start[0], b.stop[0]) for _, b in inner.boxes] == [(16, 32)]
+    assert cached.cache_stats()["prefetched"] == 12 * 3
 
 
 def test_a_reader_of_planes_in_row_bands_gets_the_next_slab_prefetched(store, make):

@@ -69,6 +69,10 @@ class CachedBackend(WrappingBackend):
 
     #: no single inner request is built larger than this from merged chunks
     max_request_bytes = 64 * MiB
+    #: read-ahead requests hold at most this much (but at least one chunk), so that each
+    #: chunk lands as soon as it is in and the fetch workers stay busy in chunk order,
+    #: like a parallel client's, instead of waiting on the slowest chunk of a big request
+    prefetch_request_bytes = 4 * MiB
     #: prefetch hints beyond this many queued or running tasks are dropped
     prefetch_queue = 4
     #: an invalidation touching more disk chunks than this evicts the whole volume from disk
@@ -175,7 +179,7 @@ class CachedBackend(WrappingBackend):
             missing = self._disk_lookup(disk, ref, level, grid, info.dtype, missing, epoch, out, box)
         while missing:
             missing = self._fetch_missing(ref, level, grid, missing, out, box)
-        self._note_read(ref, box, level, grid)
+        self._note_read(ref, box, level, grid, info.dtype.itemsize)
         return out
 
     def _disk_lookup(self, disk, ref, level, grid, dtype, idxs, epoch, out, box) -> list[Index]:
@@ -249,23 +253,28 @@ class CachedBackend(WrappingBackend):
             self._paste(out, box, grid.chunk_box(idx), chunk)
         return retry
 
-    def _fetch_claimed(self, ref, level, grid: ChunkGrid, mine: dict, parallel: bool) -> None:
-        """Fetch the chunks we own in grouped requests; every flight is resolved on return.
+    def _fetch_claimed(self, ref, level, grid: ChunkGrid, mine: dict, parallel: bool,
+                       max_bytes: int | None = None, inline_first: bool = True) -> None:
+        """Fetch the chunks we own in grouped requests of at most ``max_bytes``; every flight is resolved on return.
 
-        The first group runs in the calling thread, the others on the fetch pool
-        (whose tasks never wait on anything, so this cannot deadlock).
+        With ``parallel``, the groups after the first go to the fetch pool (in chunk
+        order, before the first starts in the calling thread); the pool's tasks
+        never wait on anything, so this cannot deadlock.
         """
         try:
-            groups = group_chunks(grid, mine, self.max_request_bytes, self.info(ref).dtype.itemsize)
-            jobs = []
-            for i, (gbox, members) in enumerate(groups):
-                args = (ref, level, grid, gbox, [(idx, mine[idx]) for idx in members])
-                if parallel and i > 0:
+            cap = self.max_request_bytes if max_bytes is None else max_bytes
+            groups = [(ref, level, grid, gbox, [(idx, mine[idx]) for idx in members])
+                      for gbox, members in group_chunks(grid, mine, cap, self.info(ref).dtype.itemsize)]
+            jobs, here = [], groups[:1] if inline_first else []
+            for args in groups[len(here):]:
+                if parallel:
                     try:
                         jobs.append(self._pool.submit(self._fetch_group, *args))
                         continue
                     except RuntimeError:  # pool shut down: fetch here
                         pass
+                here.append(args)
+            for args in here:
                 self._fetch_group(*args)
             for job in jobs:
                 job.result()
@@ -399,23 +408,33 @@ class CachedBackend(WrappingBackend):
                 want.append(idx)
             _, mine, _ = self._claim(ref, level, want, prefetch=True)
             if mine:
-                self._fetch_claimed(ref, level, grid, mine, parallel=False)
+                self._fetch_claimed(ref, level, grid, mine, parallel=True, max_bytes=self.prefetch_request_bytes,
+                                    inline_first=False)
         except Exception as exc:
             log.debug("prefetch of %s at level %d of %s failed: %s", box, level, "/".join(ref), exc)
         finally:
             self._prefetch_done()
 
-    def _note_read(self, ref: VolumeRef, box: Box, level: int, grid: ChunkGrid) -> None:
+    def _note_read(self, ref: VolumeRef, box: Box, level: int, grid: ChunkGrid, itemsize: int) -> None:
         """Spot sequential z-slice readers and prefetch the chunk-deep slabs ahead of them.
 
-        A reader follows on from the previous read of the same ref/level when it keeps
-        the same x extent and stays on the same plane, moves to the next one, or moves
-        on from the previous slab. Row bands of one plane (a slice file larger than one
-        kernel read, or stack.tif) accumulate into the y extent to prefetch; the
-        prefetch starts when the reader moves on to a new plane, once per slab. It
-        reaches as many slabs ahead as keep ``readahead_chunks`` chunks in flight (a
-        1024x1024 plane on 512x512 cuboids: 4 per slab, so 2 slabs for 8), since a
-        single slab ahead leaves the service idle while the reader drains it.
+        A read follows the stream of its ref/level when it keeps the stream's x
+        extent and lands between the slab before the furthest one read and the
+        slab after the last one read ahead. The kernel delivers a file in reads
+        that may run out of order and straddle planes (stack.tif: the last row of
+        one plane, then the next plane), so the stream only ever moves forward, and
+        the y extents of its reads accumulate into the extent to prefetch. Each read
+        past the furthest plane so far may start a prefetch, once per slab.
+
+        A stream starts one slab ahead and deepens once the reader enters a slab
+        that was read ahead: then it reaches the slabs that hold ``readahead_chunks``
+        chunks, plus one (a 1024x1024 plane on 512x512 cuboids: 4 chunks per slab,
+        so 3 slabs for 8), but never more than half the memory tier. The read-ahead
+        goes out in chunk-sized requests, nearest first, on the fetch pool, so the
+        workers stay busy while the reader drains what has landed, and the extra
+        slab waits in the queue instead of sharing the link. Starting shallow keeps
+        a short scroll (a few slabs in Fiji) from paying for slabs it never
+        reaches; a long read pays one shallow slab at its start.
         """
         depth, oz = grid.chunk_shape[0], grid.extent.start[0]
         if not self.prefetch_enabled or box.shape[0] >= depth:
@@ -427,19 +446,23 @@ class CachedBackend(WrappingBackend):
                 self._recent.clear()
             prev = self._recent.get((ref, level))
             follows = prev is not None and prev["x"] == (x0, x1) and (
-                prev["z0"] <= z0 <= prev["z1"] or prev["slab"] == slab - 1)
-            ys = (min(prev["y"][0], y0), max(prev["y"][1], y1)) if follows else (y0, y1)
-            advanced = follows and z0 > prev["z0"]
-            done = prev["done"] if follows else None
-            state = {"z0": z0, "z1": z1, "slab": slab, "x": (x0, x1), "y": (y0, y1) if advanced else ys,
-                     "done": done}
-            self._recent[(ref, level)] = state
-            if not advanced or nxt >= grid.grid_shape[0]:
+                prev["slab"] - 1 <= slab <= max(prev["slab"], prev["done"]) + 1)
+            if not follows:
+                self._recent[(ref, level)] = {"zmax": z1, "slab": slab, "x": (x0, x1), "y": (y0, y1),
+                                              "done": slab, "deep": False}
                 return
+            ys = (min(prev["y"][0], y0), max(prev["y"][1], y1))
+            deep = prev["deep"] or prev["slab"] < slab <= prev["done"]  # entered a slab read ahead
+            state = dict(prev, y=ys, deep=deep, zmax=max(prev["zmax"], z1), slab=max(prev["slab"], slab))
+            self._recent[(ref, level)] = state
+            if z1 <= prev["zmax"] or nxt >= grid.grid_shape[0]:
+                return  # not a new plane: nothing new to read ahead
             (_, ya, xa), (_, yb, xb) = grid.index_range(Box((z0, ys[0], x0), (z1, ys[1], x1)))
-            ahead = max(1, -(-self.readahead_chunks // max(1, (yb - ya) * (xb - xa))))
-            start = nxt if done is None else max(nxt, done + 1)
-            end = min(nxt + ahead, grid.grid_shape[0])
+            per_slab = max(1, (yb - ya) * (xb - xa))
+            slab_bytes = per_slab * int(np.prod(grid.chunk_shape)) * itemsize
+            room = max(1, self._mem.maxsize // 2 // max(1, slab_bytes))  # read ahead, not evicted unread
+            ahead = min(room, 1 + (-(-self.readahead_chunks // per_slab))) if deep else 1
+            start, end = max(nxt, state["done"] + 1), min(nxt + ahead, grid.grid_shape[0])
             if start >= end:
                 return
             state["done"] = end - 1
