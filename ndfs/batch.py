@@ -43,7 +43,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ndfs.errors import BadRegion, NdfsError, Timeout
+from ndfs.errors import BadRegion, MissingExtra, NdfsError, Timeout
 from ndfs.geometry import Box, ChunkGrid
 
 __all__ = ["map_blocks", "blocks", "BatchError", "BlockFailure", "to_dask", "SCHEDULERS"]
@@ -177,7 +177,7 @@ class _Pool:
         try:
             from distributed import Client, LocalCluster
         except ImportError:
-            raise NdfsError("scheduler='dask' needs dask.distributed: pip install 'ndfs[dask]'") from None
+            raise MissingExtra("scheduler='dask' needs dask.distributed: pip install 'ndfs[dask]'") from None
         client = self.client
         if client is None:
             if self.address:
@@ -416,7 +416,7 @@ def to_dask(volume, chunks=None):
     try:
         import dask.array as da
     except ImportError:
-        raise NdfsError("Volume.to_dask needs dask: pip install 'ndfs[dask]'") from None
+        raise MissingExtra("Volume.to_dask needs dask: pip install 'ndfs[dask]'") from None
     if chunks is None:
         chunks = _grid_chunks(volume)
     return da.from_array(_DaskSlicer(volume), chunks=chunks, lock=False, asarray=False, fancy=False,

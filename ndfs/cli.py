@@ -273,15 +273,18 @@ def cmd_cache(args) -> int:
     import json
 
     from ndfs.cache import clear_disk_cache, disk_cache_info
+    from ndfs.mesh import mesh_disk_dir
 
     cfg = _config(args)
+    meshes = mesh_disk_dir(cfg.cache)
     if args.action == "clear":
         removed = clear_disk_cache(cfg.cache.dir)
-        print(f"removed {removed} cached chunks from {cfg.cache.dir}")
+        removed_meshes = clear_disk_cache(meshes)
+        print(f"removed {removed} cached chunks and {removed_meshes} meshes from {cfg.cache.dir}")
         return 0
     info = {"config": {"enabled": cfg.cache.enabled, "memory_bytes": cfg.cache.memory_bytes,
                        "disk_bytes": cfg.cache.disk_bytes, "prefetch": cfg.cache.prefetch},
-            "disk": disk_cache_info(cfg.cache.dir)}
+            "disk": disk_cache_info(cfg.cache.dir), "meshes": disk_cache_info(meshes)}
     if args.mount:
         from ndfs.fs.tree import STATUS_DIR
 
@@ -390,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("cache", help="show or clear the chunk cache",
                        description="info: budgets, the disk cache's entries and bytes, and with --mount the "
                                    "live hit rates and backend request counts of a running mount. "
-                                   "clear: empty the disk cache.")
+                                   "clear: empty the disk cache (chunks and meshes).")
     s.add_argument("action", choices=["info", "clear"])
     s.add_argument("--mount", metavar="MOUNTPOINT", help="also show the statistics of the mount there")
     s.add_argument("--cache-dir", help="disk cache directory (default: from the config)")

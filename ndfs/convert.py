@@ -46,7 +46,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from ndfs.errors import BackendError, BadInput, BadRegion, NdfsError
+from ndfs.errors import BackendError, BadInput, BadRegion, MissingExtra, NdfsError
 from ndfs.geometry import Box
 
 __all__ = ["FORMATS", "FileInfo", "export", "load", "file_info", "open_file", "import_file", "format_of"]
@@ -177,7 +177,7 @@ def _h5py():
     try:
         import h5py
     except ImportError:
-        raise NdfsError("hdf5 files need h5py: pip install 'ndfs[export]'") from None
+        raise MissingExtra("hdf5 files need h5py: pip install 'ndfs[export]'") from None
     return h5py
 
 
@@ -239,7 +239,7 @@ def _pillow():
     try:
         from PIL import Image
     except ImportError:
-        raise NdfsError("png files need Pillow: pip install 'ndfs[export]'") from None
+        raise MissingExtra("png files need Pillow: pip install 'ndfs[export]'") from None
     return Image
 
 

@@ -90,3 +90,9 @@ class BadInput(NdfsError):
     """Data handed to ndfs that cannot be used: not the named format, truncated, wrong shape or dtype (EINVAL)."""
 
     errno_default = _errno.EINVAL
+
+
+class MissingExtra(NdfsError):
+    """A feature whose optional package is not installed; the message names the pip extra (ENOTSUP)."""
+
+    errno_default = _errno.ENOTSUP

@@ -38,10 +38,11 @@ from typing import Callable, Hashable, Sequence
 
 import numpy as np
 
-from ndfs.errors import BadRegion, NdfsError, NotFound
+from ndfs.errors import BadRegion, MissingExtra, NotFound
 from ndfs.geometry import Box
 
 __all__ = ["Mesh", "mesh_label", "to_obj", "to_ply", "save_mesh", "MeshCache", "cached_mesh", "mesh_cache",
+           "mesh_disk_dir",
            "configure_mesh_cache", "encode_mesh", "decode_mesh", "mask_key", "clear_mesh_disk"]
 
 log = logging.getLogger("ndfs.mesh")
@@ -126,7 +127,7 @@ def _zmesh():
     try:
         import zmesh
     except ImportError:
-        raise NdfsError("meshes need zmesh: pip install 'ndfs[mesh]'") from None
+        raise MissingExtra("meshes need zmesh: pip install 'ndfs[mesh]'") from None
     return zmesh
 
 
@@ -521,6 +522,11 @@ class MeshCache:
 mesh_cache = MeshCache()
 
 
+def mesh_disk_dir(cache_config) -> Path:
+    """Where the mesh disk tier of a :class:`ndfs.config.CacheConfig` lives: ``<cache dir>/meshes``."""
+    return Path(cache_config.dir).expanduser() / "meshes"
+
+
 def configure_mesh_cache(cache_config, cache: MeshCache | None = None) -> MeshCache:
     """Give the process-wide mesh cache (or ``cache``) the disk tier of a :class:`ndfs.config.CacheConfig`:
     ``<cache dir>/meshes`` within an eighth of ``disk_bytes`` (at least 64 MiB); none when caching is off.
@@ -529,7 +535,7 @@ def configure_mesh_cache(cache_config, cache: MeshCache | None = None) -> MeshCa
     """
     cache = mesh_cache if cache is None else cache
     if getattr(cache_config, "enabled", False):
-        cache.use_disk(Path(cache_config.dir) / "meshes", max(64 * MiB, int(cache_config.disk_bytes) // 8))
+        cache.use_disk(mesh_disk_dir(cache_config), max(64 * MiB, int(cache_config.disk_bytes) // 8))
     else:
         cache.use_disk(None)
     return cache

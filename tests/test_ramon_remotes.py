@@ -553,6 +553,30 @@ def test_the_mesh_disk_tier_is_shared_checked_and_keyed_by_content(tmp_path, mon
         cache.close()
 
 
+def test_cache_info_and_clear_cover_the_mesh_tier(tmp_path, capsys):
+    pytest.importorskip("zmesh")
+    from ndfs.cache.disk import open_disk_cache
+    from ndfs.cli import main
+    from ndfs.config import CacheConfig
+    from ndfs.mesh import MeshCache, mesh_disk_dir
+
+    config = tmp_path / "ndfs.toml"
+    config.write_text(f'[cache]\ndir = "{tmp_path / "cache"}"\n')
+    with open_disk_cache(tmp_path / "cache", 2**20) as chunks:
+        chunks.set("a-chunk", b"payload")
+    meshes = MeshCache(disk_dir=mesh_disk_dir(CacheConfig(dir=tmp_path / "cache")))
+    meshes.mesh_of_mask((cube_labels() == 5).astype(np.uint8), OFFSET, VOXEL, label=5)
+    meshes.close()
+    assert main(["--config", str(config), "cache", "info"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["disk"]["entries"] == 1 and info["meshes"]["entries"] == 1
+    assert main(["--config", str(config), "cache", "clear"]) == 0
+    assert "removed 1 cached chunks and 1 meshes" in capsys.readouterr().out
+    assert main(["--config", str(config), "cache", "info"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["disk"]["entries"] == 0 and info["meshes"]["entries"] == 0
+
+
 def test_the_mesh_disk_tier_stays_within_its_budget(tmp_path):
     pytest.importorskip("zmesh")
     from ndfs.mesh import MeshCache
@@ -644,7 +668,7 @@ def test_a_new_mount_serves_meshes_from_disk_detects_corruption_and_never_serves
         assert (rdir / "5.ply").read_bytes().startswith(b"ply\n")
         with pytest.raises(OSError) as no_zmesh:  # a mesh never made before cannot be made here
             (rdir / "6.obj").read_text()
-        assert no_zmesh.value.errno == errno.EIO
+        assert no_zmesh.value.errno == errno.ENOTSUP  # the mesh extra is missing, not an I/O error
     monkeypatch.delenv("PYTHONPATH")
 
     corrupt_every_entry(tmp_path / "cache" / "meshes")

@@ -38,7 +38,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from ndfs.errors import NdfsError
+from ndfs.errors import MissingExtra, NdfsError
 
 log = logging.getLogger("ndfs.serve")
 WsgiApp = Callable[[dict, Callable], Iterable[bytes]]
@@ -340,7 +340,7 @@ class WsgiServer:
         try:
             import waitress.server
         except ImportError:
-            raise NdfsError("serving needs waitress: pip install 'ndfs[serve]' (or bash scripts/setup.sh serve)") \
+            raise MissingExtra("serving needs waitress: pip install 'ndfs[serve]' (or bash scripts/setup.sh serve)") \
                 from None
 
         self.app = app
