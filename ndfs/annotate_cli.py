@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ndfs.convert_cli import _box, _range, _remote, _split
+from ndfs.convert_cli import _box, _remote, _split, add_box_arguments
 from ndfs.errors import BadRegion
 
 
@@ -23,9 +23,7 @@ def add_annotate_parsers(subparsers) -> None:
     s.add_argument("channel", help="tree path of an annotation channel, e.g. local/demo/cells")
     s.add_argument("--type", help="RAMON type, e.g. segment, synapse")
     s.add_argument("--kv", action="append", default=[], metavar="KEY=VALUE", help="key-value filter (repeatable)")
-    s.add_argument("--level", type=int, default=0, help="resolution level (default 0)")
-    for axis in "xyz":
-        s.add_argument(f"--{axis}", type=_range, metavar="START:STOP", help=f"{axis} range (default: all)")
+    add_box_arguments(s)
     s.add_argument("--table", metavar="FILE", help="write the per-object table here (.csv or .json; - = stdout)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_count)
@@ -40,9 +38,7 @@ def add_annotate_parsers(subparsers) -> None:
     s.add_argument("--type", default="segment", help="RAMON type of the new objects (default segment)")
     s.add_argument("--threshold", type=float, help="treat CHANNEL as an image and split voxels >= this value")
     s.add_argument("--into", metavar="CHANNEL", help="annotation channel for --threshold (same remote)")
-    s.add_argument("--level", type=int, default=0, help="resolution level (default 0)")
-    for axis in "xyz":
-        s.add_argument(f"--{axis}", type=_range, metavar="START:STOP", help=f"{axis} range (default: all)")
+    add_box_arguments(s)
     s.add_argument("--author", default="ndfs annotate", help="author of the new objects")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_annotate)

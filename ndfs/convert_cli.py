@@ -33,6 +33,13 @@ def _point(text: str) -> tuple[int, int, int]:
     return x, y, z
 
 
+def add_box_arguments(parser, level_help: str = "resolution level (default 0)") -> None:
+    """``--level`` and the ndio-style ``--x/--y/--z START:STOP`` ranges shared by the channel commands."""
+    parser.add_argument("--level", type=int, default=0, help=level_help)
+    for axis in "xyz":
+        parser.add_argument(f"--{axis}", type=_range, metavar="START:STOP", help=f"{axis} range (default: all)")
+
+
 def add_export_parser(subparsers) -> None:
     """Register ``ndfs export`` and ``ndfs import`` on the main parser's subparsers."""
     s = subparsers.add_parser(
@@ -44,9 +51,7 @@ def add_export_parser(subparsers) -> None:
     s.add_argument("channel", help="tree path of the channel, e.g. local/demo/em")
     s.add_argument("output", help="file to write (directory for png)")
     s.add_argument("--format", choices=["npz", "hdf5", "h5", "tiff", "tif", "png"], help="default: from OUT")
-    s.add_argument("--level", type=int, default=0, help="resolution level (default 0)")
-    for axis in "xyz":
-        s.add_argument(f"--{axis}", type=_range, metavar="START:STOP", help=f"{axis} range (default: all)")
+    add_box_arguments(s)
     s.add_argument("--mesh", type=int, metavar="ID", help="write the mesh of label ID instead of voxels")
     s.add_argument("--simplify", type=int, default=10, help="mesh reduction factor, 0 = none (default 10)")
     s.add_argument("--force", action="store_true", help="replace OUT if it exists")

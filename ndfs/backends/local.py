@@ -23,7 +23,6 @@ import json
 import os
 import shutil
 import threading
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 
@@ -35,6 +34,7 @@ from ndfs.downsample import child_extent, downsample
 from ndfs.errors import BackendError, BadRegion, NdfsError, NotFound
 from ndfs.geometry import Box
 from ndfs.info import KINDS, LevelInfo, VolumeInfo
+from ndfs.rwlock import ReadWriteLock
 
 GROUP_FILE = "zarr.json"
 SUPPORTED_DTYPES = ("uint8", "uint16", "uint32", "uint64", "float32")
@@ -54,41 +54,6 @@ def pyramid(shape, offset, voxel_size_nm, n_levels, chunk_shape) -> tuple[LevelI
     return tuple(levels)
 
 
-class _ReadWriteLock:
-    """Many readers or one writer; a waiting writer holds new readers back. Not re-entrant."""
-
-    def __init__(self):
-        self._cond = threading.Condition()
-        self._readers = self._waiting = 0
-        self._writing = False
-
-    @contextmanager
-    def reading(self):
-        with self._cond:
-            self._cond.wait_for(lambda: not self._writing and not self._waiting)
-            self._readers += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
-                self._cond.notify_all()
-
-    @contextmanager
-    def writing(self):
-        with self._cond:
-            self._waiting += 1
-            self._cond.wait_for(lambda: not self._writing and not self._readers)
-            self._waiting -= 1
-            self._writing = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._writing = False
-                self._cond.notify_all()
-
-
 class LocalBackend(LocalRamon, Backend):
     """A directory of zarr v3 channels. ``LocalBackend(path, create=True)`` makes the directory."""
 
@@ -104,7 +69,7 @@ class LocalBackend(LocalRamon, Backend):
             self.capabilities = frozenset({"ramon"})
         self._arrays: dict[tuple[VolumeRef, int], object] = {}
         self._arrays_lock = threading.Lock()
-        self._voxel_locks: dict[VolumeRef, _ReadWriteLock] = {}
+        self._voxel_locks: dict[VolumeRef, ReadWriteLock] = {}
 
     def __repr__(self) -> str:
         return f"LocalBackend({str(self.root)!r})"
@@ -241,9 +206,9 @@ class LocalBackend(LocalRamon, Backend):
         except Exception as exc:
             raise BackendError(f"reading {box} of {'/'.join(ref)} failed: {exc}") from exc
 
-    def _voxel_lock(self, ref: VolumeRef) -> "_ReadWriteLock":
+    def _voxel_lock(self, ref: VolumeRef) -> ReadWriteLock:
         with self._arrays_lock:
-            return self._voxel_locks.setdefault(ref, _ReadWriteLock())
+            return self._voxel_locks.setdefault(ref, ReadWriteLock())
 
     def _write(self, ref: VolumeRef, box: Box, level: int, array: np.ndarray) -> None:
         info = self.info(ref)

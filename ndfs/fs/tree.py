@@ -38,6 +38,7 @@ from ndfs.errors import BadInput, NdfsError, NotFound, ReadOnly, TooLarge
 from ndfs.formats import arrays
 from ndfs.geometry import Box
 from ndfs.info import VolumeInfo
+from ndfs.rwlock import ReadWriteLock
 from ndfs.formats.tiff import TiffLayout
 
 log = logging.getLogger("ndfs.tree")
@@ -257,39 +258,6 @@ class Plane:
         return {"z": lambda a: a[0], "y": lambda a: a[:, 0, :], "x": lambda a: a[:, :, 0]}[self.axis](arr)
 
 
-class _RWLock:
-    """Many readers or one writer (writers wait for readers to leave, new readers wait for writers)."""
-
-    def __init__(self):
-        self._cond = threading.Condition()
-        self._readers = 0
-        self._writers = 0
-
-    def acquire_read(self):
-        with self._cond:
-            self._cond.wait_for(lambda: self._writers == 0)
-            self._readers += 1
-
-    def release_read(self):
-        with self._cond:
-            self._readers -= 1
-            self._cond.notify_all()
-
-    def acquire_write(self):
-        with self._cond:
-            self._writers += 1
-            self._cond.wait_for(lambda: self._readers == 0 and not self._writing)
-            self._writing = True
-
-    def release_write(self):
-        with self._cond:
-            self._writers -= 1
-            self._writing = False
-            self._cond.notify_all()
-
-    _writing = False
-
-
 class Tree:
     """Resolves mount paths to nodes over a set of named backends.
 
@@ -305,7 +273,7 @@ class Tree:
         self._memo: dict[tuple, tuple[float, object]] = {}
         self._lock = threading.Lock()
         self._versions: dict[tuple, tuple[int, float]] = {}  # (remote, ref) -> (writes so far, time of last)
-        self._vlocks: dict[tuple, _RWLock] = {}
+        self._vlocks: dict[tuple, ReadWriteLock] = {}
         self.listeners: list[Callable[[str, VolumeRef], None]] = []
         #: rendered cutout files, keyed with the volume's version so a write makes them stale
         self.rendered = cachetools.LRUCache(maxsize=max(64 * 2**20, min(2 * max_cutout_bytes, 512 * 2**20)),
@@ -359,28 +327,24 @@ class Tree:
         with self._lock:
             return self._versions.get((remote, ref), (0, self.started))
 
-    def volume_lock(self, remote: str, ref: VolumeRef) -> _RWLock:
+    def volume_lock(self, remote: str, ref: VolumeRef) -> ReadWriteLock:
         with self._lock:
-            return self._vlocks.setdefault((remote, ref), _RWLock())
+            return self._vlocks.setdefault((remote, ref), ReadWriteLock())
 
     def read_whole(self, remote: str, ref: VolumeRef, box: Box, level: int) -> np.ndarray:
         """Read a box as one unit: never half before and half after a write through this tree."""
-        lock = self.volume_lock(remote, ref)
-        lock.acquire_read()
-        try:
+        with self.volume_lock(remote, ref).reading():
             return self.backend(remote).read(ref, box, level)
-        finally:
-            lock.release_read()
 
     def write(self, remote: str, ref: VolumeRef, box: Box, level: int, array: np.ndarray) -> None:
         """Store voxels through the remote's backend (the one write path of the mount), then tell listeners."""
-        lock = self.volume_lock(remote, ref)
-        lock.acquire_write()
         try:
-            self.backend(remote).write(ref, box, level, array)
-        finally:  # a failed write may still have changed part of the store
-            self._bump(remote, ref)
-            lock.release_write()
+            with self.volume_lock(remote, ref).writing():
+                try:
+                    self.backend(remote).write(ref, box, level, array)
+                finally:  # a failed write may still have changed part of the store
+                    self._bump(remote, ref)
+        finally:
             self._notify(remote, ref)
 
     def changed(self, remote: str, ref: VolumeRef) -> None:
