@@ -182,6 +182,19 @@ def test_cutouts_in_every_format_equal_the_store(server, store, channel, fmt):
     np.testing.assert_array_equal(got[0], oracle.read(channel, box, 0))
 
 
+def test_npz_and_zip_replies_are_compressed_at_zlib_level_1(server, store):
+    """The server's compression must not be what a cutout waits for (bench --api, row A3)."""
+    (z0, y0, x0) = store[1].box("em16", 0).start
+    box = Box((z0, y0, x0), (z0 + 8, y0 + 16, x0 + 16))
+    data = store[1].read("em16", box, 0)
+    tail = f"0/{x0},{x0 + 16}/{y0},{y0 + 16}/{z0},{z0 + 8}/"
+    npz = requests.get(url(server, f"conf/em16/npz/{tail}")).content
+    buf = io.BytesIO()
+    np.save(buf, data[None], allow_pickle=False)
+    assert npz == zlib.compress(buf.getvalue(), 1)
+    assert requests.get(url(server, f"conf/em16/zip/{tail}")).content == zlib.compress(data.tobytes(), 1)
+
+
 def test_illegal_boxes_and_levels_are_404_illegal(server):
     for tail in ("conf/em8/npz/0/0,10/5,10/3,5/",      # x below the offset (7)
                  "conf/em8/npz/0/7,98/5,10/3,5/",      # past the end
@@ -437,6 +450,13 @@ def test_request_pieces_tile_the_box_on_the_supercube_grid(max_bytes):
     got = pieces(box, (16, 128, 128), 2, max_bytes)
     assert sum(p.size for p in got) == box.size and all(box.contains(p) for p in got)
     assert all(p.size * 2 <= max(max_bytes, 2) for p in got)
+
+
+def test_a_64_mib_cutout_goes_out_as_four_parallel_16_mib_requests():
+    """One 64 MiB request waited on the server compressing it on one core (bench --api, row A3)."""
+    driver = NeuroDataBackend("http://127.0.0.1:9")  # no I/O until first use
+    got = pieces(Box((0, 0, 0), (64, 1024, 1024)), (16, 128, 128), 1, driver.max_request_bytes)
+    assert driver.max_request_bytes == 16 * 2**20 and len(got) == 4 and driver.workers >= 4
 
 
 def test_the_driver_reads_levels_in_aligned_pieces_and_both_url_styles(server, store):

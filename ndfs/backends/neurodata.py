@@ -13,7 +13,8 @@ Voxels travel as the compressed npz of ``specs/neurodata.md`` 4 (zlib of
 ``np.save`` bytes of a (C,Z,Y,X) array, read with ``allow_pickle=False``;
 blosc bodies, pickles inside, are never unpacked). A transfer is cut into
 pieces aligned to supercubes (4 cubes per axis), halved until each holds at
-most ``max_request_bytes``, run in parallel. **Posts merge**: ndstore stores
+most ``max_request_bytes`` (16 MiB: a 64 MiB cutout in one request waited on
+the server compressing it on one core), run in parallel. **Posts merge**: ndstore stores
 only the non-zero voxels of a posted array, so writing zeros never erases
 (RAMON ``ramon_delete`` is the way to clear an object's voxels).
 
@@ -63,11 +64,11 @@ NPY_HEADER_BYTES = 65536  # the most an .npy header takes (format 1.0), beyond t
 
 
 # ---- wire codecs (shared with ndfs.serve.neurodata) --------------------------------
-def npz_encode(array: np.ndarray) -> bytes:
-    """The "npz" body: zlib-compressed ``np.save`` bytes (not a zip archive)."""
+def npz_encode(array: np.ndarray, level: int = 6) -> bytes:
+    """The "npz" body: zlib-compressed ``np.save`` bytes (not a zip archive), at zlib ``level``."""
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
-    return zlib.compress(buf.getvalue())
+    return zlib.compress(buf.getvalue(), level)
 
 
 def npz_decode(body: bytes, max_bytes: int | None = None) -> np.ndarray:
@@ -182,7 +183,7 @@ class NeuroDataBackend(Backend):
     def __init__(self, url: str, api_token: str | None = None, *, tokens=(), api: str = "nd/sd",
                  timeout_s: float = 30.0, connect_timeout_s: float = 10.0, retries: int = 4,
                  backoff_s: float = 0.5, backoff_cap_s: float = 30.0, workers: int = 8,
-                 max_request_bytes: int = 64 * MiB, read_only: bool = False):
+                 max_request_bytes: int = 16 * MiB, read_only: bool = False):
         super().__init__()
         if not re.match(r"https?://[^/]+", str(url)):
             raise BadRegion(f"a NeuroData url looks like https://host[:port], got {url!r}")
