@@ -228,6 +228,25 @@ def test_id_zero_is_assigned_and_reserved_ids_are_never_handed_out_again(store):
     reopened.close()
 
 
+@pytest.mark.parametrize("cached", [False, True], ids=["raw", "cached"])
+def test_labels_written_as_plain_cutouts_are_never_handed_out_as_new_ids(store, cached):
+    backend = _cached(store) if cached else store
+    labels = np.zeros((2, 4, 4), np.uint64)
+    labels[0, 0, 0], labels[1, 3, 3] = 7, 1000
+    backend.write("p/ann", Box((2, 3, 4), (4, 7, 8)), 0, labels)
+    assert backend.ramon_ids("p/ann") == []  # labels are not objects
+    assert backend.reserve_ids("p/ann", 2) == [1001, 1002]
+    assert backend.ramon_put("p/ann", [ramon.RamonSegment()]) == [1003]
+    backend.write("p/ann", Box((2, 3, 4), (3, 4, 5)), 0, np.full((1, 1, 1), 20, np.uint64))  # below: no change
+    other = LocalBackend(store.root)  # as another process: the counter lives in the database
+    assert other.reserve_ids("p/ann", 1) == [1004]
+    other.close()
+    store.write("p/img", Box((0, 0, 0), (1, 1, 1)), 0, np.full((1, 1, 1), 200, np.uint8))
+    assert not (store.root / "p" / "img" / DB_NAME).exists()  # image channels keep no RAMON database
+    if cached:
+        backend.close()
+
+
 def test_queries_filter_by_type_status_confidence_kv_box_and_limit(store):
     segs = [ramon.RamonSegment(id=i, status=i % 2, confidence=i / 10, kvpairs={"class": "cell" if i < 4 else "glia"})
             for i in range(1, 7)]

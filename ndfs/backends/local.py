@@ -216,6 +216,7 @@ class LocalBackend(LocalRamon, Backend):
             self._store(ref, level, box, array)
             if level == 0:
                 self._propagate(ref, info, box, array)
+        self._note_labels(ref, array)
 
     def _store(self, ref: VolumeRef, level: int, box: Box, array: np.ndarray) -> None:
         lv = self.info(ref).level(level)

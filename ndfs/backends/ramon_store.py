@@ -3,8 +3,9 @@
 Where: ``STORE/<project>/<channel>/ramon.sqlite``, inside the channel's
 directory beside its zarr levels, so the objects move, copy and disappear
 with their labels (``delete_volume`` and ``create_volume(overwrite=True)``
-take them along). The database is created by the first write (``ramon_put``
-or ``reserve_ids``); a channel without one has no objects.
+take them along). The database is created by the first write (``ramon_put``,
+``reserve_ids``, or voxels written to the channel, whose largest label moves
+the id counter); a channel without one has no objects.
 
 Schema (version 1)::
 
@@ -14,8 +15,9 @@ Schema (version 1)::
     meta(key PRIMARY KEY, value)   schema version and next_id
 
 Ids: ``next_id`` only grows. Id 0 on a put takes ``next_id``; an explicit id
-at or above it moves it past that id; ``reserve_ids`` hands out a block from
-it. So no id is ever handed out twice, even after deletes. Ids are < 2**63
+at or above it, or a label written into the channel's voxels (a plain cutout
+too), moves it past that id; ``reserve_ids`` hands out a block from it. So no
+id is ever handed out twice, even after deletes, nor one that labels voxels. Ids are < 2**63
 (SQLite integers are signed 64-bit).
 
 :class:`LocalRamon` is the mixin that gives :class:`ndfs.backends.local.LocalBackend`
@@ -42,6 +44,7 @@ from ndfs.ramon.labels import erase, labels_in, paint, scan_bbox
 
 DB_NAME = "ramon.sqlite"
 SCHEMA_VERSION = 1
+MAX_ID = 2**63 - 1  # SQLite integers are signed 64-bit
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (id INTEGER PRIMARY KEY, type TEXT NOT NULL, status INTEGER NOT NULL,
                                     confidence REAL NOT NULL, author TEXT NOT NULL, doc TEXT NOT NULL);
@@ -61,6 +64,7 @@ class RamonStore:
         self.path = Path(path)
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
+        self._seen_next = 0  # next_id as last seen by note_label (it only grows)
         self._opened: tuple[int, int] | None = None
 
     def __repr__(self) -> str:
@@ -233,6 +237,25 @@ class RamonStore:
             raise NotFound(f"no RAMON object {ids[0]}")
         self._run(True, remove)
 
+    def note_label(self, label: int) -> None:
+        """Move ``next_id`` past a label found in voxels written to the channel (plain cutouts too).
+
+        So ``reserve`` never hands out an id that already labels voxels. Labels
+        past the id range (2**63 and up) cannot be tracked and are left alone.
+        """
+        label = int(label)
+        if label <= 0 or label >= MAX_ID or label < self._seen_next:  # a stale next_id is never too high
+            return
+
+        def bump(conn):
+            nxt = conn.execute("SELECT value FROM meta WHERE key = 'next_id'").fetchone()[0]
+            if label >= nxt:
+                nxt = label + 1
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'next_id'", (nxt,))
+            return nxt
+
+        self._seen_next = self._run(True, bump)
+
     def reserve(self, n: int) -> int:
         """The first of ``n`` fresh consecutive ids, never handed out again."""
         def take(conn):
@@ -290,6 +313,11 @@ class LocalRamon:
 
     def _reserve_ids(self, ref, n: int) -> int:
         return self._ramon_store(ref).reserve(n)
+
+    def _note_labels(self, ref, array) -> None:
+        """After voxels are written to an annotation channel: keep the id counter past their labels."""
+        if array.size and self.info(ref).kind == "annotation":
+            self._ramon_store(ref).note_label(int(array.max()))
 
     def _ramon_bbox(self, ref, id: int, level: int) -> Box | None:
         (obj,) = self._ramon_store(ref).get([id])
