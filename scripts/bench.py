@@ -891,30 +891,25 @@ def api_add(a: int, b: int) -> int:
 
 
 class CliServer:
-    """``ndfs serve --protocol P --store DIR --port 0`` in a child process; its URL from the start line."""
+    """``ndfs serve --protocol P --store DIR --port 0`` in a child process (ndfs.testing.serve); ``.url``."""
 
     def __init__(self, protocol: str, store: Path, plan: Plan, log_path: Path):
-        cmd = [sys.executable, "-m", "ndfs", "serve", "--protocol", protocol, "--store", str(store), "--port", "0",
-               "--read-only", "--latency-ms", str(plan.latency_ms), "--bandwidth-mbps", str(plan.bandwidth_mbps)]
+        from ndfs.testing.serve import served
+
         self._log = open(log_path, "w")
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._log,
-                                     text=True)
-        line = self.proc.stdout.readline()  # printed once listening, or nothing if it died
-        m = re.search(r" at (http://[^/\s]+)", line)
-        if not m:
+        self._stack = contextlib.ExitStack()
+        try:
+            srv = self._stack.enter_context(served(
+                protocol, store, "--read-only", "--latency-ms", plan.latency_ms, "--bandwidth-mbps",
+                plan.bandwidth_mbps, stderr=self._log, check_exit=False))
+        except AssertionError:
             self.stop()
             raise RuntimeError(f"ndfs serve --protocol {protocol} did not start: "
-                               f"{log_path.read_text(errors='replace').strip()[-300:] or line.strip()}")
-        self.url = m.group(1)
+                               f"{log_path.read_text(errors='replace').strip()[-300:]}") from None
+        self.url, self.proc = srv.url, srv.proc
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        self._stack.close()
         self._log.close()
 
 

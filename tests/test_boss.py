@@ -9,7 +9,6 @@ counting cuboid-aligned requests.
 import errno
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from ndfs.serve.boss import BossApp
 from ndfs.serve.common import ServeOptions, WsgiServer
 from ndfs.testing.mount import fuse_unavailable, mounted
 from ndfs.testing.reference import CHANNELS, build_reference_store
+from ndfs.testing.serve import served
 
 COLL, EXP = "ndfs", "conf"
 BIG = (COLL, "big", "img")
@@ -286,16 +286,8 @@ def test_the_bandwidth_cap_paces_responses(store):
 # ---- the real intern client through `ndfs serve --protocol boss` ----------------
 @pytest.fixture(scope="module")
 def cli_server(store):
-    proc = subprocess.Popen([sys.executable, "-m", "ndfs", "serve", "--protocol", "boss", "--store", str(store[0]),
-                             "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    line = proc.stdout.readline()
-    m = re.search(r"at (http://[\d.]+:\d+)/v1/", line)
-    if not m:
-        proc.kill()
-        raise AssertionError(f"ndfs serve did not start: {line!r} {proc.stderr.read()}")
-    yield m.group(1)
-    proc.terminate()
-    assert proc.wait(timeout=10) == 0
+    with served("boss", store[0]) as srv:
+        yield srv.url
 
 
 @pytest.fixture

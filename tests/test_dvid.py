@@ -36,6 +36,7 @@ from ndfs.testing.conformance import *  # noqa: F401,F403
 from ndfs.testing.conformance import Case
 from ndfs.testing.mount import fuse_unavailable, mounted
 from ndfs.testing.reference import build_reference_store
+from ndfs.testing.serve import served
 
 REPO = "conf"
 
@@ -613,16 +614,8 @@ def test_a_dvid_remote_in_ndfs_toml_opens_the_driver(server, monkeypatch):
 # ---- reference clients through `ndfs serve --protocol dvid` -------------------------------
 @pytest.fixture(scope="module")
 def cli_server(store):
-    proc = subprocess.Popen([sys.executable, "-m", "ndfs", "serve", "--protocol", "dvid", "--store", str(store[0]),
-                             "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    line = proc.stdout.readline()
-    m = re.search(r"at (http://[\d.]+:\d+)/api/", line)
-    if not m:
-        proc.kill()
-        raise AssertionError(f"ndfs serve did not start: {line!r} {proc.stderr.read()}")
-    yield m.group(1)
-    proc.terminate()
-    assert proc.wait(timeout=10) == 0
+    with served("dvid", store[0]) as srv:
+        yield srv.url
 
 
 def _intern(url):

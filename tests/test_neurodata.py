@@ -18,7 +18,6 @@ import errno
 import hashlib
 import io
 import json
-import re
 import subprocess
 import sys
 import textwrap
@@ -40,6 +39,7 @@ from ndfs.testing.conformance import *  # noqa: F401,F403
 from ndfs.testing.conformance import Case
 from ndfs.testing.mount import fuse_unavailable, mounted
 from ndfs.testing.reference import build_reference_store
+from ndfs.testing.serve import served
 
 ANN, IMG = ("ann", "seg"), ("ann", "img")
 ANN_SHAPE, ANN_OFFSET = (10, 60, 70), (1, 2, 3)
@@ -756,19 +756,9 @@ def test_the_ndio_paper_example_gives_the_same_array_in_ndfs_the_mount_and_ndio(
 
 # ---- the command line --------------------------------------------------------------------
 def test_ndfs_serve_protocol_neurodata_serves_a_store(store):
-    proc = subprocess.Popen([sys.executable, "-m", "ndfs", "serve", "--protocol", "neurodata", "--store",
-                             str(store[0]), "--port", "0", "--read-only"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        line = proc.stdout.readline()
-        m = re.search(r"at (http://[\d.]+:\d+)/ocp/ca/", line)
-        assert m, f"ndfs serve did not start: {line!r}"
-        with NeuroDataBackend(m.group(1)) as driver:
-            assert driver.children(()) == ["ann", "conf"]
-            box = store[1].box("em8", 2)
-            np.testing.assert_array_equal(driver.read(("conf", "em8"), box, 2), store[1].read("em8", box, 2))
-            assert driver.info(IMG).extra["neurodata"]["readonly"] == 1
-            assert isinstance(driver.ramon_ids(ANN), list)  # RAMON reads work on a read-only server
-    finally:
-        proc.terminate()
-    assert proc.wait(timeout=10) == 0
+    with served("neurodata", store[0], "--read-only") as srv, NeuroDataBackend(srv.url) as driver:
+        assert driver.children(()) == ["ann", "conf"]
+        box = store[1].box("em8", 2)
+        np.testing.assert_array_equal(driver.read(("conf", "em8"), box, 2), store[1].read("em8", box, 2))
+        assert driver.info(IMG).extra["neurodata"]["readonly"] == 1
+        assert isinstance(driver.ramon_ids(ANN), list)  # RAMON reads work on a read-only server

@@ -9,7 +9,6 @@ import errno
 import io
 import json
 import os
-import re
 import shutil
 import socket
 import ssl
@@ -43,6 +42,7 @@ from ndfs.serve.dvid import DvidApp
 from ndfs.serve.neurodata import NeuroDataApp
 from ndfs.testing.mount import fuse_unavailable, mounted, ndfs
 from ndfs.testing.reference import OFFSET, build_reference_store
+from ndfs.testing.serve import served
 
 needs_fuse = pytest.mark.skipif(fuse_unavailable() is not None, reason=str(fuse_unavailable()))
 SECRET = "Zq7-s3cret-t0ken-4f1b"  # distinctive enough that finding it anywhere means it leaked
@@ -81,8 +81,8 @@ def guarded(store):
     """One server per protocol that accepts only SECRET, each behind an Echo switch."""
     root, _ = store
     running = {}
-    for name, (app, served) in APPS.items():
-        echo = Echo(app(LocalBackend(root / served), tokens=[SECRET]))
+    for name, (app, sub) in APPS.items():
+        echo = Echo(app(LocalBackend(root / sub), tokens=[SECRET]))
         running[name] = (WsgiServer(echo).start(), echo)
     yield running
     for srv, _ in running.values():
@@ -208,18 +208,12 @@ def test_config_reprs_and_info_never_show_the_token(guarded, monkeypatch, tmp_pa
 def test_serve_takes_its_token_from_the_environment_so_the_process_list_never_shows_it(store, tmp_path):
     root, _ = store
     env = {**os.environ, "NDFS_SERVE_TOKEN": SECRET}
-    proc = subprocess.Popen([sys.executable, "-m", "ndfs", "serve", "--protocol", "neurodata", "--store",
-                             str(root / "ndfs"), "--port", "0", "--token-env", "NDFS_SERVE_TOKEN"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        url = _served_url(proc)
-        assert SECRET not in Path(f"/proc/{proc.pid}/cmdline").read_bytes().decode()
+    with served("neurodata", root / "ndfs", "--token-env", "NDFS_SERVE_TOKEN", env=env) as srv:
+        url = srv.url
+        assert SECRET not in Path(f"/proc/{srv.proc.pid}/cmdline").read_bytes().decode()
         assert requests.get(f"{url}/nd/sd/public_tokens/", timeout=10).status_code == 401
         assert requests.get(f"{url}/nd/sd/public_tokens/", headers={"Authorization": f"Token {SECRET}"},
                             timeout=10).status_code == 200
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
     done = subprocess.run([sys.executable, "-m", "ndfs", "serve", "--protocol", "boss", "--store", str(root),
                            "--token-env", "NDFS_NO_SUCH_VARIABLE"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and "NDFS_NO_SUCH_VARIABLE" in done.stderr and done.stderr.count("\n") == 1
@@ -281,15 +275,6 @@ def test_the_mount_is_private_by_default_and_shared_only_with_allow_other(tmp_pa
 
 
 # ---- servers: loopback by default, tokens enforced --------------------------------------------------------
-def _served_url(proc) -> str:
-    line = proc.stdout.readline()
-    m = re.search(r"at (http://[^/\s]+)/", line)
-    if not m:
-        proc.kill()
-        raise AssertionError(f"ndfs serve did not start: {line!r} {proc.stderr.read()}")
-    return m.group(1)
-
-
 def _listening_addresses(pid: int) -> set[str]:
     """The local addresses of the TCP sockets process ``pid`` listens on, from /proc/net/tcp{,6}."""
     inodes = set()
@@ -326,15 +311,11 @@ PROBES = {  # protocol -> (a public-looking route, a data route) below the serve
 @pytest.mark.parametrize("protocol", list(PROBES))
 def test_ndfs_serve_listens_on_loopback_only_and_enforces_its_token(store, protocol):
     root, _ = store
-    served = root if protocol == "boss" else root / "ndfs"
-    proc = subprocess.Popen([sys.executable, "-m", "ndfs", "serve", "--protocol", protocol, "--store", str(served),
-                             "--port", "0", "--token", "t-right"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    try:
-        url = _served_url(proc)
+    with served(protocol, root if protocol == "boss" else root / "ndfs", "--token", "t-right") as srv:
+        url = srv.url
         assert url.startswith("http://127.0.0.1:")
         port = int(url.rsplit(":", 1)[1])
-        assert _listening_addresses(proc.pid) == {f"127.0.0.1:{port}"}
+        assert _listening_addresses(srv.proc.pid) == {f"127.0.0.1:{port}"}
         for route in PROBES[protocol]:
             assert requests.get(url + route, timeout=10).status_code == 401, route
             for header in ("Token t-wrong", "Bearer t-wrong", "Token", "t-right", "Basic dC1yaWdodA=="):
@@ -343,9 +324,6 @@ def test_ndfs_serve_listens_on_loopback_only_and_enforces_its_token(store, proto
                                 timeout=10).status_code == 200, route
         posted = requests.post(url + PROBES[protocol][1], data=b"x" * 100, timeout=10)
         assert posted.status_code == 401  # writes too
-    finally:
-        proc.terminate()
-        assert proc.wait(timeout=10) == 0
 
 
 def test_the_server_class_binds_loopback_by_default(store):
