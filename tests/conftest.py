@@ -1,21 +1,40 @@
+import contextlib
 import os
 
 import pytest
 
+from ndfs.config import user_cache_dir
 from ndfs.testing.reference import build_reference_store
+
+# the ndio test venv takes a while to build, so it is the one thing kept in the user's cache across runs
+os.environ.setdefault("NDFS_TEST_VENVS", str(user_cache_dir() / "test-venvs"))
+
+
+@contextlib.contextmanager
+def _environ(name: str, value: str):
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield value
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
 
 
 @pytest.fixture(scope="session", autouse=True)
 def private_outbox(tmp_path_factory):
     """Mounts started by tests keep their outbox (and write spool) in a temporary directory, not the user's."""
-    path = tmp_path_factory.mktemp("outbox")
-    old = os.environ.get("NDFS_OUTBOX_DIR")
-    os.environ["NDFS_OUTBOX_DIR"] = str(path)
-    yield path
-    if old is None:
-        os.environ.pop("NDFS_OUTBOX_DIR", None)
-    else:
-        os.environ["NDFS_OUTBOX_DIR"] = old
+    with _environ("NDFS_OUTBOX_DIR", str(tmp_path_factory.mktemp("outbox"))) as path:
+        yield path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Mounts and remotes without a [cache] dir keep chunks and meshes in a temporary directory, not the user's."""
+    with _environ("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache"))) as path:
+        yield path
 
 
 @pytest.fixture(scope="session")

@@ -18,10 +18,12 @@ import errno
 import hashlib
 import io
 import json
+import os
 import subprocess
 import sys
 import textwrap
 import zlib
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -587,7 +589,7 @@ def ndio_python() -> str:
     from ndfs.config import user_cache_dir
 
     key = hashlib.sha256(json.dumps([sys.version, "ndio==1.1.5", NDIO_PINS]).encode()).hexdigest()[:12]
-    venv = user_cache_dir() / "test-venvs" / f"ndio-1.1.5-{key}"
+    venv = Path(os.environ.get("NDFS_TEST_VENVS") or user_cache_dir() / "test-venvs") / f"ndio-1.1.5-{key}"
     python = venv / "bin" / "python"
     ready = venv / "ndfs-ready"
     if not ready.exists():
