@@ -579,24 +579,23 @@ NDIO_PINS = ["six", "numpy==1.23.5", "h5py==3.8.0", "requests", "blosc", "json-s
              "tifffile"]
 
 
-@pytest.fixture(scope="session")
-def ndio_python() -> str:
-    """The python of a venv holding ndio 1.1.5 and the spec's pins; made once and kept in the user cache.
+def _ndio_venv(version: str) -> str:
+    """The python of a venv holding ndio ``version`` and the spec's pins; made once and kept in the user cache.
 
     ndio is installed without its declared dependencies: it pins ``blosc==1.3.2``, which does not
     build on current Pythons and is only imported (Python 3 ndio never calls it for a GET).
     """
     from ndfs.config import user_cache_dir
 
-    key = hashlib.sha256(json.dumps([sys.version, "ndio==1.1.5", NDIO_PINS]).encode()).hexdigest()[:12]
-    venv = Path(os.environ.get("NDFS_TEST_VENVS") or user_cache_dir() / "test-venvs") / f"ndio-1.1.5-{key}"
+    key = hashlib.sha256(json.dumps([sys.version, f"ndio=={version}", NDIO_PINS]).encode()).hexdigest()[:12]
+    venv = Path(os.environ.get("NDFS_TEST_VENVS") or user_cache_dir() / "test-venvs") / f"ndio-{version}-{key}"
     python = venv / "bin" / "python"
     ready = venv / "ndfs-ready"
     if not ready.exists():
         venv.parent.mkdir(parents=True, exist_ok=True)
         steps = [[sys.executable, "-m", "venv", "--clear", str(venv)],
                  [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps",
-                  "ndio==1.1.5"],
+                  f"ndio=={version}"],
                  [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *NDIO_PINS],
                  [str(python), "-c", "import ndio.remote.neurodata, ndio.ramon"]]
         for step in steps:
@@ -604,6 +603,12 @@ def ndio_python() -> str:
             assert done.returncode == 0, f"making the ndio venv failed at {step[2:]}: {done.stderr[-2000:]}"
         ready.write_text("ok\n")
     return str(python)
+
+
+@pytest.fixture(scope="session")
+def ndio_python() -> str:
+    """ndio 1.1.5, the reference client of specs/neurodata.md."""
+    return _ndio_venv("1.1.5")
 
 
 def run_ndio(python: str, server, code: str, tmp_path) -> dict:
@@ -754,6 +759,37 @@ def test_the_ndio_paper_example_gives_the_same_array_in_ndfs_the_mount_and_ndio(
         numpy.save(f"{{tmp}}/paper.npy", nd.get_cutout(**{json.dumps(PAPER_QUERY)}))
         """, tmp_path)
     np.testing.assert_array_equal(np.load(tmp_path / "paper.npy").transpose(2, 1, 0), shiny_new_numpy_array)
+
+
+# ---- ndio 1.1.6: /nd/sd/ and the token header (spec 10.15) ------------------------------------
+def test_ndio_1_1_6_with_the_getURL_shim_sends_its_token_on_nd_sd(store, tmp_path):
+    """ndio 1.1.6 calls a module-level getURL that it never defines; bound to its own method, it works."""
+    python = _ndio_venv("1.1.6")
+    oracle = store[1]
+    with WsgiServer(NeuroDataApp(LocalBackend(store[0]), tokens=["t-right"])) as srv:
+        def run(token: str) -> subprocess.CompletedProcess:
+            script = textwrap.dedent(f"""
+                import sys, numpy, ndio.remote.neurodata
+                module = sys.modules["ndio.remote.neurodata"]  # the package re-exports the class under this name
+                nd = module.neurodata({token!r}, hostname={srv.url.removeprefix("http://")!r}, protocol="http")
+                module.getURL = lambda url, token="": nd.getURL(url, token)  # the shim of specs/neurodata.md
+                numpy.save({str(tmp_path / "cut.npy")!r}, nd.get_cutout("conf", "em16", 7, 97, 5, 75, 3, 23,
+                                                                        resolution=0))
+                """)
+            return subprocess.run([python, "-W", "ignore", "-c", script], capture_output=True, text=True,
+                                  timeout=300)
+
+        srv.counter.reset()
+        done = run("t-right")
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert srv.counter.count("GET", "/nd/sd/conf/em16/hdf5/0/", 200) == 1  # ndio 1.1.6's base URL
+        assert srv.counter.count(status=401) == 0  # every GET carried the token (the server is strict)
+        np.testing.assert_array_equal(np.load(tmp_path / "cut.npy").transpose(2, 1, 0),
+                                      oracle.read("em16", oracle.box("em16", 0), 0))
+        srv.counter.reset()
+        refused = run("t-wrong")  # the header is what the server judged: a wrong token gets nothing
+        assert refused.returncode != 0 and srv.counter.count(status=401) >= 1
+        assert srv.counter.count(status=200) == 0
 
 
 # ---- the command line --------------------------------------------------------------------
