@@ -378,6 +378,62 @@ def test_invalidate_whole_volume_and_a_box(store, make):
     assert s["memory_entries"] == 0 and s["disk_entries"] == 0
 
 
+class RemoteLike(GatedLocal):
+    """A store that cannot stamp its volumes (as a remote service): caches share stamps on their disk."""
+
+    def generation(self, ref):
+        return None
+
+
+def test_another_cache_of_the_local_store_sees_a_write_and_its_own_writes_drop_nothing(store, make):
+    path, data, _ = store
+    reader, writer = make(LocalBackend(path)), make(LocalBackend(path))  # as two processes
+    box = Box((0, 0, 0), (8, 32, 32))
+    np.testing.assert_array_equal(reader.read(REF, box, 0), data[:8, :32, :32])
+    writer.write(REF, box, 0, np.full(box.shape, 5, np.uint8))
+    assert (reader.read(REF, box, 0) == 5).all()
+    assert reader.cache_stats()["changed_elsewhere"] == 1
+    reader.write(REF, box, 0, np.full(box.shape, 6, np.uint8))  # its own write: the rest stays cached
+    other = Box((8, 0, 0), (16, 32, 32))
+    reader.read(REF, other, 0)
+    hits = reader.cache_stats()["memory_hits"]
+    reader.read(REF, other, 0)
+    assert reader.cache_stats()["memory_hits"] == hits + 1 and reader.cache_stats()["changed_elsewhere"] == 1
+    assert (writer.read(REF, box, 0) == 6).all() and writer.cache_stats()["changed_elsewhere"] == 0  # new to it
+
+
+def test_caches_of_a_remote_sharing_a_disk_tier_see_each_others_writes(store, make, tmp_path):
+    path, data, _ = store
+    reader, writer = make(RemoteLike(path), disk=True), make(RemoteLike(path), disk=True)
+    box = Box((0, 0, 0), (8, 32, 32))
+    np.testing.assert_array_equal(reader.read(REF, box, 0), data[:8, :32, :32])
+    assert reader.wait_idle(10)
+    writer.write(REF, box, 0, np.full(box.shape, 9, np.uint8))
+    assert (reader.read(REF, box, 0) == 9).all()  # neither its memory nor the shared disk was stale
+    assert reader.cache_stats()["changed_elsewhere"] == 1
+    assert list((tmp_path / "cache" / "stamps").iterdir())  # the stamp lives beside the disk tier
+
+
+def test_a_chunk_fetched_across_another_caches_write_is_not_kept_on_disk(store, make):
+    """The fetch started before the write and ended after it: its chunk may be old, so the disk forgets it."""
+    path, data, _ = store
+    slow = RemoteLike(path)
+    reader, writer = make(slow, disk=True), make(RemoteLike(path), disk=True)
+    box = Box((0, 0, 0), (8, 32, 32))
+    reader.read(REF, Box((8, 0, 0), (16, 32, 32)), 0)  # the reader has looked at the volume's stamp
+    slow.after.clear()  # the next fetch reads its voxels, then waits before returning them
+    fetch = threading.Thread(target=reader.read, args=(REF, box, 0))
+    fetch.start()
+    _wait_for(lambda: slow.done == 2, "the fetch to read the old voxels")
+    writer.write(REF, box, 0, np.full(box.shape, 3, np.uint8))
+    slow.after.set()
+    fetch.join(10)
+    assert reader.wait_idle(10)
+    fresh = make(LocalBackend(path), disk=True)  # a third process over the same disk tier
+    assert fresh.disk_key(REF, 0, (0, 0, 0)) not in diskcache.Cache(str(fresh.disk_dir))
+    assert (fresh.read(REF, box, 0) == 3).all()
+
+
 # ---- 6. corruption -------------------------------------------------------
 def _corruptions():
     good = encode_chunk(np.zeros(CHUNK, np.uint8))

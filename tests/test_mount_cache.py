@@ -4,6 +4,7 @@ The server is `ndfs serve --protocol boss` in-process over a local store; its
 own request log counts the cutout GETs ndfs makes. Counts, never times.
 """
 
+import json
 import os
 import time
 
@@ -12,6 +13,7 @@ import pytest
 import tifffile
 
 from ndfs.backends.local import LocalBackend
+from ndfs.geometry import Box
 from ndfs.serve.boss import BossApp
 from ndfs.serve.common import WsgiServer
 from ndfs.testing.mount import fuse_unavailable, mounted
@@ -78,3 +80,47 @@ def test_sequential_scrolling_prefetches_the_next_slab(site, tmp_path):
         assert fetched == 3 * CUBOIDS_PER_SLAB  # every cuboid once, the last slab ahead of the reader
         scroll(tmp_path / "mnt", range(32, 48), data)
         assert cutout_gets(server) == fetched
+
+
+# ---- writes made by another process reach a running mount ----------------------------------------
+def _slice(mnt, remote, ref, z):
+    return tifffile.imread(mnt.joinpath(remote, *ref, "0", "z", f"{z}.tif"))
+
+
+def test_a_mount_sees_what_another_process_wrote_to_the_local_store(tmp_path):
+    import ndfs
+
+    ref = ("p", "em")
+    store = LocalBackend(tmp_path / "store", create=True)
+    store.create_volume(ref, (8, 64, 64), "uint8", levels=1, chunk_shape=(8, 32, 32))
+    store.write(ref, Box((0, 0, 0), (8, 64, 64)), 0, np.full((8, 64, 64), 10, np.uint8))
+    config = tmp_path / "ndfs.toml"
+    config.write_text(f'[remotes.local]\nkind = "local"\npath = "{tmp_path / "store"}"\n')
+    with mounted(config, tmp_path / "mnt"):
+        assert (_slice(tmp_path / "mnt", "local", ref, 3) == 10).all()  # now in its cache and the page cache
+        vol = ndfs.remote(str(tmp_path / "store")).volume(*ref)  # this process, its own cache
+        vol[3:4, 0:64, 0:32] = np.full((1, 64, 32), 77, np.uint8)
+        got = _slice(tmp_path / "mnt", "local", ref, 3)
+        assert (got[:, :32] == 77).all() and (got[:, 32:] == 10).all()
+        assert (_slice(tmp_path / "mnt", "local", ref, 4) == 10).all()
+        stats = json.loads((tmp_path / "mnt" / ".ndfs" / "stats.json").read_text())
+        assert stats["local"]["cache"]["changed_elsewhere"] == 1
+
+
+def test_a_mount_sees_what_another_process_wrote_to_a_remote_through_ndfs(site, tmp_path):
+    import ndfs
+    from ndfs.config import load_config
+
+    root, server, data = site
+    ref, z = ("coll", "exp", "em"), 40
+    config = tmp_path / "ndfs.toml"
+    config.write_text(f'[remotes.boss]\nkind = "boss"\nurl = "{server.url}"\n[cache]\ndir = "{tmp_path / "cache"}"\n')
+    try:
+        with mounted(config, tmp_path / "mnt"):
+            np.testing.assert_array_equal(_slice(tmp_path / "mnt", "boss", ref, z), data[z])
+            vol = ndfs.remote("boss", config=load_config(config)).volume("coll/exp", "em")  # shares the disk tier
+            vol[z:z + 1, 0:600, 0:600] = 255 - data[z:z + 1]
+            np.testing.assert_array_equal(_slice(tmp_path / "mnt", "boss", ref, z), 255 - data[z])
+            np.testing.assert_array_equal(_slice(tmp_path / "mnt", "boss", ref, z + 1), data[z + 1])
+    finally:
+        LocalBackend(root / "store").write(ref, Box((z, 0, 0), (z + 1, 600, 600)), 0, data[z:z + 1])

@@ -135,6 +135,20 @@ class Backend:
         Never blocks on I/O and never raises for a bad hint (the cache clips or drops it).
         """
 
+    def generation(self, ref: Sequence[str]):
+        """A token that changes with every write to the volume's voxels or annotations made
+        through ndfs by any process (compare for equality); None when the backend cannot tell.
+        Cheap (a stat): caches look before every read.
+        """
+        return None
+
+    def changed_elsewhere(self, ref: Sequence[str]) -> bool:
+        """Whether the volume changed in another process (or another cache of this one) since
+        this backend last looked; a cache then forgets what it holds of it. Plain backends
+        hold nothing: False.
+        """
+        return False
+
     # ---- files: opaque values in a folder (DVID key-value instances) ------
     # A backend whose folders can hold files overrides these; the defaults say "no files here".
     def holds_files(self, path: Sequence[str]) -> bool:

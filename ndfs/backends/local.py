@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import shutil
 import threading
@@ -34,9 +35,12 @@ from ndfs.downsample import child_extent, downsample
 from ndfs.errors import BackendError, BadRegion, NdfsError, NotFound
 from ndfs.geometry import Box
 from ndfs.info import KINDS, LevelInfo, VolumeInfo
+from ndfs import stamp
 from ndfs.rwlock import ReadWriteLock
 
 GROUP_FILE = "zarr.json"
+log = logging.getLogger("ndfs.local")
+STAMP_FILE = ".ndfs-writes"  # a write stamp (ndfs/stamp.py) in each channel directory
 SUPPORTED_DTYPES = ("uint8", "uint16", "uint32", "uint64", "float32")
 
 
@@ -212,11 +216,24 @@ class LocalBackend(LocalRamon, Backend):
 
     def _write(self, ref: VolumeRef, box: Box, level: int, array: np.ndarray) -> None:
         info = self.info(ref)
-        with self._voxel_lock(ref).writing():
-            self._store(ref, level, box, array)
-            if level == 0:
-                self._propagate(ref, info, box, array)
+        try:
+            with self._voxel_lock(ref).writing():
+                self._store(ref, level, box, array)
+                if level == 0:
+                    self._propagate(ref, info, box, array)
+        finally:  # even a failed write may have changed some chunks
+            self._bump_stamp(ref)
         self._note_labels(ref, array)
+
+    def generation(self, ref):
+        """The channel's write stamp: every process writing this store through ndfs moves it."""
+        return stamp.read(self._dir(as_ref(ref)) / STAMP_FILE)
+
+    def _bump_stamp(self, ref: VolumeRef) -> None:
+        try:
+            stamp.bump(self._dir(ref) / STAMP_FILE)
+        except OSError as exc:  # the data is written; only other processes' caches miss the news
+            log.warning("cannot stamp the write to %s: %s", "/".join(ref), exc)
 
     def _store(self, ref: VolumeRef, level: int, box: Box, array: np.ndarray) -> None:
         lv = self.info(ref).level(level)

@@ -297,19 +297,25 @@ class LocalRamon:
         for obj in objs:
             if obj.voxels is not None:  # check the voxels fit before anything is stored
                 self.info(ref).check_box(obj.voxels.box, obj.voxels.level)
-        ids = self._ramon_store(ref).put(objs)
-        with self._ramon_channel_lock(ref):
-            for oid, obj in zip(ids, objs):
-                if obj.voxels is not None:
-                    paint(self, ref, oid, obj.voxels, "overwrite")
+        try:
+            ids = self._ramon_store(ref).put(objs)
+            with self._ramon_channel_lock(ref):
+                for oid, obj in zip(ids, objs):
+                    if obj.voxels is not None:
+                        paint(self, ref, oid, obj.voxels, "overwrite")
+        finally:  # other processes' caches and mounts hear of the change
+            self._bump_stamp(ref)
         return ids
 
     def _ramon_delete(self, ref, ids: list[int]) -> None:
         store = self._ramon_store(ref)
         own = [o.id for o in store.get(ids) if o.TYPE != "neuron"]
-        store.delete(ids)
-        with self._ramon_channel_lock(ref):
-            erase(self, ref, own)
+        try:
+            store.delete(ids)
+            with self._ramon_channel_lock(ref):
+                erase(self, ref, own)
+        finally:
+            self._bump_stamp(ref)
 
     def _reserve_ids(self, ref, n: int) -> int:
         return self._ramon_store(ref).reserve(n)

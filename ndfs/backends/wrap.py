@@ -41,6 +41,12 @@ class WrappingBackend(Backend):
     def prefetch(self, ref, box, level=0):
         self.inner.prefetch(ref, box, level)
 
+    def generation(self, ref):
+        return self.inner.generation(ref)
+
+    def changed_elsewhere(self, ref) -> bool:
+        return self.inner.changed_elsewhere(ref)
+
     # ---- files (key-value stores) ------------------------------------------------
     def holds_files(self, path: Sequence[str]) -> bool:
         return self.inner.holds_files(path)

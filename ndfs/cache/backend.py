@@ -18,7 +18,16 @@ the affected chunks of every level from both tiers and from the flight map.
 A fetch stores its chunks only if the epoch it started under is still
 current (and takes a disk entry back out if the epoch moved while writing
 it), so a fetch racing a write cannot leave stale data behind in this
-process. Other processes' memory tiers do not see the invalidation.
+process.
+
+Other processes (mounts, scripts) hear of a write through a write stamp
+(:mod:`ndfs.stamp`): the local store moves the channel's own on every write;
+for remote services ``invalidate`` moves one beside the shared disk tier
+before it deletes disk entries. Every read first compares the volume's stamp
+with the last one seen and, when it moved, drops the volume from memory
+(``changed_elsewhere``; a mount also asks when a file is opened). A fetch
+that spans another process's write takes its disk entry back out, as for an
+epoch change. Writes made outside ndfs are not seen.
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ from typing import Sequence
 import cachetools
 import numpy as np
 
+from ndfs import stamp
 from ndfs.backends.base import Backend, VolumeRef, as_ref
 from ndfs.backends.wrap import WrappingBackend
 from ndfs.cache.disk import decode_chunk, encode_chunk, open_disk_cache
@@ -48,14 +58,18 @@ log = logging.getLogger("ndfs.cache")
 MiB = 2**20
 
 
+_UNSEEN = object()  # no generation looked at yet
+
+
 class _Flight:
-    """One in-progress fetch of one chunk: waiters block on ``future``."""
+    """One in-progress fetch of one chunk: waiters block on ``future``; ``gen`` is the volume's
+    shared generation when it started (a chunk fetched across another process's write is not kept)."""
 
-    __slots__ = ("future", "epoch", "prefetch")
+    __slots__ = ("future", "epoch", "prefetch", "gen")
 
-    def __init__(self, epoch: int, prefetch: bool):
+    def __init__(self, epoch: int, prefetch: bool, gen=None):
         self.future: Future = Future()
-        self.epoch, self.prefetch = epoch, prefetch
+        self.epoch, self.prefetch, self.gen = epoch, prefetch, gen
 
 
 class CachedBackend(WrappingBackend):
@@ -91,7 +105,8 @@ class CachedBackend(WrappingBackend):
         self._epochs: dict[VolumeRef, int] = defaultdict(int)
         self._recent: dict[tuple, dict] = {}
         self._counts = dict.fromkeys(("memory_hits", "disk_hits", "misses", "prefetched",
-                                      "prefetch_dropped", "corrupt", "disk_errors"), 0)
+                                      "prefetch_dropped", "corrupt", "disk_errors", "changed_elsewhere"), 0)
+        self._seen: dict[VolumeRef, object] = {}  # generation of each volume when last looked at
         self._pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="ndfs-fetch")
         #: sequential readers get enough slabs read ahead to keep this many chunks in flight
         self.readahead_chunks = max(1, workers)
@@ -111,6 +126,8 @@ class CachedBackend(WrappingBackend):
                 self._disk = open_disk_cache(disk_dir, disk_bytes)
             except Exception as exc:
                 log.warning("disk cache %s is unusable, caching in memory only: %s", disk_dir, exc)
+        # write stamps of remote volumes, shared like the disk tier (the local store keeps its own)
+        self._stamps = None if self._disk is None else self.disk_dir / "stamps"
 
     def __repr__(self) -> str:
         return f"CachedBackend({self.inner!r}, namespace={self.namespace!r})"
@@ -123,6 +140,8 @@ class CachedBackend(WrappingBackend):
         finally:
             if any(o.voxels is not None for o in objs):
                 self.invalidate(ref)
+            else:  # metadata only: nothing cached here, but mounts elsewhere render it
+                self._signal(ref)
 
     def _ramon_delete(self, ref, ids):
         try:
@@ -161,6 +180,7 @@ class CachedBackend(WrappingBackend):
 
     # ---- reads -----------------------------------------------------------
     def _read(self, ref: VolumeRef, box: Box, level: int) -> np.ndarray:
+        self.changed_elsewhere(ref)
         info = self.info(ref)
         grid = info.level(level).grid
         out = np.empty(box.shape, dtype=info.dtype)
@@ -218,7 +238,7 @@ class CachedBackend(WrappingBackend):
         """Under the lock: split chunks into memory hits, ours to fetch, and others' flights."""
         hits, mine, theirs = {}, {}, {}
         with self._lock:
-            epoch = self._epochs[ref]
+            epoch, gen = self._epochs[ref], self._seen.get(ref)
             for idx in idxs:
                 key = (self.namespace, ref, level, idx)
                 arr = self._mem.get(key)
@@ -227,7 +247,7 @@ class CachedBackend(WrappingBackend):
                 elif key in self._inflight:
                     theirs[idx] = self._inflight[key]
                 else:
-                    mine[idx] = self._inflight[key] = _Flight(epoch, prefetch)
+                    mine[idx] = self._inflight[key] = _Flight(epoch, prefetch, gen)
         return hits, mine, theirs
 
     def _fetch_missing(self, ref, level, grid, idxs, out, box) -> list[Index]:
@@ -342,20 +362,26 @@ class CachedBackend(WrappingBackend):
             disk = self._disk
             for idx, f, chunk in chunks:
                 if disk is not None and f.epoch == self._epochs.get(ref, 0):
-                    self._disk_put(disk, ref, level, idx, chunk, f.epoch)
+                    self._disk_put(disk, ref, level, idx, chunk, f)
         finally:
             self._release(ref, level, members)
             if queued:
                 with self._lock:
                     self._disk_queued -= 1
 
-    def _disk_put(self, disk, ref, level, idx, chunk, epoch) -> None:
-        """Store one chunk's payload; take it back out if an invalidation raced the store."""
+    def _disk_put(self, disk, ref, level, idx, chunk, flight: _Flight) -> None:
+        """Store one chunk's payload; take it back out if an invalidation raced the fetch or the store.
+
+        Another process's write is seen through the shared stamp, which it moves before it
+        deletes its chunks from the disk tier: looking after our store closes the race.
+        """
         key = self.disk_key(ref, level, idx)
         self._disk_op("set", lambda: disk.set(key, encode_chunk(chunk), tag=self._tag(ref)))
         with self._lock:
-            stale = self._epochs[ref] != epoch
-        if stale:  # invalidated while we were writing: take it back out
+            stale = self._epochs[ref] != flight.epoch
+        if not stale and self._stamps is not None:
+            stale = self.generation(ref) != flight.gen
+        if stale:  # invalidated while we were fetching or writing: take it back out
             self._disk_op("delete", lambda: disk.delete(key))
 
     # ---- prefetch --------------------------------------------------------
@@ -486,10 +512,55 @@ class CachedBackend(WrappingBackend):
 
     # ---- writes and invalidation ----------------------------------------
     def _write(self, ref: VolumeRef, box: Box, level: int, array: np.ndarray) -> None:
+        before = self.generation(ref)
         try:
             self.inner.write(ref, box, level, array)
         finally:  # even a failed write may have changed the store
             self.invalidate(ref, box, level)
+            after = self.generation(ref)
+            with self._lock:  # the stamp moved by our write alone: what we hold is current
+                if self._seen.get(ref, _UNSEEN) == before and stamp.only_one_more(before, after):
+                    self._seen[ref] = after
+
+    # ---- other processes ---------------------------------------------------
+    def _stamp_path(self, ref: VolumeRef) -> Path:
+        return self._stamps / stamp.stamp_name(self.namespace, ref)
+
+    def generation(self, ref):
+        """The inner backend's write stamp (the local store), else the stamp this cache shares
+        with other processes beside its disk tier (remote services); None without either."""
+        ref = as_ref(ref)
+        gen = self.inner.generation(ref)
+        if gen is None and self._stamps is not None:
+            gen = stamp.read(self._stamp_path(ref))
+        return gen
+
+    def changed_elsewhere(self, ref) -> bool:
+        """Look at the volume's generation; if another process (or another cache) wrote it since
+        the last look, forget its chunks in memory (the writer cleared the shared disk tier)."""
+        ref = as_ref(ref)
+        try:
+            gen = self.generation(ref)
+        except NdfsError:
+            return False
+        with self._lock:
+            prev = self._seen.get(ref, _UNSEEN)
+            self._seen[ref] = gen
+            if prev is _UNSEEN or prev == gen:
+                return False
+            self._forget_memory(ref, None)
+            self._counts["changed_elsewhere"] += 1
+        log.info("%s changed elsewhere: its cached chunks are dropped", "/".join(ref))
+        return True
+
+    def _signal(self, ref: VolumeRef) -> None:
+        """Move the shared stamp (remote services), so other processes drop what they hold."""
+        if self._stamps is None:
+            return
+        try:
+            stamp.bump(self._stamp_path(ref))
+        except OSError as exc:
+            log.warning("cannot stamp the change of %s for other processes: %s", "/".join(ref), exc)
 
     def epoch(self, ref: Sequence[str]) -> int:
         """A number that changes with every write or invalidation of the volume through this cache."""
@@ -515,12 +586,9 @@ class CachedBackend(WrappingBackend):
             r = ranges.get(key[2])
             return r is not None and all(a <= i < b for i, a, b in zip(key[3], *r))
 
-        with self._lock:  # the epoch bump keeps in-flight fetches from storing stale chunks
-            self._epochs[ref] += 1
-            for key in [k for k in self._mem.keys() if hit(k)]:
-                del self._mem[key]
-            for key in [k for k in self._inflight if hit(k)]:
-                del self._inflight[key]  # its owner still resolves its waiters
+        self._signal(ref)  # before the disk entries go: see _disk_put
+        with self._lock:
+            self._forget_memory(ref, hit)
         disk = self._disk
         if disk is None:
             return
@@ -535,6 +603,16 @@ class CachedBackend(WrappingBackend):
         except Exception as exc:  # never serve what we could not forget
             log.error("disk cache invalidation failed, disabling the disk tier here: %s", exc)
             self._disk = None
+
+    def _forget_memory(self, ref: VolumeRef, hit) -> None:
+        """Under the lock: drop memory chunks and in-flight fetches of ``ref`` that ``hit`` (None: all).
+        The epoch bump keeps in-flight fetches from storing stale chunks."""
+        hit = hit or (lambda key: key[1] == ref)
+        self._epochs[ref] += 1
+        for key in [k for k in self._mem.keys() if hit(k)]:
+            del self._mem[key]
+        for key in [k for k in self._inflight if hit(k)]:
+            del self._inflight[key]  # its owner still resolves its waiters
 
     # ---- bookkeeping -----------------------------------------------------
     def cache_stats(self) -> dict:

@@ -306,14 +306,17 @@ def make_operations(tree: Tree, spool_dir: str | None = None, entry_timeout_s: f
         @_errno_policy
         def open(self, path, fi):
             self._check_hidden(path)
+            self._local.path = path  # a change found while opening evicts pages of the other files
             try:
-                node = self.tree.resolve(path)
+                node = self.tree.resolve(path, fresh=True)
             except NotFound:
                 # a new file whose first content was refused (e.g. bad RAMON JSON) does not exist, but the
                 # kernel keeps the name create() gave it and opens it instead of creating it: create it again
                 if self._recently_created(path) and fi.flags & WRITE_FLAGS:
                     return self.create(path, 0o644, fi)
                 raise
+            finally:
+                self._local.path = None
             if node.is_dir:
                 raise mfusepy.FuseOSError(errno.EISDIR)
             if fi.flags & WRITE_FLAGS:

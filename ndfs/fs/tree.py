@@ -386,12 +386,19 @@ class Tree:
         return self._memoised(("info", remote, ref), lambda: self.backend(remote).info(ref), self.ttl_s)
 
     # ---- resolution -------------------------------------------------------
-    def resolve(self, path: str) -> Node:
+    def resolve(self, path: str, fresh: bool = False) -> Node:
+        """The node at ``path``. With ``fresh`` (opening a file), the volume on the way is first asked
+        whether another process changed it; if so it gets a new version, as after a write here."""
         node: Node = RootDir(self)
         for part in (p for p in path.split("/") if p):
             if not node.is_dir:
                 raise NotFound(f"{path}: {part!r} is below a file")
-            node = node.child(part)
+            parent, node = node, node.child(part)
+            if fresh and isinstance(node, VolumeDir):
+                fresh = False
+                if self.backend(node.remote).changed_elsewhere(node.ref):
+                    self.changed(node.remote, node.ref)
+                    node = parent.child(part)  # the new version
         return node
 
     def listdir(self, path: str) -> list[str]:
