@@ -29,13 +29,13 @@ from typing import Sequence
 
 import numpy as np
 
+from ndfs import stamp
 from ndfs.backends.base import Backend, VolumeRef, as_ref
 from ndfs.backends.ramon_store import LocalRamon
 from ndfs.downsample import child_extent, downsample
 from ndfs.errors import BackendError, BadRegion, NdfsError, NotFound
 from ndfs.geometry import Box
 from ndfs.info import KINDS, LevelInfo, VolumeInfo
-from ndfs import stamp
 from ndfs.rwlock import ReadWriteLock
 
 GROUP_FILE = "zarr.json"

@@ -17,8 +17,8 @@ Schema (version 1)::
 Ids: ``next_id`` only grows. Id 0 on a put takes ``next_id``; an explicit id
 at or above it, or a label written into the channel's voxels (a plain cutout
 too), moves it past that id; ``reserve_ids`` hands out a block from it. So no
-id is ever handed out twice, even after deletes, nor one that labels voxels. Ids are < 2**63
-(SQLite integers are signed 64-bit).
+id is ever handed out twice, even after deletes, nor one that labels voxels.
+Ids are < 2**63 (SQLite integers are signed 64-bit).
 
 :class:`LocalRamon` is the mixin that gives :class:`ndfs.backends.local.LocalBackend`
 the annotation hooks of the backend contract on top of :class:`RamonStore`.
