@@ -528,6 +528,30 @@ def test_read_ahead_starts_one_slab_deep_and_deepens_once_a_read_ahead_slab_is_e
     assert fetched[-1] == [(0, 8), (8, 16)]
 
 
+def test_scrolling_back_reads_ahead_downwards(store, make):
+    """Fiji users scroll both ways: a reader moving to lower planes gets the slabs below read ahead."""
+    path, data, _ = store
+    inner = GatedLocal(path)
+    cached = make(inner, prefetch=True)
+    cached.readahead_chunks = 1
+    fetched = []
+
+    def scroll(zs):
+        for z in zs:
+            np.testing.assert_array_equal(cached.read(REF, Box((z, 0, 0), (z + 1, 32, 32)), 0),
+                                          data[z:z + 1, :32, :32])
+            assert cached.wait_idle(10)
+        fetched.append([(b.start[0], b.stop[0]) for _, b in inner.boxes])
+        inner.boxes.clear()
+
+    scroll([31])
+    scroll(range(30, 23, -1))  # downwards now: one slab below
+    scroll([23])               # entered the slab read ahead: deeper
+    scroll(range(22, -1, -1))
+    assert fetched == [[(24, 32)], [(16, 24)], [(0, 16)], []]
+    assert cached.cache_stats()["misses"] == 1
+
+
 def test_read_ahead_never_takes_more_than_half_the_memory_tier(store, make):
     """Chunks read ahead must still be there when the reader comes: none fetched twice."""
     path, data, _ = store

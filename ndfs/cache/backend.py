@@ -442,15 +442,16 @@ class CachedBackend(WrappingBackend):
             self._prefetch_done()
 
     def _note_read(self, ref: VolumeRef, box: Box, level: int, grid: ChunkGrid, itemsize: int) -> None:
-        """Spot sequential z-slice readers and prefetch the chunk-deep slabs ahead of them.
+        """Spot z-slice readers moving through a volume and prefetch the chunk-deep slabs ahead of them.
 
         A read follows the stream of its ref/level when it keeps the stream's x
-        extent and lands between the slab before the furthest one read and the
-        slab after the last one read ahead. The kernel delivers a file in reads
-        that may run out of order and straddle planes (stack.tif: the last row of
-        one plane, then the next plane), so the stream only ever moves forward, and
-        the y extents of its reads accumulate into the extent to prefetch. Each read
-        past the furthest plane so far may start a prefetch, once per slab.
+        extent and lands within a slab of the last one read, or in a slab read
+        ahead and not visited yet; elsewhere it starts a new stream. The kernel delivers a file in reads that may run out of order and
+        straddle planes (stack.tif: the last row of one plane, then the next
+        plane), so a stream remembers the planes it has seen, and the y extents
+        of its reads accumulate into the extent to prefetch. A read past the
+        highest plane seen reads ahead upwards, one below the lowest downwards
+        (scrolling back in Fiji), each slab once.
 
         A stream starts one slab ahead and deepens once the reader enters a slab
         that was read ahead: then it reaches the slabs that hold ``readahead_chunks``
@@ -466,32 +467,38 @@ class CachedBackend(WrappingBackend):
         if not self.prefetch_enabled or box.shape[0] >= depth:
             return
         (z0, y0, x0), (z1, y1, x1) = box.start, box.stop
-        slab, nxt = (z0 - oz) // depth, (z1 - 1 - oz) // depth + 1
+        slab, last, n = (z0 - oz) // depth, (z1 - 1 - oz) // depth, grid.grid_shape[0]
         with self._lock:
             if len(self._recent) > 1024:
                 self._recent.clear()
-            prev = self._recent.get((ref, level))
-            follows = prev is not None and prev["x"] == (x0, x1) and (
-                prev["slab"] - 1 <= slab <= max(prev["slab"], prev["done"]) + 1)
-            if not follows:
-                self._recent[(ref, level)] = {"zmax": z1, "slab": slab, "x": (x0, x1), "y": (y0, y1),
-                                              "done": slab, "deep": False}
+            st = self._recent.get((ref, level))
+            if st is None or st["x"] != (x0, x1) or not (  # near the last read, or in a slab read ahead
+                    abs(slab - st["cur"]) <= 1 or st["hi"] < last <= st["up"] or st["down"] <= slab < st["lo"]):
+                self._recent[(ref, level)] = {"x": (x0, x1), "y": (y0, y1), "zmin": z0, "zmax": z1, "cur": slab,
+                                              "lo": slab, "hi": last, "down": slab, "up": last, "deep": False}
                 return
-            ys = (min(prev["y"][0], y0), max(prev["y"][1], y1))
-            deep = prev["deep"] or prev["slab"] < slab <= prev["done"]  # entered a slab read ahead
-            state = dict(prev, y=ys, deep=deep, zmax=max(prev["zmax"], z1), slab=max(prev["slab"], slab))
-            self._recent[(ref, level)] = state
-            if z1 <= prev["zmax"] or nxt >= grid.grid_shape[0]:
+            st["y"] = ys = (min(st["y"][0], y0), max(st["y"][1], y1))
+            # deep once the reader has moved into a slab the read-ahead fetched
+            st["deep"] = st["deep"] or st["hi"] < last <= st["up"] or st["down"] <= slab < st["lo"]
+            st["lo"], st["hi"], st["cur"] = min(st["lo"], slab), max(st["hi"], last), slab
+            upward, downward = z1 > st["zmax"], z0 < st["zmin"]
+            st["zmin"], st["zmax"] = min(st["zmin"], z0), max(st["zmax"], z1)
+            if not (upward or downward):
                 return  # not a new plane: nothing new to read ahead
-            (_, ya, xa), (_, yb, xb) = grid.index_range(Box((z0, ys[0], x0), (z1, ys[1], x1)))
-            per_slab = max(1, (yb - ya) * (xb - xa))
-            slab_bytes = per_slab * int(np.prod(grid.chunk_shape)) * itemsize
-            room = max(1, self._mem.maxsize // 2 // max(1, slab_bytes))  # read ahead, not evicted unread
-            ahead = min(room, 1 + (-(-self.readahead_chunks // per_slab))) if deep else 1
-            start, end = max(nxt, state["done"] + 1), min(nxt + ahead, grid.grid_shape[0])
+            ahead = 1
+            if st["deep"]:
+                (_, ya, xa), (_, yb, xb) = grid.index_range(Box((z0, ys[0], x0), (z1, ys[1], x1)))
+                per_slab = max(1, (yb - ya) * (xb - xa))
+                room = max(1, self._mem.maxsize // 2 // max(1, per_slab * int(np.prod(grid.chunk_shape)) * itemsize))
+                ahead = min(room, 1 + (-(-self.readahead_chunks // per_slab)))  # read ahead, not evicted unread
+            if upward:
+                start, end = max(last + 1, st["up"] + 1), min(last + 1 + ahead, n)
+                st["up"] = max(st["up"], end - 1)
+            else:
+                start, end = max(slab - ahead, 0), min(slab, st["down"])
+                st["down"] = min(st["down"], start)
             if start >= end:
                 return
-            state["done"] = end - 1
         za, zb = oz + start * depth, min(oz + end * depth, grid.extent.stop[0])
         self.prefetch(ref, Box((za, ys[0], x0), (zb, ys[1], x1)), level)
 
