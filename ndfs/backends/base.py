@@ -60,6 +60,7 @@ class Backend:
         self._stats = RequestStats()
         self._info_lock = threading.Lock()
         self._info_memo: dict[VolumeRef, VolumeInfo] = {}
+        self._generations: dict[VolumeRef, object] = {}  # as last seen by changed_elsewhere
 
     # ---- hierarchy -------------------------------------------------------
     def children(self, path: Sequence[str]) -> list[str]:
@@ -143,11 +144,21 @@ class Backend:
         return None
 
     def changed_elsewhere(self, ref: Sequence[str]) -> bool:
-        """Whether the volume changed in another process (or another cache of this one) since
-        this backend last looked; a cache then forgets what it holds of it. Plain backends
-        hold nothing: False.
+        """Whether the volume's :meth:`generation` moved since this backend last looked (another
+        process, or another backend object, wrote it); a cache then forgets what it holds of it.
+        False on the first look and when the backend cannot tell.
         """
-        return False
+        ref = as_ref(ref)
+        try:
+            gen = self.generation(ref)
+        except NdfsError:
+            return False
+        if gen is None:
+            return False
+        with self._info_lock:
+            prev = self._generations.get(ref, gen)
+            self._generations[ref] = gen
+        return prev != gen
 
     # ---- files: opaque values in a folder (DVID key-value instances) ------
     # A backend whose folders can hold files overrides these; the defaults say "no files here".
