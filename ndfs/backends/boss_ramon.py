@@ -230,7 +230,7 @@ class BossRamon:
         return [found[i][0] for i in ids]
 
     def _ramon_put(self, ref, objs: list) -> list[int]:
-        from ndfs.ramon.labels import paint
+        from ndfs.ramon.labels import paint_attached
 
         info = self.info(ref)
         values = {}
@@ -250,11 +250,9 @@ class BossRamon:
                 objs[k].id = first + n
                 values[k] = compact_json(objs[k])
         self._run([lambda k=k: self._meta_set(ref, objs[k].id, values[k]) for k in range(len(objs))])
-        with self._channel_lock(ref):
-            for obj in objs:
-                if obj.voxels is not None:
-                    paint(self, ref, obj.id, obj.voxels, "overwrite")
-        return [o.id for o in objs]
+        ids = [o.id for o in objs]
+        paint_attached(self, ref, ids, objs, self._channel_lock(ref))
+        return ids
 
     def _ramon_delete(self, ref, ids: list[int]) -> None:
         found = self._lookup(ref, ids)

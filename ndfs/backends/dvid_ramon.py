@@ -258,7 +258,7 @@ class DvidRamon:
         return [found[i] for i in ids]
 
     def _ramon_put(self, ref, objs: list) -> list[int]:
-        from ndfs.ramon.labels import paint
+        from ndfs.ramon.labels import paint_attached
 
         info = self.info(ref)
         for obj in objs:  # every check before anything is sent
@@ -279,11 +279,9 @@ class DvidRamon:
             for k, obj in enumerate(new):
                 obj.id = first + k
         self._store(uuid, kv, objs)
-        with self._channel_lock(ref):
-            for obj in objs:
-                if obj.voxels is not None:
-                    paint(self, ref, obj.id, obj.voxels, "overwrite")
-        return [o.id for o in objs]
+        ids = [o.id for o in objs]
+        paint_attached(self, ref, ids, objs, self._channel_lock(ref))
+        return ids
 
     def _ramon_delete(self, ref, ids: list[int]) -> None:
         self._check_writable(ref)

@@ -40,7 +40,7 @@ from typing import Iterable
 from ndfs.errors import BackendError, NotFound
 from ndfs.geometry import Box
 from ndfs.ramon import Filters, RamonObject, from_dict, to_dict
-from ndfs.ramon.labels import erase, labels_in, paint, scan_bbox
+from ndfs.ramon.labels import erase, labels_in, paint_attached, scan_bbox
 
 DB_NAME = "ramon.sqlite"
 SCHEMA_VERSION = 1
@@ -299,10 +299,7 @@ class LocalRamon:
                 self.info(ref).check_box(obj.voxels.box, obj.voxels.level)
         try:
             ids = self._ramon_store(ref).put(objs)
-            with self._ramon_channel_lock(ref):
-                for oid, obj in zip(ids, objs):
-                    if obj.voxels is not None:
-                        paint(self, ref, oid, obj.voxels, "overwrite")
+            paint_attached(self, ref, ids, objs, self._ramon_channel_lock(ref))
         finally:  # other processes' caches and mounts hear of the change
             self._bump_stamp(ref)
         return ids

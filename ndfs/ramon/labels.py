@@ -66,6 +66,15 @@ def labels_in(backend, ref, box: Box, level: int = 0) -> set[int]:
     return found
 
 
+def paint_attached(backend, ref, ids, objs, lock) -> None:
+    """Label the voxels attached to stored objects (``obj.voxels``) with their ids, overwriting,
+    one object after another under the channel's paint ``lock``."""
+    with lock:
+        for oid, obj in zip(ids, objs):
+            if obj.voxels is not None:
+                paint(backend, ref, oid, obj.voxels, "overwrite")
+
+
 def paint(backend, ref, id: int, voxels: Voxels, mode: str = "overwrite") -> None:
     """Label the non-zero voxels of ``voxels`` with ``id`` (``reduce``: unlabel those that are ``id``).
 
