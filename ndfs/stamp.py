@@ -19,11 +19,17 @@ from typing import Sequence
 Stamp = tuple[int, int, int]
 
 
-def bump(path: str | os.PathLike) -> None:
-    """Record one write (creating the file and its directory if needed)."""
+def bump(path: str | os.PathLike, make_parents: bool = False) -> None:
+    """Record one write, creating the file (and with ``make_parents`` its directory) if needed.
+
+    Without ``make_parents`` a missing directory is FileNotFoundError: a stamp must not
+    bring back the directory of a volume that was just deleted.
+    """
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     except FileNotFoundError:
+        if not make_parents:
+            raise
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:

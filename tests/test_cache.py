@@ -402,6 +402,17 @@ def test_another_cache_of_the_local_store_sees_a_write_and_its_own_writes_drop_n
     assert (writer.read(REF, box, 0) == 6).all() and writer.cache_stats()["changed_elsewhere"] == 0  # new to it
 
 
+def test_a_stamp_never_brings_back_a_deleted_volume(tmp_path):
+    from ndfs import stamp
+
+    with pytest.raises(FileNotFoundError):
+        stamp.bump(tmp_path / "gone" / "stamp")
+    assert not (tmp_path / "gone").exists()
+    stamp.bump(tmp_path / "made" / "stamp", make_parents=True)
+    stamp.bump(tmp_path / "made" / "stamp", make_parents=True)
+    assert stamp.read(tmp_path / "made" / "stamp")[1] == 2 and stamp.read(tmp_path / "gone" / "stamp") is None
+
+
 def test_caches_of_a_remote_sharing_a_disk_tier_see_each_others_writes(store, make, tmp_path):
     path, data, _ = store
     reader, writer = make(RemoteLike(path), disk=True), make(RemoteLike(path), disk=True)

@@ -232,6 +232,8 @@ class LocalBackend(LocalRamon, Backend):
     def _bump_stamp(self, ref: VolumeRef) -> None:
         try:
             stamp.bump(self._dir(ref) / STAMP_FILE)
+        except FileNotFoundError:  # the volume is gone (deleted meanwhile): nothing to announce
+            return
         except OSError as exc:  # the data is written; only other processes' caches miss the news
             log.warning("cannot stamp the write to %s: %s", "/".join(ref), exc)
 

@@ -565,7 +565,7 @@ class CachedBackend(WrappingBackend):
         if self._stamps is None:
             return
         try:
-            stamp.bump(self._stamp_path(ref))
+            stamp.bump(self._stamp_path(ref), make_parents=True)
         except OSError as exc:
             log.warning("cannot stamp the change of %s for other processes: %s", "/".join(ref), exc)
 
