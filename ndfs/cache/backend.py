@@ -278,8 +278,9 @@ class CachedBackend(WrappingBackend):
         """Fetch the chunks we own in grouped requests of at most ``max_bytes``; every flight is resolved on return.
 
         With ``parallel``, the groups after the first go to the fetch pool (in chunk
-        order, before the first starts in the calling thread); the pool's tasks
-        never wait on anything, so this cannot deadlock.
+        order, before the first starts in the calling thread), and without
+        ``inline_first`` the first too (a prefetch thread then only waits); the
+        pool's tasks never wait on anything, so this cannot deadlock.
         """
         try:
             cap = self.max_request_bytes if max_bytes is None else max_bytes
