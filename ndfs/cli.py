@@ -43,6 +43,8 @@ def _config(args):
         cache = replace(cache, memory_bytes=args.cache_memory)
     if getattr(args, "cache_disk", None) is not None:
         cache = replace(cache, disk_bytes=args.cache_disk)
+    if getattr(args, "cache_max_age", None) is not None:
+        cache = replace(cache, max_age_s=args.cache_max_age)
     return replace(cfg, cache=cache)
 
 
@@ -54,7 +56,18 @@ def _tree(args, outbox: bool = False):
     from ndfs.mesh import configure_mesh_cache  # ramon/<id>.obj|ply meshes on disk in <cache dir>/meshes
 
     configure_mesh_cache(cfg.cache)
-    return Tree(open_remotes(cfg, outbox=outbox), max_cutout_bytes=cfg.mount.max_cutout_bytes)
+    return Tree(open_remotes(cfg, outbox=outbox), max_cutout_bytes=cfg.mount.max_cutout_bytes,
+                max_age_s=cfg.cache.max_age_s)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"not a positive number of seconds: {text!r}")
+    return value
 
 
 def parse_size(text: str) -> int:
@@ -132,7 +145,7 @@ def cmd_mount(args) -> int:
     for flag in ("debug", "no_cache", "no_prefetch", "allow_other"):
         if getattr(args, flag):
             cmd.append("--" + flag.replace("_", "-"))
-    for flag in ("cache_dir", "cache_memory", "cache_disk"):
+    for flag in ("cache_dir", "cache_memory", "cache_disk", "cache_max_age"):
         if getattr(args, flag) is not None:
             cmd += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
     env = {**os.environ, **MALLOC_ENV}
@@ -283,7 +296,8 @@ def cmd_cache(args) -> int:
         print(f"removed {removed} cached chunks and {removed_meshes} meshes from {cfg.cache.dir}")
         return 0
     info = {"config": {"enabled": cfg.cache.enabled, "memory_bytes": cfg.cache.memory_bytes,
-                       "disk_bytes": cfg.cache.disk_bytes, "prefetch": cfg.cache.prefetch},
+                       "disk_bytes": cfg.cache.disk_bytes, "prefetch": cfg.cache.prefetch,
+                       "max_age_s": cfg.cache.max_age_s},
             "disk": disk_cache_info(cfg.cache.dir), "meshes": disk_cache_info(meshes)}
     if args.mount:
         from ndfs.fs.tree import STATUS_DIR
@@ -350,6 +364,8 @@ def _cache_flags(s) -> None:
     s.add_argument("--cache-dir", help="disk cache directory, shared by mounts and Python")
     s.add_argument("--cache-memory", type=parse_size, metavar="SIZE", help="memory budget, e.g. 512M")
     s.add_argument("--cache-disk", type=parse_size, metavar="SIZE", help="disk budget, e.g. 4G")
+    s.add_argument("--cache-max-age", type=_seconds, metavar="SECONDS",
+                   help="fetch data again once cached this long (for data others change; default: never)")
 
 
 def build_parser() -> argparse.ArgumentParser:

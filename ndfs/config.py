@@ -73,6 +73,9 @@ class CacheConfig:
     memory_bytes: int = 512 * 2**20
     disk_bytes: int = 4 * 2**30
     prefetch: bool = True
+    #: reuse a cached chunk at most this long after it was fetched (None: until a write through ndfs
+    #: drops it); for data that other clients of a service change, e.g. an unlocked DVID node
+    max_age_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -194,7 +197,10 @@ def parse_config(data: dict[str, Any], base_dir: Path, where: str = "config") ->
         memory_bytes=_typed(c, "memory_bytes", int, defaults.memory_bytes, f"{where} [cache]"),
         disk_bytes=_typed(c, "disk_bytes", int, defaults.disk_bytes, f"{where} [cache]"),
         prefetch=_typed(c, "prefetch", bool, defaults.prefetch, f"{where} [cache]"),
+        max_age_s=_typed(c, "max_age_s", float, defaults.max_age_s, f"{where} [cache]"),
     )
+    if cache.max_age_s is not None and not cache.max_age_s > 0:
+        raise ConfigError(f"{where} [cache]: max_age_s must be a positive number of seconds, got {cache.max_age_s!r}")
     m = _section(data, "mount", where)
     md = MountConfig()
     mount = MountConfig(
@@ -278,7 +284,7 @@ def cached_backend(rc: RemoteConfig, cache: CacheConfig, backend=None):
         return backend
     return CachedBackend(backend, namespace=remote_target(rc), memory_bytes=cache.memory_bytes,
                          disk_dir=None if rc.kind == "local" else cache.dir, disk_bytes=cache.disk_bytes,
-                         prefetch=cache.prefetch)
+                         prefetch=cache.prefetch, max_age_s=cache.max_age_s)
 
 
 def open_remotes(config: Config, outbox: bool = False) -> dict:

@@ -18,7 +18,7 @@ from ndfs.cache import CachedBackend, clear_disk_cache, decode_chunk, disk_cache
 from ndfs.cache.plan import group_chunks
 from ndfs.cache.disk import PAYLOAD_SHARE
 from ndfs.downsample import downsample
-from ndfs.errors import BackendError
+from ndfs.errors import BackendError, BadRegion
 from ndfs.geometry import Box, ChunkGrid
 
 REF = ("p", "em")
@@ -400,6 +400,29 @@ def test_another_cache_of_the_local_store_sees_a_write_and_its_own_writes_drop_n
     reader.read(REF, other, 0)
     assert reader.cache_stats()["memory_hits"] == hits + 1 and reader.cache_stats()["changed_elsewhere"] == 1
     assert (writer.read(REF, box, 0) == 6).all() and writer.cache_stats()["changed_elsewhere"] == 0  # new to it
+
+
+def test_max_age_bounds_how_long_chunks_are_reused_when_others_write_outside_ndfs(store, make, tmp_path):
+    path, data, _ = store
+    box = Box((0, 0, 0), (8, 32, 32))
+    outside = LocalBackend(path)  # another client of the service: no stamp reaches the caches
+    patient = make(RemoteLike(path), max_age_s=3600)  # memory only: disk entries keep their fetcher's expiry
+    np.testing.assert_array_equal(patient.read(REF, box, 0), data[:8, :32, :32])
+    inner = RemoteLike(path)
+    eager = make(inner, disk=True, max_age_s=0.5)
+    eager.read(REF, box, 0)
+    assert eager.wait_idle(10)
+    outside.write(REF, box, 0, np.full(box.shape, 4, np.uint8))
+    np.testing.assert_array_equal(patient.read(REF, box, 0), data[:8, :32, :32])  # still its cached chunk
+    time.sleep(0.7)
+    inner.boxes.clear()
+    assert (eager.read(REF, box, 0) == 4).all() and len(inner.boxes) == 1  # fetched again, not from disk
+    assert eager.wait_idle(10)
+    later = make(RemoteLike(path), disk=True, max_age_s=0.5)  # the shared disk entry has expired too
+    time.sleep(0.7)
+    assert (later.read(REF, box, 0) == 4).all() and later.cache_stats()["disk_hits"] == 0
+    with pytest.raises(BadRegion):
+        make(RemoteLike(path), max_age_s=0)
 
 
 def test_a_stamp_never_brings_back_a_deleted_volume(tmp_path):

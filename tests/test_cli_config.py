@@ -1,5 +1,6 @@
 """The ndfs command line (without a mount) and the configuration file."""
 
+import json
 import os
 
 import pytest
@@ -79,10 +80,22 @@ def test_config_resolves_paths_relative_to_the_file(tmp_path, monkeypatch):
     ({"remotes": {"x": {"kind": "local", "path": 3}}}, "must be a str"),
     ({"cache": {"memory_bytes": "lots"}}, "must be a int"),
     ({"caches": {}}, "unknown section"),
+    ({"cache": {"max_age_s": 0}}, "positive number of seconds"),
+    ({"cache": {"max_age_s": "1h"}}, "must be a float"),
 ])
 def test_bad_configs_are_refused_with_a_reason(tmp_path, data, words):
     with pytest.raises(ConfigError, match=words):
         parse_config(data, tmp_path)
+
+
+def test_cache_max_age_from_the_config_and_the_command_line(tmp_path):
+    cfg = parse_config({"cache": {"max_age_s": 30}}, tmp_path)
+    assert cfg.cache.max_age_s == 30.0 and parse_config({}, tmp_path).cache.max_age_s is None
+    config = tmp_path / "ndfs.toml"
+    config.write_text('[cache]\nmax_age_s = 30\n')
+    assert json.loads(ndfs("--config", config, "cache", "info").stdout)["config"]["max_age_s"] == 30.0
+    done = ndfs("--config", config, "mount", tmp_path / "mnt", "--cache-max-age", "-1", check=False)
+    assert done.returncode == 2 and "not a positive number of seconds" in done.stderr
 
 
 def test_malformed_toml_is_a_config_error(tmp_path):

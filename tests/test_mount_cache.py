@@ -126,3 +126,20 @@ def test_a_mount_sees_what_another_process_wrote_to_a_remote_through_ndfs(site, 
             np.testing.assert_array_equal(_slice(tmp_path / "mnt", "boss", ref, z + 1), data[z + 1])
     finally:
         LocalBackend(root / "store").write(ref, Box((z, 0, 0), (z + 1, 600, 600)), 0, data[z:z + 1])
+
+
+def test_with_a_max_age_a_mount_sees_writes_made_outside_ndfs_once_it_passes(site, tmp_path):
+    root, server, data = site
+    ref, z = ("coll", "exp", "em"), 41
+    config = tmp_path / "ndfs.toml"
+    config.write_text(f'[remotes.boss]\nkind = "boss"\nurl = "{server.url}"\n[cache]\ndir = "{tmp_path / "cache"}"\n')
+    outside = LocalBackend(root / "store")  # another client of the service: ndfs hears nothing of it
+    try:
+        with mounted(config, tmp_path / "mnt", "--cache-max-age", "3"):
+            np.testing.assert_array_equal(_slice(tmp_path / "mnt", "boss", ref, z), data[z])
+            outside.write(ref, Box((z, 0, 0), (z + 1, 600, 600)), 0, 255 - data[z:z + 1])
+            np.testing.assert_array_equal(_slice(tmp_path / "mnt", "boss", ref, z), data[z])  # cached
+            time.sleep(3.3)
+            np.testing.assert_array_equal(_slice(tmp_path / "mnt", "boss", ref, z), 255 - data[z])
+    finally:
+        outside.write(ref, Box((z, 0, 0), (z + 1, 600, 600)), 0, data[z:z + 1])

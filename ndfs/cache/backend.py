@@ -51,7 +51,7 @@ from ndfs.backends.base import Backend, VolumeRef, as_ref
 from ndfs.backends.wrap import WrappingBackend
 from ndfs.cache.disk import decode_chunk, encode_chunk, open_disk_cache
 from ndfs.cache.plan import Index, affected_regions, group_chunks
-from ndfs.errors import BackendError, NdfsError
+from ndfs.errors import BackendError, BadRegion, NdfsError
 from ndfs.geometry import Box, ChunkGrid
 
 log = logging.getLogger("ndfs.cache")
@@ -94,13 +94,26 @@ class CachedBackend(WrappingBackend):
 
     def __init__(self, inner: Backend, *, namespace: str, memory_bytes: int = 512 * MiB,
                  disk_dir: str | os.PathLike | None = None, disk_bytes: int = 4 * 2**30,
-                 prefetch: bool = True, workers: int = 8, max_prefetch_bytes: int = 256 * MiB):
+                 prefetch: bool = True, workers: int = 8, max_prefetch_bytes: int = 256 * MiB,
+                 max_age_s: float | None = None):
         super().__init__(inner)
         self.namespace = str(namespace)
         self.prefetch_enabled = bool(prefetch)
         self.max_prefetch_bytes = int(max_prefetch_bytes)
         self._lock = threading.Lock()  # guards _mem, _inflight, _epochs, _recent, _counts
-        self._mem = cachetools.LRUCache(maxsize=max(0, int(memory_bytes)), getsizeof=lambda a: a.nbytes)
+        if max_age_s is not None and not 0 < float(max_age_s) < float("inf"):
+            raise BadRegion(f"max_age_s must be a positive number of seconds, got {max_age_s!r}")
+        #: chunks are reused at most this long after they were fetched, in both tiers (None: no limit)
+        self.max_age_s = None if max_age_s is None else float(max_age_s)
+        size, nbytes = max(0, int(memory_bytes)), (lambda a: a.nbytes)
+        if self.max_age_s is None:
+            self._mem = cachetools.LRUCache(maxsize=size, getsizeof=nbytes)
+        else:
+            age = self.max_age_s
+            # a chunk promoted from disk keeps the deadline of its fetch (see _disk_lookup)
+            self._mem = cachetools.TLRUCache(maxsize=size, ttu=lambda key, _arr, now: self._deadlines.pop(key, now + age),
+                                             getsizeof=nbytes)
+        self._deadlines: dict[tuple, float] = {}  # memory-tier deadlines of chunks being promoted
         self._inflight: dict[tuple, _Flight] = {}
         self._epochs: dict[VolumeRef, int] = defaultdict(int)
         self._recent: dict[tuple, dict] = {}
@@ -207,7 +220,8 @@ class CachedBackend(WrappingBackend):
         rest, hits = [], []
         for idx in idxs:
             key, cbox = self.disk_key(ref, level, idx), grid.chunk_box(idx)
-            payload = self._disk_op("get", lambda: disk.get(key))
+            found = self._disk_op("get", lambda: disk.get(key, expire_time=True))
+            payload, expires = found if found is not None else (None, None)
             if payload is None:
                 rest.append(idx)
                 continue
@@ -220,12 +234,16 @@ class CachedBackend(WrappingBackend):
                 rest.append(idx)
                 continue
             self._paste(out, box, cbox, arr)
-            hits.append((idx, arr))
+            hits.append((idx, arr, expires))
         with self._lock:
             self._counts["disk_hits"] += len(hits)
             if self._epochs[ref] == epoch:  # not invalidated meanwhile: promote to memory
-                for idx, arr in hits:
-                    self._mem_put((self.namespace, ref, level, idx), arr)
+                for idx, arr, expires in hits:
+                    key = (self.namespace, ref, level, idx)
+                    if expires is not None and self.max_age_s is not None:  # no longer than on disk
+                        left = min(expires - time.time(), self.max_age_s)
+                        self._deadlines[key] = time.monotonic() + left
+                    self._mem_put(key, arr)
         return rest
 
     def _mem_put(self, key: tuple, arr: np.ndarray) -> None:
@@ -233,6 +251,8 @@ class CachedBackend(WrappingBackend):
             self._mem[key] = arr  # caller holds self._lock
         except ValueError:  # larger than the whole memory budget
             pass
+        finally:
+            self._deadlines.pop(key, None)
 
     def _claim(self, ref, level, idxs, prefetch: bool) -> tuple[dict, dict, dict]:
         """Under the lock: split chunks into memory hits, ours to fetch, and others' flights."""
@@ -377,7 +397,7 @@ class CachedBackend(WrappingBackend):
         deletes its chunks from the disk tier: looking after our store closes the race.
         """
         key = self.disk_key(ref, level, idx)
-        self._disk_op("set", lambda: disk.set(key, encode_chunk(chunk), tag=self._tag(ref)))
+        self._disk_op("set", lambda: disk.set(key, encode_chunk(chunk), tag=self._tag(ref), expire=self.max_age_s))
         with self._lock:
             stale = self._epochs[ref] != flight.epoch
         if not stale and self._stamps is not None:

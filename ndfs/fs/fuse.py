@@ -216,6 +216,7 @@ def make_operations(tree: Tree, spool_dir: str | None = None, entry_timeout_s: f
             self._lock = threading.Lock()
             self.uid, self.gid = os.getuid(), os.getgid()
             self._seen: dict[str, float] = {}  # path -> mtime when last opened (keep_cache while unchanged)
+            self._kept_since: dict[str, float] = {}  # path -> when its pages were last dropped (max_age_s)
             self._truncated: set[str] = set()  # truncate(path, 0) without a handle: the next open starts empty
             self._writers: dict[str, WriteHandle] = {}  # path -> latest handle writing it (for stat by path)
             self._written: set[str] = set()  # folder prefixes of volumes written through this mount
@@ -330,8 +331,13 @@ def make_operations(tree: Tree, spool_dir: str | None = None, entry_timeout_s: f
             with self._lock:
                 if len(self._seen) > 1_000_000:
                     self._seen.clear()
+                    self._kept_since.clear()
                 unchanged = self._seen.get(path, node.mtime) == node.mtime
                 self._seen[path] = node.mtime
+                max_age, now = self.tree.max_age_s, time.monotonic()
+                if max_age is not None and (not unchanged or now - self._kept_since.get(path, -max_age) >= max_age):
+                    unchanged = False  # [cache] max_age_s: the kernel drops the file's pages, it reads afresh
+                    self._kept_since[path] = now
             with self._lock:
                 written = any(path.startswith(p) for p in self._written)
             if node.direct_io or written:

@@ -265,10 +265,13 @@ class Tree:
     through :meth:`write` (the FUSE skin evicts kernel pages there).
     """
 
-    def __init__(self, remotes: Mapping[str, Backend], ttl_s: float = 10.0, max_cutout_bytes: int = 1 << 30):
+    def __init__(self, remotes: Mapping[str, Backend], ttl_s: float = 10.0, max_cutout_bytes: int = 1 << 30,
+                 max_age_s: float | None = None):
         self.remotes = dict(remotes)
         self.ttl_s = ttl_s
         self.max_cutout_bytes = max_cutout_bytes
+        #: [cache] max_age_s: rendered files and the kernel's pages are reused at most this long
+        self.max_age_s = max_age_s
         self.started = time.time()
         self._memo: dict[tuple, tuple[float, object]] = {}
         self._lock = threading.Lock()
@@ -276,8 +279,11 @@ class Tree:
         self._vlocks: dict[tuple, ReadWriteLock] = {}
         self.listeners: list[Callable[[str, VolumeRef], None]] = []
         #: rendered cutout files, keyed with the volume's version so a write makes them stale
-        self.rendered = cachetools.LRUCache(maxsize=max(64 * 2**20, min(2 * max_cutout_bytes, 512 * 2**20)),
-                                            getsizeof=len)
+        rendered_bytes = max(64 * 2**20, min(2 * max_cutout_bytes, 512 * 2**20))
+        if max_age_s is None:
+            self.rendered = cachetools.LRUCache(maxsize=rendered_bytes, getsizeof=len)
+        else:
+            self.rendered = cachetools.TTLCache(maxsize=rendered_bytes, ttl=max_age_s, getsizeof=len)
 
     # ---- memo of backend answers (hierarchy, info, layouts) ---------------
     def _memoised(self, key: tuple, compute: Callable[[], object], ttl: float | None = None):
