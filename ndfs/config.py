@@ -199,7 +199,7 @@ def parse_config(data: dict[str, Any], base_dir: Path, where: str = "config") ->
         prefetch=_typed(c, "prefetch", bool, defaults.prefetch, f"{where} [cache]"),
         max_age_s=_typed(c, "max_age_s", float, defaults.max_age_s, f"{where} [cache]"),
     )
-    if cache.max_age_s is not None and not cache.max_age_s > 0:
+    if cache.max_age_s is not None and not 0 < cache.max_age_s < float("inf"):
         raise ConfigError(f"{where} [cache]: max_age_s must be a positive number of seconds, got {cache.max_age_s!r}")
     m = _section(data, "mount", where)
     md = MountConfig()

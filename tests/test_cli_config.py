@@ -81,6 +81,7 @@ def test_config_resolves_paths_relative_to_the_file(tmp_path, monkeypatch):
     ({"cache": {"memory_bytes": "lots"}}, "must be a int"),
     ({"caches": {}}, "unknown section"),
     ({"cache": {"max_age_s": 0}}, "positive number of seconds"),
+    ({"cache": {"max_age_s": float("inf")}}, "positive number of seconds"),
     ({"cache": {"max_age_s": "1h"}}, "must be a float"),
 ])
 def test_bad_configs_are_refused_with_a_reason(tmp_path, data, words):
