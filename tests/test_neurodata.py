@@ -536,7 +536,7 @@ def test_driver_writes_merge_and_refuse_a_wrong_dtype(nd, store):
 
 def test_http_errors_map_to_the_error_tree(store, nd):
     with pytest.raises(BadRegion):
-        nd.http.request("GET", "/conf/em8/npz/0/0,10/5,10/3,5/")
+        nd._client.request("GET", "/conf/em8/npz/0/0,10/5,10/3,5/")
     with pytest.raises(NotFound):
         nd.ramon_get(ANN, [12345])
     with WsgiServer(NeuroDataApp(LocalBackend(store[0], read_only=True))) as ro:

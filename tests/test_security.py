@@ -568,7 +568,7 @@ def test_https_certificates_are_verified_and_the_token_is_never_sent_to_an_unver
         monkeypatch.delenv(var, raising=False)
     hits.clear()
     with DRIVERS[kind](url, SECRET, retries=0) as driver:
-        client = getattr(driver, "_client", None) or driver.http
+        client = driver._client  # every HTTP driver keeps its HttpClient there (HttpDriver)
         assert client.session.verify is True
         with pytest.raises(NdfsError) as caught:
             driver.children(())

@@ -49,8 +49,8 @@ import numpy as np
 
 from ndfs.backends.base import Backend, VolumeRef
 from ndfs.backends.boss_ramon import BossRamon
-from ndfs.backends.http import HttpClient, HttpDriver, run_parallel
-from ndfs.errors import BackendError, BadRegion, NdfsError, NotFound, PermissionDenied, TooLarge
+from ndfs.backends.http import HttpClient, HttpDriver, run_parallel, status_error
+from ndfs.errors import BackendError, BadRegion, NdfsError, NotFound
 from ndfs.geometry import Box, ChunkGrid
 from ndfs.info import LevelInfo, VolumeInfo
 
@@ -186,16 +186,7 @@ class BossBackend(BossRamon, HttpDriver, Backend):
             detail = str(body.get("message") or body.get("detail") or detail)
             if code is not None:
                 detail = f"{detail} (code {code})"
-        message = f"BOSS {method} {path} answered {status}: {detail or resp.reason}"
-        if status in (401, 403):
-            return PermissionDenied(message)
-        if status == 404:
-            return NotFound(message)
-        if status == 400:
-            return BadRegion(message)
-        if status == 413:
-            return TooLarge(message)
-        return BackendError(message)
+        return status_error(status, f"BOSS {method} {path} answered {status}: {detail or resp.reason}")
 
     def _get_json(self, path: str) -> dict:
         def decode(resp):

@@ -66,8 +66,8 @@ import numpy as np
 
 from ndfs.backends.base import Backend, VolumeRef, as_ref
 from ndfs.backends.dvid_ramon import DvidRamon
-from ndfs.backends.http import HttpClient, HttpDriver, run_parallel
-from ndfs.errors import BackendError, BadRegion, NdfsError, NotFound, PermissionDenied, ReadOnly, TooLarge
+from ndfs.backends.http import HttpClient, HttpDriver, run_parallel, status_error
+from ndfs.errors import BackendError, BadRegion, NdfsError, NotFound, ReadOnly
 from ndfs.geometry import Box, ChunkGrid
 from ndfs.info import LevelInfo, VolumeInfo
 
@@ -557,14 +557,7 @@ def http_error(status: int, text: str, method: str, path: str, reason: str = "")
             return ReadOnly(message)
         if "invalid data instance name" in low or "could not find uuid" in low or "more than one uuid" in low:
             return NotFound(message)
-        return BadRegion(message)
-    if status in (401, 403):
-        return PermissionDenied(message)
-    if status == 404:
-        return NotFound(message)
-    if status == 413:
-        return TooLarge(message)
-    return BackendError(message)
+    return status_error(status, message)
 
 
 def _compress(data: bytes, compression: str) -> bytes:

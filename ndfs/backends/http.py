@@ -20,7 +20,7 @@ import threading
 import time
 from typing import Callable
 
-from ndfs.errors import BackendError, NdfsError, Timeout
+from ndfs.errors import BackendError, BadRegion, NdfsError, NotFound, PermissionDenied, Timeout, TooLarge
 
 log = logging.getLogger("ndfs.http")
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
@@ -135,8 +135,18 @@ class HttpClient:
         raise AssertionError("unreachable")
 
 
+def status_error(status: int, message: str) -> NdfsError:
+    """The error for an HTTP error status as every datastore means it: 400 BadRegion, 401/403
+    PermissionDenied, 404 NotFound, 413 TooLarge, anything else BackendError. Drivers tell
+    their service's special answers apart first. Pure."""
+    if status in (401, 403):
+        return PermissionDenied(message)
+    kind = {400: BadRegion, 404: NotFound, 413: TooLarge}.get(status, BackendError)
+    return kind(message)
+
+
 class HttpDriver:
-    """What the BOSS and DVID drivers share around their ``_client`` (HttpClient) and ``_pool``:
+    """What the BOSS, DVID and NeuroData drivers share around their ``_client`` (HttpClient) and ``_pool``:
     a repr that masks the token, the request counts, and closing both."""
 
     url: str

@@ -46,9 +46,9 @@ from urllib.parse import quote
 import numpy as np
 
 from ndfs.backends.base import Backend, VolumeRef
-from ndfs.backends.http import HttpClient, run_parallel
+from ndfs.backends.http import HttpClient, HttpDriver, run_parallel, status_error
 from ndfs.errors import (
-    BackendError, BadRegion, InvalidAnnotation, NdfsError, NotFound, PermissionDenied, ReadOnly, TooLarge,
+    BackendError, BadRegion, InvalidAnnotation, NdfsError, NotFound, ReadOnly,
 )
 from ndfs.geometry import Box, ChunkGrid
 from ndfs.info import LevelInfo, VolumeInfo
@@ -168,7 +168,7 @@ def volume_info(info: dict, channel: str) -> VolumeInfo:
     return VolumeInfo(dtype=np.dtype(dtype), kind=kind, levels=tuple(levels), extra=extra)
 
 
-class NeuroDataBackend(Backend):
+class NeuroDataBackend(HttpDriver, Backend):
     """An ndstore service at ``url`` (e.g. ``http://127.0.0.1:8000``).
 
     ``tokens``: project tokens to show besides the public ones; ``api_token``:
@@ -197,26 +197,18 @@ class NeuroDataBackend(Backend):
         self.url = str(url).rstrip("/")
         self.api = api.strip("/")
         self.tokens = tuple(str(t) for t in tokens)
-        self._api_token = api_token
+        self._token = api_token
         self.workers, self.max_request_bytes = int(workers), int(max_request_bytes)
         self.capabilities = frozenset({"ramon"}) if read_only else frozenset({"write", "ramon"})
-        self.http = HttpClient("NeuroData", f"{self.url}/{self.api}", api_token, _http_error,
+        self._client = HttpClient("NeuroData", f"{self.url}/{self.api}", api_token, _http_error,
                                timeout_s=timeout_s, connect_timeout_s=connect_timeout_s, retries=retries,
                                backoff_s=backoff_s, backoff_cap_s=backoff_cap_s, workers=self.workers)
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="ndfs-neurodata")
         self._tok_lock = threading.Lock()
         self._projects: dict[str, dict] = {}
 
-    def __repr__(self) -> str:
-        return f"NeuroDataBackend({self.url!r}, api={self.api!r}, token={'***' if self._api_token else None})"
-
-    @property
-    def http_stats(self) -> dict[str, int]:
-        return self.http.stats
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
-        self.http.close()
+    def __repr__(self) -> str:  # HttpDriver's, with the URL style
+        return f"NeuroDataBackend({self.url!r}, api={self.api!r}, token={'***' if self._token else None})"
 
     def forget_info(self, ref=None) -> None:
         super().forget_info(ref)
@@ -225,7 +217,7 @@ class NeuroDataBackend(Backend):
 
     # ---- hierarchy and info ----------------------------------------------
     def _json(self, path: str):
-        return self.http.request("GET", path, decode=lambda resp: resp.json())
+        return self._client.request("GET", path, decode=lambda resp: resp.json())
 
     def _project(self, token: str) -> dict:
         if not NAME_RE.fullmatch(token):
@@ -297,7 +289,7 @@ class NeuroDataBackend(Backend):
                     raise ValueError(f"got {arr.dtype}{arr.shape}, expected {dtype}{(1,) + piece.shape}")
                 return arr[0]
 
-            out[piece.slices(box.start)] = self.http.request("GET", self._box_path(ref, "npz", level, piece),
+            out[piece.slices(box.start)] = self._client.request("GET", self._box_path(ref, "npz", level, piece),
                                                              decode=decode)
 
         run_parallel(self._pool, [lambda p=p: fetch(p) for p in self._pieces(ref, box, level)])
@@ -311,7 +303,7 @@ class NeuroDataBackend(Backend):
             part = array[piece.slices(box.start)]
             if not part.any():  # zeros never erase: nothing to send
                 return
-            self.http.request("POST", self._box_path(ref, "npz", level, piece), data=npz_encode(part[None]),
+            self._client.request("POST", self._box_path(ref, "npz", level, piece), data=npz_encode(part[None]),
                               headers={"Content-Type": "application/octet-stream"})
 
         run_parallel(self._pool, [lambda p=p: store(p) for p in self._pieces(ref, box, level)])
@@ -346,7 +338,7 @@ class NeuroDataBackend(Backend):
             text = resp.text.strip()
             return [int(v) for v in text.split(",")] if text else []
 
-        ids = self.http.request("POST", self._ramon_path(ref, f"{option}/"), data=body, decode=decode,
+        ids = self._client.request("POST", self._ramon_path(ref, f"{option}/"), data=body, decode=decode,
                                 headers={"Content-Type": "application/octet-stream"},
                                 retry=all(o.id for o in objs))
         if len(ids) != len(objs):
@@ -376,7 +368,7 @@ class NeuroDataBackend(Backend):
     def _ramon_delete(self, ref: VolumeRef, ids: list[int]) -> None:
         for i in range(0, len(ids), RAMON_BATCH):
             tail = ",".join(map(str, ids[i:i + RAMON_BATCH])) + "/"
-            self.http.request("DELETE", self._ramon_path(ref, tail))
+            self._client.request("DELETE", self._ramon_path(ref, tail))
 
     def _reserve_ids(self, ref: VolumeRef, n: int) -> int:
         def decode(resp):
@@ -385,7 +377,7 @@ class NeuroDataBackend(Backend):
                 raise ValueError(f"reserved {count} ids, not {n}")
             return int(first)
 
-        return self.http.request("POST", self._ramon_path(ref, f"reserve/{n}/"), decode=decode, retry=False)
+        return self._client.request("POST", self._ramon_path(ref, f"reserve/{n}/"), decode=decode, retry=False)
 
     def _ramon_ids(self, ref: VolumeRef, filters, box: Box | None, level: int) -> list[int]:
         from ndfs.ramon import NDSTORE_TYPES, read_ids_hdf5
@@ -409,8 +401,8 @@ class NeuroDataBackend(Backend):
         path = self._ramon_path(ref, "query/" + "".join(p + "/" for p in parts))
         decode = lambda resp: read_ids_hdf5(resp.content)  # noqa: E731
         if box is None:
-            return sorted(self.http.request("GET", path, decode=decode))
-        return sorted(self.http.request("POST", path, data=_box_body(box, level), decode=decode,
+            return sorted(self._client.request("GET", path, decode=decode))
+        return sorted(self._client.request("POST", path, data=_box_body(box, level), decode=decode,
                                         headers={"Content-Type": "application/octet-stream"}))
 
     def _ramon_bbox(self, ref: VolumeRef, id: int, level: int) -> Box | None:
@@ -424,7 +416,7 @@ class NeuroDataBackend(Backend):
             return Box.from_shape(dim[::-1], off[::-1])
 
         try:
-            return self.http.request("GET", self._ramon_path(ref, f"{id}/boundingbox/{level}/"), decode=decode)
+            return self._client.request("GET", self._ramon_path(ref, f"{id}/boundingbox/{level}/"), decode=decode)
         except NotFound as exc:
             if "No annotation found" in str(exc):
                 raise
@@ -454,14 +446,7 @@ def _http_error(resp, method: str, path: str) -> NdfsError:
             return ReadOnly(message)
         if detail.startswith("Invalid RAMON") or detail.startswith("RAMON"):
             return InvalidAnnotation(message)
-        return NotFound(message)
-    if status in (401, 403):
-        return PermissionDenied(message)
-    if status == 400:
-        return BadRegion(message)
-    if status == 413:
-        return TooLarge(message)
-    return BackendError(message)
+    return status_error(status, message)
 
 
 __all__ = ["NeuroDataBackend", "npz_encode", "npz_decode", "hdf5_cutout_encode", "hdf5_cutout_decode",
