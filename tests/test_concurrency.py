@@ -34,6 +34,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -100,18 +101,21 @@ def run_workers(level) -> tuple[list[Op], list[Op], int]:
     errors: list[BaseException] = []
     deadline = time.monotonic() + SECONDS
 
+    def pick(rng, kinds) -> tuple[str, Box, Path]:
+        """A random target: a plane file of one of ``kinds``, or a random cutout box."""
+        kind = rng.choice(kinds)
+        if kind == "cutout":
+            box = random_box(rng)
+            return kind, box, level / "cutout" / cutout_name(box)
+        i = rng.randrange(SHAPE["zyx".index(kind)])
+        return kind, plane_box(kind, i), level / kind / f"{i}.tif"
+
     def writer(w: int) -> None:
         rng = random.Random(w)
         while time.monotonic() < deadline:
             with lock:
                 value = next(ids)
-            kind = rng.choice(["z", "y", "cutout", "cutout"])
-            if kind == "cutout":
-                box = random_box(rng)
-                path = level / "cutout" / cutout_name(box)
-            else:
-                i = rng.randrange(SHAPE["zyx".index(kind)])
-                box, path = plane_box(kind, i), level / kind / f"{i}.tif"
+            kind, box, path = pick(rng, ["z", "y", "cutout", "cutout"])
             op = Op("write", box, time.monotonic(), value=value)
             arr = np.full(box.shape, value, np.uint16)
             if kind == "cutout":
@@ -126,13 +130,7 @@ def run_workers(level) -> tuple[list[Op], list[Op], int]:
     def reader(r: int) -> None:
         rng = random.Random(100 + r)
         while time.monotonic() < deadline:
-            kind = rng.choice(["z", "y", "x", "cutout"])
-            if kind == "cutout":
-                box = random_box(rng)
-                path = level / "cutout" / cutout_name(box)
-            else:
-                i = rng.randrange(SHAPE["zyx".index(kind)])
-                box, path = plane_box(kind, i), level / kind / f"{i}.tif"
+            kind, box, path = pick(rng, ["z", "y", "x", "cutout"])
             op = Op("read", box, time.monotonic())
             with open(path, "rb") as fh:
                 data = fh.read()
