@@ -286,13 +286,13 @@ def cmd_cache(args) -> int:
     import json
 
     from ndfs.cache import clear_disk_cache, disk_cache_info
-    from ndfs.mesh import mesh_disk_dir
+    from ndfs.mesh import clear_mesh_disk, mesh_disk_dir
 
     cfg = _config(args)
     meshes = mesh_disk_dir(cfg.cache)
     if args.action == "clear":
         removed = clear_disk_cache(cfg.cache.dir)
-        removed_meshes = clear_disk_cache(meshes)
+        removed_meshes = clear_mesh_disk(meshes)
         print(f"removed {removed} cached chunks and {removed_meshes} meshes from {cfg.cache.dir}")
         return 0
     info = {"config": {"enabled": cfg.cache.enabled, "memory_bytes": cfg.cache.memory_bytes,
