@@ -27,7 +27,7 @@ before it deletes disk entries. Every read first compares the volume's stamp
 with the last one seen and, when it moved, drops the volume from memory
 (``changed_elsewhere``; a mount also asks when a file is opened). A fetch
 that spans another process's write takes its disk entry back out, as for an
-epoch change. Writes made outside ndfs are not seen.
+epoch change. Writes made outside ndfs are seen only once ``max_age_s`` (when set) has passed.
 """
 
 from __future__ import annotations
