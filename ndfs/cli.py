@@ -48,16 +48,26 @@ def _config(args):
     return replace(cfg, cache=cache)
 
 
-def _tree(args, outbox: bool = False):
-    from ndfs.config import open_remotes
-    from ndfs.fs.tree import Tree
+def _session(args, mount: bool = False):
+    """The file session over every configured remote: what a mount serves and ``ndfs ls/cat`` read.
 
-    cfg = _config(args)
+    A mount's writes to remote services go through the outbox, its spool lives beside it, and files
+    whose commit fails at release are kept there; elsewhere the spool is a temporary directory.
+    """
+    from ndfs.config import open_remotes
+    from ndfs.fs.session import FileSystem
+    from ndfs.fs.tree import Tree
+    from ndfs.journal import Journal
     from ndfs.mesh import configure_mesh_cache  # ramon/<id>.obj|ply meshes on disk in <cache dir>/meshes
 
+    cfg = _config(args)
     configure_mesh_cache(cfg.cache)
-    return Tree(open_remotes(cfg, outbox=outbox), max_cutout_bytes=cfg.mount.max_cutout_bytes,
-                max_age_s=cfg.cache.max_age_s)
+    tree = Tree(open_remotes(cfg, outbox=mount), max_cutout_bytes=cfg.mount.max_cutout_bytes,
+                max_ramon_bytes=cfg.mount.max_ramon_bytes)
+    if not mount:
+        return FileSystem(tree)
+    return FileSystem(tree, spool_dir=cfg.write.outbox_dir / "spool", journal=Journal(cfg.write.outbox_dir),
+                      entry_timeout_s=cfg.mount.entry_timeout_s)
 
 
 def _seconds(text: str) -> float:
@@ -128,13 +138,11 @@ def cmd_mount(args) -> int:
         logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                             filename=args.log_file)
-        tree = _tree(args, outbox=True)
-        logging.getLogger("ndfs").info("serving %s at %s", ", ".join(tree.remotes), mountpoint)
-        spool = cfg.write.outbox_dir / "spool"
-        spool.mkdir(parents=True, exist_ok=True)
-        mount(tree, mountpoint, attr_timeout_s=cfg.mount.attr_timeout_s,
+        fs = _session(args, mount=True)
+        logging.getLogger("ndfs").info("serving %s at %s", ", ".join(fs.tree.remotes), mountpoint)
+        mount(fs, mountpoint, attr_timeout_s=cfg.mount.attr_timeout_s,
               entry_timeout_s=cfg.mount.entry_timeout_s, negative_timeout_s=cfg.mount.negative_timeout_s,
-              debug=args.debug, spool_dir=str(spool), allow_other=args.allow_other)
+              debug=args.debug, allow_other=args.allow_other)
         return 0
     # daemon: a fresh foreground process in its own session (no fork after threads exist)
     log_file = os.path.abspath(args.log_file) if args.log_file else _default_log(mountpoint)
@@ -232,10 +240,10 @@ def _wait_for_outbox(mountpoint: str, timeout: float) -> None:
 
 
 def cmd_outbox(args) -> int:
-    from ndfs.outbox import Outbox
+    from ndfs.journal import Journal
 
     cfg = _config(args)
-    outbox = Outbox(cfg.write.outbox_dir)
+    outbox = Journal(cfg.write.outbox_dir)
     entries = outbox.entries()
     if args.action == "list":
         if not entries:
@@ -252,34 +260,62 @@ def cmd_outbox(args) -> int:
                 raise NdfsError(f"no outbox entry {entry_id}")
             print(f"dropped {entry_id}")
         return 0
-    # retry: post what is pending now, in this process (a running mount also retries on its own)
-    from ndfs.config import open_remotes
-
-    for entry in entries:
-        if entry.state == "failed" and (args.all or entry.id in args.ids):
+    # retry: post what is pending now, in this process (a running mount also retries on its own);
+    # failed entries too when named or with --all (a kept file is written through the tree again)
+    chosen = [e for e in entries if e.state == "failed" and (args.all or e.id in args.ids)]
+    for entry in chosen:
+        if entry.kind == "voxels":
             entry.state, entry.next_try = "pending", 0.0
             outbox.save(entry)
+    files = [e for e in chosen if e.kind == "file"]
     pending = [e for e in outbox.entries() if e.state == "pending"]
-    if not pending:
+    if not pending and not files:
         print("nothing to retry")
         return 0
-    remotes = open_remotes(cfg, outbox=True)
+    fs = _session(args, mount=True)
+    fs.journal = None  # a file that fails again stays in its entry, not in a new one
     try:
-        for backend in remotes.values():
-            drain = getattr(backend, "drain", None)
-            if drain is not None:
-                drain(timeout=args.timeout)
+        stored = sum(_retry_file(fs, outbox, entry) for entry in files)
+        from ndfs.journal.store import JournaledStore
+
+        for backend in fs.tree.remotes.values():
+            if isinstance(backend, JournaledStore):
+                backend.drain(timeout=args.timeout)
     finally:
-        for backend in remotes.values():
-            backend.close()
+        fs.close()
+    if files:
+        print(f"stored {stored} of {len(files)} kept file(s)")
     left = [e for e in outbox.entries() if e.state == "pending"]
-    posted = len(pending) - len(left)
-    print(f"posted {posted} of {len(pending)} pending write(s)")
-    if left:
-        for entry in left:
-            print(entry.describe())
-        raise NdfsError(f"{len(left)} write(s) are still pending; the remote may be down")
+    if pending:
+        print(f"posted {len(pending) - len(left)} of {len(pending)} pending write(s)")
+    for entry in left:
+        print(entry.describe())
+    if left or stored < len(files):
+        raise NdfsError(f"{len(left) + len(files) - stored} entr{'y is' if len(left) + len(files) - stored == 1 else 'ies are'} "
+                        "still in the outbox; see `ndfs outbox`")
     return 0
+
+
+def _retry_file(fs, outbox, entry) -> bool:
+    """Write a kept file through the tree again (as the mount would have); True if it is stored now."""
+    try:
+        opened = fs.open(entry.path, os.O_WRONLY | os.O_TRUNC)
+        try:
+            with open(outbox.payload_path(entry), "rb") as src:
+                offset = 0
+                while chunk := src.read(1 << 22):
+                    offset += fs.write(opened.fh, chunk, offset)
+            fs.fsync(opened.fh)
+        finally:
+            fs.release(opened.fh)
+    except (NdfsError, OSError) as exc:
+        entry.attempts += 1
+        entry.last_error = str(exc)
+        outbox.save(entry)
+        print(f"{entry.path}: {exc}", file=sys.stderr)
+        return False
+    outbox.remove(entry)
+    return True
 
 
 def cmd_cache(args) -> int:
@@ -311,18 +347,25 @@ def cmd_cache(args) -> int:
     return 0
 
 
+def _tree_path(path: str | None) -> str:
+    return "/" + (path or "").strip("/")
+
+
 def cmd_ls(args) -> int:
-    tree = _tree(args)
-    path = args.path or "/"
-    node = tree.resolve(path)
-    names = tree.listdir(path) if node.is_dir else [path.rstrip("/").rsplit("/", 1)[-1]]
+    import stat
+
+    fs = _session(args)
+    path = _tree_path(args.path)
+    is_dir = stat.S_ISDIR(fs.getattr(path)["st_mode"])
+    names = fs.readdir(path) if is_dir else [path.rsplit("/", 1)[-1]]
     if not args.all:
         names = [n for n in names if not n.startswith(".")]
     for name in names:
         if args.long:
-            child = tree.resolve(f"{path}/{name}") if node.is_dir else node
-            size = "-" if child.is_dir else str(child.size)
-            print(f"{'d' if child.is_dir else '-'} {size:>14} {name}{'/' if child.is_dir else ''}")
+            attrs = fs.getattr(f"{path.rstrip('/')}/{name}" if is_dir else path)
+            child_dir = stat.S_ISDIR(attrs["st_mode"])
+            size = "-" if child_dir else str(attrs["st_size"])
+            print(f"{'d' if child_dir else '-'} {size:>14} {name}{'/' if child_dir else ''}")
         else:
             print(name)
     return 0
@@ -331,24 +374,26 @@ def cmd_ls(args) -> int:
 def cmd_info(args) -> int:
     from ndfs.fs.tree import VolumeDir
 
-    tree = _tree(args)
-    if not isinstance(tree.resolve(args.path), VolumeDir):
+    fs = _session(args)
+    path = _tree_path(args.path)
+    if not isinstance(fs.tree.resolve(path), VolumeDir):
         raise NdfsError(f"{args.path} is not a channel")
-    node = tree.resolve(args.path.rstrip("/") + "/info.json")
-    sys.stdout.write(node.read(0, node.size).decode())
+    sys.stdout.write(fs.read_file(path.rstrip("/") + "/info.json").decode())
     return 0
 
 
 def cmd_cat(args) -> int:
-    tree = _tree(args)
-    node = tree.resolve(args.path)
-    if node.is_dir:
-        raise NdfsError(f"{args.path} is a folder")
+    """A file of the tree exactly as a reader of a mount gets it (open, read, release)."""
+    fs = _session(args)
     out = open(args.output, "wb") if args.output else sys.stdout.buffer
     try:
-        step = 1 << 22
-        for offset in range(0, node.size, step):
-            out.write(node.read(offset, min(step, node.size - offset)))
+        fs.read_file(_tree_path(args.path), sink=out, block=1 << 22)
+    except BaseException:
+        if args.output:
+            out.close()
+            os.unlink(args.output)
+            args.output = None
+        raise
     finally:
         if args.output:
             out.close()
@@ -417,8 +462,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("outbox", help="list, retry or drop writes waiting to reach their remote",
                        description="Writes through a mount to a remote service are kept in the outbox until "
-                                   "the service has them (see [write] in the configuration). list: show them; "
-                                   "retry: post the pending ones now; drop: forget entries (their data is lost).")
+                                   "the service has them (see [write] in the configuration), and so are files "
+                                   "a mount could not store when their last descriptor closed. list: show them; "
+                                   "retry: post the pending ones now (and, named or with --all, failed ones and "
+                                   "kept files); drop: forget entries (their data is lost).")
     s.add_argument("action", choices=["list", "retry", "drop"], nargs="?", default="list")
     s.add_argument("ids", nargs="*", metavar="ID", help="entry ids (for drop, or retry of failed entries)")
     s.add_argument("--all", action="store_true", help="drop: every entry; retry: failed ones too")

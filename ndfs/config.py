@@ -87,6 +87,8 @@ class MountConfig:
     negative_timeout_s: float = 5.0
     #: largest ``cutout/<box>`` file a mount renders or accepts, bytes of voxels (EFBIG past it)
     max_cutout_bytes: int = 1 << 30
+    #: largest ``ramon/<id>.json`` a mount accepts, bytes (EFBIG past it)
+    max_ramon_bytes: int = 16 * 2**20
 
 
 WRITE_BACK_MODES = ("sync", "async")
@@ -94,7 +96,7 @@ WRITE_BACK_MODES = ("sync", "async")
 
 @dataclass(frozen=True)
 class WriteConfig:
-    """How writes through a mount reach the remote (see ndfs/outbox.py)."""
+    """How writes through a mount reach the remote (see ndfs/journal/store.py)."""
 
     #: "sync": close() waits for the post; "async": close() returns once the data is durable locally
     write_back: str = "sync"
@@ -208,6 +210,7 @@ def parse_config(data: dict[str, Any], base_dir: Path, where: str = "config") ->
         entry_timeout_s=_typed(m, "entry_timeout_s", float, md.entry_timeout_s, f"{where} [mount]"),
         negative_timeout_s=_typed(m, "negative_timeout_s", float, md.negative_timeout_s, f"{where} [mount]"),
         max_cutout_bytes=_typed(m, "max_cutout_bytes", int, md.max_cutout_bytes, f"{where} [mount]"),
+        max_ramon_bytes=_typed(m, "max_ramon_bytes", int, md.max_ramon_bytes, f"{where} [mount]"),
     )
     w = _section(data, "write", where)
     wd = WriteConfig()
@@ -291,19 +294,20 @@ def open_remotes(config: Config, outbox: bool = False) -> dict:
     """Every configured remote's backend, behind the chunk cache when it is enabled (:func:`cached_backend`).
 
     With ``outbox`` (what a mount uses), writable remote services also write
-    through the durable outbox (ndfs/outbox.py); the local store writes straight
-    to disk, which is already durable.
+    through the durable outbox (ndfs/journal/store.py); the local store keeps
+    its own journal beside its data (ndfs/backends/local.py).
     """
     remotes = {}
     box = None
     for name, rc in config.remotes.items():
         backend = cached_backend(rc, config.cache)
         if outbox and rc.kind != "local" and "write" in backend.capabilities:
-            from ndfs.outbox import Outbox, OutboxBackend
+            from ndfs.journal import Journal
+            from ndfs.journal.store import JournaledStore
 
-            box = box or Outbox(config.write.outbox_dir)
-            backend = OutboxBackend(backend, box, name, remote_target(rc), mode=config.write.write_back,
-                                    retry_max_s=config.write.retry_max_s)
+            box = box or Journal(config.write.outbox_dir)
+            backend = JournaledStore(backend, box, name, remote_target(rc), mode=config.write.write_back,
+                                     retry_max_s=config.write.retry_max_s)
         remotes[name] = backend
     return remotes
 

@@ -96,3 +96,16 @@ class MissingExtra(NdfsError):
     """A feature whose optional package is not installed; the message names the pip extra (ENOTSUP)."""
 
     errno_default = _errno.ENOTSUP
+
+
+class NoSpace(NdfsError):
+    """A local disk (journal, spool, store) is full; nothing was stored (ENOSPC)."""
+
+    errno_default = _errno.ENOSPC
+
+
+def disk_error(exc: OSError, what: str) -> NdfsError:
+    """The NdfsError for a failed local disk write: a full disk stays ENOSPC (never EIO)."""
+    if exc.errno in (_errno.ENOSPC, _errno.EDQUOT):
+        return NoSpace(f"{what}: no space left on the device; nothing was stored")
+    return BackendError(f"{what}: {exc.strerror or exc}")

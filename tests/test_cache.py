@@ -321,20 +321,37 @@ def test_failed_write_still_invalidates_and_reraises(store, make):
     assert cached.read(REF, box, 0)[0, 0, 0] == data[0, 0, 0] ^ 0xFF
 
 
+class UnlockedLocal(GatedLocal):
+    """Like a remote service: its reads and writes share no lock, so a fetch can span a write."""
+
+    def volume_lock(self, ref):
+        from ndfs.locks import MemoryVolumeLock
+
+        return MemoryVolumeLock()
+
+
 @pytest.mark.parametrize("disk", [False, True])
-def test_fetch_in_flight_during_a_write_does_not_cache_stale_data(store, make, disk):
+@pytest.mark.parametrize("kind", [GatedLocal, UnlockedLocal])
+def test_fetch_in_flight_during_a_write_does_not_cache_stale_data(store, make, disk, kind):
     path, data, _ = store
-    inner = GatedLocal(path)
+    inner = kind(path)
     cached = make(inner, disk=disk)
     box = Box((0, 0, 0), (8, 32, 32))  # one chunk; its 2x2 footprint write needs no read-back
     inner.after.clear()
     threads, results, errors = _crowd(cached, box, n=1)
     _wait_for(lambda: inner.done == 1, "the old data to be read")
     new = (data[box.slices()] ^ 0xFF).astype(np.uint8)
-    cached.write(REF, box, 0, new)
+    writer = threading.Thread(target=cached.write, args=(REF, box, 0, new))
+    writer.start()
+    if kind is GatedLocal:  # the store's planes are read-locked until the read is done: the write waits
+        writer.join(0.5)
+        assert writer.is_alive(), "the write was applied under a read of the same planes"
+    else:
+        writer.join(10)
     inner.after.set()
     threads[0].join(10)
-    assert errors == [None]
+    writer.join(10)
+    assert errors == [None] and not writer.is_alive()
     np.testing.assert_array_equal(results[0], data[box.slices()])  # it started before the write
     np.testing.assert_array_equal(cached.read(REF, box, 0), new)
     if disk:
@@ -379,10 +396,16 @@ def test_invalidate_whole_volume_and_a_box(store, make):
 
 
 class RemoteLike(GatedLocal):
-    """A store that cannot stamp its volumes (as a remote service): caches share stamps on their disk."""
+    """A store that cannot stamp or lock its volumes across processes (as a remote service): caches
+    share stamps on their disk."""
 
     def generation(self, ref):
         return None
+
+    def volume_lock(self, ref):
+        from ndfs.locks import MemoryVolumeLock
+
+        return MemoryVolumeLock()
 
 
 def test_another_cache_of_the_local_store_sees_a_write_and_its_own_writes_drop_nothing(store, make):

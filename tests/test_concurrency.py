@@ -316,20 +316,18 @@ def test_a_getattr_racing_the_release_of_a_write_handle_answers_from_the_tree(tm
     """close() returns before the kernel's (asynchronous) release reaches the daemon, so the writer's next
     stat can find its handle just as release closes it: the answer must come from the tree, not be EIO.
     (Found by the soak: the writer's next open of the plane failed with EIO, and its write was lost.)"""
-    from types import SimpleNamespace
-
-    from ndfs.fs.fuse import WriteHandle, make_operations
+    from ndfs.fs.session import Caller, FileSystem, WriteHandle
     from ndfs.fs.tree import Tree
 
     backend = LocalBackend(tmp_path / "store", create=True)
     backend.create_volume(REF, SHAPE, "uint16", levels=1, chunk_shape=(4, 16, 16))
     tree = Tree({"local": backend})
-    ops = make_operations(tree, str(tmp_path))
+    fs = FileSystem(tree, spool_dir=tmp_path)
     path = "/local/p/vol/0/z/3.tif"
-    handle = WriteHandle(tree.resolve(path), truncate=True, spool_dir=str(tmp_path))
+    handle = WriteHandle(tree.resolve(path), path, True, str(tmp_path), Caller.here())
     handle.write(b"partial", 0)
-    ops.handles[7] = handle
-    assert ops.getattr(path, SimpleNamespace(fh=7))["st_size"] == 7  # the writer sees what it wrote so far
+    fs.handles[7] = handle
+    assert fs.getattr(path, 7)["st_size"] == 7  # the writer sees what it wrote so far
     handle.close()  # the release, between the handle's lookup and its use
     assert handle.size() is None
-    assert ops.getattr(path, SimpleNamespace(fh=7))["st_size"] == tree.resolve(path).size
+    assert fs.getattr(path, 7)["st_size"] == tree.resolve(path).size

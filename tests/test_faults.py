@@ -56,7 +56,8 @@ from ndfs.backends.neurodata import NeuroDataBackend
 from ndfs.cache import CachedBackend, decode_chunk
 from ndfs.errors import BackendError, NdfsError, PermissionDenied
 from ndfs.geometry import Box
-from ndfs.outbox import Outbox, OutboxBackend
+from ndfs.journal import Journal as Outbox
+from ndfs.journal.store import JournaledStore as OutboxBackend
 from ndfs.serve.boss import BossApp
 from ndfs.serve.common import ServeOptions, WsgiServer
 from ndfs.serve.dvid import DvidApp

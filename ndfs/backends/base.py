@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import threading
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -23,6 +24,7 @@ import numpy as np
 from ndfs.errors import BadRegion, InvalidAnnotation, NdfsError, NotFound, ReadOnly
 from ndfs.geometry import Box
 from ndfs.info import VolumeInfo
+from ndfs.locks import MemoryVolumeLock, VolumeLock, z_planes
 
 VolumeRef = tuple[str, ...]
 """A volume's path inside its backend, e.g. ``("demo", "em")``."""
@@ -54,13 +56,18 @@ class Backend:
     capabilities: frozenset[str] = frozenset()
     #: a short word for logs and ``ndfs cache info``
     kind: str = "backend"
+    #: :meth:`write` holds the written planes of :meth:`volume_lock` exclusively around ``_write``,
+    #: so readers that hold them shared (the cache) never see half a write. False for stores whose
+    #: ``_write`` locks by itself (the local store) and for layers (the store below them locks).
+    lock_writes: bool = True
 
     def __init__(self) -> None:
         self._stats_lock = threading.Lock()
         self._stats = RequestStats()
         self._info_lock = threading.Lock()
         self._info_memo: dict[VolumeRef, VolumeInfo] = {}
-        self._generations: dict[VolumeRef, object] = {}  # as last seen by changed_elsewhere
+        self._bumps: dict[VolumeRef, int] = {}  # changes made through this object (see version())
+        self._volume_locks: dict[VolumeRef, VolumeLock] = {}
 
     # ---- hierarchy -------------------------------------------------------
     def children(self, path: Sequence[str]) -> list[str]:
@@ -125,7 +132,12 @@ class Backend:
             array = array.astype(info.dtype)
         if box.empty:
             return
-        self._write(ref, box, level, np.ascontiguousarray(array))
+        guard = self.volume_lock(ref).writing(*z_planes(info, box, level)) if self.lock_writes else nullcontext()
+        try:
+            with guard:
+                self._write(ref, box, level, np.ascontiguousarray(array))
+        finally:  # even a failed write may have changed part of the volume
+            self.bump_version(ref)
         with self._stats_lock:
             self._stats.writes += 1
             self._stats.write_bytes += array.nbytes
@@ -137,28 +149,39 @@ class Backend:
         """
 
     def generation(self, ref: Sequence[str]):
-        """A token that changes with every write to the volume's voxels or annotations made
-        through ndfs by any process (compare for equality); None when the backend cannot tell.
-        Cheap (a stat): caches look before every read.
+        """The volume's cross-process write stamp: changes with every write to its voxels or
+        annotations made through ndfs by any process (compare for equality); None when the
+        backend cannot tell. Cheap (a stat). Part of :meth:`version`.
         """
         return None
 
-    def changed_elsewhere(self, ref: Sequence[str]) -> bool:
-        """Whether the volume's :meth:`generation` moved since this backend last looked (another
-        process, or another backend object, wrote it); a cache then forgets what it holds of it.
-        False on the first look and when the backend cannot tell.
+    def version(self, ref: Sequence[str]):
+        """The volume's version token: an opaque, hashable value that changes whenever the volume
+        may have changed (a write through this object, a write by another process seen through
+        :meth:`generation`, and in a cache the expiry of ``max_age_s``). What a mount's files,
+        rendered cutouts, lookup tables and the kernel's page cache are keyed on. Cheap (a stat);
+        the outermost layer's token covers every layer below it.
         """
         ref = as_ref(ref)
-        try:
-            gen = self.generation(ref)
-        except NdfsError:
-            return False
-        if gen is None:
-            return False
         with self._info_lock:
-            prev = self._generations.get(ref, gen)
-            self._generations[ref] = gen
-        return prev != gen
+            bumps = self._bumps.get(ref, 0)
+        return (bumps, self._inner_version(ref))
+
+    def _inner_version(self, ref: VolumeRef):
+        return self.generation(ref)
+
+    def volume_lock(self, ref: Sequence[str]) -> VolumeLock:
+        """The volume's lock (:mod:`ndfs.locks`): writers one at a time, readers kept off the planes
+        being applied. In-process by default; the local store shares its lock with every process."""
+        ref = as_ref(ref)
+        with self._info_lock:
+            return self._volume_locks.setdefault(ref, MemoryVolumeLock())
+
+    def bump_version(self, ref: Sequence[str]) -> None:
+        """Record a change made through this object (writes and RAMON changes call it)."""
+        ref = as_ref(ref)
+        with self._info_lock:
+            self._bumps[ref] = self._bumps.get(ref, 0) + 1
 
     # ---- files: opaque values in a folder (DVID key-value instances) ------
     # A backend whose folders can hold files overrides these; the defaults say "no files here".
@@ -232,7 +255,12 @@ class Backend:
 
         ref = self._annotation_channel(ref, write=True)
         objs = check_objects(objs, self.ramon_max_id)
-        return self._ramon_put(ref, objs) if objs else []
+        if not objs:
+            return []
+        try:
+            return self._ramon_put(ref, objs)
+        finally:
+            self.bump_version(ref)
 
     def ramon_delete(self, ref: Sequence[str], ids) -> None:
         """Delete RAMON objects and zero their own voxels; NotFound (and nothing deleted) if one is missing."""
@@ -241,7 +269,10 @@ class Backend:
         ref = self._annotation_channel(ref, write=True)
         ids = check_ids(ids, self.ramon_max_id)
         if ids:
-            self._ramon_delete(ref, ids)
+            try:
+                self._ramon_delete(ref, ids)
+            finally:
+                self.bump_version(ref)
 
     def reserve_ids(self, ref: Sequence[str], n: int) -> list[int]:
         """Reserve ``n`` new consecutive ids (never handed out again); creates no objects."""

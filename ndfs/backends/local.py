@@ -10,10 +10,19 @@ downsamplings in x and y with z kept (see :mod:`ndfs.downsample`). A write at
 level 0 recomputes the touched region of every lower level, so the pyramid
 stays consistent; a write at a lower level changes that level only.
 
-Thread-safe: each channel has a readers-writer lock. Writes to a channel are
-serialised (zarr chunk writes are read-modify-write) and a read never sees
-half of a write: a box spans several zarr chunks, written one after another,
-so reads of a channel wait while it is written (within this process).
+Writes are all or nothing, also across ``kill -9``: each write is first one
+durable entry of the channel's write journal (``<channel>/.ndfs-journal/``,
+see :mod:`ndfs.journal`), then applied (every chunk, every lower level it
+implies), then removed. A write that did not finish (its process died, or
+the disk filled mid-way) is completed from its entry by the next process
+that writes those planes or reads them, or opens the channel.
+
+Every process sees one consistent channel (see :mod:`ndfs.locks`):
+writers of a channel take its writer mutex, so they go one at a time in
+every process (mounts, Python, ``ndfs serve``, ``ndfs import``); while an
+entry is applied its planes (widened to whole zarr chunks in z) are locked
+exclusively, and a read holds its planes shared, so it sees a write whole
+or not at all, and readers of other planes never wait. Thread-safe.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -33,14 +43,20 @@ from ndfs import stamp
 from ndfs.backends.base import Backend, VolumeRef, as_ref
 from ndfs.backends.ramon_store import LocalRamon
 from ndfs.downsample import child_extent, downsample
-from ndfs.errors import BackendError, BadRegion, NdfsError, NotFound
+from ndfs.errors import BackendError, BadRegion, NdfsError, NoSpace, NotFound, disk_error
 from ndfs.geometry import Box
 from ndfs.info import KINDS, LevelInfo, VolumeInfo
-from ndfs.rwlock import ReadWriteLock
+from ndfs.journal.entries import Entry, Journal
+from ndfs.locks import FileVolumeLock, z_planes
 
 GROUP_FILE = "zarr.json"
 log = logging.getLogger("ndfs.local")
 STAMP_FILE = ".ndfs-writes"  # a write stamp (ndfs/stamp.py) in each channel directory
+LOCK_FILE = ".ndfs-lock"  # the channel's volume lock (ndfs/locks.py)
+APPLYING_FILE = ".ndfs-applying"  # "<entry id> <z0> <z1>" while an entry is being applied
+JOURNAL_DIR = ".ndfs-journal"  # the channel's write journal (ndfs/journal/entries.py)
+#: an entry is applied in z slabs of at most this many bytes (memory stays bounded for any file)
+APPLY_BYTES = 64 * 2**20
 SUPPORTED_DTYPES = ("uint8", "uint16", "uint32", "uint64", "float32")
 
 
@@ -63,6 +79,7 @@ class LocalBackend(LocalRamon, Backend):
 
     kind = "local"
     capabilities = frozenset({"write", "create", "ramon"})
+    lock_writes = False  # _write applies under the channel's own (cross-process) lock
 
     def __init__(self, path: str | os.PathLike, create: bool = False, read_only: bool = False):
         super().__init__()
@@ -73,7 +90,8 @@ class LocalBackend(LocalRamon, Backend):
             self.capabilities = frozenset({"ramon"})
         self._arrays: dict[tuple[VolumeRef, int], object] = {}
         self._arrays_lock = threading.Lock()
-        self._voxel_locks: dict[VolumeRef, ReadWriteLock] = {}
+        self._locks: dict[VolumeRef, FileVolumeLock] = {}
+        self._replayed: set[VolumeRef] = set()  # channels whose journal this process has looked at
 
     def __repr__(self) -> str:
         return f"LocalBackend({str(self.root)!r})"
@@ -168,17 +186,23 @@ class LocalBackend(LocalRamon, Backend):
             chunks = tuple(min(c, s) for c, s in zip(lv.chunk_shape, lv.shape))
             group.create_array(str(i), shape=lv.shape, chunks=chunks, dtype=dtype, fill_value=0)
         group.attrs["ndfs"] = info.to_json()  # written last: a channel exists once it is complete
-        self.forget_info(ref)
+        self._forget_channel(ref)
         return info
 
     def delete_volume(self, ref: Sequence[str] | str) -> None:
         ref = as_ref(ref)
         self.info(ref)
         shutil.rmtree(self._dir(ref))
+        self._forget_channel(ref)
+
+    def _forget_channel(self, ref: VolumeRef) -> None:
+        """Drop what this backend keeps of a channel that was deleted or made anew."""
         self.forget_info(ref)
         with self._arrays_lock:
             for key in [k for k in self._arrays if k[0] == ref]:
                 del self._arrays[key]
+            self._locks.pop(ref, None)
+            self._replayed.discard(ref)
 
     # ---- voxels ----------------------------------------------------------
     def _array(self, ref: VolumeRef, level: int):
@@ -198,7 +222,7 @@ class LocalBackend(LocalRamon, Backend):
         return arr
 
     def _read(self, ref: VolumeRef, box: Box, level: int) -> np.ndarray:
-        with self._voxel_lock(ref).reading():
+        with self.volume_lock(ref).reading(*z_planes(self.info(ref), box, level)):
             return self._read_array(ref, box, level)
 
     def _read_array(self, ref: VolumeRef, box: Box, level: int) -> np.ndarray:
@@ -210,20 +234,136 @@ class LocalBackend(LocalRamon, Backend):
         except Exception as exc:
             raise BackendError(f"reading {box} of {'/'.join(ref)} failed: {exc}") from exc
 
-    def _voxel_lock(self, ref: VolumeRef) -> ReadWriteLock:
+    # ---- the journal and the volume lock ----------------------------------------
+    def volume_lock(self, ref: Sequence[str]) -> FileVolumeLock:
+        """The channel's lock, shared with every process on this machine (a file in its directory)."""
+        ref = as_ref(ref)
         with self._arrays_lock:
-            return self._voxel_locks.setdefault(ref, ReadWriteLock())
+            lock = self._locks.get(ref)
+        if lock is None:  # this process's first use of the channel: no lock of it is held yet
+            self._replay_once(ref)
+            d = self._dir(ref)
+            lock = FileVolumeLock(d / LOCK_FILE, check=lambda z0, z1: self._unfinished(ref, z0, z1),
+                                  recover=lambda: self.recover(ref))
+            with self._arrays_lock:
+                lock = self._locks.setdefault(ref, lock)
+        return lock
+
+    def _journal(self, ref: VolumeRef) -> Journal:
+        return Journal(self._dir(ref) / JOURNAL_DIR)
+
+    def _unfinished(self, ref: VolumeRef, z0: int, z1: int) -> bool:
+        """Whether planes [z0, z1) hold an entry whose writer died while applying it (called with
+        those planes read-locked: a live writer never shows its marker to a reader of its planes)."""
+        try:
+            text = (self._dir(ref) / APPLYING_FILE).read_text()
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        except OSError as exc:
+            raise BackendError(f"cannot read the journal state of {'/'.join(ref)}: {exc}") from exc
+        try:
+            _, a, b = text.split()
+            return int(a) < z1 and z0 < int(b)
+        except ValueError:  # markers are renamed into place whole: this one was not made by ndfs
+            log.warning("ignoring the unreadable journal marker of %s: %r", "/".join(ref), text[:80])
+            return False
+
+    def recover(self, ref: Sequence[str]) -> int:
+        """Complete every write of the channel whose writer died; returns how many were applied.
+        Waits for a live writer to finish first. Call it holding no lock of the channel."""
+        ref = as_ref(ref)
+        with self._lock_file(ref).writer():
+            return self._replay_locked(ref)
+
+    def _lock_file(self, ref: VolumeRef) -> FileVolumeLock:
+        """The channel's lock file, without the first-use replay of :meth:`volume_lock`."""
+        with self._arrays_lock:
+            lock = self._locks.get(ref)
+        return lock if lock is not None else FileVolumeLock(self._dir(ref) / LOCK_FILE)
+
+    def _replay_once(self, ref: VolumeRef) -> None:
+        """On a process's first use of a channel: complete what a dead writer left in its journal."""
+        if ref in self._replayed:
+            return
+        journal = self._journal(ref)
+        if journal.newest_id() is not None or (self._dir(ref) / APPLYING_FILE).exists():
+            self.recover(ref)
+        journal.clean()
+        for staged in self._dir(ref).glob(f"{APPLYING_FILE}.*"):  # a marker its writer died staging
+            if time.time() - staged.stat().st_mtime > 60:
+                staged.unlink(missing_ok=True)
+        self._replayed.add(ref)
+
+    def _replay_locked(self, ref: VolumeRef) -> int:
+        """Apply the journal's entries oldest first (the caller holds the writer mutex)."""
+        journal, done = self._journal(ref), 0
+        for entry in journal.entries():
+            log.warning("completing a write to %s that did not finish (journal entry %s)", "/".join(ref), entry.id)
+            self._apply(ref, entry, journal.load(entry))
+            journal.remove(entry)
+            done += 1
+        marker = self._dir(ref) / APPLYING_FILE
+        if marker.exists():  # left by a writer that died between its entry's removal and the marker's
+            marker.unlink(missing_ok=True)
+        return done
 
     def _write(self, ref: VolumeRef, box: Box, level: int, array: np.ndarray) -> None:
-        info = self.info(ref)
+        journal = self._journal(ref)
+        self._check_space(ref, array.nbytes)
+        with self.volume_lock(ref).writer():
+            self._replay_locked(ref)  # a dead writer's entry goes first: the journal keeps the order
+            entry = journal.put("local", f"local:{self.root}", ref, level, box, array)
+            try:
+                self._apply(ref, entry, array)
+            except NdfsError as exc:
+                raise type(exc)(f"{exc} (the write is kept in the journal of {'/'.join(ref)} and completed by "
+                                "the next write or read of those planes)", errno=exc.errno) from exc
+            journal.remove(entry)
+
+    def _check_space(self, ref: VolumeRef, nbytes: int) -> None:
+        """ENOSPC before anything is written when the journal copy and the worst-case store
+        (uncompressed, every level) cannot fit."""
         try:
-            with self._voxel_lock(ref).writing():
-                self._store(ref, level, box, array)
-                if level == 0:
-                    self._propagate(ref, info, box, array)
-        finally:  # even a failed write may have changed some chunks
-            self._bump_stamp(ref)
-        self._note_labels(ref, array)
+            free = shutil.disk_usage(self._dir(ref)).free
+        except FileNotFoundError:
+            raise NotFound(f"no channel {'/'.join(ref)} in the local store") from None
+        need = 2 * nbytes + nbytes // 2 + 2**20
+        if free < need:
+            raise NoSpace(f"writing {nbytes} bytes to {'/'.join(ref)} needs about {need} bytes free on its "
+                          f"disk, which has {free}; nothing was stored")
+
+    def _apply(self, ref: VolumeRef, entry: Entry, data: np.ndarray) -> None:
+        """Store an entry's voxels and rebuild what they imply on lower levels, slab by slab, with its
+        planes (widened to whole chunks in z) locked; idempotent, so a replay can repeat it."""
+        info, level, box = self.info(ref), entry.level, entry.box
+        lv = info.level(level)
+        cz, oz = lv.chunk_shape[0], lv.offset[0]
+        z0, z1 = z_planes(info, box, level)
+        z0, z1 = oz + (z0 - oz) // cz * cz, oz + -(-(z1 - oz) // cz) * cz
+        plane_bytes = max(1, int(np.prod(box.shape[1:])) * data.dtype.itemsize)
+        depth = max(1, APPLY_BYTES // plane_bytes)
+        d, top = self._dir(ref), 0
+        with self._lock_file(ref).writing(z0, z1):
+            marker = d / APPLYING_FILE
+            try:
+                staged = d / f"{APPLYING_FILE}.{os.getpid()}.{threading.get_ident()}"
+                staged.write_text(f"{entry.id} {z0} {z1}\n")
+                os.replace(staged, marker)  # whole or absent: readers of other planes look at it meanwhile
+                for a in range(0, box.shape[0], depth):
+                    b = min(box.shape[0], a + depth)
+                    slab = Box((box.start[0] + a, *box.start[1:]), (box.start[0] + b, *box.stop[1:]))
+                    part = np.ascontiguousarray(data[a:b])
+                    self._store(ref, level, slab, part)
+                    if level == 0:
+                        self._propagate(ref, info, slab, part)
+                    if part.size and info.kind == "annotation":
+                        top = max(top, int(part.max()))
+                self._bump_stamp(ref)
+                marker.unlink(missing_ok=True)
+            except OSError as exc:
+                raise disk_error(exc, f"writing {box} of {'/'.join(ref)}") from exc
+        if top:
+            self._ramon_store(ref).note_label(top)
 
     def generation(self, ref):
         """The channel's write stamp: every process writing this store through ndfs moves it."""

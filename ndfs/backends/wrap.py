@@ -14,8 +14,19 @@ from typing import Sequence
 from ndfs.backends.base import Backend
 
 
+def layers(backend: Backend):
+    """The backend and every layer below it, outermost first."""
+    while True:
+        yield backend
+        if not isinstance(backend, WrappingBackend):
+            return
+        backend = backend.inner
+
+
 class WrappingBackend(Backend):
     """Everything but ``_read``/``_write`` goes to ``inner``; ``kind`` and ``capabilities`` are its."""
+
+    lock_writes = False  # the store below locks the planes it writes
 
     def __init__(self, inner: Backend):
         super().__init__()
@@ -44,8 +55,11 @@ class WrappingBackend(Backend):
     def generation(self, ref):
         return self.inner.generation(ref)
 
-    def changed_elsewhere(self, ref) -> bool:
-        return self.inner.changed_elsewhere(ref)
+    def _inner_version(self, ref):
+        return self.inner.version(ref)
+
+    def volume_lock(self, ref):
+        return self.inner.volume_lock(ref)
 
     # ---- files (key-value stores) ------------------------------------------------
     def holds_files(self, path: Sequence[str]) -> bool:

@@ -13,21 +13,30 @@ its exception; errors are never stored. Pool tasks never wait on anything,
 and prefetch tasks run on their own small pool and only claim chunks nobody
 else has, so no thread ever waits on work queued behind itself.
 
-Writes go through, then ``invalidate`` bumps the volume's epoch and drops
-the affected chunks of every level from both tiers and from the flight map.
-A fetch stores its chunks only if the epoch it started under is still
-current (and takes a disk entry back out if the epoch moved while writing
-it), so a fetch racing a write cannot leave stale data behind in this
-process.
+A read holds the volume lock's planes (:mod:`ndfs.locks`, whole chunks in z)
+shared while it assembles its box, so no write is applied in between: a
+read returns one write's result or the other's, never a mix.
+
+Writes go through. While one is under way its region (on every level it
+affects) is neither served from nor stored in either tier; afterwards
+``invalidate`` bumps the volume's epoch and drops the affected chunks of
+every level from both tiers and from the flight map. A fetch stores its
+chunks only if the epoch it started under is still current (and takes a
+disk entry back out if the epoch moved while writing it), so a fetch racing
+a write cannot leave stale data behind in this process.
 
 Other processes (mounts, scripts) hear of a write through a write stamp
 (:mod:`ndfs.stamp`): the local store moves the channel's own on every write;
 for remote services ``invalidate`` moves one beside the shared disk tier
 before it deletes disk entries. Every read first compares the volume's stamp
 with the last one seen and, when it moved, drops the volume from memory
-(``changed_elsewhere``; a mount also asks when a file is opened). A fetch
-that spans another process's write takes its disk entry back out, as for an
-epoch change. Writes made outside ndfs are seen only once ``max_age_s`` (when set) has passed.
+(the volume's version token, :meth:`version`, moves with it, so a mount drops
+its files too). A fetch that spans another process's write takes its disk
+entry back out, as for an epoch change. Writes made outside ndfs are seen
+only once ``max_age_s`` (when set) has passed: time is cut into windows of
+that length, aligned to the clock so every process agrees, and nothing
+cached in one window is served in the next (memory is dropped, disk entries
+expire, and the version token moves).
 """
 
 from __future__ import annotations
@@ -38,7 +47,6 @@ import logging
 import os
 import threading
 import time
-from collections import defaultdict
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
@@ -53,6 +61,7 @@ from ndfs.cache.disk import decode_chunk, encode_chunk, open_disk_cache
 from ndfs.cache.plan import Index, affected_regions, group_chunks
 from ndfs.errors import BackendError, BadRegion, NdfsError
 from ndfs.geometry import Box, ChunkGrid
+from ndfs.locks import z_planes
 
 log = logging.getLogger("ndfs.cache")
 MiB = 2**20
@@ -100,26 +109,18 @@ class CachedBackend(WrappingBackend):
         self.namespace = str(namespace)
         self.prefetch_enabled = bool(prefetch)
         self.max_prefetch_bytes = int(max_prefetch_bytes)
-        self._lock = threading.Lock()  # guards _mem, _inflight, _epochs, _recent, _counts
+        self._lock = threading.Lock()  # guards _mem, _inflight, _writing, _seen, _recent, _counts
         if max_age_s is not None and not 0 < float(max_age_s) < float("inf"):
             raise BadRegion(f"max_age_s must be a positive number of seconds, got {max_age_s!r}")
         #: chunks are reused at most this long after they were fetched, in both tiers (None: no limit)
         self.max_age_s = None if max_age_s is None else float(max_age_s)
-        size, nbytes = max(0, int(memory_bytes)), (lambda a: a.nbytes)
-        if self.max_age_s is None:
-            self._mem = cachetools.LRUCache(maxsize=size, getsizeof=nbytes)
-        else:
-            age = self.max_age_s
-            # a chunk promoted from disk keeps the deadline of its fetch (see _disk_lookup)
-            self._mem = cachetools.TLRUCache(maxsize=size, ttu=lambda key, _arr, now: self._deadlines.pop(key, now + age),
-                                             getsizeof=nbytes)
-        self._deadlines: dict[tuple, float] = {}  # memory-tier deadlines of chunks being promoted
+        self._mem = cachetools.LRUCache(maxsize=max(0, int(memory_bytes)), getsizeof=lambda a: a.nbytes)
+        self._writing: dict[VolumeRef, list[dict]] = {}  # regions of writes under way: level -> index range
         self._inflight: dict[tuple, _Flight] = {}
-        self._epochs: dict[VolumeRef, int] = defaultdict(int)
         self._recent: dict[tuple, dict] = {}
         self._counts = dict.fromkeys(("memory_hits", "disk_hits", "misses", "prefetched",
                                       "prefetch_dropped", "corrupt", "disk_errors", "changed_elsewhere"), 0)
-        self._seen: dict[VolumeRef, object] = {}  # generation of each volume when last looked at
+        self._seen: dict[VolumeRef, tuple] = {}  # (generation, max-age window) of each volume when last looked at
         self._pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="ndfs-fetch")
         #: sequential readers get enough slabs read ahead to keep this many chunks in flight
         self.readahead_chunks = max(1, workers)
@@ -193,14 +194,19 @@ class CachedBackend(WrappingBackend):
 
     # ---- reads -----------------------------------------------------------
     def _read(self, ref: VolumeRef, box: Box, level: int) -> np.ndarray:
-        self.changed_elsewhere(ref)
         info = self.info(ref)
         grid = info.level(level).grid
+        with self.inner.volume_lock(ref).reading(*z_planes(info, grid.aligned(box), level)):
+            self._sync(ref)
+            return self._assemble(ref, box, level, info, grid)
+
+    def _assemble(self, ref: VolumeRef, box: Box, level: int, info, grid: ChunkGrid) -> np.ndarray:
         out = np.empty(box.shape, dtype=info.dtype)
         missing = []
         with self._lock:
-            epoch = self._epochs[ref]
-            found = [(idx, self._mem.get((self.namespace, ref, level, idx))) for idx in grid.chunks(box)]
+            epoch = self.epoch(ref)
+            found = [(idx, None if self._being_written(ref, level, idx)
+                      else self._mem.get((self.namespace, ref, level, idx))) for idx in grid.chunks(box)]
             self._counts["memory_hits"] += sum(a is not None for _, a in found)
         for idx, arr in found:
             if arr is None:
@@ -220,8 +226,9 @@ class CachedBackend(WrappingBackend):
         rest, hits = [], []
         for idx in idxs:
             key, cbox = self.disk_key(ref, level, idx), grid.chunk_box(idx)
-            found = self._disk_op("get", lambda: disk.get(key, expire_time=True))
-            payload, expires = found if found is not None else (None, None)
+            with self._lock:
+                writing = self._being_written(ref, level, idx)
+            payload = None if writing else self._disk_op("get", lambda: disk.get(key))
             if payload is None:
                 rest.append(idx)
                 continue
@@ -234,34 +241,39 @@ class CachedBackend(WrappingBackend):
                 rest.append(idx)
                 continue
             self._paste(out, box, cbox, arr)
-            hits.append((idx, arr, expires))
+            hits.append((idx, arr))
         with self._lock:
             self._counts["disk_hits"] += len(hits)
-            if self._epochs[ref] == epoch:  # not invalidated meanwhile: promote to memory
-                for idx, arr, expires in hits:
-                    key = (self.namespace, ref, level, idx)
-                    if expires is not None and self.max_age_s is not None:  # no longer than on disk
-                        left = min(expires - time.time(), self.max_age_s)
-                        self._deadlines[key] = time.monotonic() + left
-                    self._mem_put(key, arr)
+            if self.epoch(ref) == epoch:  # not invalidated meanwhile: promote to memory
+                for idx, arr in hits:
+                    self._mem_put(ref, level, idx, arr)
         return rest
 
-    def _mem_put(self, key: tuple, arr: np.ndarray) -> None:
+    def _mem_put(self, ref: VolumeRef, level: int, idx: Index, arr: np.ndarray) -> None:
+        """Keep a chunk in memory (caller holds self._lock), unless a write to it is under way."""
+        if self._being_written(ref, level, idx):
+            return
         try:
-            self._mem[key] = arr  # caller holds self._lock
+            self._mem[(self.namespace, ref, level, idx)] = arr
         except ValueError:  # larger than the whole memory budget
             pass
-        finally:
-            self._deadlines.pop(key, None)
+
+    def _being_written(self, ref: VolumeRef, level: int, idx: Index) -> bool:
+        """Whether a write under way covers this chunk (caller holds self._lock)."""
+        for ranges in self._writing.get(ref, ()):
+            r = ranges.get(level)
+            if r is not None and all(a <= i < b for i, a, b in zip(idx, *r)):
+                return True
+        return False
 
     def _claim(self, ref, level, idxs, prefetch: bool) -> tuple[dict, dict, dict]:
         """Under the lock: split chunks into memory hits, ours to fetch, and others' flights."""
         hits, mine, theirs = {}, {}, {}
         with self._lock:
-            epoch, gen = self._epochs[ref], self._seen.get(ref)
+            epoch, gen = self.epoch(ref), self._seen.get(ref, (None,))[0]
             for idx in idxs:
                 key = (self.namespace, ref, level, idx)
-                arr = self._mem.get(key)
+                arr = None if self._being_written(ref, level, idx) else self._mem.get(key)
                 if arr is not None:
                     hits[idx] = arr
                 elif key in self._inflight:
@@ -357,8 +369,8 @@ class CachedBackend(WrappingBackend):
             if members and members[0][1].prefetch:
                 self._counts["prefetched"] += len(members)
             for idx, f, chunk in chunks:
-                if self._epochs[ref] == f.epoch:
-                    self._mem_put((self.namespace, ref, level, idx), chunk)
+                if self.epoch(ref) == f.epoch:
+                    self._mem_put(ref, level, idx, chunk)
         for _, f, chunk in chunks:
             f.future.set_result(chunk)  # waiters go on; the flight stays findable until on disk
         if self._disk is None:
@@ -382,7 +394,9 @@ class CachedBackend(WrappingBackend):
         try:
             disk = self._disk
             for idx, f, chunk in chunks:
-                if disk is not None and f.epoch == self._epochs.get(ref, 0):
+                with self._lock:
+                    current = f.epoch == self.epoch(ref) and not self._being_written(ref, level, idx)
+                if disk is not None and current:
                     self._disk_put(disk, ref, level, idx, chunk, f)
         finally:
             self._release(ref, level, members)
@@ -397,9 +411,12 @@ class CachedBackend(WrappingBackend):
         deletes its chunks from the disk tier: looking after our store closes the race.
         """
         key = self.disk_key(ref, level, idx)
-        self._disk_op("set", lambda: disk.set(key, encode_chunk(chunk), tag=self._tag(ref), expire=self.max_age_s))
+        expire = None if self.max_age_s is None else (self._window() + 1) * self.max_age_s - time.time()
+        if expire is not None and expire <= 0:
+            return  # its window is over: it would never be served
+        self._disk_op("set", lambda: disk.set(key, encode_chunk(chunk), tag=self._tag(ref), expire=expire))
         with self._lock:
-            stale = self._epochs[ref] != flight.epoch
+            stale = self.epoch(ref) != flight.epoch
         if not stale and self._stamps is not None:
             stale = self.generation(ref) != flight.gen
         if stale:  # invalidated while we were fetching or writing: take it back out
@@ -541,14 +558,25 @@ class CachedBackend(WrappingBackend):
     # ---- writes and invalidation ----------------------------------------
     def _write(self, ref: VolumeRef, box: Box, level: int, array: np.ndarray) -> None:
         before = self.generation(ref)
+        ranges = self._ranges(ref, box, level)
+        with self._lock:  # from now until the write is done, its chunks are neither served nor kept
+            self._writing.setdefault(ref, []).append(ranges)
+            self._forget_memory(ref, self._hit(ref, ranges))
         try:
             self.inner.write(ref, box, level, array)
         finally:  # even a failed write may have changed the store
-            self.invalidate(ref, box, level)
-            after = self.generation(ref)
-            with self._lock:  # the stamp moved by our write alone: what we hold is current
-                if self._seen.get(ref, _UNSEEN) == before and stamp.only_one_more(before, after):
-                    self._seen[ref] = after
+            try:
+                self.invalidate(ref, box, level)
+            finally:
+                after = self.generation(ref)
+                with self._lock:
+                    self._writing[ref].remove(ranges)
+                    if not self._writing[ref]:
+                        del self._writing[ref]
+                    seen = self._seen.get(ref, _UNSEEN)
+                    # the stamp moved by our write alone: what we hold of the volume is current
+                    if seen is not _UNSEEN and seen[0] == before and stamp.only_one_more(before, after):
+                        self._seen[ref] = (after, seen[1])
 
     # ---- other processes ---------------------------------------------------
     def _stamp_path(self, ref: VolumeRef) -> Path:
@@ -563,22 +591,34 @@ class CachedBackend(WrappingBackend):
             gen = stamp.read(self._stamp_path(ref))
         return gen
 
-    def changed_elsewhere(self, ref) -> bool:
-        """Look at the volume's generation; if another process (or another cache) wrote it since
-        the last look, forget its chunks in memory (the writer cleared the shared disk tier)."""
-        ref = as_ref(ref)
+    def _window(self) -> int | None:
+        """The max_age_s window now (None without max_age_s); clock-aligned, the same in every process."""
+        return None if self.max_age_s is None else int(time.time() // self.max_age_s)
+
+    def _inner_version(self, ref: VolumeRef):
+        shared = None
+        if self._stamps is not None and self.inner.generation(ref) is None:
+            shared = stamp.read(self._stamp_path(ref))
+        return (shared, self._window(), self.inner.version(ref))
+
+    def _sync(self, ref: VolumeRef) -> bool:
+        """Look at the volume's generation and max-age window; if another process (or another cache)
+        wrote it since the last look, or the window moved, forget its chunks in memory (the writer
+        cleared the shared disk tier; disk entries expire with their window). True if it did."""
         try:
-            gen = self.generation(ref)
+            now = (self.generation(ref), self._window())
         except NdfsError:
             return False
         with self._lock:
             prev = self._seen.get(ref, _UNSEEN)
-            self._seen[ref] = gen
-            if prev is _UNSEEN or prev == gen:
+            self._seen[ref] = now
+            if prev is _UNSEEN or prev == now:
                 return False
             self._forget_memory(ref, None)
-            self._counts["changed_elsewhere"] += 1
-        log.info("%s changed elsewhere: its cached chunks are dropped", "/".join(ref))
+            if prev[0] != now[0]:
+                self._counts["changed_elsewhere"] += 1
+        if prev[0] != now[0]:
+            log.info("%s changed elsewhere: its cached chunks are dropped", "/".join(ref))
         return True
 
     def _signal(self, ref: VolumeRef) -> None:
@@ -591,32 +631,21 @@ class CachedBackend(WrappingBackend):
             log.warning("cannot stamp the change of %s for other processes: %s", "/".join(ref), exc)
 
     def epoch(self, ref: Sequence[str]) -> int:
-        """A number that changes with every write or invalidation of the volume through this cache."""
-        with self._lock:
-            return self._epochs.get(as_ref(ref), 0)
+        """How many changes of the volume went through this cache (writes, invalidations): the cache's
+        own part of its version token. A fetch keeps its chunks only if the number did not move."""
+        ref = as_ref(ref)
+        with self._info_lock:
+            return self._bumps.get(ref, 0)
 
     def invalidate(self, ref: Sequence[str], box: Box | None = None, level: int | None = None) -> None:
         """Forget cached chunks: ``box`` at ``level`` (default 0) and what it maps to on every
         other level; ``box=None`` forgets the whole volume. Both tiers; thread-safe.
         """
         ref = as_ref(ref)
-        ranges = None
-        if box is not None:
-            info = self.info(ref)
-            ranges = {lv: info.level(lv).grid.index_range(b)
-                      for lv, b in affected_regions(info, box, level or 0).items()}
-
-        def hit(key) -> bool:
-            if key[1] != ref:
-                return False
-            if ranges is None:
-                return True
-            r = ranges.get(key[2])
-            return r is not None and all(a <= i < b for i, a, b in zip(key[3], *r))
-
+        ranges = None if box is None else self._ranges(ref, box, level or 0)
         self._signal(ref)  # before the disk entries go: see _disk_put
         with self._lock:
-            self._forget_memory(ref, hit)
+            self._forget_memory(ref, self._hit(ref, ranges))
         disk = self._disk
         if disk is None:
             return
@@ -632,11 +661,29 @@ class CachedBackend(WrappingBackend):
             log.error("disk cache invalidation failed, disabling the disk tier here: %s", exc)
             self._disk = None
 
+    def _ranges(self, ref: VolumeRef, box: Box, level: int) -> dict:
+        """The chunk index range a box at ``level`` maps to on every level it affects."""
+        info = self.info(ref)
+        return {lv: info.level(lv).grid.index_range(b) for lv, b in affected_regions(info, box, level).items()}
+
+    @staticmethod
+    def _hit(ref: VolumeRef, ranges: dict | None):
+        """A test of memory keys: chunks of ``ref`` inside ``ranges`` (None: every chunk of ``ref``)."""
+        def hit(key) -> bool:
+            if key[1] != ref:
+                return False
+            if ranges is None:
+                return True
+            r = ranges.get(key[2])
+            return r is not None and all(a <= i < b for i, a, b in zip(key[3], *r))
+
+        return hit
+
     def _forget_memory(self, ref: VolumeRef, hit) -> None:
         """Under the lock: drop memory chunks and in-flight fetches of ``ref`` that ``hit`` (None: all).
         The epoch bump keeps in-flight fetches from storing stale chunks."""
         hit = hit or (lambda key: key[1] == ref)
-        self._epochs[ref] += 1
+        self.bump_version(ref)
         for key in [k for k in self._mem.keys() if hit(k)]:
             del self._mem[key]
         for key in [k for k in self._inflight if hit(k)]:

@@ -49,7 +49,7 @@ class RamonDir(DirNode):
         return [f"{i}.json" for i in self._ids()] + [BY_TYPE]
 
     def _parse(self, name: str) -> tuple[int, str]:
-        m = NAME.match(name)
+        m = NAME.fullmatch(name)
         if not m:
             raise NotFound(f"ramon/ holds <id>.json, <id>.tif, <id>.obj, <id>.ply and {BY_TYPE}/, not {name!r}")
         return int(m.group(1)), m.group(2)
@@ -67,7 +67,7 @@ class RamonDir(DirNode):
     def create(self, name: str) -> FileNode:
         if not self.writable:
             raise ReadOnly(f"{self.vol.remote} is read-only")
-        m = NAME.match(name)
+        m = NAME.fullmatch(name)
         if not m or m.group(2) != "json":
             raise InvalidAnnotation(f"new RAMON objects are written as ramon/<id>.json (id > 0), not {name!r}")
         return RamonJson(self, int(m.group(1)), new=True)
@@ -82,7 +82,7 @@ class RamonDir(DirNode):
         try:
             v.tree.backend(v.remote).ramon_delete(v.ref, [id_])
         finally:  # deleting zeroes the object's voxels
-            v.tree.changed(v.remote, v.ref)
+            v.tree.refresh(v.remote, v.ref)
 
 
 class ByTypeDir(DirNode):
@@ -119,9 +119,12 @@ class TypeDir(DirNode):
 class RamonJson(RenderedFile):
     """One object's metadata as the ndfs JSON file form."""
 
+    fmt = "json"
+
     def __init__(self, ramon_dir: RamonDir, id_: int, new: bool = False):
         self.dir, self.id, self.mtime = ramon_dir, id_, ramon_dir.mtime
         self.writable = ramon_dir.writable
+        self.max_bytes = ramon_dir.vol.tree.max_ramon_bytes
         self._data = b"" if new else None
 
     def _bytes(self) -> bytes:
@@ -151,7 +154,7 @@ class RamonJson(RenderedFile):
         try:
             v.tree.backend(v.remote).ramon_put(v.ref, [obj])
         finally:  # a neuron's segments may have changed: its .tif and meshes too
-            v.tree.changed(v.remote, v.ref)
+            v.tree.refresh(v.remote, v.ref)
 
 
 class RamonRendered(RenderedFile):
@@ -172,7 +175,7 @@ class RamonRendered(RenderedFile):
         nbytes = box.size * v.info.dtype.itemsize
         if nbytes > v.tree.max_cutout_bytes:
             raise TooLarge(f"object {self.id} spans {box}: {nbytes} bytes of labels, past max_cutout_bytes")
-        return v.tree.read_whole(v.remote, v.ref, box, 0), box, ids
+        return v.tree.read(v.remote, v.ref, box, 0), box, ids
 
     def _render(self) -> bytes:
         from ndfs.formats import arrays
@@ -192,7 +195,7 @@ class RamonRendered(RenderedFile):
     def _bytes(self) -> bytes:
         v = self.dir.vol
         t = v.tree
-        return t.render(("ramon", v.remote, v.ref, self.id, self.ext, t.version(v.remote, v.ref)[0]), self._render)
+        return t.render(("ramon", v.remote, v.ref, self.id, self.ext, v.token), self._render)
 
 
 __all__ = ["RamonDir", "has_ramon"]

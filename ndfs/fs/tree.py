@@ -12,11 +12,17 @@ use the same code. Layout under the mount root::
 Sizes come from VolumeInfo alone, so listing never reads voxels. Hierarchy
 answers from backends are memoised for ``ttl_s`` seconds. Thread-safe.
 
-Writes: a writable file node has ``writable = True`` and gets the whole new
-content of the file once, in ``commit``/``commit_file``, when a handle that
-wrote to it is flushed; the node checks it and stores it with
-:meth:`Tree.write`, which is the one place the mount writes voxels. A folder
-that can hold new files implements ``create``; ``unlink`` removes a file.
+Writes: a writable file node has ``writable = True``, tells whether a spooled
+file is whole yet (``complete``: see :mod:`ndfs.fs.session` for when files are
+committed) and gets the whole new content of the file in ``commit_file``; the
+node checks it and stores it with :meth:`Tree.write`, which is the one place
+the mount writes voxels (one call per file: one journal entry). A folder that
+can hold new files implements ``create``; ``unlink`` removes a file.
+
+Versions: every file of a volume is keyed on the volume's version token
+(``Backend.version``, owned by the outermost layer); :meth:`Tree.refresh`
+notices when it moved (a write here, another process, ``max_age_s``) and
+tells the listeners, which evict the kernel's pages of that volume.
 """
 
 from __future__ import annotations
@@ -24,7 +30,9 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import os
 import re
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -34,20 +42,25 @@ import cachetools
 import numpy as np
 
 from ndfs.backends.base import Backend, VolumeRef
-from ndfs.errors import BadInput, NdfsError, NotFound, ReadOnly, TooLarge
+from ndfs.errors import BadInput, NdfsError, NotFound, ReadOnly, TooLarge, disk_error
 from ndfs.formats import arrays
+from ndfs.formats.complete import complete
 from ndfs.geometry import Box
-from ndfs.info import VolumeInfo
-from ndfs.rwlock import ReadWriteLock
 from ndfs.formats.tiff import TiffLayout
+from ndfs.info import VolumeInfo
 
 log = logging.getLogger("ndfs.tree")
 
 AXES = ("z", "y", "x")
-SLICE_NAME = re.compile(r"^(0|-?[1-9][0-9]*)\.tif$")
-CUTOUT_NAME = re.compile(r"^(-?[0-9]+)-(-?[0-9]+)_(-?[0-9]+)-(-?[0-9]+)_(-?[0-9]+)-(-?[0-9]+)\.(tif|npy|npz|h5)$")
+#: a number in a file name: ASCII digits, no sign but "-", no leading zeros (one spelling per number)
+NUMBER = "(0|-?[1-9][0-9]*)"
+SLICE_NAME = re.compile(rf"{NUMBER}\.tif")
+LEVEL_NAME = re.compile("0|[1-9][0-9]*")
+CUTOUT_NAME = re.compile(rf"{NUMBER}-{NUMBER}_{NUMBER}-{NUMBER}_{NUMBER}-{NUMBER}\.(tif|npy|npz|h5)")
 #: a plane file is read whole on its first read (so a concurrent write is never seen half-done) up to this size
 SNAPSHOT_BYTES = 64 * 2**20
+#: bytes a written file may have beyond twice its voxels (headers, metadata of other tools)
+WRITE_SLACK = 16 * 2**20
 
 
 def _dumps(doc) -> str:
@@ -88,6 +101,10 @@ class FileNode(Node):
     writable = False
     #: bypass the page cache (only for files whose content changes while open)
     direct_io = False
+    #: the format of the file's content, for :meth:`complete` ("tif", "npy", "npz", "h5", "json")
+    fmt: str | None = None
+    #: the most bytes a new content may have (writes past it are EFBIG); None: no bound
+    max_bytes: int | None = None
 
     def open(self) -> "FileNode":
         """Called when a file is opened; returns the node that serves the handle's reads."""
@@ -99,6 +116,11 @@ class FileNode(Node):
     def commit(self, data: bytes) -> None:
         """Store the file's whole new content (writable files only); raise an NdfsError to refuse it."""
         raise ReadOnly("this file cannot be written")
+
+    def complete(self, fh: BinaryIO) -> bool:
+        """Whether a spooled new content is a whole file yet (its structure all there, nothing past
+        its end); False while a writer is still filling it in. The file may still be invalid."""
+        return complete(fh, self.fmt) if self.fmt else True
 
     def commit_file(self, fh: BinaryIO) -> None:
         """Like ``commit`` with the content in a seekable file; nodes with large files read it in parts."""
@@ -193,6 +215,8 @@ class TiffFile(FileNode):
         self.size = layout.size
         self.store, self.snapshot = store, snapshot
         self.writable = store is not None
+        self.fmt = "tif"
+        self.max_bytes = 2 * layout.size + WRITE_SLACK  # another tool's TIFF of the same pixels, with room
 
     def open(self) -> FileNode:
         if self.on_open is not None:
@@ -261,29 +285,28 @@ class Plane:
 class Tree:
     """Resolves mount paths to nodes over a set of named backends.
 
-    ``listeners`` are called as ``listener(remote, ref)`` after every write
-    through :meth:`write` (the FUSE skin evicts kernel pages there).
+    ``listeners`` are called as ``listener(remote, ref)`` whenever a volume's
+    version token is seen to move (:meth:`refresh`: after every write through
+    :meth:`write`, and when a file of a volume changed elsewhere is opened);
+    the FUSE skin evicts kernel pages there.
     """
 
     def __init__(self, remotes: Mapping[str, Backend], ttl_s: float = 10.0, max_cutout_bytes: int = 1 << 30,
-                 max_age_s: float | None = None):
+                 max_ramon_bytes: int = 1 << 20):
         self.remotes = dict(remotes)
         self.ttl_s = ttl_s
         self.max_cutout_bytes = max_cutout_bytes
-        #: [cache] max_age_s: rendered files and the kernel's pages are reused at most this long
-        self.max_age_s = max_age_s
+        #: largest ramon/<id>.json a mount accepts (EFBIG past it)
+        self.max_ramon_bytes = max_ramon_bytes
         self.started = time.time()
         self._memo: dict[tuple, tuple[float, object]] = {}
         self._lock = threading.Lock()
-        self._versions: dict[tuple, tuple[int, float]] = {}  # (remote, ref) -> (writes so far, time of last)
-        self._vlocks: dict[tuple, ReadWriteLock] = {}
+        self._tokens: dict[tuple, tuple[object, float]] = {}  # (remote, ref) -> (token last seen, when it moved)
+        self.changed: set[tuple] = set()  # volumes whose token moved while this tree served them
         self.listeners: list[Callable[[str, VolumeRef], None]] = []
-        #: rendered cutout files, keyed with the volume's version so a write makes them stale
+        #: rendered cutout and RAMON files, keyed with the volume's token so a change makes them stale
         rendered_bytes = max(64 * 2**20, min(2 * max_cutout_bytes, 512 * 2**20))
-        if max_age_s is None:
-            self.rendered = cachetools.LRUCache(maxsize=rendered_bytes, getsizeof=len)
-        else:
-            self.rendered = cachetools.TTLCache(maxsize=rendered_bytes, ttl=max_age_s, getsizeof=len)
+        self.rendered = cachetools.LRUCache(maxsize=rendered_bytes, getsizeof=len)
 
     # ---- memo of backend answers (hierarchy, info, layouts) ---------------
     def _memoised(self, key: tuple, compute: Callable[[], object], ttl: float | None = None):
@@ -301,24 +324,35 @@ class Tree:
 
     def stats(self) -> dict:
         """Per remote: reads served, and the cache's hits, sizes and backend request counts."""
+        from ndfs.backends.wrap import layers
+        from ndfs.cache import CachedBackend
+        from ndfs.journal.store import JournaledStore
+
         out = {}
         for name, backend in self.remotes.items():
             entry = {"kind": backend.kind, "served": backend.stats.as_dict()}
-            cache_stats = getattr(backend, "cache_stats", None)
-            if cache_stats is not None:
-                entry["cache"] = cache_stats()
-                entry["backend"] = entry["cache"].pop("backend")
-            else:
-                entry["backend"] = entry["served"]
-            pending = getattr(backend, "pending", None)
-            if pending is not None:  # writes still in the outbox (ndfs/outbox.py)
-                entry["outbox_pending"] = len(pending())
+            for layer in layers(backend):
+                if isinstance(layer, CachedBackend):
+                    entry["cache"] = layer.cache_stats()
+                    entry["backend"] = entry["cache"].pop("backend")
+                elif isinstance(layer, JournaledStore):  # writes still in the outbox
+                    entry["outbox_pending"] = len(layer.pending())
+            entry.setdefault("backend", entry["served"])
             out[name] = entry
         return out
 
     def forget(self) -> None:
         with self._lock:
             self._memo.clear()
+
+    #: memoised answers that a change of a volume's voxels or annotations leaves as they were
+    _SHAPE_KEYS = frozenset({"info", "layout", "is_volume", "is_file", "children", "file_size"})
+
+    def _forget_contents(self, remote: str, ref: VolumeRef) -> None:
+        """Drop memoised answers about a volume's contents (RAMON ids and objects), keep its shape."""
+        with self._lock:
+            for key in [k for k in self._memo if k[0] not in self._SHAPE_KEYS and k[1:3] == (remote, ref)]:
+                del self._memo[key]
 
     def forget_file(self, remote: str, path: VolumeRef) -> None:
         """Drop what is memoised about one file and its folder's listing (after it was written or removed)."""
@@ -327,49 +361,51 @@ class Tree:
                         ("children", remote, path[:-1])):
                 self._memo.pop(key, None)
 
-    # ---- writes -------------------------------------------------------------
-    def version(self, remote: str, ref: VolumeRef) -> tuple[int, float]:
-        """(number of writes through this tree, time of the last one or the tree's start) of a volume."""
-        with self._lock:
-            return self._versions.get((remote, ref), (0, self.started))
+    # ---- versions -----------------------------------------------------------
+    def token(self, remote: str, ref: VolumeRef):
+        """The volume's version token now (the outermost layer's; a stat or two)."""
+        return self.backend(remote).version(ref)
 
-    def volume_lock(self, remote: str, ref: VolumeRef) -> ReadWriteLock:
+    def mtime(self, remote: str, ref: VolumeRef) -> float:
+        """When the volume's token was last seen to move (the tree's start before that)."""
         with self._lock:
-            return self._vlocks.setdefault((remote, ref), ReadWriteLock())
+            return self._tokens.get((remote, ref), (None, self.started))[1]
 
-    def read_whole(self, remote: str, ref: VolumeRef, box: Box, level: int) -> np.ndarray:
-        """Read a box as one unit: never half before and half after a write through this tree."""
-        with self.volume_lock(remote, ref).reading():
-            return self.backend(remote).read(ref, box, level)
+    def refresh(self, remote: str, ref: VolumeRef, notify: bool = True):
+        """Look at the volume's token; if it moved since the last look, forget memoised answers and
+        tell the listeners. Returns the token. The first look only records it."""
+        token = self.token(remote, ref)
+        with self._lock:
+            prev = self._tokens.get((remote, ref))
+            if prev is not None and prev[0] == token:
+                return token
+            self._tokens[(remote, ref)] = (token, self.started if prev is None else time.time())
+            if prev is None:
+                return token
+            self.changed.add((remote, ref))
+        self._forget_contents(remote, ref)
+        if notify:
+            self._notify(remote, ref)
+        return token
+
+    # ---- reads and writes -------------------------------------------------------
+    def read(self, remote: str, ref: VolumeRef, box: Box, level: int) -> np.ndarray:
+        """A box as one unit: the layers below never return half of a write (see ndfs.locks)."""
+        return self.backend(remote).read(ref, box, level)
 
     def write(self, remote: str, ref: VolumeRef, box: Box, level: int, array: np.ndarray) -> None:
         """Store voxels through the remote's backend (the one write path of the mount), then tell listeners."""
         try:
-            with self.volume_lock(remote, ref).writing():
-                try:
-                    self.backend(remote).write(ref, box, level, array)
-                finally:  # a failed write may still have changed part of the store
-                    self._bump(remote, ref)
-        finally:
-            self._notify(remote, ref)
-
-    def changed(self, remote: str, ref: VolumeRef) -> None:
-        """A volume changed through this tree other than by ``write`` (RAMON): new version, fresh answers."""
-        self._bump(remote, ref)
-        self.forget()
-        self._notify(remote, ref)
-
-    def _bump(self, remote: str, ref: VolumeRef) -> None:
-        with self._lock:
-            n, _ = self._versions.get((remote, ref), (0, self.started))
-            self._versions[(remote, ref)] = (n + 1, time.time())
+            self.backend(remote).write(ref, box, level, array)
+        finally:  # a failed write may still have changed part of the volume
+            self.refresh(remote, ref)
 
     def _notify(self, remote: str, ref: VolumeRef) -> None:
         for listener in list(self.listeners):
             try:
                 listener(remote, ref)
             except Exception:
-                log.exception("write listener failed for %s/%s", remote, "/".join(ref))
+                log.exception("change listener failed for %s/%s", remote, "/".join(ref))
 
     def render(self, key: tuple, render: Callable[[], bytes]) -> bytes:
         """A rendered file's bytes, memoised in ``rendered`` (bounded in bytes) under `key`."""
@@ -393,19 +429,26 @@ class Tree:
 
     # ---- resolution -------------------------------------------------------
     def resolve(self, path: str, fresh: bool = False) -> Node:
-        """The node at ``path``. With ``fresh`` (opening a file), the volume on the way is first asked
-        whether another process changed it; if so it gets a new version, as after a write here."""
+        """The node at ``path``. With ``fresh`` (opening a file), the volume on the way is refreshed
+        first (:meth:`refresh`), so the node reflects its current version."""
+        return self.locate(path, fresh)[0]
+
+    def locate(self, path: str, fresh: bool = False) -> tuple[Node, tuple[str, VolumeRef] | None]:
+        """The node at ``path`` and the volume it belongs to ((remote, ref), or None above volumes)."""
         node: Node = RootDir(self)
+        volume = None
         for part in (p for p in path.split("/") if p):
             if not node.is_dir:
                 raise NotFound(f"{path}: {part!r} is below a file")
             parent, node = node, node.child(part)
-            if fresh and isinstance(node, VolumeDir):
-                fresh = False
-                if self.backend(node.remote).changed_elsewhere(node.ref):
-                    self.changed(node.remote, node.ref)
-                    node = parent.child(part)  # the new version
-        return node
+            if isinstance(node, VolumeDir):
+                volume = (node.remote, node.ref)
+                if fresh:
+                    fresh = False
+                    token = self.refresh(node.remote, node.ref)
+                    if token != node.token:
+                        node = parent.child(part)  # the new version
+        return node, volume
 
     def listdir(self, path: str) -> list[str]:
         node = self.resolve(path)
@@ -524,7 +567,7 @@ class VolumeDir(DirNode):
 
     def __init__(self, tree: Tree, remote: str, ref: VolumeRef):
         self.tree, self.remote, self.ref = tree, remote, ref
-        self.version, self.mtime = tree.version(remote, ref)  # mtime moves with every write
+        self.token, self.mtime = tree.token(remote, ref), tree.mtime(remote, ref)  # both move with every change
 
     @property
     def info(self) -> VolumeInfo:
@@ -552,7 +595,7 @@ class VolumeDir(DirNode):
         if name == "info.json":
             doc = {"remote": self.remote, "path": "/".join(self.ref), **self.info.to_json()}
             return BytesFile((_dumps(doc) + "\n").encode(), self.mtime)
-        if name.isdigit() and (name == "0" or not name.startswith("0")) and int(name) < len(self.info.levels):
+        if LEVEL_NAME.fullmatch(name) and int(name) < len(self.info.levels):
             return LevelDir(self, int(name))
         raise NotFound(f"{'/'.join(self.ref)} has no {name!r}")
 
@@ -587,7 +630,8 @@ class LevelDir(DirNode):
         return views.level_child(self, name)
 
     def _store_stack(self, fh: BinaryIO) -> None:
-        """A whole level written as one multipage TIFF: checked page by page, then posted in slabs."""
+        """A whole level written as one multipage TIFF: every page decoded (slab by slab, into an
+        unnamed temporary file beside the spool, so memory stays bounded), then stored as one write."""
         v, level = self.vol, self.level
         name = v.name_of(level, "stack.tif")
         info = v.info
@@ -602,12 +646,16 @@ class LevelDir(DirNode):
         cz = lv.chunk_shape[0]
         depth = max(cz, (SNAPSHOT_BYTES // max(1, plane_bytes * cz)) * cz)
         slabs = [(z0, min(n, z0 + depth)) for z0 in range(0, n, depth)]
-        for z0, z1 in slabs:  # every page must decode before anything is posted
-            arrays.tiff_pages(fh, z0, z1, name)
-        (oz, oy, ox), (_, sy, sx) = lv.offset, lv.shape
-        for z0, z1 in slabs:
-            box = Box((oz + z0, oy, ox), (oz + z1, oy + sy, ox + sx))
-            v.tree.write(v.remote, v.ref, box, level, arrays.tiff_pages(fh, z0, z1, name))
+        spool_dir = os.path.dirname(getattr(fh, "name", "") or "") or None
+        try:
+            with tempfile.TemporaryFile(dir=spool_dir) as tmp:
+                pages = np.memmap(tmp, dtype=info.dtype, mode="w+", shape=tuple(lv.shape))
+                for z0, z1 in slabs:  # every page must decode before anything is stored
+                    pages[z0:z1] = arrays.tiff_pages(fh, z0, z1, name)
+                v.tree.write(v.remote, v.ref, lv.box, level, pages)
+                del pages
+        except OSError as exc:
+            raise disk_error(exc, f"{name}: decoding the pages") from exc
 
 
 class AxisDir(DirNode):
@@ -639,7 +687,7 @@ class AxisDir(DirNode):
             from ndfs.fs import views
 
             return views.axis_child(self, name)
-        m = SLICE_NAME.match(name)
+        m = SLICE_NAME.fullmatch(name)
         if not m or int(m.group(1)) not in self._range():
             rng = self._range()
             raise NotFound(f"no slice {name!r} on axis {self.plane.axis} (valid: {rng.start}..{rng.stop - 1})")
@@ -662,7 +710,7 @@ class AxisDir(DirNode):
 
         return TiffFile(layout, get_rows, self.mtime, on_open=lambda: backend.prefetch(v.ref, whole, level),
                         store=store if v.writable else None,
-                        snapshot=lambda: plane.rows(t.read_whole(v.remote, v.ref, whole, level)))
+                        snapshot=lambda: plane.rows(t.read(v.remote, v.ref, whole, level)))
 
 
 class CutoutDir(DirNode):
@@ -685,7 +733,7 @@ class CutoutDir(DirNode):
         return []
 
     def _node(self, name: str, new: bool) -> "CutoutFile":
-        m = CUTOUT_NAME.match(name)
+        m = CUTOUT_NAME.fullmatch(name)
         if not m:
             raise (BadInput if new else NotFound)(
                 f"cutout names look like <x0>-<x1>_<y0>-<y1>_<z0>-<z1>.tif (or .npy .npz .h5), not {name!r}")
@@ -717,12 +765,13 @@ class CutoutFile(RenderedFile):
         self.leveldir, self.box, self.fmt, self.name = level, box, fmt, name
         self.mtime = level.mtime
         self.writable = level.vol.writable
+        self.max_bytes = 2 * box.size * level.vol.info.dtype.itemsize + WRITE_SLACK
 
     def _bytes(self) -> bytes:
         v, level = self.leveldir.vol, self.leveldir.level
         t = v.tree
-        key = (v.remote, v.ref, level, self.box, self.fmt, t.version(v.remote, v.ref)[0])
-        return t.render(key, lambda: arrays.encode(t.read_whole(v.remote, v.ref, self.box, level), self.fmt,
+        key = (v.remote, v.ref, level, self.box, self.fmt, v.token)
+        return t.render(key, lambda: arrays.encode(t.read(v.remote, v.ref, self.box, level), self.fmt,
                                                    voxel_size_nm=v.info.level(level).voxel_size_nm,
                                                    offset=self.box.start))
 

@@ -84,7 +84,7 @@ def image_display_range(tree, remote: str, ref: VolumeRef) -> Callable[[], tuple
         return None
 
     def compute() -> tuple[int, int]:
-        key = ("display-range", remote, ref, tree.version(remote, ref)[0])
+        key = ("display-range", remote, ref, tree.token(remote, ref))
         return tree._memoised(key, lambda: _estimate_range(tree.backend(remote), ref, info))
 
     return compute
@@ -220,15 +220,16 @@ class _Volume:
         self.tree, self.remote, self.ref, self.level = v.tree, v.remote, v.ref, leveldir.level
         self.info: VolumeInfo = v.info
         self.lv: LevelInfo = self.info.level(self.level)
-        self.mtime = leveldir.mtime
+        self.mtime, self.token = leveldir.mtime, v.token
         self.backend = self.tree.backend(self.remote)
 
     @property
     def name(self) -> str:
         return f"{self.remote}/{'/'.join(self.ref)}/{self.level}"
 
-    def version(self) -> int:
-        return self.tree.version(self.remote, self.ref)[0]
+    def version(self):
+        """The volume's version token when this level was resolved (tables are keyed on it)."""
+        return self.token
 
     def read(self, box: Box) -> np.ndarray:
         return self.backend.read(self.ref, box, self.level)
@@ -272,7 +273,7 @@ class _PlaneRows:
         if self.small:
             with self._lock:
                 if self._whole is None:
-                    self._whole = plane.rows(vol.tree.read_whole(vol.remote, vol.ref, self.box, vol.level))
+                    self._whole = plane.rows(vol.tree.read(vol.remote, vol.ref, self.box, vol.level))
             return self._whole[r0:r1]
         return plane.rows(vol.read(plane.box(vol.lv.box, self.index, r0, r1)))
 
@@ -523,7 +524,7 @@ class LabelAxisDir(DirNode):
         return [f"{n}.tif" for n in self._range()]  # <N>.csv opens by name (see the module doc)
 
     def child(self, name: str):
-        m = PLANE_NAME.match(name)
+        m = PLANE_NAME.fullmatch(name)
         rng = self._range()
         if not m or int(m.group(1)) not in rng:
             raise NotFound(f"no plane {name!r} on axis {self.plane.axis} (valid: {rng.start}..{rng.stop - 1})")
@@ -570,7 +571,7 @@ def axis_child(axisdir, name: str):
     """
     vol = _Volume(axisdir.leveldir)
     labels = _png_labels(vol.info)
-    m = PNG_NAME.match(name)
+    m = PNG_NAME.fullmatch(name)
     rng = axisdir._range()
     if labels is None:
         raise NotFound(f"{vol.name}: {vol.info.dtype} planes have no PNG form (use the .tif)")
