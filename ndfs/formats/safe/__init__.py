@@ -22,7 +22,7 @@ and the BOSS, DVID and NeuroData drivers' reply decoding.
 
 from ndfs.formats.safe.codecs import (
     MAX_INT_DIGITS, MAX_JSON_BYTES, MAX_JSON_DEPTH, MAX_REPLY_JSON_BYTES, WrongSize, blosc_decompress, inflate,
-    json_loads, lz4_block, png_plane, reply_json,
+    json_loads, lz4_block, png_header, png_plane, reply_json,
 )
 from ndfs.formats.safe.common import DEFAULT_MAX_BYTES, MAX_RATIO, bound, check_declared, voxel_dtype
 from ndfs.formats.safe.hdf5 import ALLOWED_FILTERS, open_hdf5, read_dataset
@@ -33,5 +33,6 @@ __all__ = [
     "ALLOWED_FILTERS", "DEFAULT_MAX_BYTES", "MAX_INT_DIGITS", "MAX_JSON_BYTES", "MAX_JSON_DEPTH", "MAX_RATIO",
     "MAX_REPLY_JSON_BYTES", "NPY_HEADER_BYTES", "TiffPages", "WrongSize", "blosc_decompress", "bound",
     "check_declared", "inflate", "json_loads", "lz4_block", "npy_from_bytes", "npy_header", "npz_array",
-    "open_hdf5", "open_zip", "png_plane", "read_dataset", "read_npy", "reply_json", "voxel_dtype", "zip_npy",
+    "open_hdf5", "open_zip", "png_header", "png_plane", "read_dataset", "read_npy", "reply_json", "voxel_dtype",
+    "zip_npy",
 ]

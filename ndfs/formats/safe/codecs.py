@@ -11,6 +11,7 @@ Pure functions; thread-safe.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import struct
 import zlib
@@ -99,29 +100,47 @@ def lz4_block(body: bytes, nbytes: int, name: str = "the body") -> bytes:
 
 
 # ---- PNG -----------------------------------------------------------------------------------------
+PNG_MODES = {"L": np.uint8, "I;16": np.uint16, "I;16B": np.uint16, "I;16L": np.uint16, "I": np.uint16}
+
+
+@contextlib.contextmanager
+def _png(source, name: str, file_bytes: int, max_bytes: int | None):
+    """The opened (not yet decoded) PNG, its declared size and mode checked."""
+    from PIL import Image
+
+    try:
+        im = Image.open(source, formats=["PNG"])
+    except Image.DecompressionBombError as exc:
+        raise BadInput(f"{name} is refused: {exc}") from None
+    except Exception as exc:  # Pillow's UnidentifiedImageError, OSError, SyntaxError for broken chunks
+        raise BadInput(f"{name} is not a PNG image: {exc}") from None
+    with im:
+        if im.mode not in PNG_MODES:
+            raise BadInput(f"{name} is a {im.mode} image; volumes are 8/16-bit grayscale")
+        width, height = im.size
+        declared = width * height * np.dtype(PNG_MODES[im.mode]).itemsize
+        if declared > MAX_RATIO * file_bytes + 4096 or (max_bytes is not None and declared > max_bytes):
+            raise BadInput(f"{name} declares {width}x{height} pixels ({declared} bytes) in a "
+                           f"{file_bytes}-byte file{'' if max_bytes is None else f' (at most {max_bytes} expected)'}")
+        yield im
+
+
+def png_header(source, name: str, *, file_bytes: int, max_bytes: int | None = None) -> tuple[tuple[int, int], np.dtype]:
+    """((height, width), dtype) a PNG declares, checked as :func:`png_plane` checks it; nothing decoded."""
+    with _png(source, name, file_bytes, max_bytes) as im:
+        return (im.size[1], im.size[0]), np.dtype(PNG_MODES[im.mode])
+
+
 def png_plane(source, name: str, *, file_bytes: int, max_bytes: int | None = None) -> np.ndarray:
     """The 8/16-bit greyscale plane of a PNG, its declared size checked before it is decoded.
 
     ``file_bytes`` is the file's length: a PNG declaring more than a deflate stream of that
     length can hold is refused, as is one over ``max_bytes``.
     """
-    from PIL import Image
-
-    try:
-        im = Image.open(source, formats=["PNG"])
-    except Exception as exc:  # Pillow's UnidentifiedImageError, OSError, SyntaxError for broken chunks
-        raise BadInput(f"{name} is not a PNG image: {exc}") from None
-    with im:
-        if im.mode not in ("L", "I;16", "I;16B", "I;16L", "I"):
-            raise BadInput(f"{name} is a {im.mode} image; volumes are 8/16-bit grayscale")
-        width, height = im.size
-        declared = width * height * (1 if im.mode == "L" else 2)
-        if declared > MAX_RATIO * file_bytes + 4096 or (max_bytes is not None and declared > max_bytes):
-            raise BadInput(f"{name} declares {width}x{height} pixels ({declared} bytes) in a "
-                           f"{file_bytes}-byte file{'' if max_bytes is None else f' (at most {max_bytes} expected)'}")
+    with _png(source, name, file_bytes, max_bytes) as im:
         try:
             arr = np.asarray(im)
-        except Exception as exc:
+        except Exception as exc:  # Pillow's OSError for truncated or corrupt image data
             raise BadInput(f"{name} does not decode: {exc}") from None
     if arr.dtype.kind == "i":  # mode "I": 16-bit data widened by Pillow
         if arr.size and (arr.min() < 0 or arr.max() > 65535):
