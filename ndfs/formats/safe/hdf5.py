@@ -208,6 +208,11 @@ def _check_chunks(ds, dcpl, filters: list, where: str, length: int) -> None:
         if info.byte_offset is None or info.byte_offset + info.size > length:
             raise BadInput(f"{where}: a chunk at {info.chunk_offset} lies outside the {length}-byte file")
         active = [c for i, c in enumerate(codes) if not info.filter_mask & (1 << i)]
+        if LZF in active and info.size > chunk_bytes + chunk_bytes // 16 + 64:
+            # lzf cannot be stopped early, but never expands data by more than 1/16: a chunk this large
+            # is no lzf output, and a real one inflates to at most about 90 times its chunk
+            raise BadInput(f"{where}: an lzf chunk at {info.chunk_offset} is {info.size} bytes, "
+                           f"more than lzf makes of {chunk_bytes}")
         if DEFLATE in active:
             _check_deflated_chunk(ds, info, active, chunk_bytes, where)
         elif SZIP in active:

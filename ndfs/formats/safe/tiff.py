@@ -113,6 +113,10 @@ class TiffPages:
         if declared > ratio * stored + 4096 * len(counts):
             raise BadInput(f"{where} declares {shape_text(page.shape)} pixels ({declared} bytes) in "
                            f"{stored} bytes of {COMPRESSIONS[page.compression]} data")
+        if page.compression == 32773 and stored > declared + declared // 64 + 16 * len(counts):
+            # PackBits decoding cannot be stopped early; real PackBits data is never this much larger
+            # than its pixels, so what this decodes to stays within 64 times the page
+            raise BadInput(f"{where} holds {stored} bytes of PackBits data for {declared} bytes of pixels")
 
     def _imagej_planes(self, limit: int) -> None:
         """An ImageJ stack in one IFD (past 4 GiB): its planes follow the first one in the file."""
