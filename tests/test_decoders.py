@@ -330,15 +330,19 @@ def test_the_mount_refuses_an_npz_zip_bomb_without_inflating_it(site, mnt, zip_b
 
 
 # ---- TIFF --------------------------------------------------------------------------------------------
-def tiff(width: int, height: int, strip: bytes, compression: int = 8) -> bytes:
+def tiff(width: int, height: int, strip: bytes, compression: int = 8, description: str | None = None) -> bytes:
     """A classic little-endian greyscale 8-bit TIFF: one IFD, one strip, built by hand so it can lie."""
     short = lambda tag, v: struct.pack("<HHIHH", tag, 3, 1, v, 0)  # noqa: E731
     long_ = lambda tag, v: struct.pack("<HHII", tag, 4, 1, v)  # noqa: E731
     strip = strip + b"\0" * (len(strip) % 2)
-    entries = [long_(256, width), long_(257, height), short(258, 8), short(259, compression), short(262, 1),
-               long_(273, 8), short(277, 1), long_(278, height), long_(279, len(strip))]
-    return (b"II*\0" + struct.pack("<I", 8 + len(strip)) + strip + struct.pack("<H", len(entries))
-            + b"".join(entries) + struct.pack("<I", 0))
+    text = b"" if description is None else description.encode() + b"\0"
+    text += b"\0" * (len(text) % 2)
+    entries = [long_(256, width), long_(257, height), short(258, 8), short(259, compression), short(262, 1)]
+    if text:
+        entries.append(struct.pack("<HHII", 270, 2, len(text), 8 + len(strip)))
+    entries += [long_(273, 8), short(277, 1), long_(278, height), long_(279, len(strip))]
+    return (b"II*\0" + struct.pack("<I", 8 + len(strip) + len(text)) + strip + text
+            + struct.pack("<H", len(entries)) + b"".join(entries) + struct.pack("<I", 0))
 
 
 def test_the_hand_made_tiff_is_a_tiff_tifffile_reads():
@@ -346,6 +350,19 @@ def test_the_hand_made_tiff_is_a_tiff_tifffile_reads():
 
     plane = np.arange(70 * 90, dtype=np.uint8).reshape(70, 90)
     assert (tifffile.imread(io.BytesIO(tiff(90, 70, zlib.compress(plane.tobytes())))) == plane).all()
+
+
+def test_an_imagej_stack_in_one_ifd_is_read_plane_by_plane_from_inside_the_file(tmp_path):
+    """ImageJ's layout past 4 GiB: one IFD, every plane after the first; reading stays inside the file."""
+    planes = np.arange(3 * 70 * 90, dtype=np.uint8).reshape(3, 70, 90)
+    path = tmp_path / "stack.tif"
+    data = bytearray(tiff(90, 70, planes.tobytes(), compression=1, description="ImageJ=1.53t\nimages=3\nslices=3\n"))
+    struct.pack_into("<I", data, len(data) - 8, 90 * 70)  # StripByteCounts, the last tag: the first plane only
+    path.write_bytes(bytes(data))
+    assert (convert.load(path) == planes).all()
+    path.write_bytes(bytes(data).replace(b"images=3", b"images=9"))  # more planes than the file holds
+    with pytest.raises(BadInput, match="ends before"):
+        convert.load(path)
 
 
 @needs_fuse
