@@ -331,63 +331,64 @@ def _triple(value, cast, what: str):
     return tuple(values)
 
 
-def _npy_header(fh, version):
-    """(shape, fortran_order, dtype) of an .npy stream positioned after its magic."""
-    if version == (1, 0):
-        return np.lib.format.read_array_header_1_0(fh)
-    if version == (2, 0):
-        return np.lib.format.read_array_header_2_0(fh)
-    raise ValueError(f"npy format version {version} is not supported")
-
-
 class _NpzReader(_Reader):
     def __init__(self, path: Path):
+        from ndfs.formats import safe
+
+        self._zip = safe.open_zip(path, str(path))
         try:
-            self._zip = zipfile.ZipFile(path)
-        except (zipfile.BadZipFile, OSError) as exc:
-            raise BadInput(f"{path} is not an npz file: {exc}") from None
-        names = [n[:-4] for n in self._zip.namelist() if n.endswith(".npy")]
-        arrays = {n: self._header(n) for n in names}
-        if "volume" in arrays:
-            self._name = "volume"
-        else:
-            vols = [n for n, (shape, _, _) in arrays.items() if len(shape) in (2, 3) and n not in
-                    ("offset", "voxel_size_nm")]
-            if len(vols) != 1:
-                raise BadInput(f"{path} holds no array named 'volume' and not exactly one 2-D/3-D array "
-                               f"({', '.join(names) or 'none'})")
-            self._name = vols[0]
-        shape, fortran, dtype = arrays[self._name]
-        self._fortran = fortran
-        small = {n: np.load(self._zip.open(n + ".npy"), allow_pickle=False)
-                 for n in ("offset", "voxel_size_nm") if n in arrays}
-        self.info = FileInfo("npz", _shape3(shape, str(path)), dtype,
-                             _triple(small.get("voxel_size_nm"), float, "voxel_size_nm"),
-                             _triple(small.get("offset"), int, "offset"))
+            names = [n[:-4] for n in self._zip.namelist() if n.endswith(".npy")]
+            arrays = {n: self._header(n) for n in names}
+            if "volume" in arrays:
+                self._name = "volume"
+            else:
+                vols = [n for n, (shape, _, _) in arrays.items() if len(shape) in (2, 3) and n not in
+                        ("offset", "voxel_size_nm")]
+                if len(vols) != 1:
+                    raise BadInput(f"{path} holds no array named 'volume' and not exactly one 2-D/3-D array "
+                                   f"({', '.join(names) or 'none'})")
+                self._name = vols[0]
+            shape, fortran, dtype = arrays[self._name]
+            self._fortran = fortran
+            small = {n: safe.zip_npy(self._zip, n + ".npy", str(path), max_bytes=1024)
+                     for n in ("offset", "voxel_size_nm") if n in arrays}
+            self.info = FileInfo("npz", _shape3(shape, str(path)), dtype,
+                                 _triple(small.get("voxel_size_nm"), float, "voxel_size_nm"),
+                                 _triple(small.get("offset"), int, "offset"))
+        except BaseException:
+            self._zip.close()
+            raise
         self._fh = None
         self._pos = 0
         self._all = None
 
     def _header(self, name: str):
-        with self._zip.open(name + ".npy") as fh:
-            try:
-                version = np.lib.format.read_magic(fh)
-                return _npy_header(fh, version)
-            except ValueError as exc:
-                raise BadInput(f"{name}.npy in the npz is not a numpy array: {exc}") from None
+        """(shape, fortran, dtype) of a member, whose data must be exactly what its header declares."""
+        from ndfs.formats import safe
+
+        info = self._zip.getinfo(name + ".npy")
+        with self._zip.open(info) as fh:
+            shape, fortran, dtype = safe.npy_header(fh, f"{name}.npy in the npz")
+            declared = safe.check_declared(shape, dtype, f"{name}.npy in the npz")
+            if info.file_size - fh.tell() != declared:
+                raise BadInput(f"{name}.npy in the npz holds {info.file_size - fh.tell()} bytes of data; "
+                               f"its header declares {declared}")
+        return shape, fortran, dtype
 
     def read(self, z0: int, z1: int) -> np.ndarray:
+        from ndfs.formats import safe
+
         shape = self.info.shape
         if self._fortran:  # not written by ndfs: read it whole once
             if self._all is None:
-                self._all = np.load(self._zip.open(self._name + ".npy"), allow_pickle=False).reshape(shape)
+                self._all = safe.zip_npy(self._zip, self._name + ".npy", "the npz").reshape(shape)
             return self._all[z0:z1]
         plane = shape[1] * shape[2] * self.info.dtype.itemsize
         if self._fh is None or z0 < self._pos:
             if self._fh is not None:
                 self._fh.close()
             self._fh = self._zip.open(self._name + ".npy")
-            _npy_header(self._fh, np.lib.format.read_magic(self._fh))
+            safe.npy_header(self._fh, "the npz array")
             self._pos = 0
         if z0 > self._pos:
             self._fh.read((z0 - self._pos) * plane)
@@ -405,34 +406,43 @@ class _NpzReader(_Reader):
 
 class _Hdf5Reader(_Reader):
     def __init__(self, path: Path):
+        from contextlib import ExitStack
+
+        from ndfs.formats import safe
+
         h5py = _h5py()
+        self._stack = ExitStack()
+        self._f = self._stack.enter_context(safe.open_hdf5(path, str(path)))  # checked whole: see safe.hdf5
         try:
-            self._f = h5py.File(path, "r")
-        except OSError as exc:
-            raise BadInput(f"{path} is not an HDF5 file: {exc}") from None
-        ds = self._f.get("volume")
-        if not isinstance(ds, h5py.Dataset):
-            found = []
-            self._f.visititems(lambda n, o: found.append(o) if isinstance(o, h5py.Dataset) and o.ndim in (2, 3)
-                               else None)
-            if len(found) != 1:
-                self._f.close()
-                raise BadInput(f"{path} has no dataset 'volume' and not exactly one 2-D/3-D dataset")
-            ds = found[0]
-        self._ds = ds
-        vs = ds.attrs.get("voxel_size_nm")
-        if vs is None and ds.attrs.get("element_size_um") is not None:
-            vs = np.asarray(ds.attrs["element_size_um"], dtype=np.float64) * 1000.0
-        self.info = FileInfo("hdf5", _shape3(ds.shape, str(path)), np.dtype(ds.dtype),
-                             _triple(vs, float, "voxel_size_nm"), _triple(ds.attrs.get("offset"), int, "offset"))
+            ds = self._f.get("volume")
+            if not isinstance(ds, h5py.Dataset):
+                found = []
+                self._f.visititems(lambda n, o: found.append(o) if isinstance(o, h5py.Dataset) and o.ndim in (2, 3)
+                                   else None)
+                if len(found) != 1:
+                    raise BadInput(f"{path} has no dataset 'volume' and not exactly one 2-D/3-D dataset")
+                ds = found[0]
+            safe.voxel_dtype(ds.dtype, str(path))
+            self._ds = ds
+            vs = ds.attrs.get("voxel_size_nm")
+            if vs is None and ds.attrs.get("element_size_um") is not None:
+                vs = np.asarray(ds.attrs["element_size_um"], dtype=np.float64) * 1000.0
+            self.info = FileInfo("hdf5", _shape3(ds.shape, str(path)), np.dtype(ds.dtype),
+                                 _triple(vs, float, "voxel_size_nm"), _triple(ds.attrs.get("offset"), int, "offset"))
+        except BaseException:
+            self._stack.close()
+            raise
 
     def read(self, z0: int, z1: int) -> np.ndarray:
-        if self._ds.ndim == 2:
-            return self._ds[()][np.newaxis][z0:z1]
-        return self._ds[z0:z1]
+        try:
+            if self._ds.ndim == 2:
+                return self._ds[()][np.newaxis][z0:z1]
+            return self._ds[z0:z1]
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise BadInput(f"{self._ds.name} does not read: {exc}") from None
 
     def close(self) -> None:
-        self._f.close()
+        self._stack.close()
 
 
 _UNIT_NM = {"nm": 1.0, "nanometer": 1.0, "nanometers": 1.0, "um": 1e3, "micron": 1e3, "microns": 1e3,
@@ -440,23 +450,31 @@ _UNIT_NM = {"nm": 1.0, "nanometer": 1.0, "nanometers": 1.0, "um": 1e3, "micron":
 
 
 class _TiffReader(_Reader):
-    def __init__(self, path: Path):
-        import tifffile
+    """The pages of a TIFF, read directly (never tifffile's series, which can open other files)."""
 
+    def __init__(self, path: Path):
+        from ndfs.formats import safe
+
+        self._fh = open(path, "rb")
         try:
-            self._t = tifffile.TiffFile(path)
-            series = self._t.series[0]
-        except (tifffile.TiffFileError, OSError, IndexError) as exc:
-            raise BadInput(f"{path} is not a TIFF file: {exc}") from None
-        shape = tuple(series.shape)
-        if series.axes.replace("I", "Z").replace("Q", "Z") not in ("ZYX", "YX"):
-            self._t.close()
-            raise BadInput(f"{path} has axes {series.axes} {shape}; a volume is grayscale z, y, x")
-        self._series = series
+            self._t = safe.TiffPages(self._fh, str(path))
+        except BaseException:
+            self._fh.close()
+            raise
+        try:
+            self.info = self._info(path)
+        except BaseException:
+            self.close()
+            raise
+
+    def _info(self, path: Path) -> FileInfo:
         vs = offset = None
         ij = self._t.imagej_metadata
-        page = self._t.pages[0]
+        page = self._t.first
+        shape = (self._t.count, *self._t.plane)
         if ij:
+            if int(ij.get("channels", 1) or 1) > 1 or int(ij.get("frames", 1) or 1) > 1:
+                raise BadInput(f"{path} is an ImageJ hyperstack with channels or frames; a volume is grayscale z, y, x")
             unit = _UNIT_NM.get(str(ij.get("unit", "")).strip())
             if unit is not None and "XResolution" in page.tags:
                 rx, ry = page.resolution[:2]
@@ -467,23 +485,23 @@ class _TiffReader(_Reader):
                 offset = _triple(str(ij["ndfs_offset_zyx"]).split(","), int, "ndfs_offset_zyx")
         elif self._t.shaped_metadata:
             meta = self._t.shaped_metadata[0]
+            if len([s for s in meta.get("shape", ()) if s != 1]) > 3:
+                raise BadInput(f"{path} holds a {meta.get('shape')} array; a volume is grayscale z, y, x")
             vs = _triple(meta.get("voxel_size_nm"), float, "voxel_size_nm")
             offset = _triple(meta.get("offset"), int, "offset")
-        self.info = FileInfo("tiff", _shape3(shape, str(path)), np.dtype(series.dtype), vs, offset)
+        return FileInfo("tiff", _shape3(shape, str(path)), self._t.dtype, vs, offset)
 
     def read(self, z0: int, z1: int) -> np.ndarray:
-        if len(self._series.shape) == 2:
-            return self._series.asarray()[np.newaxis][z0:z1]
-        pages = self._t.asarray(key=range(z0, z1), series=0)
-        return pages.reshape((z1 - z0,) + self.info.shape[1:])
+        return self._t.read(z0, z1)
 
     def close(self) -> None:
         self._t.close()
+        self._fh.close()
 
 
 class _PngReader(_Reader):
     def __init__(self, path: Path):
-        self._image = _pillow()
+        _pillow()  # the export extra's message when Pillow is missing
         if not path.is_dir():
             raise BadInput(f"{path} is not a directory of png slices")
         files = {}
@@ -499,28 +517,25 @@ class _PngReader(_Reader):
             missing = sorted(set(range(zs[0], zs[-1] + 1)) - set(zs))[:5]
             raise BadInput(f"{path} is missing slices {', '.join(map(str, missing))}")
         self._files = [files[z] for z in zs]
-        first = self._plane(0)
+        from ndfs.formats import safe
+
+        first = self._files[0]  # its header only: an import checks the fit before any plane is decoded
+        plane, dtype = safe.png_header(first, first.name, file_bytes=first.stat().st_size)
         meta = {}
         if (path / PNG_META).is_file():
-            try:
-                meta = json.loads((path / PNG_META).read_text())
-            except ValueError as exc:
-                raise BadInput(f"{path / PNG_META} is not JSON: {exc}") from None
+            meta = safe.json_loads((path / PNG_META).read_bytes(), str(path / PNG_META))
+            if not isinstance(meta, dict):
+                raise BadInput(f"{path / PNG_META} is not a JSON object")
         off = meta.get("offset_zyx")
-        self.info = FileInfo("png", (len(zs),) + first.shape, first.dtype,
+        self.info = FileInfo("png", (len(zs),) + plane, dtype,
                              _triple(meta.get("voxel_size_nm_zyx"), float, "voxel_size_nm_zyx"),
                              (zs[0], int(off[1]), int(off[2])) if off else None)
 
     def _plane(self, i: int) -> np.ndarray:
-        with self._image.open(self._files[i]) as im:
-            if im.mode not in ("L", "I;16", "I;16B", "I;16L", "I"):
-                raise BadInput(f"{self._files[i].name} is a {im.mode} image; volumes are 8/16-bit grayscale")
-            arr = np.asarray(im)
-        if arr.dtype.kind == "i":  # mode "I": 16-bit data widened by Pillow
-            if arr.min() < 0 or arr.max() > 65535:
-                raise BadInput(f"{self._files[i].name} holds values outside 16 bits")
-            arr = arr.astype(np.uint16)
-        return arr.astype(arr.dtype.newbyteorder("="), copy=False)
+        from ndfs.formats import safe
+
+        path = self._files[i]
+        return safe.png_plane(path, path.name, file_bytes=path.stat().st_size)
 
     def read(self, z0: int, z1: int) -> np.ndarray:
         out = np.empty((z1 - z0,) + self.info.shape[1:], dtype=self.info.dtype)

@@ -41,7 +41,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import struct
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
@@ -50,7 +49,8 @@ import numpy as np
 from ndfs.backends.base import Backend, VolumeRef
 from ndfs.backends.boss_ramon import BossRamon
 from ndfs.backends.http import HttpClient, HttpDriver, run_parallel, status_error
-from ndfs.errors import BackendError, BadRegion, NdfsError, NotFound
+from ndfs.errors import BackendError, BadInput, BadRegion, NdfsError, NotFound, TooLarge
+from ndfs.formats import safe
 from ndfs.geometry import Box, ChunkGrid
 from ndfs.info import LevelInfo, VolumeInfo
 
@@ -89,25 +89,18 @@ class BloscSizeError(ValueError):
 def blosc_decode(body: bytes, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
     """Decode one blosc frame into a writable array of ``shape``.
 
-    Raises BloscFrameError for a malformed frame and BloscSizeError for a frame of
-    the wrong size (both ValueErrors); the server maps them to BOSS codes 2001/2002.
+    The frame's header is checked by :func:`ndfs.formats.safe.blosc_decompress` before anything
+    is decompressed. Raises BloscFrameError for a malformed frame and BloscSizeError for a frame
+    of the wrong size (both ValueErrors); the server maps them to BOSS codes 2001/2002.
     """
-    blosc = _blosc()
-
+    _blosc()
     expected = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    if len(body) < 16 or body[0] not in (1, 2):
-        raise BloscFrameError(f"a {len(body)}-byte body is not a blosc frame")
-    nbytes, _, cbytes = struct.unpack_from("<III", body, 4)
-    if cbytes != len(body):
-        raise BloscFrameError(f"the blosc frame says {cbytes} compressed bytes but the body has {len(body)}")
-    if nbytes != expected:
-        raise BloscSizeError(f"the blosc frame holds {nbytes} bytes, {expected} expected for {dtype}{shape}")
     try:
-        raw = blosc.decompress(body, as_bytearray=True)
-    except Exception as exc:  # blosc raises its own error type for corrupt frames
-        raise BloscFrameError(f"the blosc frame does not decompress: {exc}") from exc
-    if len(raw) != expected:
-        raise BloscSizeError(f"the blosc frame decompressed to {len(raw)} bytes, {expected} expected")
+        raw = safe.blosc_decompress(body, expected, "the blosc frame")
+    except safe.WrongSize as exc:
+        raise BloscSizeError(f"{exc} for {np.dtype(dtype)}{tuple(shape)}") from None
+    except BadInput as exc:
+        raise BloscFrameError(str(exc)) from None
     return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
 
@@ -178,8 +171,8 @@ class BossBackend(BossRamon, HttpDriver, Backend):
         status = resp.status_code
         detail = resp.text[:300].strip()
         try:
-            body = resp.json()
-        except ValueError:
+            body = safe.reply_json(resp.content)
+        except (ValueError, BadInput, TooLarge):
             body = None  # not JSON: the start of the text body is the detail
         if isinstance(body, dict):
             code = body.get("code")
@@ -190,7 +183,7 @@ class BossBackend(BossRamon, HttpDriver, Backend):
 
     def _get_json(self, path: str) -> dict:
         def decode(resp):
-            data = resp.json()
+            data = safe.reply_json(resp.content)
             if not isinstance(data, dict):
                 raise ValueError("expected a JSON object")
             return data

@@ -40,7 +40,8 @@ from urllib.parse import urlencode
 
 import numpy as np
 
-from ndfs.errors import BackendError, BadRegion, InvalidAnnotation, NdfsError, NotFound, TooLarge
+from ndfs.errors import BackendError, BadInput, BadRegion, InvalidAnnotation, NdfsError, NotFound, TooLarge
+from ndfs.formats import safe
 from ndfs.geometry import Box
 
 #: metadata keys of RAMON objects: this prefix, then the decimal id
@@ -92,7 +93,7 @@ class BossRamon:
     # ---- the metadata service --------------------------------------------------------
     def _meta_keys(self, ref) -> list[str]:
         def decode(resp):
-            keys = resp.json().get("keys")
+            keys = safe.reply_json(resp.content).get("keys")
             if not isinstance(keys, list):
                 raise ValueError("metadata listing without a list of keys")
             return [str(k) for k in keys]
@@ -104,7 +105,7 @@ class BossRamon:
         from ndfs.ramon import from_dict
 
         def decode(resp):
-            doc = resp.json()
+            doc = safe.reply_json(resp.content)
             if not isinstance(doc, dict) or not isinstance(doc.get("value"), str):
                 raise ValueError("metadata answer without a string value")
             return doc["value"]
@@ -117,8 +118,8 @@ class BossRamon:
                 return None
             raise
         try:
-            obj = from_dict(json.loads(value))
-        except (ValueError, InvalidAnnotation, RecursionError) as exc:
+            obj = from_dict(safe.json_loads(value, "the metadata value"))
+        except (ValueError, InvalidAnnotation, BadInput, TooLarge) as exc:
             raise BackendError(f"BOSS metadata {META_PREFIX}{oid} of {'/'.join(ref)} is no usable RAMON "
                                f"object: {exc}") from None
         if obj.id != oid:
@@ -163,7 +164,7 @@ class BossRamon:
         res = int(self.info(ref).extra["boss"]["base_resolution"]) + level
 
         def decode(resp):
-            doc = resp.json()
+            doc = safe.reply_json(resp.content)
             (x0, x1), (y0, y1), (z0, z1) = (doc[f"{a}_range"] for a in "xyz")
             box = Box((int(z0), int(y0), int(x0)), (int(z1), int(y1), int(x1)))
             if box.empty:
@@ -185,7 +186,7 @@ class BossRamon:
         lock = threading.Lock()
 
         def decode(resp):
-            ids = resp.json().get("ids")
+            ids = safe.reply_json(resp.content).get("ids")
             if not isinstance(ids, list):
                 raise ValueError("ids answer without a list of ids")
             return {int(i) for i in ids}
@@ -271,7 +272,7 @@ class BossRamon:
         c, e, ch = ref
 
         def decode(resp):
-            doc = resp.json()
+            doc = safe.reply_json(resp.content)
             start = int(doc["start_id"])
             if int(doc.get("count", n)) != n or start < 1:
                 raise ValueError(f"reserve gave {doc} for {n} ids")

@@ -67,7 +67,8 @@ import numpy as np
 from ndfs.backends.base import Backend, VolumeRef, as_ref
 from ndfs.backends.dvid_ramon import DvidRamon
 from ndfs.backends.http import HttpClient, HttpDriver, run_parallel, status_error
-from ndfs.errors import BackendError, BadRegion, NdfsError, NotFound, ReadOnly
+from ndfs.errors import BackendError, BadInput, BadRegion, NdfsError, NotFound, ReadOnly
+from ndfs.formats import safe
 from ndfs.geometry import Box, ChunkGrid
 from ndfs.info import LevelInfo, VolumeInfo
 
@@ -222,7 +223,7 @@ class DvidBackend(DvidRamon, HttpDriver, Backend):
 
     def _get_json(self, path: str, kind=dict):
         def decode(resp):
-            doc = resp.json()
+            doc = safe.reply_json(resp.content)
             if not isinstance(doc, kind):
                 raise ValueError(f"expected a JSON {kind.__name__}")
             return doc
@@ -573,32 +574,21 @@ def _compress(data: bytes, compression: str) -> bytes:
 
 
 def _decompress(body: bytes, compression: str, size: int) -> bytes:
-    if compression == "lz4":
-        import lz4.block
-
-        try:
-            return lz4.block.decompress(body, uncompressed_size=size)
-        except Exception as exc:  # lz4.block.LZ4BlockError: a truncated or corrupt body
-            raise ValueError(f"bad lz4 body: {exc}") from None
-    if compression == "gzip":
-        return gunzip(body, size)
+    """A voxel answer of ``size`` bytes, decompressed by :mod:`ndfs.formats.safe` (never past ``size``)."""
+    try:
+        if compression == "lz4":
+            return safe.lz4_block(body, size, "the lz4 body")
+        if compression == "gzip":
+            return safe.inflate(body, size, "the gzip body", gzip=True)
+    except BadInput as exc:
+        raise ValueError(str(exc)) from None
     return body
 
 
 def gunzip(body: bytes, max_bytes: int) -> bytes:
     """A gzip body inflated, refusing one that is truncated, followed by other bytes, or larger than
     ``max_bytes`` once inflated (inflation stops there: a gzip bomb never fills memory). ValueError."""
-    import zlib
-
-    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
     try:
-        raw = inflater.decompress(body, max_bytes + 1)
-    except zlib.error as exc:
-        raise ValueError(f"bad gzip body: {exc}") from None
-    if len(raw) > max_bytes or inflater.unconsumed_tail:
-        raise ValueError(f"the gzip body inflates past {max_bytes} bytes")
-    if not inflater.eof:
-        raise ValueError("bad gzip body: truncated")
-    if inflater.unused_data:
-        raise ValueError(f"bad gzip body: {len(inflater.unused_data)} bytes follow the stream")
-    return raw
+        return safe.inflate(body, max_bytes, "the gzip body", gzip=True)
+    except BadInput as exc:
+        raise ValueError(str(exc)) from None

@@ -44,7 +44,8 @@ from urllib.parse import quote
 
 import numpy as np
 
-from ndfs.errors import BackendError, BadRegion, InvalidAnnotation, NotFound, ReadOnly
+from ndfs.errors import BackendError, BadInput, BadRegion, InvalidAnnotation, NotFound, ReadOnly, TooLarge
+from ndfs.formats import safe
 from ndfs.geometry import Box
 
 #: the key-value instance holding a label instance's RAMON objects is named <instance> + this
@@ -71,9 +72,9 @@ def _parse(value, key: str, where: str):
     from ndfs.ramon import from_dict
 
     try:
-        doc = json.loads(value) if isinstance(value, (bytes, bytearray, str)) else value
+        doc = safe.json_loads(value, "the value") if isinstance(value, (bytes, bytearray, str)) else value
         obj = from_dict(doc)
-    except (ValueError, InvalidAnnotation, RecursionError) as exc:
+    except (ValueError, InvalidAnnotation, BadInput, TooLarge) as exc:
         raise BackendError(f"DVID key {where}/{key} holds no usable RAMON object: {exc}") from None
     if obj.id != int(key):
         raise BackendError(f"DVID key {where}/{key} holds RAMON object {obj.id}")
@@ -191,7 +192,7 @@ class DvidRamon:
         """The first of n fresh consecutive ids (the caller checked the node is writable)."""
         if typename == "labelmap":
             def decode(resp):
-                doc = resp.json()
+                doc = safe.reply_json(resp.content)
                 start, end = int(doc["start"]), int(doc["end"])
                 if end - start + 1 != n or start < 1:
                     raise ValueError(f"nextlabel gave {start}..{end} for {n} ids")
@@ -369,7 +370,7 @@ def _no_endpoint(exc: Exception) -> bool:
 
 
 def _json_object(resp) -> dict:
-    doc = resp.json()
+    doc = safe.reply_json(resp.content)
     if not isinstance(doc, dict):
         raise ValueError("expected a JSON object")
     return doc

@@ -20,7 +20,7 @@ import threading
 import time
 from typing import Callable
 
-from ndfs.errors import BackendError, BadRegion, NdfsError, NotFound, PermissionDenied, Timeout, TooLarge
+from ndfs.errors import BackendError, BadInput, BadRegion, NdfsError, NotFound, PermissionDenied, Timeout, TooLarge
 
 log = logging.getLogger("ndfs.http")
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
@@ -88,7 +88,8 @@ class HttpClient:
                 decode: Callable | None = None, retry: bool = True):
         """One logical request; returns ``decode(response)`` or the response.
 
-        ``decode`` raising ValueError counts as a retryable bad answer. ``retry=False``
+        ``decode`` raising ValueError, or the BadInput/TooLarge of a refusing
+        :mod:`ndfs.formats.safe` decoder, counts as a retryable bad answer. ``retry=False``
         sends once (for calls that are not idempotent).
         """
         import requests
@@ -122,7 +123,7 @@ class HttpClient:
                     return resp
                 try:
                     return decode(resp)
-                except ValueError as exc:
+                except (ValueError, BadInput, TooLarge) as exc:
                     raise Retryable(self._scrub(BackendError(f"{self.name} {method} {path}: unusable answer: "
                                                              f"{exc}"))) from exc
             except Retryable as failed:

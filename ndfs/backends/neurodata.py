@@ -48,8 +48,9 @@ import numpy as np
 from ndfs.backends.base import Backend, VolumeRef
 from ndfs.backends.http import HttpClient, HttpDriver, run_parallel, status_error
 from ndfs.errors import (
-    BackendError, BadRegion, InvalidAnnotation, NdfsError, NotFound, ReadOnly,
+    BackendError, BadInput, BadRegion, InvalidAnnotation, NdfsError, NotFound, ReadOnly,
 )
+from ndfs.formats import safe
 from ndfs.geometry import Box, ChunkGrid
 from ndfs.info import LevelInfo, VolumeInfo
 
@@ -74,25 +75,16 @@ def npz_encode(array: np.ndarray, level: int = 6) -> bytes:
 def npz_decode(body: bytes, max_bytes: int | None = None) -> np.ndarray:
     """An array from an "npz" body; ValueError when it is not exactly one.
 
-    Refused: a stream that is truncated or followed by other bytes, pickled object
-    arrays, and with ``max_bytes`` a body that inflates past it (inflation stops
-    there, so a zlib bomb never fills memory).
+    Refused (by :mod:`ndfs.formats.safe`): a stream that is truncated or followed by other
+    bytes, an .npy header that declares other bytes than follow it, pickled object arrays, and
+    with ``max_bytes`` a body that inflates past it (inflation stops there, so a zlib bomb never
+    fills memory).
     """
-    inflater = zlib.decompressobj()
     try:
-        raw = inflater.decompress(body, 0 if max_bytes is None else max_bytes + 1)
-    except zlib.error as exc:
-        raise ValueError(f"the body is not zlib-compressed: {exc}") from None
-    if max_bytes is not None and (len(raw) > max_bytes or inflater.unconsumed_tail):
-        raise ValueError(f"the body inflates past {max_bytes} bytes")
-    if not inflater.eof:
-        raise ValueError("the zlib stream is truncated")
-    if inflater.unused_data:
-        raise ValueError(f"{len(inflater.unused_data)} bytes follow the zlib stream")
-    try:
-        return np.load(io.BytesIO(raw), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise ValueError(f"the body is not an .npy array: {exc}") from None
+        raw = safe.inflate(body, safe.DEFAULT_MAX_BYTES if max_bytes is None else max_bytes)
+        return safe.npy_from_bytes(raw, "the body's .npy array", max_bytes=max_bytes)
+    except BadInput as exc:
+        raise ValueError(str(exc)) from None
 
 
 def hdf5_cutout_encode(arrays: dict[str, np.ndarray], kinds: dict[str, str]) -> bytes:
@@ -111,11 +103,13 @@ def hdf5_cutout_encode(arrays: dict[str, np.ndarray], kinds: dict[str, str]) -> 
 
 def hdf5_cutout_decode(body: bytes, max_bytes: int | None = None) -> dict[str, np.ndarray]:
     """Channel name -> CUTOUT array of an "hdf5" body; ValueError when it is not one, or when
-    its CUTOUTs together would hold more than ``max_bytes`` (checked before any is read)."""
+    its CUTOUTs together would hold more than ``max_bytes``. The file is checked whole by
+    :func:`ndfs.formats.safe.open_hdf5` (nothing outside the body is read) before any is read."""
     import h5py
 
     try:
-        with h5py.File(io.BytesIO(body), "r") as f:
+        limit = None if max_bytes is None else max_bytes + 2**20  # room for CHANNELTYPE, DATATYPE
+        with safe.open_hdf5(body, "the body", max_bytes=limit) as f:
             out, total = {}, 0
             for name, g in f.items():
                 if isinstance(g, h5py.Group) and "CUTOUT" in g:
@@ -123,10 +117,10 @@ def hdf5_cutout_decode(body: bytes, max_bytes: int | None = None) -> dict[str, n
                     total += int(dataset.size or 0) * dataset.dtype.itemsize
                     if max_bytes is not None and total > max_bytes:
                         raise ValueError(f"its CUTOUT datasets hold over {max_bytes} bytes")
-                    out[name] = np.asarray(dataset[()])
+                    out[name] = safe.read_dataset(dataset, f"the body's {name}/CUTOUT")
             return out
-    except OSError as exc:
-        raise ValueError(f"the body is not HDF5: {exc}") from None
+    except BadInput as exc:
+        raise ValueError(str(exc)) from None
 
 
 def pieces(box: Box, cube_zyx, itemsize: int, max_bytes: int) -> list[Box]:
@@ -217,7 +211,7 @@ class NeuroDataBackend(HttpDriver, Backend):
 
     # ---- hierarchy and info ----------------------------------------------
     def _json(self, path: str):
-        return self._client.request("GET", path, decode=lambda resp: resp.json())
+        return self._client.request("GET", path, decode=lambda resp: safe.reply_json(resp.content))
 
     def _project(self, token: str) -> dict:
         if not NAME_RE.fullmatch(token):
@@ -372,7 +366,7 @@ class NeuroDataBackend(HttpDriver, Backend):
 
     def _reserve_ids(self, ref: VolumeRef, n: int) -> int:
         def decode(resp):
-            first, count = resp.json()
+            first, count = safe.reply_json(resp.content)
             if int(count) != n:
                 raise ValueError(f"reserved {count} ids, not {n}")
             return int(first)
@@ -406,13 +400,14 @@ class NeuroDataBackend(HttpDriver, Backend):
                                         headers={"Content-Type": "application/octet-stream"}))
 
     def _ramon_bbox(self, ref: VolumeRef, id: int, level: int) -> Box | None:
-        import h5py
-
         def decode(resp):
-            with h5py.File(io.BytesIO(resp.content), "r") as f:
-                g = f[str(id)]
-                off = [int(v) for v in np.asarray(g["XYZOFFSET"][()]).reshape(-1)]
-                dim = [int(v) for v in np.asarray(g["XYZDIMENSION"][()]).reshape(-1)]
+            with safe.open_hdf5(resp.content, "NeuroData's bounding box answer", max_bytes=2**20) as f:
+                try:
+                    g = f[str(id)]
+                    off = [int(v) for v in np.asarray(g["XYZOFFSET"][()]).reshape(-1)]
+                    dim = [int(v) for v in np.asarray(g["XYZDIMENSION"][()]).reshape(-1)]
+                except (KeyError, TypeError) as exc:
+                    raise ValueError(f"no XYZOFFSET and XYZDIMENSION of object {id}: {exc}") from None
             return Box.from_shape(dim[::-1], off[::-1])
 
         try:

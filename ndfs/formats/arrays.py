@@ -3,9 +3,11 @@
 ``encode`` renders a cutout as the bytes of one file; ``decode`` reads what a
 user wrote into a file and checks it before anything is posted. Every problem
 with the input is a :class:`ndfs.errors.BadInput` whose message says what was
-wrong (the mount returns EINVAL and logs it). Pages of TIFF stacks can be
-read one at a time (:func:`tiff_pages`) so a whole-level upload never sits in
-memory at once.
+wrong (the mount returns EINVAL and logs it). Decoding goes through
+:mod:`ndfs.formats.safe`: nothing outside the file is read, and what a file
+declares is checked against the expected box before its data is. Pages of
+TIFF stacks can be read one at a time (:func:`tiff_pages`) so a whole-level
+upload never sits in memory at once.
 """
 
 from __future__ import annotations
@@ -55,93 +57,73 @@ def encode(array: np.ndarray, fmt: str, *, voxel_size_nm: Sequence[float] | None
     return buf.getvalue()
 
 
-def decode(fh: BinaryIO, fmt: str, name: str = "file") -> np.ndarray:
-    """The array in a file written by a user; BadInput when it is not a readable `fmt` file."""
+def decode(fh: BinaryIO, fmt: str, name: str = "file", *, shape: Sequence[int] | None = None, dtype=None,
+           max_bytes: int | None = None) -> np.ndarray:
+    """The array in a file written by a user; BadInput when it is not a readable `fmt` file.
+
+    ``shape`` (a box, z y x; size-1 axes may be left out of the file) and ``dtype`` are what the
+    file must hold, ``max_bytes`` the most voxel bytes it may hold (default: the shape's bytes,
+    else :data:`ndfs.formats.safe.DEFAULT_MAX_BYTES`). The file is decoded by
+    :mod:`ndfs.formats.safe`: what it declares is checked against these before any data is read,
+    and nothing outside the file is ever read.
+    """
+    from ndfs.formats import safe
+
+    limit = safe.bound(shape, dtype, max_bytes)
     fh.seek(0, io.SEEK_END)
     if fh.tell() == 0:
         raise BadInput(f"{name} is empty")
     fh.seek(0)
     try:
         if fmt == "tif":
-            import tifffile
-
-            with tifffile.TiffFile(fh) as tif:
-                return _tiff_array(tif, name)
+            with safe.TiffPages(fh, name, shape=shape, dtype=dtype, max_bytes=limit) as pages:
+                return pages.array()
         if fmt == "npy":
-            return np.load(fh, allow_pickle=False)
+            return safe.read_npy(fh, name, shape=shape, dtype=dtype, max_bytes=limit)
         if fmt == "npz":
-            with np.load(fh, allow_pickle=False) as z:
-                keys = list(z.keys())
-                if len(keys) != 1 and DATASET not in keys:
-                    raise BadInput(f"{name} holds arrays {keys}; write one array (or one named {DATASET!r})")
-                return z[DATASET if DATASET in keys else keys[0]]
+            return safe.npz_array(fh, name, key=DATASET, shape=shape, dtype=dtype, max_bytes=limit)
         if fmt == "h5":
             import h5py
 
-            with h5py.File(fh, "r") as f:
+            # the file is checked whole before its one array is read: all its datasets together
+            # may declare twice the box, plus room for small extras such as attributes
+            with safe.open_hdf5(fh, name, max_bytes=2 * limit + 2**20) as f:
                 found = []
                 f.visititems(lambda key, obj: found.append(key) if isinstance(obj, h5py.Dataset) else None)
                 for key in (DATASET, "CUTOUT"):
                     if key in found:
-                        return f[key][()]
+                        return safe.read_dataset(f[key], name, shape=shape, dtype=dtype, max_bytes=limit)
                 if len(found) != 1:
                     raise BadInput(f"{name} holds datasets {found}; write one dataset (or one named {DATASET!r})")
-                return f[found[0]][()]
+                return safe.read_dataset(f[found[0]], name, shape=shape, dtype=dtype, max_bytes=limit)
     except BadInput:
         raise
-    except Exception as exc:  # each reader has its own error types; all of them mean "not a valid file"
+    except Exception as exc:  # a reader's own error on a file the safe checks let through: still bad input
         raise BadInput(f"{name} is not a readable {fmt} file: {type(exc).__name__}: {exc}") from None
     raise BadInput(f"unknown format {fmt!r} (known: {', '.join(FORMATS)})")
 
 
-def _tiff_array(tif, name: str) -> np.ndarray:
-    if not tif.pages:
-        raise BadInput(f"{name} has no images")
-    page = tif.pages.first
-    if page.samplesperpixel != 1:
-        raise BadInput(f"{name} has {page.samplesperpixel} samples per pixel; only greyscale images "
-                       "can be stored (convert RGB to 8-bit or 16-bit first)")
-    arr = tif.asarray(key=range(len(tif.pages))) if len(tif.pages) > 1 else page.asarray()
-    return arr
+def tiff_info(fh: BinaryIO, name: str = "file", *, shape: Sequence[int] | None = None,
+              dtype=None) -> tuple[int, tuple[int, int], np.dtype]:
+    """(pages, (height, width), dtype) of a greyscale TIFF, every page checked, no pixels read.
 
+    With ``shape`` (pages, height, width) and ``dtype`` the file must be exactly that, and a file
+    declaring more pages is refused as soon as its pages outnumber the expected ones.
+    """
+    from ndfs.formats import safe
 
-def tiff_info(fh: BinaryIO, name: str = "file") -> tuple[int, tuple[int, int], np.dtype]:
-    """(pages, (height, width), dtype) of a greyscale TIFF, every page checked, no pixels read."""
-    import tifffile
-
-    fh.seek(0, io.SEEK_END)
-    if fh.tell() == 0:
-        raise BadInput(f"{name} is empty")
-    fh.seek(0)
-    try:
-        with tifffile.TiffFile(fh) as tif:
-            pages = list(tif.pages)
-            if not pages:
-                raise BadInput(f"{name} has no images")
-            first = pages[0]
-            shape, dtype = tuple(first.shape), first.dtype
-            for i, page in enumerate(pages):
-                if page.samplesperpixel != 1 or len(page.shape) != 2:
-                    raise BadInput(f"{name} page {i} is not a greyscale 2-D image")
-                if tuple(page.shape) != shape or page.dtype != dtype:
-                    raise BadInput(f"{name} page {i} is {page.dtype}{page.shape}, page 0 is {dtype}{shape}")
-            return len(pages), shape, dtype
-    except BadInput:
-        raise
-    except Exception as exc:
-        raise BadInput(f"{name} is not a readable TIFF: {type(exc).__name__}: {exc}") from None
+    with safe.TiffPages(fh, name, shape=shape, dtype=dtype) as pages:
+        return pages.count, pages.plane, pages.dtype
 
 
 def tiff_pages(fh: BinaryIO, start: int, stop: int, name: str = "file") -> np.ndarray:
     """Pages [start, stop) of a TIFF checked by :func:`tiff_info`, as one (n, h, w) array."""
-    import tifffile
+    from ndfs.formats import safe
 
-    fh.seek(0)  # tifffile reads from the current position
-    try:
-        with tifffile.TiffFile(fh) as tif:
-            return np.stack([tif.pages[i].asarray() for i in range(start, stop)])
-    except Exception as exc:
-        raise BadInput(f"{name}: pages {start}..{stop - 1} are unreadable: {type(exc).__name__}: {exc}") from None
+    with safe.TiffPages(fh, name, max_bytes=None) as pages:
+        if stop > pages.count:
+            raise BadInput(f"{name}: pages {start}..{stop - 1} are past its {pages.count} pages")
+        return pages.read(start, stop)
 
 
 def check_shape(array: np.ndarray, shape: Sequence[int], dtype: np.dtype, name: str) -> np.ndarray:

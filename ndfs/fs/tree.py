@@ -636,7 +636,7 @@ class LevelDir(DirNode):
         name = v.name_of(level, "stack.tif")
         info = v.info
         lv = info.level(level)
-        n, hw, dtype = arrays.tiff_info(fh, name)
+        n, hw, dtype = arrays.tiff_info(fh, name, shape=lv.shape, dtype=info.dtype)
         if (n, *hw) != tuple(lv.shape):
             raise BadInput(f"{name}: the TIFF is {n} pages of {hw[0]}x{hw[1]}; this level is "
                            f"{lv.shape[0]} pages of {lv.shape[1]}x{lv.shape[2]}")
@@ -705,7 +705,8 @@ class AxisDir(DirNode):
 
         def store(fh: BinaryIO) -> None:
             fname = v.name_of(level, f"{plane.axis}/{name}")
-            arr = arrays.check_shape(arrays.decode(fh, "tif", fname), whole.shape, v.info.dtype, fname)
+            arr = arrays.check_shape(arrays.decode(fh, "tif", fname, shape=whole.shape, dtype=v.info.dtype),
+                                     whole.shape, v.info.dtype, fname)
             t.write(v.remote, v.ref, whole, level, arr)
 
         return TiffFile(layout, get_rows, self.mtime, on_open=lambda: backend.prefetch(v.ref, whole, level),
@@ -778,5 +779,6 @@ class CutoutFile(RenderedFile):
     def commit_file(self, fh: BinaryIO) -> None:
         v, level = self.leveldir.vol, self.leveldir.level
         fname = v.name_of(level, f"cutout/{self.name}")
-        arr = arrays.check_shape(arrays.decode(fh, self.fmt, fname), self.box.shape, v.info.dtype, fname)
+        arr = arrays.check_shape(arrays.decode(fh, self.fmt, fname, shape=self.box.shape, dtype=v.info.dtype),
+                                 self.box.shape, v.info.dtype, fname)
         v.tree.write(v.remote, v.ref, self.box, level, arr)

@@ -25,19 +25,22 @@ functions, thread-safe.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 from typing import Iterable
 
 import numpy as np
 
-from ndfs.errors import InvalidAnnotation
+from ndfs.errors import BadInput, InvalidAnnotation
 from ndfs.geometry import Box
 from ndfs.ramon.jsonio import LEGACY_KEYS
 from ndfs.ramon.types import CLASSES, MAX_ID, MAX_UINT32, NDSTORE_TYPES, RamonObject, Voxels
 
 NDSTORE_NAMES = {v: k for k, v in NDSTORE_TYPES.items()}
 LAYOUTS = ("legacy", "ndfs")
+#: the most voxel bytes a RAMON HDF5 file read here may declare (all its datasets together)
+MAX_HDF5_BYTES = 2**30
 
 
 def h5py():
@@ -48,11 +51,19 @@ def h5py():
     return module
 
 
-def _open(data: bytes):
-    try:
-        return h5py().File(io.BytesIO(data), "r")
-    except OSError as exc:
-        raise InvalidAnnotation(f"not an HDF5 file: {exc}") from None
+@contextlib.contextmanager
+def _open(data: bytes, max_bytes: int):
+    """The file, checked whole by :func:`ndfs.formats.safe.open_hdf5` first: nothing outside
+    ``data`` is read, and its datasets declare at most ``max_bytes``."""
+    from ndfs.formats import safe
+
+    h5py()  # the RAMON extra's message when h5py is missing
+    with contextlib.ExitStack() as stack:
+        try:
+            f = stack.enter_context(safe.open_hdf5(data, "the RAMON HDF5 file", max_bytes=max_bytes))
+        except BadInput as exc:
+            raise InvalidAnnotation(str(exc)) from None
+        yield f
 
 
 def _text(value) -> str:
@@ -176,14 +187,17 @@ def _write_ndfs(g, obj: RamonObject) -> None:
 
 
 # ---- read --------------------------------------------------------------------
-def from_hdf5(data: bytes, *, layout: str | None = None, max_id: int = MAX_ID) -> list[RamonObject]:
+def from_hdf5(data: bytes, *, layout: str | None = None, max_id: int = MAX_ID,
+              max_bytes: int = MAX_HDF5_BYTES) -> list[RamonObject]:
     """The objects of an HDF5 file (bytes), in id order, with ``voxels``/``bbox`` where present.
 
     ``layout``: ``"legacy"``, ``"ndfs"`` or None to tell from the file. Groups that
     are not objects (``ANNOIDS`` of a query reply) are skipped. Legacy ``VOXELS``
-    lists become a tight ``voxels`` cutout.
+    lists become a tight ``voxels`` cutout. ``max_bytes`` bounds what the file's datasets
+    declare and the cutouts made from voxel lists; a file that reaches outside itself
+    (external storage or links, virtual datasets, plugin filters) is refused.
     """
-    with _open(data) as f:
+    with _open(data, max_bytes) as f:
         if layout is None:
             layout = "ndfs" if "ndfs_ramon" in f.attrs else "legacy"
         if layout not in LAYOUTS:
@@ -194,7 +208,10 @@ def from_hdf5(data: bytes, *, layout: str | None = None, max_id: int = MAX_ID) -
             if not isinstance(g, h5py().Group):
                 continue
             try:
-                obj = (_read_legacy if layout == "legacy" else _read_ndfs)(key, g, max_id)
+                if layout == "legacy":
+                    obj = _read_legacy(key, g, max_id, max_bytes)
+                else:
+                    obj = _read_ndfs(key, g, max_id)
             except (KeyError, TypeError, ValueError, IndexError) as exc:
                 raise InvalidAnnotation(f"RAMON object {key} in the HDF5 file is malformed: {exc}") from None
             out.append(obj)
@@ -206,7 +223,7 @@ def _scalar(ds):
     return arr.reshape(-1)[0] if arr.ndim else arr[()]
 
 
-def _read_legacy(key: str, g, max_id: int) -> RamonObject:
+def _read_legacy(key: str, g, max_id: int, max_bytes: int) -> RamonObject:
     code = int(_scalar(g["ANNOTATION_TYPE"])) if "ANNOTATION_TYPE" in g else 1
     if code not in NDSTORE_NAMES:
         raise InvalidAnnotation(f"RAMON object {key}: unknown ANNOTATION_TYPE {code}")
@@ -250,6 +267,9 @@ def _read_legacy(key: str, g, max_id: int) -> RamonObject:
             if (pts < 0).any():
                 raise InvalidAnnotation(f"RAMON object {key}: negative VOXELS coordinates")
             lo, hi = pts.min(axis=0), pts.max(axis=0) + 1
+            if int(np.prod((hi - lo).astype(object))) > max_bytes:
+                raise InvalidAnnotation(f"RAMON object {key}: its VOXELS span {(hi - lo).tolist()} (x, y, z), "
+                                        f"more than {max_bytes} voxels")
             cut = np.zeros(tuple((hi - lo)[::-1]), np.uint8)
             cut[pts[:, 2] - lo[2], pts[:, 1] - lo[1], pts[:, 0] - lo[0]] = 1
             obj.voxels = Voxels(cut, tuple(int(v) for v in lo[::-1]), level)
@@ -302,9 +322,9 @@ def ids_hdf5(ids: Iterable[int]) -> bytes:
     return buf.getvalue()
 
 
-def read_ids_hdf5(data: bytes) -> list[int]:
+def read_ids_hdf5(data: bytes, max_bytes: int = MAX_HDF5_BYTES) -> list[int]:
     """The ids of a query reply (``[]`` when ``ANNOIDS`` is absent)."""
-    with _open(data) as f:
+    with _open(data, max_bytes) as f:
         if "ANNOIDS" not in f:
             return []
         return [int(v) for v in np.asarray(f["ANNOIDS"][()]).reshape(-1)]

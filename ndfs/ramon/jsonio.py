@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable
 
-from ndfs.errors import InvalidAnnotation
+from ndfs.errors import BadInput, InvalidAnnotation, TooLarge
 from ndfs.geometry import Box
 from ndfs.ramon.types import (
     CLASSES, MAX_ID, NDSTORE_TYPES, RamonObject, check_value, type_name,
@@ -96,15 +96,22 @@ def from_dict(data: dict, *, expect_id: int | None = None, max_id: int = MAX_ID,
     return cls(**values).validate(max_id=max_id)
 
 
-def from_json(text: str | bytes, **kwargs) -> RamonObject:
-    """An object from ndfs file-form text (see :func:`from_dict` for the keyword arguments)."""
+def _loads(text: str | bytes):
+    """JSON through :func:`ndfs.formats.safe.json_loads`: a document past its byte bound is
+    TooLarge (EFBIG); deep nesting, giant integers and invalid JSON are InvalidAnnotation."""
+    from ndfs.formats import safe
+
     try:
-        data = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidAnnotation(f"not valid JSON: {exc}") from None
-    except RecursionError:
-        raise InvalidAnnotation("not usable JSON: nested too deeply") from None
-    return from_dict(data, **kwargs)
+        return safe.json_loads(text, "the RAMON JSON")
+    except BadInput as exc:
+        raise InvalidAnnotation(str(exc)) from None
+
+
+def from_json(text: str | bytes, **kwargs) -> RamonObject:
+    """An object from ndfs file-form text (see :func:`from_dict` for the keyword arguments).
+
+    Text past :data:`ndfs.formats.safe.MAX_JSON_BYTES` is refused with TooLarge (EFBIG)."""
+    return from_dict(_loads(text), **kwargs)
 
 
 def bbox_from_dict(data: dict) -> tuple[int, Box] | None:
@@ -136,10 +143,7 @@ def to_legacy(objs: Iterable[RamonObject]) -> dict[str, dict]:
 def from_legacy(doc: dict | str | bytes, *, max_id: int = MAX_ID) -> list[RamonObject]:
     """Objects from a ``json/`` reply in layout A or B (keyed by id), in the document's order."""
     if isinstance(doc, (str, bytes)):
-        try:
-            doc = json.loads(doc)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise InvalidAnnotation(f"not valid JSON: {exc}") from None
+        doc = _loads(doc)
     if not isinstance(doc, dict):
         raise InvalidAnnotation("a RAMON json/ reply is an object keyed by id")
     out = []
@@ -229,9 +233,9 @@ def _from_flat_entry(key, entry: dict, max_id: int) -> RamonObject:
         value = entry[k]
         if kind in ("point", "fpoint") and isinstance(value, str):
             try:
-                value = json.loads(value) if value.strip() else []
-            except ValueError:
-                raise InvalidAnnotation(f"RAMON entry {key!r}: {k} is not a JSON point: {value!r}") from None
+                value = _loads(value) if value.strip() else []
+            except (InvalidAnnotation, TooLarge):
+                raise InvalidAnnotation(f"RAMON entry {key!r}: {k} is not a JSON point: {value[:80]!r}") from None
         elif kind == "ids" and isinstance(value, str):
             value = [int(v) for v in value.replace(",", " ").split()] if value.strip() else []
         values[name] = value

@@ -41,6 +41,7 @@ import numpy as np
 from ndfs.backends.base import Backend
 from ndfs.backends.boss import CUBOID_ZYX
 from ndfs.errors import NdfsError, NotFound
+from ndfs.formats import safe
 from ndfs.geometry import Box
 from ndfs.serve.boss_model import BossError, BossModel, Channel
 
@@ -118,9 +119,9 @@ class BossApp:
             return _json(start_response, 200, get())
         if method == "POST":
             try:
-                body = json.loads(_body(environ) or b"{}")
-            except ValueError:
-                raise BossError(400, 1003, "The request body is not valid JSON") from None
+                body = safe.json_loads(_body(environ) or b"{}", "The request body")
+            except NdfsError as exc:  # BadInput, or TooLarge past the JSON bound
+                raise BossError(400, 1003, str(exc)) from None
             if not isinstance(body, dict):
                 raise BossError(400, 1003, "The request body must be a JSON object")
             return _json(start_response, 201, create(body))

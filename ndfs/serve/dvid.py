@@ -48,6 +48,9 @@ from urllib.parse import parse_qs
 import numpy as np
 
 from ndfs.backends.base import Backend
+from ndfs.errors import BadInput, NdfsError
+from ndfs.formats import safe
+from ndfs.formats.safe import json_loads as safe_json
 from ndfs.geometry import Box
 from ndfs.serve.dvid_model import (
     LABEL_TYPES, TYPES, DvidError, DvidModel, Instance, Node, Repo, bad, type_url)
@@ -455,9 +458,9 @@ class DvidApp:
             for k in keys:
                 value = self.model.get_key(inst, node, k)
                 try:
-                    out[k] = json.loads(value) if value is not None else None
-                except ValueError:
-                    raise bad(f"the value of key {k!r} is not JSON") from None
+                    out[k] = safe_json(value, f"the value of key {k!r}") if value is not None else None
+                except NdfsError as exc:
+                    raise bad(str(exc)) from None
             return _json(start_response, out)
         raise bad(f'Bad API call "{endpoint}" for keyvalue data {inst.name!r}')
 
@@ -489,9 +492,9 @@ class _Request:
         if not raw.strip():
             return kind()
         try:
-            doc = json.loads(raw)
-        except ValueError:
-            raise bad("the request body is not valid JSON") from None
+            doc = safe_json(raw, "the request body")
+        except NdfsError as exc:
+            raise bad(str(exc)) from None
         if not isinstance(doc, kind):
             raise bad(f"the request body must be a JSON {'object' if kind is dict else 'array'}")
         return doc
@@ -554,18 +557,15 @@ def _compress(data: bytes, compression: str) -> bytes:
 
 
 def _decompress(body: bytes, compression: str, size: int) -> bytes:
+    """A posted body of a ``size``-byte box, never decompressed past ``size`` (:mod:`ndfs.formats.safe`)."""
     if compression in ("", "uncompressed"):
         return body
     try:
         if compression == "lz4":
-            return _lz4().decompress(body, uncompressed_size=size)
-        if compression == "gzip":  # never inflated past the box's size: a gzip bomb is refused
-            from ndfs.backends.dvid import gunzip
-
-            return gunzip(body, size)
-    except (OSError, EOFError, ValueError) as exc:
-        raise bad(f"cannot decompress the {compression} body: {exc}") from None
-    except Exception as exc:  # lz4.block.LZ4BlockError
+            return safe.lz4_block(body, size, "the lz4 body")
+        if compression == "gzip":  # a gzip bomb is refused
+            return safe.inflate(body, size, "the gzip body", gzip=True)
+    except BadInput as exc:
         raise bad(f"cannot decompress the {compression} body: {exc}") from None
     raise bad(f"compression {compression!r} is not supported by this server (lz4, gzip)")
 

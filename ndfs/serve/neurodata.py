@@ -48,7 +48,7 @@ import numpy as np
 from ndfs.backends.base import Backend
 from ndfs.backends.neurodata import (
     NPY_HEADER_BYTES, hdf5_cutout_decode, hdf5_cutout_encode, npz_decode, npz_encode)
-from ndfs.errors import InvalidAnnotation, NdfsError, NotFound, ReadOnly
+from ndfs.errors import InvalidAnnotation, NdfsError, NotFound, ReadOnly, TooLarge
 from ndfs.geometry import Box
 from ndfs.serve.neurodata_model import NdError, NeuroDataModel, Project
 from ndfs.serve.neurodata_ramon import RamonService, json_reply, text_reply
@@ -321,6 +321,8 @@ def _ndfs_status(exc: NdfsError) -> tuple[int, str]:
         return 404, f"Attempt to write to read only channel: {exc}"
     if isinstance(exc, InvalidAnnotation):
         return 404, f"Invalid RAMON request: {exc}"
+    if isinstance(exc, TooLarge):
+        return 413, str(exc)
     if exc.errno == 22:  # EINVAL: BadRegion and friends
         return 404, f"Illegal request: {exc}"
     return 500, f"Unexpected error: {exc}"

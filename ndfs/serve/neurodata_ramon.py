@@ -118,7 +118,8 @@ class RamonService:
 
         self._check_writable(ch)
         try:
-            objs = from_hdf5(body, layout="legacy", max_id=self._max_id(project, ch))
+            objs = from_hdf5(body, layout="legacy", max_id=self._max_id(project, ch),
+                             max_bytes=self.max_cutout_bytes)
         except InvalidAnnotation as exc:
             raise NdError(404, f"Invalid RAMON object: {exc}") from None
         if not objs:
@@ -230,10 +231,10 @@ class RamonService:
 
 def _query_box(body: bytes) -> tuple[int, Box]:
     """(level, box) of a query POST body: RESOLUTION, XYZOFFSET and CUTOUTSIZE (x, y, z)."""
-    import h5py
+    from ndfs.formats import safe
 
     try:
-        with h5py.File(io.BytesIO(body), "r") as f:
+        with safe.open_hdf5(body, "the query body", max_bytes=2**16) as f:
             level = int(np.asarray(f["RESOLUTION"][()]).reshape(-1)[0])
             off = [int(v) for v in np.asarray(f["XYZOFFSET"][()]).reshape(-1)]
             size = [int(v) for v in np.asarray(f["CUTOUTSIZE"][()]).reshape(-1)]
