@@ -75,6 +75,9 @@ def site(tmp_path_factory):
         subprocess.run([compiler, "-shared", "-fPIC", "-o", str(plugins / "libndfs_probe.so"),
                         str(plugins / "probe.c")], check=True, capture_output=True)
     (root / "ndfs.toml").write_text(f'[remotes.local]\nkind = "local"\npath = "{root / "ndfs"}"\n')
+    # this process makes files that use the unknown filter: HDF5 reads its plugin path once, at the first
+    # search, so search now, before the path is put in the environment for the daemons and servers
+    h5py.h5z.filter_avail(32123)
     env = {"HDF5_PLUGIN_PATH": str(plugins), "NDFS_TEST_PLUGIN_MARKER": str(root / "plugin-loaded")}
     return SimpleNamespace(root=root, store=root / "ndfs", secret=root / "secret.txt", other=root / "other.h5",
                            marker=root / "plugin-loaded", probe=bool(compiler), env=env)
@@ -489,15 +492,14 @@ def test_the_mount_refuses_ramon_json_too_large_deep_or_with_giant_integers(site
     big = json.dumps({"type": "generic", "kvpairs": {"pad": "x" * (17 * MiB)}})
     for text, code in [(big, errno.EFBIG), (DEEP, errno.EINVAL),
                        ('{"type": "generic", "status": ' + "9" * 10_000 + "}", errno.EINVAL)]:
-        fh = open(new, "w")
-        fh.write(text)
-        with pytest.raises(OSError) as caught:
-            fh.close()
+        with pytest.raises(OSError) as caught:  # EFBIG comes from write() as soon as the file is too big
+            with open(new, "w") as fh:
+                fh.write(text)
         assert caught.value.errno == code, (text[:40], caught.value)
     assert_untouched(site, before)
     assert 4242 not in LocalBackend(site.store).ramon_ids(("conf", "labels"))
     log = mnt.log.read_text()
-    assert "at most 16777216" in log and "nested too deeply" in log and "at most 40 digits" in log
+    assert "at most 16777216" in log and "nested too deeply" in log and "at most 40 digits" in log, log[-2000:]
 
 
 def test_ramon_json_readers_name_the_bound_they_hit():

@@ -11,7 +11,9 @@ file, the last character of a JSON document. Only a complete file is
 decoded and checked at such a flush; an incomplete one is simply not
 committed yet. Anything that is not a question of missing bytes counts as
 complete, so the decoder reports what is wrong with it: an empty file, and
-a file whose first bytes already are not the format's signature.
+a file whose first bytes already are not the format's signature, and a file
+whose structure needs more bytes than the file may ever hold (``max_bytes``:
+no further writing can make it whole).
 
 Each check reads a few headers through a seekable binary file; none reads
 pixel data. Thread-safe (no shared state).
@@ -49,7 +51,7 @@ ZIP_SIGNATURES = (b"PK\x03\x04", b"PK\x05\x06")
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
-def tiff(fh: BinaryIO) -> bool:
+def tiff(fh: BinaryIO, limit: int | None = None) -> bool:
     """Every directory, every tag value and every strip/tile of the TIFF lies inside the file.
 
     A directory of zero entries is a hole not yet written (tifffile writes directories after the
@@ -83,7 +85,7 @@ def tiff(fh: BinaryIO) -> bool:
             return True  # a loop or an absurd chain: the decoder refuses it
         seen.add(offset)
         if offset + count_size > size:
-            return False
+            return _beyond(offset + count_size, limit)
         raw = _read_at(fh, offset, count_size)
         if len(raw) < count_size:
             return False
@@ -109,7 +111,7 @@ def tiff(fh: BinaryIO) -> bool:
             if nbytes > inline:
                 (where,) = struct.unpack(order + ("Q" if big else "I"), field)
                 if where + nbytes > size:
-                    return False
+                    return _beyond(where + nbytes, limit)
                 value = _read_at(fh, where, nbytes) if tag in (273, 279, 324, 325) else b""
             else:
                 value = field[:nbytes]
@@ -118,13 +120,20 @@ def tiff(fh: BinaryIO) -> bool:
                 places[tag] = list(struct.unpack(order + code * n, value))
         for offsets_tag, counts_tag in ((273, 279), (324, 325)):
             offsets, counts = places.get(offsets_tag, []), places.get(counts_tag, [])
-            if any(o + c > size for o, c in zip(offsets, counts)):
-                return False
+            ends = [o + c for o, c in zip(offsets, counts) if o + c > size]
+            if ends:
+                return _beyond(max(ends), limit)
         (offset,) = struct.unpack(order + next_fmt, table[count * entry_size:])
     return True
 
 
-def npy(fh: BinaryIO) -> bool:
+def _beyond(end: int, limit: int | None) -> bool:
+    """A structure ending at ``end``, past the file's end: incomplete (False), unless no file of at most
+    ``limit`` bytes can ever hold it (True: the decoder refuses it now)."""
+    return limit is not None and end > limit
+
+
+def npy(fh: BinaryIO, limit: int | None = None) -> bool:
     """The header is all there and the file holds at least the bytes of the array it declares."""
     from numpy.lib import format as npformat
 
@@ -144,7 +153,8 @@ def npy(fh: BinaryIO) -> bool:
     count = 1
     for n in shape:
         count *= int(n)
-    return size >= fh.tell() + count * dtype.itemsize
+    end = fh.tell() + count * dtype.itemsize
+    return size >= end or _beyond(end, limit)
 
 
 def _cut_short(fh: BinaryIO, size: int) -> bool:
@@ -162,7 +172,7 @@ def _cut_short(fh: BinaryIO, size: int) -> bool:
     return size < 12 + hlen
 
 
-def zip_archive(fh: BinaryIO) -> bool:
+def zip_archive(fh: BinaryIO, limit: int | None = None) -> bool:
     """The zip's end-of-central-directory record is there and its directory lies inside the file."""
     size = _size(fh)
     head = _read_at(fh, 0, 4)
@@ -180,7 +190,7 @@ def zip_archive(fh: BinaryIO) -> bool:
     return cd_offset + cd_size <= size - (len(tail) - at)
 
 
-def hdf5(fh: BinaryIO) -> bool:
+def hdf5(fh: BinaryIO, limit: int | None = None) -> bool:
     """The superblock is there and its end-of-file address is inside the file."""
     size = _size(fh)
     signature = HDF5_SIGNATURE
@@ -207,11 +217,11 @@ def hdf5(fh: BinaryIO) -> bool:
         if offsets not in (2, 4, 8) or len(head) < at + offsets:
             return len(head) >= at + offsets
         eof = int.from_bytes(head[at:at + offsets], "little")
-        return base + eof <= size
+        return base + eof <= size or _beyond(base + eof, limit)
     return size >= 8  # no signature: not HDF5 (the decoder says), unless the file is still tiny
 
 
-def json_text(fh: BinaryIO) -> bool:
+def json_text(fh: BinaryIO, limit: int | None = None) -> bool:
     """The JSON document does not end before its last value closes."""
     fh.seek(0)
     data = fh.read()
@@ -220,8 +230,8 @@ def json_text(fh: BinaryIO) -> bool:
         return True  # empty, or not a JSON object or list: the decoder says what is wrong
     try:
         json.loads(text)
-    except json.JSONDecodeError as exc:
-        return exc.pos < len(text)  # an error at the very end: the rest has not arrived yet
+    except json.JSONDecodeError as exc:  # an error at the very end, or a string still open: more may come
+        return exc.pos < len(text) and not exc.msg.startswith("Unterminated string")
     except (ValueError, RecursionError):
         return True
     return True
@@ -230,13 +240,14 @@ def json_text(fh: BinaryIO) -> bool:
 CHECKS = {"tif": tiff, "npy": npy, "npz": zip_archive, "h5": hdf5, "json": json_text}
 
 
-def complete(fh: BinaryIO, fmt: str) -> bool:
-    """Whether the file of format ``fmt`` (tif, npy, npz, h5, json) is whole; other formats always are."""
+def complete(fh: BinaryIO, fmt: str, max_bytes: int | None = None) -> bool:
+    """Whether the file of format ``fmt`` (tif, npy, npz, h5, json) is whole; other formats always are.
+    ``max_bytes``: the most the file may hold (a structure that needs more can never be whole)."""
     check = CHECKS.get(fmt)
     if check is None:
         return True
     try:
-        return check(fh)
+        return check(fh, max_bytes)
     finally:
         fh.seek(0)
 

@@ -229,12 +229,12 @@ class WriteHandle:
 
     def write(self, data: bytes, offset: int) -> int:
         with self.lock:
-            self._check_bound(offset + len(data))
-            self._load()
             try:
+                self._check_bound(offset + len(data))
+                self._load()
                 self._put(data, offset)
             except NdfsError:
-                self.broken = True  # the spool lost bytes the writer sent: this file is never committed
+                self.broken = True  # bytes the writer sent are not in the spool: this file is never committed
                 raise
             self.dirty = True
             return len(data)
@@ -485,8 +485,8 @@ class FileSystem:
     def flush(self, fh: int, caller: Caller | None = None) -> None:
         """A ``close()`` of one descriptor: commit if it is the opener's and the file is complete."""
         handle = self._handle(fh)
-        if not isinstance(handle, WriteHandle) or not handle.dirty:
-            return
+        if not isinstance(handle, WriteHandle) or not handle.dirty or handle.broken:
+            return  # nothing new; or a write already failed (its error went to that write)
         caller = caller or Caller.here()
         if not _same_process(caller.pid, handle.opener):
             log.debug("%s: flush from process %d, opened by %d: not committing", handle.path, caller.pid,

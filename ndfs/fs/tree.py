@@ -120,7 +120,7 @@ class FileNode(Node):
     def complete(self, fh: BinaryIO) -> bool:
         """Whether a spooled new content is a whole file yet (its structure all there, nothing past
         its end); False while a writer is still filling it in. The file may still be invalid."""
-        return complete(fh, self.fmt) if self.fmt else True
+        return complete(fh, self.fmt, self.max_bytes) if self.fmt else True
 
     def commit_file(self, fh: BinaryIO) -> None:
         """Like ``commit`` with the content in a seekable file; nodes with large files read it in parts."""
@@ -292,7 +292,7 @@ class Tree:
     """
 
     def __init__(self, remotes: Mapping[str, Backend], ttl_s: float = 10.0, max_cutout_bytes: int = 1 << 30,
-                 max_ramon_bytes: int = 1 << 20):
+                 max_ramon_bytes: int = 16 * 2**20):
         self.remotes = dict(remotes)
         self.ttl_s = ttl_s
         self.max_cutout_bytes = max_cutout_bytes
