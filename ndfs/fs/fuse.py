@@ -36,6 +36,7 @@ log = logging.getLogger("ndfs.fuse")
 
 BLOCK = 1 << 20  # st_blksize: Python's open() then reads 1 MiB at a time
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
+FUSE_THREADS = 10  # libfuse's default max_threads of its multithreaded loop
 
 
 class MountError(NdfsError):
@@ -520,5 +521,8 @@ def mount(tree: Tree, mountpoint: str, *, attr_timeout_s: float = 60.0, entry_ti
         ops, mountpoint, raw_fi=True, foreground=True, debug=debug,
         fsname="ndfs", subtype="ndfs", auto_unmount=True, default_permissions=True,
         attr_timeout=attr_timeout_s, entry_timeout=entry_timeout_s, negative_timeout=negative_timeout_s,
+        # libfuse 3.14 logs "Ignoring invalid max threads value 4294967295" for its own default
+        # (unlimited idle threads); naming its thread limit (10) keeps that behaviour without the noise
+        max_idle_threads=FUSE_THREADS,
         **shared,
     )
