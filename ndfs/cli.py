@@ -10,8 +10,10 @@ import argparse
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -121,31 +123,21 @@ def cmd_mount(args) -> int:
     if _is_mounted(mountpoint):
         raise NdfsError(f"{mountpoint} is already mounted (ndfs umount {args.mountpoint})")
     check_fuse_available()
+    cfg = _config(args)  # a bad configuration is reported here, not only in the daemon's log
     if args.foreground:
-        from ndfs.fs.fuse import mount
-
-        cfg = _config(args)
-        logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                            filename=args.log_file)
-        tree = _tree(args, outbox=True)
-        logging.getLogger("ndfs").info("serving %s at %s", ", ".join(tree.remotes), mountpoint)
-        spool = cfg.write.outbox_dir / "spool"
-        spool.mkdir(parents=True, exist_ok=True)
-        mount(tree, mountpoint, attr_timeout_s=cfg.mount.attr_timeout_s,
-              entry_timeout_s=cfg.mount.entry_timeout_s, negative_timeout_s=cfg.mount.negative_timeout_s,
-              debug=args.debug, spool_dir=str(spool), allow_other=args.allow_other)
-        return 0
+        return _mount_foreground(args, cfg, mountpoint)
     # daemon: a fresh foreground process in its own session (no fork after threads exist)
     log_file = os.path.abspath(args.log_file) if args.log_file else _default_log(mountpoint)
-    cmd = [sys.executable, "-m", "ndfs"]
-    if args.config:
-        cmd += ["--config", os.path.abspath(args.config)]
+    cmd = [sys.executable, "-c", _daemon_main()]
+    if cfg.source is not None:  # the file this process found (./ndfs.toml, $NDFS_CONFIG...) is the daemon's
+        cmd += ["--config", str(cfg.source)]
     cmd += ["mount", "--foreground", "--log-file", log_file, mountpoint]
     for flag in ("debug", "no_cache", "no_prefetch", "allow_other"):
         if getattr(args, flag):
             cmd.append("--" + flag.replace("_", "-"))
-    for flag in ("cache_dir", "cache_memory", "cache_disk", "cache_max_age"):
+    if args.cache_dir is not None:
+        cmd += ["--cache-dir", os.path.abspath(os.path.expanduser(args.cache_dir))]
+    for flag in ("cache_memory", "cache_disk", "cache_max_age"):
         if getattr(args, flag) is not None:
             cmd += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
     env = {**os.environ, **MALLOC_ENV}
@@ -164,7 +156,87 @@ def cmd_mount(args) -> int:
     if proc.poll() is None:
         proc.kill()
     tail = Path(log_file).read_text(errors="replace").strip().splitlines()[-1:] if os.path.exists(log_file) else []
-    raise NdfsError(f"mount did not come up: {tail[0] if tail else 'no log output'} (log {log_file})")
+    why = tail[0].removeprefix("ndfs: error: ") if tail else "no log output"
+    raise NdfsError(f"mount did not come up: {why} (log {log_file})")
+
+
+def _daemon_main() -> str:
+    """``python -c`` code that runs this CLI from the package this process runs.
+
+    ``python -m ndfs`` would put the working directory first on sys.path, so any folder named ``ndfs``
+    there (the parent of a clone, say) would be imported instead; the daemon drops it and puts this
+    package's folder first.
+    """
+    import ndfs
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(ndfs.__file__)))
+    return (f"import sys; sys.path[:] = [{root!r}] + [p for p in sys.path if p]; "
+            "from ndfs.cli import main; sys.exit(main())")
+
+
+def _mount_foreground(args, cfg, mountpoint: str) -> int:
+    from ndfs.fs.fuse import mount
+
+    stop = _StopOnSignal(mountpoint)  # first: every thread started later inherits the blocked signals
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        filename=args.log_file)
+    tree = _tree(args, outbox=True)
+    logging.getLogger("ndfs").info("serving %s at %s", ", ".join(tree.remotes), mountpoint)
+    spool = cfg.write.outbox_dir / "spool"
+    spool.mkdir(parents=True, exist_ok=True)
+    try:
+        mount(tree, mountpoint, attr_timeout_s=cfg.mount.attr_timeout_s,
+              entry_timeout_s=cfg.mount.entry_timeout_s, negative_timeout_s=cfg.mount.negative_timeout_s,
+              debug=args.debug, spool_dir=str(spool), allow_other=args.allow_other)
+    except RuntimeError as exc:  # mfusepy: libfuse's session ended with an error code
+        raise NdfsError(f"the FUSE session at {mountpoint} ended with libfuse error {exc}") from None
+    finally:
+        stop.finished.set()
+    if stop.received:
+        print(f"unmounted {mountpoint} ({stop.received})", flush=True)
+    return 0
+
+
+class _StopOnSignal:
+    """Unmount on SIGINT, SIGTERM or SIGHUP, so that the FUSE session ends as after ``ndfs umount``.
+
+    libfuse's own handlers would end the session with the signal number as its error, which mfusepy
+    raises as an exception. Instead the signals are blocked in the calling thread before any other
+    thread starts (threads inherit the mask, libfuse's too), and one thread takes them with sigwait
+    and unmounts lazily, as libfuse does on its way out.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self, mountpoint: str):
+        self.mountpoint = mountpoint
+        self.received: str | None = None
+        self.finished = threading.Event()  # set when the session is over (or never started)
+        signal.pthread_sigmask(signal.SIG_BLOCK, self.SIGNALS)
+        threading.Thread(target=self._run, name="ndfs-signals", daemon=True).start()
+
+    def _run(self) -> None:
+        log = logging.getLogger("ndfs")
+        while True:
+            name = signal.Signals(signal.sigwait(self.SIGNALS)).name
+            self.received = self.received or name
+            log.info("%s: unmounting %s", name, self.mountpoint)
+            while not self.finished.is_set():  # a signal during start-up waits for the mount to exist
+                if _is_mounted(self.mountpoint):
+                    done = _fusermount(self.mountpoint, lazy=True)
+                    if done.returncode != 0:
+                        log.error("unmounting %s failed: %s", self.mountpoint, done.stderr.strip())
+                    break
+                self.finished.wait(0.05)
+
+
+def _fusermount(mountpoint: str, lazy: bool = False) -> subprocess.CompletedProcess:
+    tool = shutil.which("fusermount3") or shutil.which("fusermount")
+    cmd = [tool, "-u", mountpoint] if tool else ["umount", mountpoint]
+    if lazy:
+        cmd.insert(1, "-z")
+    return subprocess.run(cmd, capture_output=True, text=True)
 
 
 def _default_log(mountpoint: str) -> str:
@@ -192,11 +264,7 @@ def cmd_umount(args) -> int:
         raise NdfsError(f"{mountpoint} is not mounted")
     if args.wait > 0:
         _wait_for_outbox(mountpoint, args.wait)
-    tool = shutil.which("fusermount3") or shutil.which("fusermount")
-    cmd = [tool, "-u", mountpoint] if tool else ["umount", mountpoint]
-    if args.lazy:
-        cmd.insert(1, "-z")
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    done = _fusermount(mountpoint, lazy=args.lazy)
     if done.returncode != 0:
         raise NdfsError(f"unmount failed: {done.stderr.strip() or done.returncode} (is a file still open?)")
     deadline = time.monotonic() + 10
