@@ -122,6 +122,15 @@ def cmd_mount(args) -> int:
         raise NdfsError(f"mount point {mountpoint} is not a directory (create it with mkdir -p)")
     if _is_mounted(mountpoint):
         raise NdfsError(f"{mountpoint} is already mounted (ndfs umount {args.mountpoint})")
+    if not args.nonempty:
+        try:
+            hidden = len(os.listdir(mountpoint))
+        except OSError as exc:
+            raise NdfsError(f"cannot list mount point {mountpoint}: {exc.strerror}") from None
+        if hidden:
+            what = "1 entry" if hidden == 1 else f"{hidden} entries"
+            raise NdfsError(f"mount point {mountpoint} is not empty: its {what} would be hidden while it is "
+                            "mounted (use an empty folder, or --nonempty to mount over them)")
     check_fuse_available()
     cfg = _config(args)  # a bad configuration is reported here, not only in the daemon's log
     if args.foreground:
@@ -132,7 +141,7 @@ def cmd_mount(args) -> int:
     if cfg.source is not None:  # the file this process found (./ndfs.toml, $NDFS_CONFIG...) is the daemon's
         cmd += ["--config", str(cfg.source)]
     cmd += ["mount", "--foreground", "--log-file", log_file, mountpoint]
-    for flag in ("debug", "no_cache", "no_prefetch", "allow_other"):
+    for flag in ("debug", "no_cache", "no_prefetch", "allow_other", "nonempty"):
         if getattr(args, flag):
             cmd.append("--" + flag.replace("_", "-"))
     if args.cache_dir is not None:
@@ -468,6 +477,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--log-file", help="log file (default: in the user cache dir)")
     s.add_argument("--debug", action="store_true", help="log every FUSE request")
     s.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the mount (default 30)")
+    s.add_argument("--nonempty", action="store_true",
+                   help="mount over a folder that has files in it (they are hidden until the unmount)")
     s.add_argument("--allow-other", action="store_true",
                    help="let other users read the mount (by default only you can; file modes still apply). "
                         "Needs root, or user_allow_other in /etc/fuse.conf")

@@ -72,6 +72,21 @@ def test_sigterm_to_the_daemon_unmounts_and_logs_no_traceback(site, tmp_path):
     assert "max threads" not in text  # libfuse's complaint about its default thread settings
 
 
+def test_a_non_empty_mount_point_is_refused_unless_nonempty(site, tmp_path):
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    (mountpoint / "notes.txt").write_text("mine")
+    done = ndfs("--config", site / "ndfs.toml", "mount", mountpoint, check=False)
+    _release(mountpoint)  # in case it was mounted after all
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("ndfs: error: ") and "not empty" in done.stderr and "--nonempty" in done.stderr
+    assert not is_mounted(mountpoint)
+    with mounted(site / "ndfs.toml", mountpoint, "--nonempty"):
+        assert "local" in os.listdir(mountpoint) and "notes.txt" not in os.listdir(mountpoint)
+        ndfs("umount", mountpoint)
+    assert (mountpoint / "notes.txt").read_text() == "mine"
+
+
 def test_mount_works_from_a_folder_holding_another_ndfs_package(site, tmp_path):
     """The parent folder of a clone has an ndfs/ folder in it: the daemon must not import that one, and must
     still use the ./ndfs.toml of the folder the mount was started from."""
