@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -114,6 +115,17 @@ def _is_mounted(mountpoint: str) -> bool:
         return any(line.split()[1].replace("\\040", " ") == target for line in fh)
 
 
+def self_command() -> str:
+    """This ndfs as a shell can run it: ``ndfs`` when that is on PATH and is this one, else a full path."""
+    script = Path(sys.executable).parent / "ndfs"
+    on_path = shutil.which("ndfs")
+    if script.is_file():
+        if on_path and os.path.samefile(on_path, script):
+            return "ndfs"
+        return shlex.quote(str(script))  # e.g. in a virtualenv that is not activated
+    return f"{shlex.quote(sys.executable)} -m ndfs"
+
+
 def cmd_mount(args) -> int:
     from ndfs.fs.fuse import check_fuse_available
 
@@ -121,7 +133,8 @@ def cmd_mount(args) -> int:
     if not os.path.isdir(mountpoint):
         raise NdfsError(f"mount point {mountpoint} is not a directory (create it with mkdir -p)")
     if _is_mounted(mountpoint):
-        raise NdfsError(f"{mountpoint} is already mounted (ndfs umount {args.mountpoint})")
+        raise NdfsError(f"{mountpoint} is already mounted (stop it with: {self_command()} umount "
+                        f"{shlex.quote(mountpoint)})")
     if not args.nonempty:
         try:
             hidden = len(os.listdir(mountpoint))
@@ -157,7 +170,8 @@ def cmd_mount(args) -> int:
     while time.monotonic() < deadline:
         if _is_mounted(mountpoint):
             _raise_readahead(mountpoint)
-            print(f"mounted at {mountpoint} (pid {proc.pid}, log {log_file}); stop with: ndfs umount {mountpoint}")
+            print(f"mounted at {mountpoint} (pid {proc.pid}, log {log_file}); "
+                  f"stop with: {self_command()} umount {shlex.quote(mountpoint)}")
             return 0
         if proc.poll() is not None:
             break

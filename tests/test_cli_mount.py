@@ -106,6 +106,22 @@ def test_mount_works_from_a_folder_holding_another_ndfs_package(site, tmp_path):
         _release(here / "mnt")
 
 
+def test_the_stop_hint_runs_as_printed_without_an_activated_environment(site, tmp_path):
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    env = {**os.environ, "PATH": "/usr/bin:/bin"}  # no virtualenv on PATH: `ndfs` alone would not be found
+    done = subprocess.run([*ENTRY_POINT, "--config", str(site / "ndfs.toml"), "mount", str(mountpoint)],
+                          env=env, capture_output=True, text=True, timeout=120)
+    try:
+        assert done.returncode == 0, done.stderr
+        hint = done.stdout.split("stop with: ", 1)[1].strip()
+        stopped = subprocess.run(hint, shell=True, env=env, capture_output=True, text=True, timeout=60)
+        assert stopped.returncode == 0, (hint, stopped.stderr)
+        assert not is_mounted(mountpoint)
+    finally:
+        _release(mountpoint)
+
+
 def test_a_bad_configuration_is_one_error_line_before_any_daemon_starts(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('[remotes.x]\nkind = "ftp"\n')
