@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -464,6 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ndfs",
         description="Neuroscience volume datastores as ordinary files. Paths are MOUNT-relative, "
                     "e.g. local/demo/em/0/z/10.tif.",
+        epilog=START_HERE,
     )
     p.add_argument("--version", action="version", version=f"ndfs {__version__}")
     p.add_argument("--config", metavar="FILE", help="configuration file (default: $NDFS_CONFIG, ./ndfs.toml, "
@@ -486,8 +488,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("mount", help="mount the configured remotes at MOUNTPOINT",
                        description="Mount every configured remote as a folder under MOUNTPOINT. Runs as a "
                                    "daemon unless --foreground; a killed daemon unmounts itself.")
-    s.add_argument("mountpoint")
-    s.add_argument("--foreground", "-f", action="store_true", help="stay in the foreground")
+    s.add_argument("mountpoint", help="an empty folder to show the remotes in")
+    s.add_argument("--foreground", "-f", action="store_true",
+                   help="stay in the foreground and log to stderr; Ctrl-C unmounts")
     s.add_argument("--log-file", help="log file (default: in the user cache dir)")
     s.add_argument("--debug", action="store_true", help="log every FUSE request")
     s.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the mount (default 30)")
@@ -503,7 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="info: budgets, the disk cache's entries and bytes, and with --mount the "
                                    "live hit rates and backend request counts of a running mount. "
                                    "clear: empty the disk cache (chunks and meshes).")
-    s.add_argument("action", choices=["info", "clear"])
+    s.add_argument("action", choices=["info", "clear"], help="info: show sizes and budgets; clear: empty it")
     s.add_argument("--mount", metavar="MOUNTPOINT", help="also show the statistics of the mount there")
     s.add_argument("--cache-dir", help="disk cache directory (default: from the config)")
     s.set_defaults(func=cmd_cache)
@@ -512,32 +515,43 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Writes through a mount to a remote service are kept in the outbox until "
                                    "the service has them (see [write] in the configuration). list: show them; "
                                    "retry: post the pending ones now; drop: forget entries (their data is lost).")
-    s.add_argument("action", choices=["list", "retry", "drop"], nargs="?", default="list")
+    s.add_argument("action", choices=["list", "retry", "drop"], nargs="?", default="list",
+                   help="list (default): show the entries; retry: post now; drop: forget entries")
     s.add_argument("ids", nargs="*", metavar="ID", help="entry ids (for drop, or retry of failed entries)")
     s.add_argument("--all", action="store_true", help="drop: every entry; retry: failed ones too")
     s.add_argument("--failed", action="store_true", help="drop: the entries the remote refused")
     s.add_argument("--timeout", type=float, default=60.0, help="retry: seconds to keep trying (default 60)")
     s.set_defaults(func=cmd_outbox)
 
-    s = sub.add_parser("umount", aliases=["unmount"], help="unmount MOUNTPOINT (the daemon exits)")
-    s.add_argument("mountpoint")
+    s = sub.add_parser("umount", aliases=["unmount"], help="unmount MOUNTPOINT (the daemon exits)",
+                       description="Unmount an ndfs mount; its daemon exits. Writes still on their way to a "
+                                   "remote service are waited for first (--wait), and stay in the outbox if "
+                                   "they do not get through.")
+    s.add_argument("mountpoint", help="the folder given to ndfs mount")
     s.add_argument("--lazy", "-z", action="store_true", help="detach now even if files are open")
     s.add_argument("--wait", type=float, default=60.0, metavar="S",
                    help="seconds to wait for pending writes to reach their remote first (default 60; 0: don't)")
     s.set_defaults(func=cmd_umount)
 
-    s = sub.add_parser("ls", help="list a tree path without mounting")
-    s.add_argument("path", nargs="?", default="/")
+    s = sub.add_parser("ls", help="list a tree path without mounting",
+                       description="List a folder of the tree a mount would show, without mounting: remotes, "
+                                   "projects, channels, levels, slices. Paths are relative to the mount point.")
+    s.add_argument("path", nargs="?", default="/",
+                   help="a folder (or file) of the tree, e.g. local/demo/em/0 (default: the remotes)")
     s.add_argument("-l", "--long", action="store_true", help="show sizes")
     s.add_argument("-a", "--all", action="store_true", help="also show names starting with '.'")
     s.set_defaults(func=cmd_ls)
 
-    s = sub.add_parser("info", help="print a channel's info.json, e.g. ndfs info local/demo/em")
-    s.add_argument("path")
+    s = sub.add_parser("info", help="print a channel's info.json, e.g. ndfs info local/demo/em",
+                       description="Print the info.json of a channel: kind, dtype, shape and offset of every "
+                                   "level, voxel size in nm, chunk shape. No data is read.")
+    s.add_argument("path", help="a channel of the tree, e.g. local/demo/em")
     s.set_defaults(func=cmd_info)
 
-    s = sub.add_parser("cat", help="write a tree file's bytes to stdout without mounting")
-    s.add_argument("path")
+    s = sub.add_parser("cat", help="write a tree file's bytes to stdout without mounting",
+                       description="Write the bytes of a file of the tree (a slice, a stack, a cutout, a RAMON "
+                                   "object...) to stdout or to a file, exactly as a mount would serve them.")
+    s.add_argument("path", help="a file of the tree, e.g. local/demo/em/0/z/5.tif")
     s.add_argument("-o", "--output", help="write to this file instead of stdout")
     s.set_defaults(func=cmd_cat)
     from ndfs.serve.cli import add_serve_parser
@@ -546,7 +560,82 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_parser(sub)
     from ndfs.annotate_cli import add_annotate_parsers
     add_annotate_parsers(sub)
+    for name, parser in sub.choices.items():
+        _with_examples(parser, EXAMPLES.get(name, ""))
+    _with_examples(p, "")
     return p
+
+
+START_HERE = """start here:
+  ndfs demo                         # write the demo data into the local store
+  mkdir -p mnt && ndfs mount mnt    # show it as files
+  ls mnt/local/demo/em/0/z | head
+  ndfs umount mnt
+
+Each command explains itself, with examples: ndfs mount --help"""
+
+
+# shown under every command's --help; tests/test_cli_help.py checks that each one parses
+EXAMPLES = {
+    "demo": """
+  ndfs demo                         # 1024x1024x128 (4 levels) into the configured local store
+  ndfs demo --small                 # 256x256x32, in about a second
+  ndfs demo pub --small --force     # into the store folder ./pub, rebuilt""",
+    "mount": """
+  ndfs mount mnt                    # a daemon; mnt/local/demo/em/0/z/64.tif is a slice
+  ndfs mount mnt --foreground       # stays attached, logs to the terminal; Ctrl-C unmounts
+  ndfs mount mnt --cache-memory 2G --cache-max-age 300""",
+    "umount": """
+  ndfs umount mnt
+  ndfs umount mnt --wait 0 --lazy   # at once, even with files open (pending writes stay in the outbox)""",
+    "ls": """
+  ndfs ls                           # the remotes
+  ndfs ls local/demo/em/0           # z y x stack.tif cutout volume.npy
+  ndfs ls -l local/demo/em/0/z      # slices with their exact sizes""",
+    "info": """
+  ndfs info local/demo/cells
+  ndfs info local/demo/em | python -m json.tool""",
+    "cat": """
+  ndfs cat local/demo/em/0/z/5.tif -o slice5.tif
+  ndfs cat local/demo/cells/ramon/1.json
+  ndfs cat local/demo/em/1/stack.tif > em1.tif""",
+    "cache": """
+  ndfs cache info                   # budgets, and what the disk cache holds
+  ndfs cache info --mount mnt       # plus that mount's hit rate and request counts
+  ndfs cache clear""",
+    "outbox": """
+  ndfs outbox                       # writes waiting for a remote service, and refused ones
+  ndfs outbox retry                 # post the pending ones now
+  ndfs outbox drop --failed         # forget what the service refused""",
+    "serve": """
+  ndfs serve --protocol boss --store pub --port 8080
+  ndfs serve --protocol dvid --store pub --port 8000 --read-only
+  ndfs serve --protocol neurodata --remote local --token-env ND_TOKEN --host 0.0.0.0""",
+    "export": """
+  ndfs export local/demo/em cutout.tif --x 0:256 --y 0:256 --z 0:16
+  ndfs export local/demo/em slices/ --level 1 --z 0:8     # one PNG per z
+  ndfs export local/demo/cells cell.obj --mesh 1""",
+    "import": """
+  ndfs import cutout.tif local/demo/copy --create
+  ndfs import cutout.h5 local/demo/em --at 0,0,40""",
+    "count": """
+  ndfs count local/demo/cells --type segment
+  ndfs count local/demo/cells --type segment --x 0:512 --y 0:512 --z 0:64 --table cells.csv
+  ndfs count local/demo/cells --kv kind=cell --table -""",
+    "annotate": """
+  ndfs annotate local/demo/cells    # one object per label, with its size, box and centroid""",
+}
+EXAMPLES["unmount"] = EXAMPLES["umount"]
+
+
+def _with_examples(parser: argparse.ArgumentParser, examples: str) -> None:
+    """Show `examples` under the parser's help, with its description wrapped in paragraphs as before."""
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    if parser.description:
+        parser.description = "\n\n".join(textwrap.fill(" ".join(part.split()), 78)
+                                          for part in parser.description.split("\n\n"))
+    if examples:
+        parser.epilog = "examples:" + examples
 
 
 def main(argv=None) -> int:
