@@ -7,6 +7,7 @@ exit non-zero; nothing is half-done.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shlex
@@ -300,8 +301,6 @@ def cmd_umount(args) -> int:
 
 def _wait_for_outbox(mountpoint: str, timeout: float) -> None:
     """Let a mount post its pending writes before it goes (they are kept on disk either way)."""
-    import json
-
     from ndfs.fs.tree import STATUS_DIR
 
     deadline, said = time.monotonic() + timeout, False
@@ -330,10 +329,12 @@ def cmd_outbox(args) -> int:
     outbox = Outbox(cfg.write.outbox_dir)
     entries = outbox.entries()
     if args.action == "list":
-        if not entries:
+        if args.json:
+            print(json.dumps([_entry_fields(e) for e in entries], indent=1, default=str))
+        elif not entries:
             print(f"the outbox is empty ({cfg.write.outbox_dir})")
-        for entry in entries:
-            print(entry.describe())
+        else:
+            print(_entries_table(entries))
         return 0
     if args.action == "drop":
         if not args.ids and not args.all and not args.failed:
@@ -368,15 +369,79 @@ def cmd_outbox(args) -> int:
     posted = len(pending) - len(left)
     print(f"posted {posted} of {len(pending)} pending write(s)")
     if left:
-        for entry in left:
-            print(entry.describe())
+        print(_entries_table(left))
         raise NdfsError(f"{len(left)} write(s) are still pending; the remote may be down")
     return 0
 
 
-def cmd_cache(args) -> int:
-    import json
+def human_size(n: float | None) -> str:
+    """Bytes in powers of 1024, as parse_size reads them back: 0 B, 1.5 KiB, 512 MiB, 4 GiB."""
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{int(n)} B" if unit == "B" else f"{n:.1f}".removesuffix(".0") + f" {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
 
+
+def format_table(header: list[str], rows: list[list[str]]) -> str:
+    """Columns padded to their widest cell, two spaces apart."""
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    return "\n".join("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip()
+                     for row in [header, *rows])
+
+
+def _entry_fields(entry) -> dict:
+    """An outbox entry's fields (whatever its class has), with its size when it knows it."""
+    import dataclasses
+
+    fields = dataclasses.asdict(entry) if dataclasses.is_dataclass(entry) else dict(vars(entry))
+    if isinstance(getattr(entry, "nbytes", None), int):
+        fields["nbytes"] = entry.nbytes
+    return fields
+
+
+def _entries_table(entries) -> str:
+    """Outbox entries, one row each. Reads fields by name, so that any entry class with (some of) these
+    fields shows: a column none of the entries has is left out."""
+    now = time.time()
+
+    def when(t):
+        if not isinstance(t, (int, float)) or t <= 0:
+            return None
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+    def box(e):
+        start, stop = getattr(e, "start", None), getattr(e, "stop", None)
+        if start is None or stop is None:
+            return None
+        (z0, y0, x0), (z1, y1, x1) = start, stop
+        return f"x {x0}:{x1} y {y0}:{y1} z {z0}:{z1}"
+
+    def volume(e):
+        parts = [getattr(e, "remote", None), *(getattr(e, "ref", None) or [])]
+        return "/".join(str(p) for p in parts if p) or None
+
+    def next_try(e):
+        t = getattr(e, "next_try", None)
+        if getattr(e, "state", "pending") != "pending" or not isinstance(t, (int, float)):
+            return None
+        return "now" if t <= now else f"in {t - now:.0f} s"
+
+    columns = [("ID", lambda e: getattr(e, "id", None)), ("STATE", lambda e: getattr(e, "state", None)),
+               ("VOLUME", volume), ("LEVEL", lambda e: getattr(e, "level", None)), ("BOX", box),
+               ("SIZE", lambda e: human_size(e.nbytes) if isinstance(getattr(e, "nbytes", None), int) else None),
+               ("WRITTEN", lambda e: when(getattr(e, "created", None))),
+               ("ATTEMPTS", lambda e: getattr(e, "attempts", None)), ("NEXT TRY", next_try),
+               ("LAST ERROR", lambda e: getattr(e, "last_error", None) or None)]
+    cells = [[get(e) for _, get in columns] for e in entries]
+    keep = [i for i in range(len(columns)) if any(row[i] is not None for row in cells)]
+    return format_table([columns[i][0] for i in keep],
+                        [["-" if row[i] is None else str(row[i]) for i in keep] for row in cells])
+
+
+def cmd_cache(args) -> int:
     from ndfs.cache import clear_disk_cache, disk_cache_info
     from ndfs.mesh import clear_mesh_disk, mesh_disk_dir
 
@@ -399,8 +464,34 @@ def cmd_cache(args) -> int:
             info["mount"] = json.loads(path.read_text())
         except OSError as exc:
             raise NdfsError(f"cannot read {path}: {exc.strerror} (is ndfs mounted there?)") from None
-    print(json.dumps(info, indent=2))
+    print(json.dumps(info, indent=2) if args.json else _cache_report(info, args.mount))
     return 0
+
+
+def _cache_report(info: dict, mountpoint: str | None) -> str:
+    c = info["config"]
+    age = "kept until written" if c["max_age_s"] is None else f"fetched again after {c['max_age_s']:g} s"
+    lines = [f"cache {'on' if c['enabled'] else 'off'}, prefetch {'on' if c['prefetch'] else 'off'}; "
+             f"chunks are {age}",
+             f"budgets: {human_size(c['memory_bytes'])} in memory per process, {human_size(c['disk_bytes'])} "
+             "on disk", ""]
+    rows = [[name, str(d.get("entries", "-")), human_size(d.get("bytes")), human_size(d.get("size_limit")),
+             str(d.get("dir", "-"))] for name, d in (("chunks", info["disk"]), ("meshes", info["meshes"]))]
+    lines.append(format_table(["ON DISK", "ENTRIES", "SIZE", "LIMIT", "DIRECTORY"], rows))
+    if "mount" in info:
+        lines += ["", f"mount {os.path.abspath(mountpoint)}"]
+        rows = []
+        for name, r in info["mount"].items():
+            served, cache, backend = r.get("served", {}), r.get("cache", {}), r.get("backend", {})
+            rate = cache.get("hit_rate")
+            rows.append([name, str(r.get("kind", "-")), str(served.get("reads", "-")),
+                         human_size(served.get("read_bytes")),
+                         "-" if rate is None else f"{100 * rate:.1f}%",
+                         str(backend.get("reads", "-")), human_size(backend.get("read_bytes")),
+                         str(served.get("writes", "-")), str(r.get("outbox_pending", "-"))])
+        lines.append(format_table(["REMOTE", "KIND", "READS", "READ", "CACHE HITS", "BACKEND READS",
+                                   "BACKEND READ", "WRITES", "OUTBOX"], rows))
+    return "\n".join(lines)
 
 
 def cmd_ls(args) -> int:
@@ -509,6 +600,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("action", choices=["info", "clear"], help="info: show sizes and budgets; clear: empty it")
     s.add_argument("--mount", metavar="MOUNTPOINT", help="also show the statistics of the mount there")
     s.add_argument("--cache-dir", help="disk cache directory (default: from the config)")
+    s.add_argument("--json", action="store_true", help="info as JSON, for scripts")
     s.set_defaults(func=cmd_cache)
 
     s = sub.add_parser("outbox", help="list, retry or drop writes waiting to reach their remote",
@@ -521,6 +613,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--all", action="store_true", help="drop: every entry; retry: failed ones too")
     s.add_argument("--failed", action="store_true", help="drop: the entries the remote refused")
     s.add_argument("--timeout", type=float, default=60.0, help="retry: seconds to keep trying (default 60)")
+    s.add_argument("--json", action="store_true", help="list: every field of every entry as JSON, for scripts")
     s.set_defaults(func=cmd_outbox)
 
     s = sub.add_parser("umount", aliases=["unmount"], help="unmount MOUNTPOINT (the daemon exits)",
@@ -602,9 +695,11 @@ EXAMPLES = {
     "cache": """
   ndfs cache info                   # budgets, and what the disk cache holds
   ndfs cache info --mount mnt       # plus that mount's hit rate and request counts
+  ndfs cache info --json            # the same as JSON
   ndfs cache clear""",
     "outbox": """
   ndfs outbox                       # writes waiting for a remote service, and refused ones
+  ndfs outbox --json                # every field of every entry
   ndfs outbox retry                 # post the pending ones now
   ndfs outbox drop --failed         # forget what the service refused""",
     "serve": """
