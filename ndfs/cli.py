@@ -718,7 +718,8 @@ EXAMPLES = {
   ndfs count local/demo/cells --type segment --x 0:512 --y 0:512 --z 0:64 --table cells.csv
   ndfs count local/demo/cells --kv kind=cell --table -""",
     "annotate": """
-  ndfs annotate local/demo/cells    # one object per label, with its size, box and centroid""",
+  ndfs annotate local/demo/cells    # one object per label, with its size, box and centroid
+  ndfs annotate local/demo/em --level 2 --threshold 180 --min-voxels 100 --into local/demo/found --create""",
 }
 EXAMPLES["unmount"] = EXAMPLES["umount"]
 
