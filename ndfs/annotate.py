@@ -33,6 +33,8 @@ from ndfs.geometry import Box
 
 #: voxels read per slab while scanning
 SLAB_VOXELS = 16 * 2**20
+#: most objects one thresholding may make: the ids reserved for them are reserved in one call
+MAX_NEW_OBJECTS = 2**20
 
 
 @dataclass
@@ -105,7 +107,8 @@ def _stats_kv(st: ObjectStats, level: int) -> dict[str, str]:
 
 def from_labels(backend: Backend, ref: Sequence[str] | str, *, type: str = "segment", box: Box | None = None,
                 level: int = 0, author: str = "ndfs annotate", threshold: float | None = None,
-                into: Sequence[str] | str | None = None, progress: bool = False) -> list[int]:
+                into: Sequence[str] | str | None = None, min_voxels: int = 1,
+                progress: bool = False) -> list[int]:
     """Make one RAMON object per labelled object; returns their ids.
 
     Without `threshold`, `ref` is an annotation channel and each label becomes
@@ -113,13 +116,16 @@ def from_labels(backend: Backend, ref: Sequence[str] | str, *, type: str = "segm
     `threshold`, `ref` is an image channel: voxels >= threshold are split into
     6-connected components, which get new ids reserved in the annotation
     channel `into` and are written there at the same box before the objects
-    are stored.
+    are stored. Components of fewer than `min_voxels` voxels (specks of
+    noise) are left out.
     """
     from ndfs import ramon
 
     ref = as_ref(ref)
     if type not in ramon.TYPES:
         raise InvalidAnnotation(f"unknown RAMON type {type!r} (known: {', '.join(ramon.TYPES)})")
+    if isinstance(min_voxels, bool) or not isinstance(min_voxels, int) or min_voxels < 1:
+        raise BadRegion(f"min_voxels is a number of voxels, 1 or more, not {min_voxels!r}")
     if threshold is None:
         target = ref
         stats = label_stats(backend, ref, box, level, progress=progress)
@@ -127,7 +133,7 @@ def from_labels(backend: Backend, ref: Sequence[str] | str, *, type: str = "segm
         if into is None:
             raise BadRegion("a thresholded image needs an annotation channel to write its labels into (into=)")
         target = as_ref(into)
-        stats = _components_into(backend, ref, target, box, level, threshold)
+        stats = _components_into(backend, ref, target, box, level, threshold, min_voxels)
     if not stats:
         return []
     if threshold is None:  # the labels' ids are fixed: move the id counter past them
@@ -146,7 +152,7 @@ def from_labels(backend: Backend, ref: Sequence[str] | str, *, type: str = "segm
 
 
 def _components_into(backend: Backend, image: tuple, target: tuple, box: Box | None, level: int,
-                     threshold: float) -> dict[int, ObjectStats]:
+                     threshold: float, min_voxels: int = 1) -> dict[int, ObjectStats]:
     try:
         from scipy import ndimage
     except ImportError:
@@ -164,8 +170,17 @@ def _components_into(backend: Backend, image: tuple, target: tuple, box: Box | N
         raise BadRegion(f"thresholding works on boxes up to 2 GiB of labels; this box needs {nbytes} bytes")
     mask = backend.read(image, box, level) >= threshold
     comps, n = ndimage.label(mask)  # 6-connected in 3-D
+    if n and min_voxels > 1:  # drop the small components and number the others 1..n again
+        keep = np.bincount(comps.ravel(), minlength=n + 1) >= min_voxels
+        keep[0] = False
+        renumber = np.zeros(n + 1, comps.dtype)
+        renumber[keep] = np.arange(1, int(keep.sum()) + 1, dtype=comps.dtype)
+        comps, n = renumber[comps], int(keep.sum())
     if n == 0:
         return {}
+    if n > MAX_NEW_OBJECTS:
+        raise BadRegion(f"{n} objects of {min_voxels} voxel(s) or more at or above the threshold, more than "
+                        f"{MAX_NEW_OBJECTS} at once: raise the threshold or min_voxels, or pick a smaller box")
     first = backend.reserve_ids(target, n)[0]
     labels = np.where(comps > 0, comps.astype(np.uint64) + np.uint64(first - 1), np.uint64(0))
     old = backend.read(target, box, level)

@@ -33,11 +33,16 @@ def add_annotate_parsers(subparsers) -> None:
         description="One RAMON object per label of an annotation channel (id = label), with its voxel count, "
                     "bounding box and centroid in key-value pairs. With --threshold T, CHANNEL is an image: "
                     "voxels >= T are split into 6-connected objects that get new ids reserved in the "
-                    "annotation channel --into, are written there and become objects.")
+                    "annotation channel --into (made by --create), are written there and become objects; "
+                    "--min-voxels leaves out specks of noise.")
     s.add_argument("channel", help="tree path of the channel, e.g. local/demo/cells")
     s.add_argument("--type", default="segment", help="RAMON type of the new objects (default segment)")
     s.add_argument("--threshold", type=float, help="treat CHANNEL as an image and split voxels >= this value")
     s.add_argument("--into", metavar="CHANNEL", help="annotation channel for --threshold (same remote)")
+    s.add_argument("--create", action="store_true",
+                   help="make the --into channel first: uint64 labels with the image's geometry and levels")
+    s.add_argument("--min-voxels", type=int, default=1, metavar="N",
+                   help="with --threshold: leave out objects of fewer than N voxels (default 1: keep all)")
     add_box_arguments(s)
     s.add_argument("--author", default="ndfs annotate", help="author of the new objects")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -90,13 +95,22 @@ def cmd_annotate(args) -> int:
             raise BadRegion(f"--into must be on the same remote as {args.channel}")
     elif args.threshold is not None:
         raise BadRegion("--threshold needs --into ANNOTATION_CHANNEL")
+    if args.create and into is None:
+        raise BadRegion("--create makes the --into channel; give --into")
     r = _remote(args, name)
     try:
         vol = r.volume(ref, level=args.level)
+        if args.create:
+            r.create_channel(into, like=vol.info, dtype="uint64", kind="annotation", levels=len(vol.info.levels))
         whole = args.x is None and args.y is None and args.z is None
-        ids = from_labels(vol.backend, vol.ref, type=args.type, box=None if whole else _box(vol, args),
-                          level=args.level, author=args.author, threshold=args.threshold, into=into,
-                          progress=not args.quiet and sys.stderr.isatty())
+        try:
+            ids = from_labels(vol.backend, vol.ref, type=args.type, box=None if whole else _box(vol, args),
+                              level=args.level, author=args.author, threshold=args.threshold, into=into,
+                              min_voxels=args.min_voxels, progress=not args.quiet and sys.stderr.isatty())
+        except BaseException:
+            if args.create:  # nothing half-done: the channel made for this run goes again
+                r.raw.delete_volume(into)
+            raise
     finally:
         r.close()
     target = args.into or args.channel

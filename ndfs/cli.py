@@ -7,11 +7,16 @@ exit non-zero; nothing is half-done.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -122,6 +127,17 @@ def _is_mounted(mountpoint: str) -> bool:
         return any(line.split()[1].replace("\\040", " ") == target for line in fh)
 
 
+def self_command() -> str:
+    """This ndfs as a shell can run it: ``ndfs`` when that is on PATH and is this one, else a full path."""
+    script = Path(sys.executable).parent / "ndfs"
+    on_path = shutil.which("ndfs")
+    if script.is_file():
+        if on_path and os.path.samefile(on_path, script):
+            return "ndfs"
+        return shlex.quote(str(script))  # e.g. in a virtualenv that is not activated
+    return f"{shlex.quote(sys.executable)} -m ndfs"
+
+
 def cmd_mount(args) -> int:
     from ndfs.fs.fuse import check_fuse_available
 
@@ -129,31 +145,33 @@ def cmd_mount(args) -> int:
     if not os.path.isdir(mountpoint):
         raise NdfsError(f"mount point {mountpoint} is not a directory (create it with mkdir -p)")
     if _is_mounted(mountpoint):
-        raise NdfsError(f"{mountpoint} is already mounted (ndfs umount {args.mountpoint})")
+        raise NdfsError(f"{mountpoint} is already mounted (stop it with: {self_command()} umount "
+                        f"{shlex.quote(mountpoint)})")
+    if not args.nonempty:
+        try:
+            hidden = len(os.listdir(mountpoint))
+        except OSError as exc:
+            raise NdfsError(f"cannot list mount point {mountpoint}: {exc.strerror}") from None
+        if hidden:
+            what = "1 entry" if hidden == 1 else f"{hidden} entries"
+            raise NdfsError(f"mount point {mountpoint} is not empty: its {what} would be hidden while it is "
+                            "mounted (use an empty folder, or --nonempty to mount over them)")
     check_fuse_available()
+    cfg = _config(args)  # a bad configuration is reported here, not only in the daemon's log
     if args.foreground:
-        from ndfs.fs.fuse import mount
-
-        cfg = _config(args)
-        logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                            filename=args.log_file)
-        fs = _session(args, mount=True)
-        logging.getLogger("ndfs").info("serving %s at %s", ", ".join(fs.tree.remotes), mountpoint)
-        mount(fs, mountpoint, attr_timeout_s=cfg.mount.attr_timeout_s,
-              entry_timeout_s=cfg.mount.entry_timeout_s, negative_timeout_s=cfg.mount.negative_timeout_s,
-              debug=args.debug, allow_other=args.allow_other)
-        return 0
+        return _mount_foreground(args, cfg, mountpoint)
     # daemon: a fresh foreground process in its own session (no fork after threads exist)
     log_file = os.path.abspath(args.log_file) if args.log_file else _default_log(mountpoint)
-    cmd = [sys.executable, "-m", "ndfs"]
-    if args.config:
-        cmd += ["--config", os.path.abspath(args.config)]
+    cmd = [sys.executable, "-c", _daemon_main()]
+    if cfg.source is not None:  # the file this process found (./ndfs.toml, $NDFS_CONFIG...) is the daemon's
+        cmd += ["--config", str(cfg.source)]
     cmd += ["mount", "--foreground", "--log-file", log_file, mountpoint]
-    for flag in ("debug", "no_cache", "no_prefetch", "allow_other"):
+    for flag in ("debug", "no_cache", "no_prefetch", "allow_other", "nonempty"):
         if getattr(args, flag):
             cmd.append("--" + flag.replace("_", "-"))
-    for flag in ("cache_dir", "cache_memory", "cache_disk", "cache_max_age"):
+    if args.cache_dir is not None:
+        cmd += ["--cache-dir", os.path.abspath(os.path.expanduser(args.cache_dir))]
+    for flag in ("cache_memory", "cache_disk", "cache_max_age"):
         if getattr(args, flag) is not None:
             cmd += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
     env = {**os.environ, **MALLOC_ENV}
@@ -164,7 +182,8 @@ def cmd_mount(args) -> int:
     while time.monotonic() < deadline:
         if _is_mounted(mountpoint):
             _raise_readahead(mountpoint)
-            print(f"mounted at {mountpoint} (pid {proc.pid}, log {log_file}); stop with: ndfs umount {mountpoint}")
+            print(f"mounted at {mountpoint} (pid {proc.pid}, log {log_file}); "
+                  f"stop with: {self_command()} umount {shlex.quote(mountpoint)}")
             return 0
         if proc.poll() is not None:
             break
@@ -172,7 +191,85 @@ def cmd_mount(args) -> int:
     if proc.poll() is None:
         proc.kill()
     tail = Path(log_file).read_text(errors="replace").strip().splitlines()[-1:] if os.path.exists(log_file) else []
-    raise NdfsError(f"mount did not come up: {tail[0] if tail else 'no log output'} (log {log_file})")
+    why = tail[0].removeprefix("ndfs: error: ") if tail else "no log output"
+    raise NdfsError(f"mount did not come up: {why} (log {log_file})")
+
+
+def _daemon_main() -> str:
+    """``python -c`` code that runs this CLI from the package this process runs.
+
+    ``python -m ndfs`` would put the working directory first on sys.path, so any folder named ``ndfs``
+    there (the parent of a clone, say) would be imported instead; the daemon drops it and puts this
+    package's folder first.
+    """
+    import ndfs
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(ndfs.__file__)))
+    return (f"import sys; sys.path[:] = [{root!r}] + [p for p in sys.path if p]; "
+            "from ndfs.cli import main; sys.exit(main())")
+
+
+def _mount_foreground(args, cfg, mountpoint: str) -> int:
+    from ndfs.fs.fuse import mount
+
+    stop = _StopOnSignal(mountpoint)  # first: every thread started later inherits the blocked signals
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        filename=args.log_file)
+    fs = _session(args, mount=True)
+    logging.getLogger("ndfs").info("serving %s at %s", ", ".join(fs.tree.remotes), mountpoint)
+    try:
+        mount(fs, mountpoint, attr_timeout_s=cfg.mount.attr_timeout_s,
+              entry_timeout_s=cfg.mount.entry_timeout_s, negative_timeout_s=cfg.mount.negative_timeout_s,
+              debug=args.debug, allow_other=args.allow_other)
+    except RuntimeError as exc:  # mfusepy: libfuse's session ended with an error code
+        raise NdfsError(f"the FUSE session at {mountpoint} ended with libfuse error {exc}") from None
+    finally:
+        stop.finished.set()
+    if stop.received:
+        print(f"unmounted {mountpoint} ({stop.received})", flush=True)
+    return 0
+
+
+class _StopOnSignal:
+    """Unmount on SIGINT, SIGTERM or SIGHUP, so that the FUSE session ends as after ``ndfs umount``.
+
+    libfuse's own handlers would end the session with the signal number as its error, which mfusepy
+    raises as an exception. Instead the signals are blocked in the calling thread before any other
+    thread starts (threads inherit the mask, libfuse's too), and one thread takes them with sigwait
+    and unmounts lazily, as libfuse does on its way out.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self, mountpoint: str):
+        self.mountpoint = mountpoint
+        self.received: str | None = None
+        self.finished = threading.Event()  # set when the session is over (or never started)
+        signal.pthread_sigmask(signal.SIG_BLOCK, self.SIGNALS)
+        threading.Thread(target=self._run, name="ndfs-signals", daemon=True).start()
+
+    def _run(self) -> None:
+        log = logging.getLogger("ndfs")
+        while True:
+            name = signal.Signals(signal.sigwait(self.SIGNALS)).name
+            self.received = self.received or name
+            log.info("%s: unmounting %s", name, self.mountpoint)
+            while not self.finished.is_set():  # a signal during start-up waits for the mount to exist
+                if _is_mounted(self.mountpoint):
+                    done = _fusermount(self.mountpoint, lazy=True)
+                    if done.returncode != 0:
+                        log.error("unmounting %s failed: %s", self.mountpoint, done.stderr.strip())
+                    break
+                self.finished.wait(0.05)
+
+
+def _fusermount(mountpoint: str, lazy: bool = False) -> subprocess.CompletedProcess:
+    tool = shutil.which("fusermount3") or shutil.which("fusermount")
+    cmd = [tool, "-u", mountpoint] if tool else ["umount", mountpoint]
+    if lazy:
+        cmd.insert(1, "-z")
+    return subprocess.run(cmd, capture_output=True, text=True)
 
 
 def _default_log(mountpoint: str) -> str:
@@ -200,11 +297,7 @@ def cmd_umount(args) -> int:
         raise NdfsError(f"{mountpoint} is not mounted")
     if args.wait > 0:
         _wait_for_outbox(mountpoint, args.wait)
-    tool = shutil.which("fusermount3") or shutil.which("fusermount")
-    cmd = [tool, "-u", mountpoint] if tool else ["umount", mountpoint]
-    if args.lazy:
-        cmd.insert(1, "-z")
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    done = _fusermount(mountpoint, lazy=args.lazy)
     if done.returncode != 0:
         raise NdfsError(f"unmount failed: {done.stderr.strip() or done.returncode} (is a file still open?)")
     deadline = time.monotonic() + 10
@@ -216,8 +309,6 @@ def cmd_umount(args) -> int:
 
 def _wait_for_outbox(mountpoint: str, timeout: float) -> None:
     """Let a mount post its pending writes before it goes (they are kept on disk either way)."""
-    import json
-
     from ndfs.fs.tree import STATUS_DIR
 
     deadline, said = time.monotonic() + timeout, False
@@ -246,10 +337,12 @@ def cmd_outbox(args) -> int:
     outbox = Journal(cfg.write.outbox_dir)
     entries = outbox.entries()
     if args.action == "list":
-        if not entries:
+        if args.json:
+            print(json.dumps([_entry_fields(e) for e in entries], indent=1, default=str))
+        elif not entries:
             print(f"the outbox is empty ({cfg.write.outbox_dir})")
-        for entry in entries:
-            print(entry.describe())
+        else:
+            print(_entries_table(entries))
         return 0
     if args.action == "drop":
         if not args.ids and not args.all and not args.failed:
@@ -288,11 +381,11 @@ def cmd_outbox(args) -> int:
     left = [e for e in outbox.entries() if e.state == "pending"]
     if pending:
         print(f"posted {len(pending) - len(left)} of {len(pending)} pending write(s)")
-    for entry in left:
-        print(entry.describe())
+    if left:
+        print(_entries_table(left))
     if left or stored < len(files):
-        raise NdfsError(f"{len(left) + len(files) - stored} entr{'y is' if len(left) + len(files) - stored == 1 else 'ies are'} "
-                        "still in the outbox; see `ndfs outbox`")
+        raise NdfsError(f"{len(left)} write(s) still pending and {len(files) - stored} kept file(s) not stored; "
+                        "see `ndfs outbox` (the remote may be down)")
     return 0
 
 
@@ -318,9 +411,76 @@ def _retry_file(fs, outbox, entry) -> bool:
     return True
 
 
-def cmd_cache(args) -> int:
-    import json
+def human_size(n: float | None) -> str:
+    """Bytes in powers of 1024, as parse_size reads them back: 0 B, 1.5 KiB, 512 MiB, 4 GiB."""
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{int(n)} B" if unit == "B" else f"{n:.1f}".removesuffix(".0") + f" {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
 
+
+def format_table(header: list[str], rows: list[list[str]]) -> str:
+    """Columns padded to their widest cell, two spaces apart."""
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    return "\n".join("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip()
+                     for row in [header, *rows])
+
+
+def _entry_fields(entry) -> dict:
+    """An outbox entry's fields (whatever its class has), with its size when it knows it."""
+    import dataclasses
+
+    fields = dataclasses.asdict(entry) if dataclasses.is_dataclass(entry) else dict(vars(entry))
+    if isinstance(getattr(entry, "nbytes", None), int):
+        fields["nbytes"] = entry.nbytes
+    return fields
+
+
+def _entries_table(entries) -> str:
+    """Outbox entries, one row each. Reads fields by name, so that any entry class with (some of) these
+    fields shows: a column none of the entries has is left out."""
+    now = time.time()
+
+    def when(t):
+        if not isinstance(t, (int, float)) or t <= 0:
+            return None
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+    def box(e):
+        start, stop = getattr(e, "start", None), getattr(e, "stop", None)
+        if start is None or stop is None or getattr(e, "kind", "voxels") == "file":
+            return None
+        (z0, y0, x0), (z1, y1, x1) = start, stop
+        return f"x {x0}:{x1} y {y0}:{y1} z {z0}:{z1}"
+
+    def volume(e):
+        if getattr(e, "kind", "voxels") == "file":  # a file a mount could not store: where it was written
+            return getattr(e, "path", None)
+        parts = [getattr(e, "remote", None), *(getattr(e, "ref", None) or [])]
+        return "/".join(str(p) for p in parts if p) or None
+
+    def next_try(e):
+        t = getattr(e, "next_try", None)
+        if getattr(e, "state", "pending") != "pending" or not isinstance(t, (int, float)):
+            return None
+        return "now" if t <= now else f"in {t - now:.0f} s"
+
+    columns = [("ID", lambda e: getattr(e, "id", None)), ("STATE", lambda e: getattr(e, "state", None)),
+               ("VOLUME", volume), ("LEVEL", lambda e: getattr(e, "level", None)), ("BOX", box),
+               ("SIZE", lambda e: human_size(e.nbytes) if isinstance(getattr(e, "nbytes", None), int) else None),
+               ("WRITTEN", lambda e: when(getattr(e, "created", None))),
+               ("ATTEMPTS", lambda e: getattr(e, "attempts", None)), ("NEXT TRY", next_try),
+               ("LAST ERROR", lambda e: getattr(e, "last_error", None) or None)]
+    cells = [[get(e) for _, get in columns] for e in entries]
+    keep = [i for i in range(len(columns)) if any(row[i] is not None for row in cells)]
+    return format_table([columns[i][0] for i in keep],
+                        [["-" if row[i] is None else str(row[i]) for i in keep] for row in cells])
+
+
+def cmd_cache(args) -> int:
     from ndfs.cache import clear_disk_cache, disk_cache_info
     from ndfs.mesh import clear_mesh_disk, mesh_disk_dir
 
@@ -343,12 +503,38 @@ def cmd_cache(args) -> int:
             info["mount"] = json.loads(path.read_text())
         except OSError as exc:
             raise NdfsError(f"cannot read {path}: {exc.strerror} (is ndfs mounted there?)") from None
-    print(json.dumps(info, indent=2))
+    print(json.dumps(info, indent=2) if args.json else _cache_report(info, args.mount))
     return 0
 
 
 def _tree_path(path: str | None) -> str:
     return "/" + (path or "").strip("/")
+
+
+def _cache_report(info: dict, mountpoint: str | None) -> str:
+    c = info["config"]
+    age = "kept until written" if c["max_age_s"] is None else f"fetched again after {c['max_age_s']:g} s"
+    lines = [f"cache {'on' if c['enabled'] else 'off'}, prefetch {'on' if c['prefetch'] else 'off'}; "
+             f"chunks are {age}",
+             f"budgets: {human_size(c['memory_bytes'])} in memory per process, {human_size(c['disk_bytes'])} "
+             "on disk", ""]
+    rows = [[name, str(d.get("entries", "-")), human_size(d.get("bytes")), human_size(d.get("size_limit")),
+             str(d.get("dir", "-"))] for name, d in (("chunks", info["disk"]), ("meshes", info["meshes"]))]
+    lines.append(format_table(["ON DISK", "ENTRIES", "SIZE", "LIMIT", "DIRECTORY"], rows))
+    if "mount" in info:
+        lines += ["", f"mount {os.path.abspath(mountpoint)}"]
+        rows = []
+        for name, r in info["mount"].items():
+            served, cache, backend = r.get("served", {}), r.get("cache", {}), r.get("backend", {})
+            rate = cache.get("hit_rate")
+            rows.append([name, str(r.get("kind", "-")), str(served.get("reads", "-")),
+                         human_size(served.get("read_bytes")),
+                         "-" if rate is None else f"{100 * rate:.1f}%",
+                         str(backend.get("reads", "-")), human_size(backend.get("read_bytes")),
+                         str(served.get("writes", "-")), str(r.get("outbox_pending", "-"))])
+        lines.append(format_table(["REMOTE", "KIND", "READS", "READ", "CACHE HITS", "BACKEND READS",
+                                   "BACKEND READ", "WRITES", "OUTBOX"], rows))
+    return "\n".join(lines)
 
 
 def cmd_ls(args) -> int:
@@ -418,6 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ndfs",
         description="Neuroscience volume datastores as ordinary files. Paths are MOUNT-relative, "
                     "e.g. local/demo/em/0/z/10.tif.",
+        epilog=START_HERE,
     )
     p.add_argument("--version", action="version", version=f"ndfs {__version__}")
     p.add_argument("--config", metavar="FILE", help="configuration file (default: $NDFS_CONFIG, ./ndfs.toml, "
@@ -440,11 +627,14 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("mount", help="mount the configured remotes at MOUNTPOINT",
                        description="Mount every configured remote as a folder under MOUNTPOINT. Runs as a "
                                    "daemon unless --foreground; a killed daemon unmounts itself.")
-    s.add_argument("mountpoint")
-    s.add_argument("--foreground", "-f", action="store_true", help="stay in the foreground")
+    s.add_argument("mountpoint", help="an empty folder to show the remotes in")
+    s.add_argument("--foreground", "-f", action="store_true",
+                   help="stay in the foreground and log to stderr; Ctrl-C unmounts")
     s.add_argument("--log-file", help="log file (default: in the user cache dir)")
     s.add_argument("--debug", action="store_true", help="log every FUSE request")
     s.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the mount (default 30)")
+    s.add_argument("--nonempty", action="store_true",
+                   help="mount over a folder that has files in it (they are hidden until the unmount)")
     s.add_argument("--allow-other", action="store_true",
                    help="let other users read the mount (by default only you can; file modes still apply). "
                         "Needs root, or user_allow_other in /etc/fuse.conf")
@@ -455,9 +645,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="info: budgets, the disk cache's entries and bytes, and with --mount the "
                                    "live hit rates and backend request counts of a running mount. "
                                    "clear: empty the disk cache (chunks and meshes).")
-    s.add_argument("action", choices=["info", "clear"])
+    s.add_argument("action", choices=["info", "clear"], help="info: show sizes and budgets; clear: empty it")
     s.add_argument("--mount", metavar="MOUNTPOINT", help="also show the statistics of the mount there")
     s.add_argument("--cache-dir", help="disk cache directory (default: from the config)")
+    s.add_argument("--json", action="store_true", help="info as JSON, for scripts")
     s.set_defaults(func=cmd_cache)
 
     s = sub.add_parser("outbox", help="list, retry or drop writes waiting to reach their remote",
@@ -466,32 +657,44 @@ def build_parser() -> argparse.ArgumentParser:
                                    "a mount could not store when their last descriptor closed. list: show them; "
                                    "retry: post the pending ones now (and, named or with --all, failed ones and "
                                    "kept files); drop: forget entries (their data is lost).")
-    s.add_argument("action", choices=["list", "retry", "drop"], nargs="?", default="list")
+    s.add_argument("action", choices=["list", "retry", "drop"], nargs="?", default="list",
+                   help="list (default): show the entries; retry: post now; drop: forget entries")
     s.add_argument("ids", nargs="*", metavar="ID", help="entry ids (for drop, or retry of failed entries)")
     s.add_argument("--all", action="store_true", help="drop: every entry; retry: failed ones too")
     s.add_argument("--failed", action="store_true", help="drop: the entries the remote refused")
     s.add_argument("--timeout", type=float, default=60.0, help="retry: seconds to keep trying (default 60)")
+    s.add_argument("--json", action="store_true", help="list: every field of every entry as JSON, for scripts")
     s.set_defaults(func=cmd_outbox)
 
-    s = sub.add_parser("umount", aliases=["unmount"], help="unmount MOUNTPOINT (the daemon exits)")
-    s.add_argument("mountpoint")
+    s = sub.add_parser("umount", aliases=["unmount"], help="unmount MOUNTPOINT (the daemon exits)",
+                       description="Unmount an ndfs mount; its daemon exits. Writes still on their way to a "
+                                   "remote service are waited for first (--wait), and stay in the outbox if "
+                                   "they do not get through.")
+    s.add_argument("mountpoint", help="the folder given to ndfs mount")
     s.add_argument("--lazy", "-z", action="store_true", help="detach now even if files are open")
     s.add_argument("--wait", type=float, default=60.0, metavar="S",
                    help="seconds to wait for pending writes to reach their remote first (default 60; 0: don't)")
     s.set_defaults(func=cmd_umount)
 
-    s = sub.add_parser("ls", help="list a tree path without mounting")
-    s.add_argument("path", nargs="?", default="/")
+    s = sub.add_parser("ls", help="list a tree path without mounting",
+                       description="List a folder of the tree a mount would show, without mounting: remotes, "
+                                   "projects, channels, levels, slices. Paths are relative to the mount point.")
+    s.add_argument("path", nargs="?", default="/",
+                   help="a folder (or file) of the tree, e.g. local/demo/em/0 (default: the remotes)")
     s.add_argument("-l", "--long", action="store_true", help="show sizes")
     s.add_argument("-a", "--all", action="store_true", help="also show names starting with '.'")
     s.set_defaults(func=cmd_ls)
 
-    s = sub.add_parser("info", help="print a channel's info.json, e.g. ndfs info local/demo/em")
-    s.add_argument("path")
+    s = sub.add_parser("info", help="print a channel's info.json, e.g. ndfs info local/demo/em",
+                       description="Print the info.json of a channel: kind, dtype, shape and offset of every "
+                                   "level, voxel size in nm, chunk shape. No data is read.")
+    s.add_argument("path", help="a channel of the tree, e.g. local/demo/em")
     s.set_defaults(func=cmd_info)
 
-    s = sub.add_parser("cat", help="write a tree file's bytes to stdout without mounting")
-    s.add_argument("path")
+    s = sub.add_parser("cat", help="write a tree file's bytes to stdout without mounting",
+                       description="Write the bytes of a file of the tree (a slice, a stack, a cutout, a RAMON "
+                                   "object...) to stdout or to a file, exactly as a mount would serve them.")
+    s.add_argument("path", help="a file of the tree, e.g. local/demo/em/0/z/5.tif")
     s.add_argument("-o", "--output", help="write to this file instead of stdout")
     s.set_defaults(func=cmd_cat)
     from ndfs.serve.cli import add_serve_parser
@@ -500,7 +703,85 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_parser(sub)
     from ndfs.annotate_cli import add_annotate_parsers
     add_annotate_parsers(sub)
+    for name, parser in sub.choices.items():
+        _with_examples(parser, EXAMPLES.get(name, ""))
+    _with_examples(p, "")
     return p
+
+
+START_HERE = """start here:
+  ndfs demo                         # write the demo data into the local store
+  mkdir -p mnt && ndfs mount mnt    # show it as files
+  ls mnt/local/demo/em/0/z | head
+  ndfs umount mnt
+
+Each command explains itself, with examples: ndfs mount --help"""
+
+
+# shown under every command's --help; tests/test_cli_help.py checks that each one parses
+EXAMPLES = {
+    "demo": """
+  ndfs demo                         # 1024x1024x128 (4 levels) into the configured local store
+  ndfs demo --small                 # 256x256x32, in about a second
+  ndfs demo pub --small --force     # into the store folder ./pub, rebuilt""",
+    "mount": """
+  ndfs mount mnt                    # a daemon; mnt/local/demo/em/0/z/64.tif is a slice
+  ndfs mount mnt --foreground       # stays attached, logs to the terminal; Ctrl-C unmounts
+  ndfs mount mnt --cache-memory 2G --cache-max-age 300""",
+    "umount": """
+  ndfs umount mnt
+  ndfs umount mnt --wait 0 --lazy   # at once, even with files open (pending writes stay in the outbox)""",
+    "ls": """
+  ndfs ls                           # the remotes
+  ndfs ls local/demo/em/0           # z y x stack.tif cutout volume.npy
+  ndfs ls -l local/demo/em/0/z      # slices with their exact sizes""",
+    "info": """
+  ndfs info local/demo/cells
+  ndfs info local/demo/em | python -m json.tool""",
+    "cat": """
+  ndfs cat local/demo/em/0/z/5.tif -o slice5.tif
+  ndfs cat local/demo/cells/ramon/1.json
+  ndfs cat local/demo/em/1/stack.tif > em1.tif""",
+    "cache": """
+  ndfs cache info                   # budgets, and what the disk cache holds
+  ndfs cache info --mount mnt       # plus that mount's hit rate and request counts
+  ndfs cache info --json            # the same as JSON
+  ndfs cache clear""",
+    "outbox": """
+  ndfs outbox                       # writes waiting for a remote service, and refused ones
+  ndfs outbox --json                # every field of every entry
+  ndfs outbox retry                 # post the pending ones now
+  ndfs outbox drop --failed         # forget what the service refused""",
+    "serve": """
+  ndfs serve --protocol boss --store pub --port 8080
+  ndfs serve --protocol dvid --store pub --port 8000 --read-only
+  ndfs serve --protocol neurodata --remote local --token-env ND_TOKEN --host 0.0.0.0""",
+    "export": """
+  ndfs export local/demo/em cutout.tif --x 0:256 --y 0:256 --z 0:16
+  ndfs export local/demo/em slices/ --level 1 --z 0:8     # one PNG per z
+  ndfs export local/demo/cells cell.obj --mesh 1""",
+    "import": """
+  ndfs import cutout.tif local/demo/copy --create
+  ndfs import cutout.h5 local/demo/em --at 0,0,40""",
+    "count": """
+  ndfs count local/demo/cells --type segment
+  ndfs count local/demo/cells --type segment --x 0:512 --y 0:512 --z 0:64 --table cells.csv
+  ndfs count local/demo/cells --kv kind=cell --table -""",
+    "annotate": """
+  ndfs annotate local/demo/cells    # one object per label, with its size, box and centroid
+  ndfs annotate local/demo/em --level 2 --threshold 180 --min-voxels 100 --into local/demo/found --create""",
+}
+EXAMPLES["unmount"] = EXAMPLES["umount"]
+
+
+def _with_examples(parser: argparse.ArgumentParser, examples: str) -> None:
+    """Show `examples` under the parser's help, with its description wrapped in paragraphs as before."""
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    if parser.description:
+        parser.description = "\n\n".join(textwrap.fill(" ".join(part.split()), 78)
+                                          for part in parser.description.split("\n\n"))
+    if examples:
+        parser.epilog = "examples:" + examples
 
 
 def main(argv=None) -> int:

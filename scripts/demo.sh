@@ -10,7 +10,7 @@ if grep -q " $(pwd)/mnt " /proc/mounts; then .venv/bin/ndfs umount mnt; fi
 cat <<TXT
 
 The demo data are mounted at ./mnt. Try:
-  ls mnt/local/demo/em/0/z | head                 one TIFF per z-slice
+  ls -v mnt/local/demo/em/0/z | head              one TIFF per z-slice
   .venv/bin/python -c "import tifffile; print(tifffile.imread('mnt/local/demo/em/0/z/64.tif').shape)"
   cp mnt/local/demo/em/0/z/64.tif /tmp/            a normal TIFF file
   open mnt/local/demo/em/0/stack.tif in Fiji       the whole volume, calibrated in nm

@@ -13,6 +13,7 @@ from ndfs import ramon
 from ndfs.annotate import count, from_labels, label_stats
 from ndfs.backends.local import LocalBackend
 from ndfs.demo import LABELS, N_SYNAPSES, PROJECT, make_demo
+from ndfs.errors import BadRegion
 from ndfs.geometry import Box
 from ndfs.synth import DemoVolume
 from ndfs.testing.mount import fuse_unavailable, mounted, ndfs
@@ -105,6 +106,68 @@ def test_a_thresholded_image_becomes_connected_objects_with_reserved_ids(tmp_pat
     assert set(np.unique(lab)) == {0, 11, 12, 13}
     assert sorted(int((lab == i).sum()) for i in ids) == sorted([50, 60, 50])
     assert count(backend, ("p", "found"), type="segment").count == 3
+
+
+def _blobs(tmp_path):
+    backend = LocalBackend(tmp_path / "s", create=True)
+    backend.create_volume(("p", "img"), (6, 40, 40), "uint8", kind="image", levels=1)
+    backend.create_volume(("p", "found"), (6, 40, 40), "uint64", kind="annotation", levels=1)
+    img = np.zeros((6, 40, 40), np.uint8)
+    img[0:2, 0:5, 0:5] = 200  # 50 voxels
+    img[3:6, 10:20, 10:12] = 255  # 60 voxels
+    img[1, 30:35, 30:40] = 180  # 50 voxels
+    img[4, 30, 30] = img[4, 35, 0] = 250  # two specks of noise
+    backend.write(("p", "img"), Box((0, 0, 0), (6, 40, 40)), 0, img)
+    return backend
+
+
+def test_min_voxels_leaves_specks_out_of_a_thresholded_image(tmp_path):
+    pytest.importorskip("scipy")
+    backend = _blobs(tmp_path)
+    ids = from_labels(backend, ("p", "img"), threshold=150, into=("p", "found"), min_voxels=55)
+    assert ids == [1]
+    lab = backend.read(("p", "found"), Box((0, 0, 0), (6, 40, 40)), 0)
+    assert set(np.unique(lab)) == {0, 1} and int((lab == 1).sum()) == 60 and (lab[3:6, 10:20, 10:12] == 1).all()
+    assert len(from_labels(backend, ("p", "img"), threshold=150, into=("p", "found"))) == 5  # specks too
+    with pytest.raises(BadRegion, match="min_voxels"):
+        from_labels(backend, ("p", "img"), threshold=150, into=("p", "found"), min_voxels=0)
+
+
+def test_too_many_objects_are_refused_before_anything_is_written(tmp_path, monkeypatch):
+    pytest.importorskip("scipy")
+    import ndfs.annotate
+
+    backend = _blobs(tmp_path)
+    monkeypatch.setattr(ndfs.annotate, "MAX_NEW_OBJECTS", 4)
+    with pytest.raises(BadRegion, match="5 objects .* more than 4 at once"):
+        from_labels(backend, ("p", "img"), threshold=150, into=("p", "found"))
+    assert not backend.read(("p", "found"), Box((0, 0, 0), (6, 40, 40)), 0).any()
+    assert backend.ramon_ids(("p", "found")) == [] and backend.reserve_ids(("p", "found"), 1) == [1]
+    assert from_labels(backend, ("p", "img"), threshold=150, into=("p", "found"), min_voxels=2) == [2, 3, 4]
+
+
+def test_ndfs_annotate_creates_the_into_channel_and_leaves_none_behind_on_failure(tmp_path):
+    pytest.importorskip("scipy")
+    backend = make_demo(str(tmp_path / "store"), shape=SHAPE, levels=2, chunk_shape=(8, 64, 64), progress=False)
+    config = tmp_path / "ndfs.toml"
+    config.write_text('[remotes.local]\nkind = "local"\npath = "store"\n')
+    done = ndfs("--config", config, "annotate", "local/demo/em", "--level", "1", "--threshold", "180",
+                "--min-voxels", "20", "--into", "local/demo/blobs", "--create")
+    n = int(done.stdout.split()[0])
+    assert n > 0 and done.stdout.startswith(f"{n} segment object(s) in local/demo/blobs, ids 1..{n}")
+    image, blobs = backend.info((PROJECT, "em")), backend.info((PROJECT, "blobs"))
+    assert blobs.kind == "annotation" and blobs.dtype == np.uint64
+    assert [lv.shape for lv in blobs.levels] == [lv.shape for lv in image.levels]
+    assert [lv.voxel_size_nm for lv in blobs.levels] == [lv.voxel_size_nm for lv in image.levels]
+    lab = backend.read((PROJECT, "blobs"), blobs.level(1).box, 1)
+    assert len(np.unique(lab)) == n + 1 and count(backend, (PROJECT, "blobs"), level=1).count == n
+    again = ndfs("--config", config, "annotate", "local/demo/em", "--threshold", "180", "--into",
+                 "local/demo/blobs", "--create", check=False)
+    assert again.returncode == 1 and "already exists" in again.stderr
+    failed = ndfs("--config", config, "annotate", "local/demo/em", "--threshold", "100", "--min-voxels", "0",
+                  "--into", "local/demo/other", "--create", check=False)
+    assert failed.returncode == 1 and failed.stderr.startswith("ndfs: error: ") and "min_voxels" in failed.stderr
+    assert "other" not in ndfs("--config", config, "ls", "local/demo").stdout.split()
 
 
 # ---- the ramon/ folder through a real mount ------------------------------------------

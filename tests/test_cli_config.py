@@ -94,7 +94,8 @@ def test_cache_max_age_from_the_config_and_the_command_line(tmp_path):
     assert cfg.cache.max_age_s == 30.0 and parse_config({}, tmp_path).cache.max_age_s is None
     config = tmp_path / "ndfs.toml"
     config.write_text('[cache]\nmax_age_s = 30\n')
-    assert json.loads(ndfs("--config", config, "cache", "info").stdout)["config"]["max_age_s"] == 30.0
+    assert json.loads(ndfs("--config", config, "cache", "info", "--json").stdout)["config"]["max_age_s"] == 30.0
+    assert "chunks are fetched again after 30 s" in ndfs("--config", config, "cache", "info").stdout
     done = ndfs("--config", config, "mount", tmp_path / "mnt", "--cache-max-age", "-1", check=False)
     assert done.returncode == 2 and "not a positive number of seconds" in done.stderr
 
@@ -125,3 +126,61 @@ def test_mount_explains_a_missing_fuse(monkeypatch):
     monkeypatch.setattr(fuse.shutil, "which", lambda name: None)
     with pytest.raises(fuse.MountError, match="apt-get install -y fuse3"):
         fuse.check_fuse_available()
+
+
+def test_cache_info_is_a_table_in_human_units_and_json_with_json(tmp_path):
+    import diskcache
+
+    config = tmp_path / "ndfs.toml"
+    config.write_text('[cache]\ndir = "chunks"\nmemory_bytes = 536870912\ndisk_bytes = 4294967296\n')
+    with diskcache.Cache(str(tmp_path / "chunks")) as chunks:
+        for i in range(3):
+            chunks.set(f"chunk-{i}", b"x" * 300_000)
+    text = ndfs("--config", config, "cache", "info").stdout
+    assert "512 MiB in memory per process, 4 GiB on disk" in text
+    (row,) = [line.split() for line in text.splitlines() if line.startswith("chunks ")]
+    assert row[1] == "3" and row[3] in ("KiB", "MiB") and row[-1] == str(tmp_path / "chunks")
+    assert "{" not in text
+    info = json.loads(ndfs("--config", config, "cache", "info", "--json").stdout)
+    assert info["disk"]["entries"] == 3 and info["config"]["memory_bytes"] == 536870912
+
+
+@pytest.mark.parametrize("size, text", [(0, "0 B"), (1023, "1023 B"), (1536, "1.5 KiB"), (4096, "4 KiB"),
+                                        (512 * 2**20, "512 MiB"), (int(3.4 * 2**30), "3.4 GiB"),
+                                        (5 * 2**40, "5 TiB"), (None, "-")])
+def test_sizes_are_shown_in_powers_of_1024(size, text):
+    from ndfs.cli import human_size, parse_size
+
+    assert human_size(size) == text
+    if size is not None and "." not in text:
+        assert parse_size(text.replace(" ", "")) == size
+
+
+def test_outbox_lists_a_table_and_json_with_json(tmp_path):
+    from ndfs.geometry import Box
+    from ndfs.journal import Journal as Outbox
+
+    outbox = Outbox(tmp_path / "outbox")
+    pending = outbox.put("b", "boss:http://127.0.0.1:1", ("coll", "demo", "em"), 0, Box((3, 0, 0), (4, 64, 64)),
+                         np.zeros((1, 64, 64), np.uint8))
+    refused = outbox.put("b", "boss:http://127.0.0.1:1", ("coll", "demo", "cells"), 1,
+                         Box((0, 0, 0), (2, 32, 16)), np.zeros((2, 32, 16), np.uint64))
+    refused.state, refused.attempts, refused.last_error = "failed", 1, "403 Forbidden: not your channel"
+    outbox.save(refused)
+    env = {**os.environ, "NDFS_OUTBOX_DIR": str(tmp_path / "outbox")}
+    config = tmp_path / "ndfs.toml"
+    config.write_text("")
+    lines = ndfs("--config", config, "outbox", env=env).stdout.splitlines()
+    assert lines[0].split()[:6] == ["ID", "STATE", "VOLUME", "LEVEL", "BOX", "SIZE"] and len(lines) == 3
+    rows = {line.split()[0]: line for line in lines[1:]}
+    assert rows[pending.id].split()[1:4] == ["pending", "b/coll/demo/em", "0"]
+    assert "x 0:64 y 0:64 z 3:4" in rows[pending.id] and "4 KiB" in rows[pending.id]
+    assert rows[refused.id].split()[1:4] == ["failed", "b/coll/demo/cells", "1"]
+    assert "8 KiB" in rows[refused.id] and rows[refused.id].endswith("403 Forbidden: not your channel")
+    listed = json.loads(ndfs("--config", config, "outbox", "--json", env=env).stdout)
+    assert [(e["id"], e["state"], e["nbytes"]) for e in listed] == [(pending.id, "pending", 4096),
+                                                                     (refused.id, "failed", 8192)]
+    assert listed[1]["last_error"] == "403 Forbidden: not your channel"
+    empty = {**env, "NDFS_OUTBOX_DIR": str(tmp_path / "none")}
+    assert "the outbox is empty" in ndfs("--config", config, "outbox", env=empty).stdout
+    assert json.loads(ndfs("--config", config, "outbox", "--json", env=empty).stdout) == []

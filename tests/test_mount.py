@@ -205,5 +205,7 @@ def test_stats_json_reports_live_request_counts(mnt):
     after = json.loads(stats.read_text())["local"]
     assert after["served"]["reads"] > before["served"]["reads"]
     assert after["backend"]["read_bytes"] >= before["backend"]["read_bytes"]
-    done = ndfs("cache", "info", "--mount", mnt[0])
+    done = ndfs("cache", "info", "--mount", mnt[0], "--json")
     assert json.loads(done.stdout)["mount"]["local"]["kind"] == "local"
+    table = ndfs("cache", "info", "--mount", mnt[0]).stdout.splitlines()  # REMOTE KIND READS ...
+    assert any(line.split()[:2] == ["local", "local"] for line in table[table.index(f"mount {mnt[0]}"):])

@@ -567,12 +567,12 @@ def test_cache_info_and_clear_cover_the_mesh_tier(tmp_path, capsys):
     meshes = MeshCache(disk_dir=mesh_disk_dir(CacheConfig(dir=tmp_path / "cache")))
     meshes.mesh_of_mask((cube_labels() == 5).astype(np.uint8), OFFSET, VOXEL, label=5)
     meshes.close()
-    assert main(["--config", str(config), "cache", "info"]) == 0
+    assert main(["--config", str(config), "cache", "info", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["disk"]["entries"] == 1 and info["meshes"]["entries"] == 1
     assert main(["--config", str(config), "cache", "clear"]) == 0
     assert "removed 1 cached chunks and 1 meshes" in capsys.readouterr().out
-    assert main(["--config", str(config), "cache", "info"]) == 0
+    assert main(["--config", str(config), "cache", "info", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["disk"]["entries"] == 0 and info["meshes"]["entries"] == 0
 

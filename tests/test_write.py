@@ -333,7 +333,7 @@ def test_a_server_that_fails_then_recovers_gets_the_post_exactly_once(boss):
         assert info.value.errno == errno.EIO  # close() says the post failed...
         assert len(outbox_entries(root)) == 1  # ...and the data is kept
         listed = ndfs("--config", config("sync"), "outbox", "list").stdout
-        assert "pending" in listed and "coll/demo/em level 0" in listed
+        assert "pending" in listed and "b/coll/demo/em" in listed  # a table row: state, remote/volume, ...
         np.testing.assert_array_equal(tifffile.imread(path), new)  # read-your-writes while the server is down
         assert not np.array_equal(before, new)
         switch.down = False

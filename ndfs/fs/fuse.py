@@ -26,6 +26,8 @@ from ndfs.fs.session import Caller, FileSystem
 
 log = logging.getLogger("ndfs.fuse")
 
+FUSE_THREADS = 10  # libfuse's default max_threads of its multithreaded loop
+
 
 class MountError(NdfsError):
     """The mount cannot start (no /dev/fuse, no libfuse, bad mount point)."""
@@ -241,5 +243,8 @@ def mount(fs: FileSystem, mountpoint: str, *, attr_timeout_s: float = 60.0, entr
         ops, mountpoint, raw_fi=True, foreground=True, debug=debug,
         fsname="ndfs", subtype="ndfs", auto_unmount=True, default_permissions=True,
         attr_timeout=attr_timeout_s, entry_timeout=entry_timeout_s, negative_timeout=negative_timeout_s,
+        # libfuse 3.14 logs "Ignoring invalid max threads value 4294967295" for its own default
+        # (unlimited idle threads); naming its thread limit (10) keeps that behaviour without the noise
+        max_idle_threads=FUSE_THREADS,
         **shared,
     )
