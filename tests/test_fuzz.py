@@ -142,6 +142,37 @@ def test_creating_random_names_is_refused_or_harmless(site, mnt, folder, name):
     assert alive(pid)
 
 
+ONE_SPELLING = {  # folder -> (the name as the tree spells it, other spellings of the same thing)
+    "local/demo/em/0/z": ("5.tif", ["05.tif", "+5.tif", "5.tif\n", "5.tif ", " 5.tif", "5.TIF", "\u0665.tif",
+                                    "\uff15.tif", "5.0.tif", "-0.tif"]),
+    "local/demo/em": ("0", ["00", "+0", "0\n", "\u0660", "\uff10", "0 "]),
+    "local/demo/em/0/cutout": ("0-8_0-8_0-2.npy", ["00-8_0-8_0-2.npy", "0-8_0-8_0-2.npy\n", "0-8_0-8_0-+2.npy",
+                                                  "0-8_0-8_0-\u0662.npy", "0-8_0-08_0-2.npy"]),
+    "local/demo/cells/ramon": (None, ["01.json", "+1.json", "1.json\n", "\u0661.json"]),
+}
+
+
+@needs_fuse
+def test_every_name_has_one_spelling_and_undecodable_names_are_einval(site, mnt):
+    """A file name is matched exactly: no trailing characters, no other digits, signs or zeros for the
+    same number (each would be ENOENT); a name that is not UTF-8 text is EINVAL, never EIO."""
+    root, pid = mnt
+    for folder, (name, others) in ONE_SPELLING.items():
+        base = root / folder
+        if name is not None:
+            os.stat(base / name)
+        for other in others:
+            with pytest.raises(OSError) as caught:
+                os.stat(os.path.join(os.fsencode(str(base)), other.encode()))
+            assert caught.value.errno == errno.ENOENT, (folder, other, caught.value)
+    for raw in (b"\xff.tif", b"\xed\xa0\x80.tif", b"5\xc3.tif"):  # not UTF-8 (the last a cut-off character)
+        for op in (os.stat, lambda p: os.open(p, os.O_WRONLY | os.O_CREAT, 0o644)):
+            with pytest.raises(OSError) as caught:
+                op(os.path.join(os.fsencode(str(root / "local/demo/em/0/z")), raw))
+            assert caught.value.errno == errno.EINVAL, (raw, caught.value)
+    assert alive(pid)
+
+
 @needs_fuse
 def test_names_left_the_store_and_the_mount_as_they_were(site, mnt):
     """Runs after the name tests: nothing was created, changed or broken by them."""
