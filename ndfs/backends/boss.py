@@ -74,7 +74,7 @@ def blosc_encode(array: np.ndarray) -> bytes:
     """A blosc frame of the array as BOSS and intern write it (typesize = bit depth, clevel 9, shuffle)."""
     blosc = _blosc()
     arr = np.ascontiguousarray(array)
-    return blosc.compress(arr.tobytes(), typesize=arr.dtype.itemsize * 8, clevel=9,
+    return blosc.compress(memoryview(arr).cast("B"), typesize=arr.dtype.itemsize * 8, clevel=9,
                           shuffle=blosc.SHUFFLE, cname="blosclz")
 
 
