@@ -85,13 +85,15 @@ class DvidApp:
     """The WSGI app. ``tokens``: accepted tokens (None or empty: accept every request)."""
 
     def __init__(self, backend: Backend, tokens=None, *, read_only: bool = False, throttle_limit: int = 1,
-                 budget: MemoryBudget | None = None, max_scan_bytes: int = DEFAULT_SCAN_BYTES):
+                 budget: MemoryBudget | None = None, max_scan_bytes: int = DEFAULT_SCAN_BYTES,
+                 max_cutout_bytes: int = MAX_PAYLOAD_BYTES):
         self.backend = backend
         self.model = DvidModel(backend, read_only=read_only)
         self.read_only = read_only
         self.auth = TokenAuth(tokens)
         self.budget = budget or MemoryBudget()
         self.max_scan_bytes = int(max_scan_bytes)
+        self.max_cutout_bytes = int(max_cutout_bytes)
         self.throttle_limit = int(throttle_limit)
         self._lock = threading.Lock()
         self._throttled = 0
@@ -265,8 +267,9 @@ class DvidApp:
         if min(sx, sy, sz) <= 0:
             raise bad(f"size {size} must be positive on every axis")
         box = Box((oz, oy, ox), (oz + sz, oy + sy, ox + sx))
-        if box.size * inst.dtype.itemsize > MAX_PAYLOAD_BYTES:
-            raise bad(f"requested payload of {box.size * inst.dtype.itemsize} bytes is over 3 GiB")
+        if box.size * inst.dtype.itemsize > self.max_cutout_bytes:
+            raise bad(f"requested payload of {box.size * inst.dtype.itemsize} bytes is over this server's limit "
+                      f"of {self.max_cutout_bytes} bytes ({self.max_cutout_bytes / 2**30:g} GiB)")
         compression = r.arg("compression").lower() if inst.typename in LABEL_TYPES else ""
         if compression not in ("", "uncompressed", "lz4", "gzip"):
             raise bad(f"compression {compression!r} is not supported by this server (lz4, gzip)")
