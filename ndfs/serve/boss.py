@@ -52,8 +52,8 @@ from ndfs.geometry import Box
 from ndfs.serve.boss_model import BossError, BossModel, Channel
 from ndfs.serve.common import TokenAuth
 from ndfs.serve.limits import (
-    DEFAULT_SCAN_BYTES, JSON_BODY_BYTES, MAX_LIST_ITEMS, STREAM_PIECE_BYTES, UINT64_MAX, MemoryBudget,
-    RequestRefused, c_order_pieces, parse_int, read_body)
+    DEFAULT_SCAN_BYTES, JSON_BODY_BYTES, MAX_LIST_ITEMS, UINT64_MAX, MemoryBudget,
+    RequestRefused, parse_int, read_body, stream_plan)
 
 log = logging.getLogger("ndfs.serve.boss")
 MAX_CUTOUT_BYTES = 545_259_520
@@ -302,8 +302,11 @@ class BossApp:
             return _not_allowed(start_response, method)
         chan, level, box, time = self._check(args, {}, write=False, annotation_only=True)
         ids = np.zeros(0, chan.info.dtype)
-        for piece in c_order_pieces(box, chan.info.dtype.itemsize, STREAM_PIECE_BYTES):
-            with self._hold(3 * piece.size * chan.info.dtype.itemsize, "this ids request"):
+        lv = chan.info.level(level)
+        pieces, need = stream_plan(box, chan.info.dtype.itemsize, lv.chunk_shape, (lv.chunk_origin or lv.box.start)[0],
+                                   self.budget.total_bytes)
+        for piece in pieces:
+            with self._hold(need, "this ids request"):
                 ids = np.union1d(ids, np.unique(self._region(chan, level, piece, time)))
             if len(ids) > MAX_LIST_ITEMS + 1:
                 raise BossError(413, 2000, f"The box holds more than {MAX_LIST_ITEMS} ids. Reduce cutout dimensions.")

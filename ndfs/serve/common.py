@@ -418,6 +418,7 @@ class WsgiServer:
         try:
             while not self._stop.is_set():
                 wasyncore.loop(timeout=0.1, map=self._map, use_poll=True, count=1)
+                self._server.tick()
         finally:
             wasyncore.close_all(self._map)
             self._server.task_dispatcher.shutdown(cancel_pending=True, timeout=5)

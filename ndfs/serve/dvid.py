@@ -49,6 +49,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import os
 import threading
 import zlib
@@ -64,7 +65,7 @@ from ndfs.serve.dvid_model import (
     LABEL_TYPES, MAX_DOWNRES, TYPES, DvidError, DvidModel, Instance, Node, Repo, bad, type_url)
 from ndfs.serve.limits import (
     DEFAULT_SCAN_BYTES, JSON_BODY_BYTES, MAX_LIST_ITEMS, STREAM_PIECE_BYTES, UINT64_MAX, HeldAnswer, MemoryBudget,
-    RequestRefused, c_order_pieces, check_int, parse_int, read_body)
+    RequestRefused, check_int, parse_int, read_body, read_cover_bytes, stream_plan)
 
 log = logging.getLogger("ndfs.serve.dvid")
 MAX_PAYLOAD_BYTES = 3 * 2**30
@@ -122,9 +123,9 @@ class DvidApp:
         except DvidError as exc:
             if exc.status == 404 and exc.message in ("", NOT_ROUTED):
                 return _text(start_response, 404, exc.message and exc.message + "\n", head=method == "HEAD")
-            return _text(start_response, exc.status, f"{exc.message} ({path}).\n", head=method == "HEAD")
+            return _text(start_response, exc.status, f"{exc.message} ({_shortened(path)}).\n", head=method == "HEAD")
         except RequestRefused as exc:
-            return _text(start_response, exc.status, f"{exc} ({path}).\n", head=method == "HEAD")
+            return _text(start_response, exc.status, f"{exc} ({_shortened(path)}).\n", head=method == "HEAD")
         except Exception:  # a handler panic: DVID answers 500 and goes on
             log.exception("unhandled error on %s %s", method, path)
             return _text(start_response, 500, f"internal server error ({path}).\n")
@@ -340,9 +341,10 @@ class DvidApp:
                 raise
             pieces, length = [body], len(body)
         else:
-            piece_bytes = max(itemsize, STREAM_PIECE_BYTES // grow)
-            ticket = self._hold(piece_bytes * (2 + 5 * grow), "this answer")
-            pieces = self._raw_pieces(inst, node, box, scale, piece_bytes, compression == "gzip")
+            chunks, z_origin = self._store_grid(inst)
+            pieces, need = stream_plan(box, itemsize, chunks, z_origin, self.budget.total_bytes, 2**scale)
+            ticket = self._hold(need, "this answer")
+            pieces = self._raw_pieces(inst, node, pieces, scale, compression == "gzip")
             length = payload if compression in ("", "uncompressed") else None
         headers = [("Content-Type", "application/octet-stream")]
         if length is not None:
@@ -356,9 +358,18 @@ class DvidApp:
 
         return HeldAnswer(pieces, close)
 
-    def _raw_pieces(self, inst, node, box: Box, scale: int, piece_bytes: int, gzipped: bool):
+    def _store_grid(self, inst: Instance) -> tuple[tuple[int, int, int], int]:
+        """(chunk shape, z of a chunk boundary) of what a read of the instance decodes: the served
+        volume's store chunks, or the instance's own blocks."""
+        if inst.source is None:
+            return inst.block_zyx, 0
+        ref, level = inst.source
+        lv = self.backend.info(ref).level(level)
+        return lv.chunk_shape, (lv.chunk_origin or lv.box.start)[0]
+
+    def _raw_pieces(self, inst, node, pieces, scale: int, gzipped: bool):
         packer = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS) if gzipped else None
-        for piece in c_order_pieces(box, inst.dtype.itemsize, piece_bytes):
+        for piece in pieces:
             data = self._read_scaled(inst, node, piece, scale).tobytes()
             yield packer.compress(data) if packer is not None else data
         if packer is not None:
@@ -409,7 +420,7 @@ class DvidApp:
 
     def _scan(self, inst: Instance, node: Node, region: Box | None = None):
         """(box, array) pieces covering the instance's stored voxels (within region), block rows at a time
-        (cut in x to STREAM_PIECE_BYTES); refused when the region holds more than max_scan_bytes."""
+        (cut in x to the budget's piece size); refused when the region holds more than max_scan_bytes."""
         data_box = inst.data_box()
         if data_box is not None and region is not None:
             data_box = data_box.intersect(region)
@@ -419,8 +430,11 @@ class DvidApp:
         self._check_scan(data_box.size * itemsize, "this label query")
         bz, by, bx = inst.block_zyx
         (z0, y0, x0), (z1, y1, x1) = data_box.start, data_box.stop
-        step = max(bx, STREAM_PIECE_BYTES // (bz * by * bx * itemsize) * bx)
-        with self._hold(4 * min(data_box.size * itemsize, bz * by * step * itemsize), "this label query"):
+        piece_bytes = min(STREAM_PIECE_BYTES, self.budget.total_bytes // 8)
+        step = max(bx, piece_bytes // (bz * by * bx * itemsize) * bx)
+        piece = (min(bz, data_box.shape[0]), min(by, data_box.shape[1]), min(step, data_box.shape[2]))
+        need = 4 * math.prod(piece) * itemsize + read_cover_bytes(piece, self._store_grid(inst)[0], itemsize)
+        with self._hold(need, "this label query"):
             for z in range(z0 - z0 % bz, z1, bz):
                 for y in range(y0 - y0 % by, y1, by):
                     for x in range(x0 - x0 % bx, x1, step):
@@ -642,6 +656,11 @@ class _Request:
         if not (isinstance(entries, list) and all(isinstance(e, str) for e in entries)):
             raise bad('"log" must be a list of strings')
         return [e for e in entries if e]
+
+
+def _shortened(path: str, limit: int = 256) -> str:
+    """The URL path as DVID's errors quote it, shortened when it is long (absurd numbers are not echoed whole)."""
+    return path if len(path) <= limit else f"{path[:limit - 24]}...({len(path)} characters)"
 
 
 def _string(body: dict, key: str) -> str:

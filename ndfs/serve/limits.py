@@ -23,8 +23,8 @@ Work (each app holds these): :class:`MemoryBudget`, the bytes that large
 requests may hold at once and how many may run at once; :func:`parse_int` and
 :func:`check_int`, numbers of a request within a range or a 400;
 :func:`read_body`, a body within a route's limit or a 413;
-:func:`c_order_pieces`, a box cut into pieces whose bytes, in order, are the
-box's C-order bytes (streamed answers). Refusals are :class:`RequestRefused`,
+:func:`stream_plan`, a box cut into pieces whose bytes, in order, are the
+box's C-order bytes (streamed answers), and the memory making one piece takes. Refusals are :class:`RequestRefused`,
 which every app answers in its protocol's error format.
 
 Thread-safe: the server's guard runs on its one event-loop thread; the budget
@@ -117,30 +117,89 @@ def read_body(environ, limit: int, what: str = "the request body") -> bytes:
     return environ["wsgi.input"].read(size) if size > 0 else b""
 
 
-def c_order_pieces(box: Box, itemsize: int, max_bytes: int) -> Iterator[Box]:
-    """Sub-boxes of ``box`` whose C-order bytes, one after another, are the box's C-order bytes.
-
-    Each piece holds at most ``max_bytes`` (at least one voxel): whole z-planes
-    when a plane fits, else rows of one plane, else parts of one row. Pure.
-    """
+def _plan(box: Box, itemsize: int, max_bytes: int, z_grid: tuple[int, int] | None) -> tuple[int, int]:
+    """(axis the pieces step along: 0 z-slabs, 1 rows, 2 parts of rows; the step)."""
     (z0, y0, x0), (z1, y1, x1) = box.start, box.stop
     row = (x1 - x0) * itemsize
     plane = row * (y1 - y0)
     if plane <= max_bytes:
         step = max(1, max_bytes // max(1, plane))
-        for z in range(z0, z1, step):
-            yield Box((z, y0, x0), (min(z + step, z1), y1, x1))
-    elif row <= max_bytes:
-        step = max(1, max_bytes // row)
+        if z_grid is not None and step >= z_grid[0]:
+            step -= step % z_grid[0]
+        return 0, step
+    if row <= max_bytes:
+        return 1, max(1, max_bytes // row)
+    return 2, max(1, max_bytes // itemsize)
+
+
+def c_order_pieces(box: Box, itemsize: int, max_bytes: int, z_grid: tuple[int, int] | None = None) -> Iterator[Box]:
+    """Sub-boxes of ``box`` whose C-order bytes, one after another, are the box's C-order bytes.
+
+    Each piece holds at most ``max_bytes`` (at least one voxel): whole z-planes
+    when a plane fits, else rows of one plane, else parts of one row. With
+    ``z_grid`` (the store's chunk depth and the z of a chunk boundary), slabs of
+    at least one chunk depth end on chunk boundaries, so that reading a piece
+    decodes only its own chunks. Pure.
+    """
+    (z0, y0, x0), (z1, y1, x1) = box.start, box.stop
+    axis, step = _plan(box, itemsize, max_bytes, z_grid)
+    if axis == 0:
+        z = z0
+        while z < z1:
+            if z_grid is not None and step >= z_grid[0]:
+                depth, origin = z_grid
+                stop = origin + ((z - origin) // depth + 1) * depth + step - depth  # ends on a chunk boundary
+            else:
+                stop = z + step
+            yield Box((z, y0, x0), (min(stop, z1), y1, x1))
+            z = min(stop, z1)
+    elif axis == 1:
         for z in range(z0, z1):
             for y in range(y0, y1, step):
                 yield Box((z, y, x0), (z + 1, min(y + step, y1), x1))
     else:
-        step = max(1, max_bytes // itemsize)
         for z in range(z0, z1):
             for y in range(y0, y1):
                 for x in range(x0, x1, step):
                     yield Box((z, y, x), (z + 1, y + 1, min(x + step, x1)))
+
+
+def piece_shape(box: Box, itemsize: int, max_bytes: int, z_grid: tuple[int, int] | None = None) -> tuple:
+    """The largest shape of the pieces :func:`c_order_pieces` cuts. Pure."""
+    axis, step = _plan(box, itemsize, max_bytes, z_grid)
+    shape = list(box.shape)
+    for a in range(axis):
+        shape[a] = 1
+    shape[axis] = min(step, shape[axis])
+    return tuple(shape)
+
+
+def read_cover_bytes(shape, chunk_shape, itemsize: int, aligned_z: bool = False) -> int:
+    """At most the bytes of the store chunks that reading a box of ``shape`` decodes, wherever the box
+    lies (``aligned_z``: its z range starts and ends on chunk boundaries). Pure."""
+    total = itemsize
+    for axis, (n, c) in enumerate(zip(shape, chunk_shape)):
+        chunks = -(-n // c) if axis == 0 and aligned_z else -(-max(0, n - 1) // c) + 1
+        total *= chunks * c
+    return total
+
+
+def stream_plan(box: Box, itemsize: int, chunk_shape, z_origin: int, budget_bytes: int,
+                grow: int = 1) -> tuple[Iterator[Box], int]:
+    """(pieces, bytes to hold) of an answer made piece by piece: pieces of ``box`` in C order of at most
+    STREAM_PIECE_BYTES (less under a small budget: an eighth of it), and what making one takes: three
+    copies of a piece (read, assembled, encoded), the store chunks its read decodes, and for a read
+    ``grow`` times larger along each axis than its answer (a coarser scale), five copies of that read."""
+    volume = grow ** 3
+    piece_bytes = max(itemsize, min(STREAM_PIECE_BYTES, budget_bytes // 8) // volume)
+    z_grid = (int(chunk_shape[0]), int(z_origin)) if grow == 1 else None
+    shape = piece_shape(box, itemsize, piece_bytes, z_grid)
+    read = tuple(n * grow for n in shape)
+    aligned = z_grid is not None and shape[0] >= z_grid[0] and shape[1:] == box.shape[1:]
+    need = 3 * math.prod(shape) * itemsize + read_cover_bytes(read, chunk_shape, itemsize, aligned)
+    if grow > 1:
+        need += 5 * math.prod(read) * itemsize
+    return c_order_pieces(box, itemsize, piece_bytes, z_grid), need
 
 
 # ---- request memory --------------------------------------------------------------------------------------
@@ -386,14 +445,17 @@ def guarded_server_class():
             self.dropped: collections.Counter = collections.Counter()
             super().__init__(application, **kw)
 
-        def readable(self):
-            now = time.time()
-            if now >= self.next_channel_cleanup:
-                self.next_channel_cleanup = now + self.adj.cleanup_interval
-                self.maintenance(now)
+        def readable(self):  # waitress's runs maintenance here, amid building the poll set: see tick()
             return self.accepting
 
-        def maintenance(self, now):
+        def tick(self) -> None:
+            """Close the connections past a bound (at most once a second). Call it between two turns of the
+            event loop: a connection closed while the loop collects its poll set would leave its number in
+            that set, and a connection accepted in the same turn may get the number and be closed for it."""
+            now = time.time()
+            if now < self.next_channel_cleanup:
+                return
+            self.next_channel_cleanup = now + self.adj.cleanup_interval
             for channel in list(self.active_channels.values()):
                 verdict = channel.overdue(now, self.limits, self.max_body)
                 if verdict is not None:

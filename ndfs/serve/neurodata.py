@@ -61,8 +61,8 @@ from ndfs.errors import InvalidAnnotation, NdfsError, NotFound, ReadOnly
 from ndfs.geometry import Box
 from ndfs.serve.common import TokenAuth
 from ndfs.serve.limits import (
-    DEFAULT_SCAN_BYTES, JSON_BODY_BYTES, MAX_LIST_ITEMS, STREAM_PIECE_BYTES, UINT64_MAX, HeldAnswer, MemoryBudget,
-    RequestRefused, c_order_pieces, parse_int, read_body)
+    DEFAULT_SCAN_BYTES, JSON_BODY_BYTES, MAX_LIST_ITEMS, UINT64_MAX, HeldAnswer, MemoryBudget,
+    STREAM_PIECE_BYTES, RequestRefused, parse_int, read_body, stream_plan)
 from ndfs.serve.neurodata_model import NdError, NeuroDataModel, Project
 from ndfs.serve.neurodata_ramon import MAX_OBJECTS, RamonService, json_reply, text_reply
 
@@ -282,11 +282,19 @@ class NeuroDataApp(RamonService):
                     data[~np.isin(data, filter_ids.astype(dtype))] = 0
                 return ticket.keep([_encode(fmt, data, channels, project)])
         pieces = self._pieces(fmt, project, channels, level, box, dtype, filter_ids)
-        if nbytes <= STREAM_PIECE_BYTES:  # small: made whole, so it has a Content-Length (and keeps the connection)
-            with self._hold(3 * nbytes, "this cutout") as ticket:
+        need = max(self._plan(project, ch, level, box)[1] for ch in channels)
+        if nbytes <= STREAM_PIECE_BYTES and 3 * nbytes <= need:  # small: made whole, so it has a Content-Length
+            with self._hold(3 * nbytes, "this cutout") as ticket:  # (and the connection is kept)
                 return ticket.keep([b"".join(pieces)])
-        ticket = self._hold(3 * STREAM_PIECE_BYTES, "this cutout")
+        ticket = self._hold(need, "this cutout")
         return HeldAnswer(pieces, ticket.release, nbytes if fmt == "raw" else None)
+
+    def _plan(self, project: Project, ch: str, level: int, box: Box):
+        """stream_plan of a box of a channel: (pieces, bytes to hold while one is made)."""
+        info = project.channel(ch)
+        lv = info.level(level)
+        return stream_plan(box, info.dtype.itemsize, lv.chunk_shape, (lv.chunk_origin or lv.box.start)[0],
+                           self.budget.total_bytes)
 
     def _pieces(self, fmt: str, project: Project, channels: list[str], level: int, box: Box, dtype, filter_ids):
         """The bytes of a streamed cutout answer (see _answer), one piece of voxels at a time."""
@@ -294,7 +302,7 @@ class NeuroDataApp(RamonService):
         if fmt == "npz":
             yield packer.compress(npy_header((len(channels),) + box.shape, dtype))
         for ch in channels:
-            for piece in c_order_pieces(box, np.dtype(dtype).itemsize, STREAM_PIECE_BYTES):
+            for piece in self._plan(project, ch, level, box)[0]:
                 data = self._region(project, ch, level, piece)
                 if filter_ids is not None:
                     data[~np.isin(data, filter_ids.astype(dtype))] = 0
@@ -375,8 +383,9 @@ class NeuroDataApp(RamonService):
             raise NdError(413, f"ids/ of {box.size * dtype.itemsize} bytes is over this server's limit of "
                                f"{self.max_cutout_bytes} bytes: ask for smaller boxes")
         ids = np.zeros(0, dtype)
-        for piece in c_order_pieces(box, dtype.itemsize, STREAM_PIECE_BYTES):
-            with self._hold(3 * piece.size * dtype.itemsize, "this ids request"):
+        pieces, need = self._plan(project, ch, level, box)
+        for piece in pieces:
+            with self._hold(need, "this ids request"):
                 ids = np.union1d(ids, np.unique(self._region(project, ch, level, piece)))
             if len(ids) > MAX_LIST_ITEMS + 1:
                 raise NdError(413, f"The box holds more than {MAX_LIST_ITEMS} ids: ask for smaller boxes")
