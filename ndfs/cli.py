@@ -121,6 +121,10 @@ def cmd_mount(args) -> int:
     if _is_mounted(mountpoint):
         raise NdfsError(f"{mountpoint} is already mounted (ndfs umount {args.mountpoint})")
     check_fuse_available()
+    from ndfs.config import check_local_store
+
+    for remote in _config(args).remotes.values():  # a missing store is one line here, not a failed daemon
+        check_local_store(remote)
     if args.foreground:
         from ndfs.fs.fuse import mount
 
