@@ -1,7 +1,7 @@
 """The bounds that keep clients, one or many, from exhausting ``ndfs serve``.
 
-Connections and time (:class:`Limits`, enforced by :class:`GuardedServer`, the
-waitress server :class:`ndfs.serve.common.WsgiServer` runs):
+Connections and time (:class:`Limits`, enforced by the GuardedServer of
+:func:`guarded_server_class`, the waitress server :class:`ndfs.serve.common.WsgiServer` runs):
 
 * at most ``max_connections`` open connections. A new connection past it
   closes the connection that has waited longest without being served (an
@@ -24,11 +24,13 @@ requests may hold at once and how many may run at once; :func:`parse_int` and
 :func:`check_int`, numbers of a request within a range or a 400;
 :func:`read_body`, a body within a route's limit or a 413;
 :func:`stream_plan`, a box cut into pieces whose bytes, in order, are the
-box's C-order bytes (streamed answers), and the memory making one piece takes. Refusals are :class:`RequestRefused`,
-which every app answers in its protocol's error format.
+box's C-order bytes (streamed answers), and the memory making one piece
+takes. Refusals are :class:`RequestRefused`, which every app answers in its
+protocol's error format.
 
-Thread-safe: the server's guard runs on its one event-loop thread; the budget
-is shared by the worker threads under a condition variable.
+Thread-safe: the server's guard runs on its one event-loop thread (and its
+closing of overdue connections, ``tick()``, between two turns of that loop);
+the budget is shared by the worker threads under a condition variable.
 """
 
 from __future__ import annotations
