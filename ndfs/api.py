@@ -118,6 +118,7 @@ def remote(name_or_url: str | os.PathLike | Backend | None = None, *, kind: str 
     ``options`` go to the backend as if they were in ``ndfs.toml`` (e.g. ``timeout_s=60``).
     ``cache`` defaults to the configuration's ``[cache] enabled``.
     """
+    from ndfs.backends.http import mask_url
     from ndfs.config import REMOTE_KINDS, RemoteConfig, load_config
 
     if isinstance(name_or_url, Backend):
@@ -141,14 +142,14 @@ def remote(name_or_url: str | os.PathLike | Backend | None = None, *, kind: str 
         else:
             url_kind, _, proto = scheme.rpartition("+")
             if proto not in ("http", "https"):
-                raise ConfigError(f"{text!r}: use KIND+http://HOST or KIND+https://HOST "
+                raise ConfigError(f"{mask_url(text)!r}: use KIND+http://HOST or KIND+https://HOST "
                                   f"(kinds: {', '.join(REMOTE_KINDS)}), or a URL with kind=")
             if url_kind and kind and url_kind != kind:
-                raise ConfigError(f"{text!r} names kind {url_kind!r} but kind={kind!r} was given")
+                raise ConfigError(f"{mask_url(text)!r} names kind {url_kind!r} but kind={kind!r} was given")
             url_kind = url_kind or kind
             if not url_kind:
-                raise ConfigError(f"which kind of service is {text!r}? give kind= ({', '.join(REMOTE_KINDS)}) "
-                                  f"or write it as KIND+{text}")
+                raise ConfigError(f"which kind of service is {mask_url(text)!r}? give kind= "
+                                  f"({', '.join(REMOTE_KINDS)}) or write it as KIND+{mask_url(text)}")
             if url_kind not in REMOTE_KINDS:
                 raise ConfigError(f"unknown remote kind {url_kind!r}; known kinds: {', '.join(REMOTE_KINDS)}")
             if url_kind == "local":

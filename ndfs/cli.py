@@ -157,7 +157,11 @@ def cmd_mount(args) -> int:
             raise NdfsError(f"mount point {mountpoint} is not empty: its {what} would be hidden while it is "
                             "mounted (use an empty folder, or --nonempty to mount over them)")
     check_fuse_available()
+    from ndfs.config import check_local_store
+
     cfg = _config(args)  # a bad configuration is reported here, not only in the daemon's log
+    for remote in cfg.remotes.values():  # and so is a missing store: one line here, not a failed daemon
+        check_local_store(remote)
     if args.foreground:
         return _mount_foreground(args, cfg, mountpoint)
     # daemon: a fresh foreground process in its own session (no fork after threads exist)

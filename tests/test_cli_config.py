@@ -184,3 +184,128 @@ def test_outbox_lists_a_table_and_json_with_json(tmp_path):
     empty = {**env, "NDFS_OUTBOX_DIR": str(tmp_path / "none")}
     assert "the outbox is empty" in ndfs("--config", config, "outbox", env=empty).stdout
     assert json.loads(ndfs("--config", config, "outbox", "--json", env=empty).stdout) == []
+
+
+# ---- strictness (issue 18) -------------------------------------------------------------------------------
+def _main(*args) -> tuple[int, str]:
+    """ndfs's main() in this process: (exit status, standard error)."""
+    import contextlib
+    import io
+
+    from ndfs.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exc:
+            code = exc.code
+    return code, err.getvalue()
+
+
+BOSS = '[remotes.b]\nkind = "boss"\nurl = "https://api.example.org"\n'
+STRICT = [  # (file text, words the one-line error must hold)
+    ('[remotes.a]\nkind = "local"\npath = "."\nread_onyl = true\n', ["'read_onyl'", "did you mean 'read_only'"]),
+    (BOSS + "timout_s = 3\n", ["'timout_s'", "did you mean 'timeout_s'"]),
+    (BOSS + "read_onyl = true\n", ["'read_onyl'", "did you mean 'read_only'"]),
+    ('[remotes.d]\nkind = "dvid"\nurl = "http://h:8000"\nbranh = "master"\n', ["'branh'", "'branch'"]),
+    ('[cache]\nmemory_byte = 5\n', ["'memory_byte'", "did you mean 'memory_bytes'"]),
+    ('[caches]\nmemory_bytes = 5\n', ["unknown section 'caches'", "did you mean 'cache'"]),
+    ('[mount]\nmax_cutout_byte = 5\n', ["'max_cutout_byte'", "'max_cutout_bytes'"]),
+    ('[write]\nwriteback = "sync"\n', ["'writeback'", "'write_back'"]),
+    ('[remotes.a]\nkind = "local"\npath = "."\nurl = "http://x"\n', ["unknown key 'url'"]),
+    (BOSS + "timeout_s = -1\n", ["timeout_s", "positive"]),
+    (BOSS + "timeout_s = 0\n", ["timeout_s", "positive"]),
+    (BOSS + "timeout_s = nan\n", ["timeout_s", "NaN"]),
+    (BOSS + "connect_timeout_s = inf\n", ["connect_timeout_s", "finite"]),
+    (BOSS + "workers = 0\n", ["workers", "at least 1"]),
+    (BOSS + "retries = -1\n", ["retries", "at least 0"]),
+    (BOSS + "backoff_s = -0.5\n", ["backoff_s", "at least 0"]),
+    (BOSS + "max_request_bytes = 0\n", ["max_request_bytes", "at least 1"]),
+    (BOSS + "workers = 2.5\n", ["workers", "must be a int"]),
+    ('[remotes.d]\nkind = "dvid"\nurl = "http://h:8000"\nlabel_compression = "zstd"\n', ["label_compression"]),
+    ('[cache]\nmemory_bytes = 0\n', ["memory_bytes", "positive"]),
+    ('[cache]\ndisk_bytes = -4096\n', ["disk_bytes", "positive"]),
+    ('[mount]\nattr_timeout_s = -1\n', ["attr_timeout_s", "at least 0"]),
+    ('[mount]\nnegative_timeout_s = nan\n', ["negative_timeout_s", "NaN"]),
+    ('[write]\nretry_max_s = inf\n', ["retry_max_s", "finite"]),
+    (BOSS + 'token = "s3cret"\n', ["token = ... is refused", "token_env"]),
+    ('[remotes.b]\nkind = "boss"\nurl = "api.example.org"\n', ["url", "https://"]),
+]
+
+
+@pytest.mark.parametrize("text, words", STRICT, ids=[t.splitlines()[-1][:30] for t, _ in STRICT])
+def test_config_typos_and_bad_values_fail_in_one_line_naming_the_key(tmp_path, text, words):
+    path = tmp_path / "ndfs.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert all(w in str(caught.value) for w in words), str(caught.value)
+    code, err = _main("--config", path, "ls")
+    assert code == 1 and err.startswith("ndfs: error: ") and err.count("\n") == 1, err
+    assert all(w in err for w in words), err
+
+
+def test_bad_values_given_in_python_are_config_errors_too():
+    import ndfs
+
+    with pytest.raises(ConfigError, match="timeout_s"):
+        ndfs.remote("boss+https://api.example.org", timeout_s=float("nan"))
+    with pytest.raises(ConfigError, match="did you mean 'workers'"):
+        ndfs.remote("boss+https://api.example.org", worker=4)
+
+
+def test_a_negative_cache_size_from_the_environment_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("NDFS_CACHE_MEMORY_BYTES", "-1")
+    (tmp_path / "ndfs.toml").write_text('[remotes.a]\nkind = "local"\npath = "."\n')
+    with pytest.raises(ConfigError, match="NDFS_CACHE_MEMORY_BYTES.*positive"):
+        load_config(tmp_path / "ndfs.toml")
+
+
+def test_a_local_store_that_does_not_exist_is_an_error_unless_create_is_set(tmp_path):
+    from ndfs.config import open_backend
+    from ndfs.testing.mount import fuse_unavailable
+
+    cfg = tmp_path / "ndfs.toml"
+    cfg.write_text('[remotes.a]\nkind = "local"\npath = "nowhere"\n')
+    code, err = _main("--config", cfg, "ls", "a")
+    assert code == 1 and err.count("\n") == 1 and "nowhere does not exist" in err and "create = true" in err, err
+    with pytest.raises(ConfigError, match="create = true"):
+        open_backend(load_config(cfg).remote("a"))
+    if fuse_unavailable() is None:  # the mount refuses it in one line, before any daemon starts
+        (tmp_path / "mnt").mkdir()
+        done = ndfs("--config", cfg, "mount", tmp_path / "mnt", check=False)
+        assert done.returncode == 1 and "create = true" in done.stderr and done.stderr.count("\n") == 1
+    assert not (tmp_path / "nowhere").exists()
+    cfg.write_text('[remotes.a]\nkind = "local"\npath = "nowhere"\ncreate = true\n')
+    assert _main("--config", cfg, "ls", "a") == (0, "")
+    assert (tmp_path / "nowhere").is_dir()
+    (tmp_path / "file").write_text("")
+    cfg.write_text('[remotes.a]\nkind = "local"\npath = "file"\ncreate = true\n')
+    with pytest.raises(ConfigError, match="not a directory"):
+        open_backend(load_config(cfg).remote("a"))
+
+
+def test_the_config_knows_every_setting_of_every_driver():
+    import importlib
+    import inspect
+
+    from ndfs.config import DRIVER_OPTIONS, HTTP_BACKENDS, OPTION_RULES
+
+    for kind, (module, cls, _) in HTTP_BACKENDS.items():
+        params = inspect.signature(getattr(importlib.import_module(module), cls).__init__).parameters
+        settings = {n for n, p in params.items() if p.kind == p.KEYWORD_ONLY} - {"read_only"}
+        assert set(DRIVER_OPTIONS[kind]) == settings, kind
+    assert set(OPTION_RULES) == {k for keys in DRIVER_OPTIONS.values() for k in keys}
+
+
+def test_a_token_over_plain_http_to_another_host_is_warned_about_once(caplog):
+    from ndfs.backends.boss import BossBackend
+
+    caplog.set_level("WARNING", logger="ndfs.http")
+    for url, token in [("http://192.0.2.7:8080", "tok-1"), ("http://192.0.2.7:8080", "tok-1"),
+                       ("https://192.0.2.8", "tok-1"), ("http://127.0.0.1:9", "tok-1"), ("http://localhost:9", "tok-1"),
+                       ("http://192.0.2.9", None)]:
+        BossBackend(url, token).close()
+    warned = [r.getMessage() for r in caplog.records if "plain http" in r.getMessage()]
+    assert len(warned) == 1 and "192.0.2.7" in warned[0] and "tok-1" not in warned[0], warned

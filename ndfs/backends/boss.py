@@ -48,7 +48,7 @@ import numpy as np
 
 from ndfs.backends.base import Backend, VolumeRef
 from ndfs.backends.boss_ramon import BossRamon
-from ndfs.backends.http import HttpClient, HttpDriver, run_parallel, status_error
+from ndfs.backends.http import HttpClient, HttpDriver, mask_url, run_parallel, status_error
 from ndfs.errors import BackendError, BadInput, BadRegion, NdfsError, NotFound, TooLarge
 from ndfs.formats import safe
 from ndfs.geometry import Box, ChunkGrid
@@ -74,7 +74,7 @@ def blosc_encode(array: np.ndarray) -> bytes:
     """A blosc frame of the array as BOSS and intern write it (typesize = bit depth, clevel 9, shuffle)."""
     blosc = _blosc()
     arr = np.ascontiguousarray(array)
-    return blosc.compress(arr.tobytes(), typesize=arr.dtype.itemsize * 8, clevel=9,
+    return blosc.compress(memoryview(arr).cast("B"), typesize=arr.dtype.itemsize * 8, clevel=9,
                           shuffle=blosc.SHUFFLE, cname="blosclz")
 
 
@@ -144,7 +144,7 @@ class BossBackend(BossRamon, HttpDriver, Backend):
                  max_meta_bytes: int = 8192, read_only: bool = False):
         super().__init__()
         if not re.match(r"https?://[^/]+", str(url)):
-            raise BadRegion(f"a BOSS url looks like https://api.bossdb.io, got {url!r}")
+            raise BadRegion(f"a BOSS url looks like https://api.bossdb.io, got {mask_url(str(url))!r}")
         if workers < 1 or retries < 0 or max_request_bytes < 8 or timeout_s <= 0 or max_meta_bytes < 64:
             raise BadRegion("BOSS driver settings must be positive (workers, timeout_s, max_request_bytes, "
                             "max_meta_bytes >= 64)")

@@ -66,7 +66,7 @@ import numpy as np
 
 from ndfs.backends.base import Backend, VolumeRef, as_ref
 from ndfs.backends.dvid_ramon import DvidRamon
-from ndfs.backends.http import HttpClient, HttpDriver, run_parallel, status_error
+from ndfs.backends.http import HttpClient, HttpDriver, mask_url, run_parallel, status_error
 from ndfs.errors import BackendError, BadInput, BadRegion, NdfsError, NotFound, ReadOnly
 from ndfs.formats import safe
 from ndfs.geometry import Box, ChunkGrid
@@ -182,7 +182,7 @@ class DvidBackend(DvidRamon, HttpDriver, Backend):
                  label_compression: str = "auto", read_only: bool = False):
         super().__init__()
         if not re.match(r"https?://[^/]+", str(url)):
-            raise BadRegion(f"a DVID url looks like http://host:8000, got {url!r}")
+            raise BadRegion(f"a DVID url looks like http://host:8000, got {mask_url(str(url))!r}")
         if workers < 1 or retries < 0 or max_request_voxels < 1 or max_request_bytes < 8 or timeout_s <= 0:
             raise BadRegion("DVID driver settings must be positive (workers, timeout_s, max_request_*)")
         if label_compression not in ("auto", "lz4", "gzip", "none"):

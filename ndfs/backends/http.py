@@ -14,16 +14,67 @@ Thread-safe: requests' Session with a pool sized for ``workers`` threads.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import random
+import re
 import threading
 import time
 from typing import Callable
+from urllib.parse import unquote, urlsplit
 
 from ndfs.errors import BackendError, BadInput, BadRegion, NdfsError, NotFound, PermissionDenied, Timeout, TooLarge
 
 log = logging.getLogger("ndfs.http")
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+
+
+_AUTHORITY = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)([^/?#]*)(.*)", re.S)
+_warned_plain: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def mask_url(url: str) -> str:
+    """The URL with its user-info (``user:secret@``, a token) shown as ``***@``; anything else unchanged. Pure."""
+    m = _AUTHORITY.match(url or "")
+    if not m or "@" not in m.group(2):
+        return url
+    return m.group(1) + "***@" + m.group(2).rpartition("@")[2] + m.group(3)
+
+
+def url_secrets(url: str) -> list[str]:
+    """The secret parts of a URL's user-info, as written and decoded (to mask them in messages). Pure."""
+    m = _AUTHORITY.match(url or "")
+    if not m or "@" not in m.group(2):
+        return []
+    info = m.group(2).rpartition("@")[0]
+    user, colon, password = info.partition(":")
+    found = [info, password] if colon else [info]
+    return [t for s in found for t in {s, unquote(s)} if t]
+
+
+def is_loopback(host: str) -> bool:
+    """True for "localhost" and loopback addresses (127.0.0.0/8, ::1); a host name is not known to be. Pure."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def warn_plain_http(url: str, name: str) -> None:
+    """Log once per host that a token goes over plain http to a host that is not this machine."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.scheme != "http" or is_loopback(host):
+        return
+    with _warned_lock:
+        if host in _warned_plain:
+            return
+        _warned_plain.add(host)
+    log.warning("%s: the token goes to %s over plain http, readable by anyone on the way; use https",
+                name, host)
 
 
 class Retryable(Exception):
@@ -59,15 +110,18 @@ class HttpClient:
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.session.headers["User-Agent"] = f"ndfs/{__version__}"
-        self._secret = token or None  # only to keep it out of error messages (see _scrub)
+        # only to keep them out of error messages (see _scrub): the token, and a token in the URL's user-info
+        self._secrets = sorted({t for t in [token or ""] + url_secrets(base_url) if t}, key=len, reverse=True)
         if token:
             self.session.headers["Authorization"] = f"Token {token}"
+        if self._secrets:
+            warn_plain_http(base_url, name)
         self._random = random.Random()
         self._lock = threading.Lock()
         self._counts = {"requests": 0, "retries": 0}
 
     def __repr__(self) -> str:
-        return f"HttpClient({self.name!r}, {self.base_url!r})"
+        return f"HttpClient({self.name!r}, {mask_url(self.base_url)!r})"
 
     @property
     def stats(self) -> dict[str, int]:
@@ -78,11 +132,12 @@ class HttpClient:
         self.session.close()
 
     def _scrub(self, error: NdfsError) -> NdfsError:
-        """The error with the token masked: a server or proxy may echo request headers in its answer."""
-        secret = self._secret
-        if not secret or secret not in error.message:
-            return error
-        return type(error)(error.message.replace(secret, "***"), errno=error.errno)
+        """The error with the token masked: a server or proxy may echo request headers in its answer,
+        and requests names the URL (with its user-info) in some of its errors."""
+        message = error.message
+        for secret in self._secrets:
+            message = message.replace(secret, "***")
+        return error if message == error.message else type(error)(message, errno=error.errno)
 
     def request(self, method: str, path: str, *, expect: int = 200, data=None, headers=None, params=None,
                 decode: Callable | None = None, retry: bool = True):
@@ -155,7 +210,7 @@ class HttpDriver:
     _client: HttpClient
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.url!r}, token={'***' if self._token else None})"
+        return f"{type(self).__name__}({mask_url(self.url)!r}, token={'***' if self._token else None})"
 
     @property
     def http_stats(self) -> dict[str, int]:

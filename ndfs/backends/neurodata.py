@@ -46,7 +46,7 @@ from urllib.parse import quote
 import numpy as np
 
 from ndfs.backends.base import Backend, VolumeRef
-from ndfs.backends.http import HttpClient, HttpDriver, run_parallel, status_error
+from ndfs.backends.http import HttpClient, HttpDriver, mask_url, run_parallel, status_error
 from ndfs.errors import (
     BackendError, BadInput, BadRegion, InvalidAnnotation, NdfsError, NotFound, ReadOnly,
 )
@@ -180,7 +180,7 @@ class NeuroDataBackend(HttpDriver, Backend):
                  max_request_bytes: int = 16 * MiB, read_only: bool = False):
         super().__init__()
         if not re.match(r"https?://[^/]+", str(url)):
-            raise BadRegion(f"a NeuroData url looks like https://host[:port], got {url!r}")
+            raise BadRegion(f"a NeuroData url looks like https://host[:port], got {mask_url(str(url))!r}")
         if api.strip("/") not in API_PREFIXES:
             raise BadRegion(f"api must be one of {', '.join(API_PREFIXES)}, got {api!r}")
         if workers < 1 or retries < 0 or max_request_bytes < 16 or timeout_s <= 0:
@@ -202,7 +202,7 @@ class NeuroDataBackend(HttpDriver, Backend):
         self._projects: dict[str, dict] = {}
 
     def __repr__(self) -> str:  # HttpDriver's, with the URL style
-        return f"NeuroDataBackend({self.url!r}, api={self.api!r}, token={'***' if self._token else None})"
+        return f"NeuroDataBackend({mask_url(self.url)!r}, api={self.api!r}, token={'***' if self._token else None})"
 
     def forget_info(self, ref=None) -> None:
         super().forget_info(ref)

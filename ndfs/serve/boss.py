@@ -21,12 +21,19 @@ metadata and created-but-empty resources live in memory (gone when the server
 stops); no delete or update endpoints for resources. Tokens: with none configured any request is accepted; otherwise
 ``Authorization: Token <t>`` (or ``Bearer``) must name one of them, else 401.
 
+Bounds (:mod:`ndfs.serve.limits`): numbers in URLs and bodies are parsed within
+their range or refused 400/1000 (never 500); cutouts, ``ids`` and posts hold
+memory of the app's :class:`MemoryBudget` while they run (413/2000 when one
+needs more than the whole budget, 503 when the server is busy); ``ids``
+answers at most ``MAX_LIST_ITEMS`` ids; a ``boundingbox`` scan reads at most
+``max_scan_bytes`` (413/2000 past it); ``reserve`` counts stay within uint64;
+JSON bodies are at most ``JSON_BODY_BYTES``.
+
 Thread-safe: posts to one channel are serialised by a per-channel lock.
 """
 
 from __future__ import annotations
 
-import hmac
 import io
 import json
 import logging
@@ -44,9 +51,15 @@ from ndfs.errors import NdfsError, NotFound
 from ndfs.formats import safe
 from ndfs.geometry import Box
 from ndfs.serve.boss_model import BossError, BossModel, Channel
+from ndfs.serve.common import TokenAuth
+from ndfs.serve.limits import (
+    DEFAULT_SCAN_BYTES, JSON_BODY_BYTES, MAX_LIST_ITEMS, UINT64_MAX, MemoryBudget,
+    RequestRefused, parse_int, read_body, stream_plan)
 
 log = logging.getLogger("ndfs.serve.boss")
 MAX_CUTOUT_BYTES = 545_259_520
+#: BOSS error codes of ndfs.serve.limits refusals, by HTTP status
+REFUSAL_CODES = {400: 1000, 408: 1000, 413: 2000, 503: 9002}
 N = r"([A-Za-z0-9_-]{1,255})"
 R = r"(\d+):(\d+)"
 BOX = rf"(\d)/{R}/{R}/{R}(?:/{R})?"
@@ -67,11 +80,13 @@ class BossApp:
     """The WSGI app. ``tokens``: accepted tokens (None or empty: accept any request)."""
 
     def __init__(self, backend: Backend, tokens=None, *, max_cutout_bytes: int = MAX_CUTOUT_BYTES,
-                 creator: str = "ndfs"):
+                 creator: str = "ndfs", budget: MemoryBudget | None = None, max_scan_bytes: int = DEFAULT_SCAN_BYTES):
         self.backend = backend
         self.model = BossModel(backend, creator=creator)
-        self.tokens = [t.encode() for t in (tokens or [])]
+        self.auth = TokenAuth(tokens)
         self.max_cutout_bytes = int(max_cutout_bytes)
+        self.budget = budget or MemoryBudget()
+        self.max_scan_bytes = int(max_scan_bytes)
         self._lock = threading.Lock()
         self._write_locks: dict[tuple, threading.Lock] = {}
         self._reserved: dict[tuple, int] = {}
@@ -100,18 +115,15 @@ class BossApp:
             return _reply(start_response, 404, b"Not Found", "text/plain")
         except BossError as exc:
             return _json(start_response, exc.status, {"status": exc.status, "code": exc.code, "message": exc.message})
+        except RequestRefused as exc:
+            return _json(start_response, exc.status, {"status": exc.status, "code": REFUSAL_CODES.get(exc.status, 1000),
+                                                      "message": str(exc)})
         except Exception as exc:  # the service's own catch-all: log it, answer 500/9002
             log.exception("unhandled error on %s %s", method, path)
             return _json(start_response, 500, {"status": 500, "code": 9002, "message": f"Unhandled error: {exc}"})
 
     def _auth(self, environ) -> str | None:
-        if not self.tokens:
-            return None
-        scheme, _, given = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
-        if scheme not in ("Token", "Bearer") or not given:
-            return "Authentication credentials were not provided."
-        given = given.strip().encode()
-        return None if any(hmac.compare_digest(given, t) for t in self.tokens) else "Invalid token."
+        return self.auth.refusal(environ.get("HTTP_AUTHORIZATION", ""))
 
     # ---- resources -------------------------------------------------------
     def _resource(self, method, start_response, get, create, environ):
@@ -119,7 +131,7 @@ class BossApp:
             return _json(start_response, 200, get())
         if method == "POST":
             try:
-                body = safe.json_loads(_body(environ) or b"{}", "The request body")
+                body = safe.json_loads(_body(environ, JSON_BODY_BYTES) or b"{}", "The request body")
             except NdfsError as exc:  # BadInput, or TooLarge past the JSON bound
                 raise BossError(400, 1003, str(exc)) from None
             if not isinstance(body, dict):
@@ -170,15 +182,16 @@ class BossApp:
         if (annotation_only or "filter" in query) and chan.info.kind != "annotation":  # 3
             raise BossError(400, 2003, "This operation is only valid for annotation channels")
         n_t = chan.num_time_samples
-        time = (0, 1) if t0 is None else (int(t0), int(t1))
+        time = (0, 1) if t0 is None else (parse_int(t0, "time start"), parse_int(t1, "time stop"))
         if not (time[0] <= n_t and time[0] <= time[1] <= n_t + 1):  # 4 (lenient, as production)
             raise BossError(400, 1000, f"Invalid time range {t0}:{t1}")
-        res, levels = int(res), chan.num_hierarchy_levels
+        res, levels = parse_int(res, "resolution"), chan.num_hierarchy_levels
         if not 0 <= res < levels:  # 5 (base resolution is 0 here)
             raise BossError(400, 1002, f"Invalid resolution {res}. The resolution has to be within 0 and {levels - 1}")
         lo = [chan.frame["z_start"], chan.frame["y_start"] >> res, chan.frame["x_start"] >> res]
         hi = [chan.frame["z_stop"], chan.frame["y_stop"], chan.frame["x_stop"]]
-        start, stop = (int(z0), int(y0), int(x0)), (int(z1), int(y1), int(x1))
+        start = tuple(parse_int(v, f"{a} start") for v, a in ((z0, "z"), (y0, "y"), (x0, "x")))
+        stop = tuple(parse_int(v, f"{a} stop") for v, a in ((z1, "z"), (y1, "y"), (x1, "x")))
         if not all(l <= a < b <= h for l, a, b, h in zip(lo, start, stop, hi)):  # 6
             raise BossError(400, 1001, f"Incorrect cutout arguments {res}/{x0}:{x1}/{y0}:{y1}/{z0}:{z1}")
         box = Box(start, stop)
@@ -200,6 +213,13 @@ class BossApp:
                 raise BossError(404, 4000, str(exc)) from exc
         return out
 
+    def _hold(self, nbytes: int, what: str):
+        """A ticket of the memory budget for ``nbytes``; 413/2000 when no budget could ever hold them."""
+        if nbytes > self.budget.total_bytes:
+            raise BossError(413, 2000, f"{what} needs {nbytes} bytes of memory, more than this server's request "
+                                       f"memory of {self.budget.total_bytes} bytes. Reduce cutout dimensions.")
+        return self.budget.hold(nbytes, what)
+
     def _cutout(self, method, args, environ, start_response):
         query = parse_qs(environ.get("QUERY_STRING", ""))
         timed = args[-1] is not None
@@ -208,20 +228,23 @@ class BossApp:
             mode = query.get("access-mode", ["cache"])[-1]
             if mode not in ("cache", "no-cache", "raw"):
                 raise BossError(400, 1001, f"Invalid access-mode {mode}")
-            data = self._region(chan, level, box, time)
-            if "filter" in query:
-                try:
-                    ids = [int(v) for v in ",".join(query["filter"]).split(",") if v]
-                except ValueError:
-                    raise BossError(400, 1001, "filter must be a comma separated list of ids") from None
-                data[~np.isin(data, np.array(ids, dtype=np.uint64))] = 0
-            return _encode(start_response, environ, data if timed else data[0])
+            ids = _filter_ids(query) if "filter" in query else None
+            nbytes = box.size * (time[1] - time[0]) * chan.info.dtype.itemsize
+            with self._hold(2 * nbytes + nbytes // 8, "this cutout") as ticket:  # voxels, answer, filter mask
+                data = self._region(chan, level, box, time)
+                if ids is not None:
+                    data[~np.isin(data, ids)] = 0
+                return ticket.keep(_encode(start_response, environ, data if timed else data[0]))
         if method == "POST":
             chan, level, box, time = self._check(args, query, write=True)
-            body = _body(environ)
-            shape = (time[1] - time[0],) + box.shape if timed else box.shape
-            data = _decode(body, chan.info.dtype, shape).reshape((time[1] - time[0],) + box.shape)
-            self._store(chan, level, box, time, data, merge=True)
+            nbytes = box.size * (time[1] - time[0]) * chan.info.dtype.itemsize
+            size = parse_int(environ.get("CONTENT_LENGTH") or "0", "Content-Length")
+            with self._hold(size + 3 * nbytes, "this cutout"):  # body, voxels, stored voxels, merged voxels
+                body = _body(environ)
+                shape = (time[1] - time[0],) + box.shape if timed else box.shape
+                data = _decode(body, chan.info.dtype, shape).reshape((time[1] - time[0],) + box.shape)
+                del body
+                self._store(chan, level, box, time, data, merge=True)
             return _reply(start_response, 201, b"", "application/json")
         return _not_allowed(start_response, method)
 
@@ -229,8 +252,9 @@ class BossApp:
         if method != "PUT":
             return _not_allowed(start_response, method)
         chan, level, box, time = self._check(args, {}, write=True)
-        zeros = np.zeros((time[1] - time[0],) + box.shape, dtype=chan.info.dtype)
-        self._store(chan, level, box, time, zeros, merge=False)
+        with self._hold(box.size * (time[1] - time[0]) * chan.info.dtype.itemsize, "this cutout"):
+            zeros = np.zeros((time[1] - time[0],) + box.shape, dtype=chan.info.dtype)
+            self._store(chan, level, box, time, zeros, merge=False)
         return _reply(start_response, 200, b"", "application/json")
 
     def _store(self, chan: Channel, level: int, box: Box, time, data: np.ndarray, merge: bool) -> None:
@@ -241,10 +265,8 @@ class BossApp:
             raise BossError(400, 9001, "Error during write_cuboid: this server holds time sample 0 only")
         data = data[0]
         inside = box.intersect(chan.info.level(level).box)
-        outside = data.copy()
-        if inside is not None:
-            outside[inside.slices(box.start)] = 0
-        if merge and outside.any():
+        within = 0 if inside is None else np.count_nonzero(data[inside.slices(box.start)])
+        if merge and np.count_nonzero(data) != within:  # counted in place: no copy of the voxels
             raise BossError(400, 9001, "Error during write_cuboid: non-zero voxels beyond the channel's extent")
         if inside is None:
             return
@@ -267,16 +289,28 @@ class BossApp:
         chan = self.model.cutout_channel(c, e, ch)
         if chan.info.kind != "annotation":
             raise BossError(400, 2003, "This operation is only valid for annotation channels")
+        n = parse_int(n, "the number of ids to reserve", 1, UINT64_MAX)
         with self._lock:
             start = self._reserved.get(chan.ref, 1)
-            self._reserved[chan.ref] = start + int(n)
-        return _json(start_response, 200, {"start_id": start, "count": str(int(n))})
+            if start + n - 1 > UINT64_MAX:
+                raise BossError(400, 1000, f"Cannot reserve {n} ids from {start}: ids are uint64 "
+                                           f"(at most {UINT64_MAX - start + 1} are left)")
+            self._reserved[chan.ref] = start + n
+        return _json(start_response, 200, {"start_id": start, "count": str(n)})
 
     def _ids(self, method, args, environ, start_response):
         if method != "GET":
             return _not_allowed(start_response, method)
         chan, level, box, time = self._check(args, {}, write=False, annotation_only=True)
-        ids = np.unique(self._region(chan, level, box, time))
+        ids = np.zeros(0, chan.info.dtype)
+        lv = chan.info.level(level)
+        pieces, need = stream_plan(box, chan.info.dtype.itemsize, lv.chunk_shape, (lv.chunk_origin or lv.box.start)[0],
+                                   self.budget.total_bytes)
+        for piece in pieces:
+            with self._hold(need, "this ids request"):
+                ids = np.union1d(ids, np.unique(self._region(chan, level, piece, time)))
+            if len(ids) > MAX_LIST_ITEMS + 1:
+                raise BossError(413, 2000, f"The box holds more than {MAX_LIST_ITEMS} ids. Reduce cutout dimensions.")
         return _json(start_response, 200, {"ids": [str(int(i)) for i in ids if i != 0]})
 
     def _boundingbox(self, method, args, environ, start_response):
@@ -293,11 +327,16 @@ class BossApp:
         chan = self.model.cutout_channel(c, e, ch)
         if chan.info.kind != "annotation":
             raise BossError(400, 2003, "This operation is only valid for annotation channels")
-        level, levels = int(res), chan.num_hierarchy_levels
+        level, levels = parse_int(res, "resolution"), chan.num_hierarchy_levels
         if not 0 <= level < levels:
             raise BossError(400, 1002, f"Invalid resolution {level}. "
                                        f"The resolution has to be within 0 and {levels - 1}")
-        box = scan_bbox(self.backend, chan.ref, [int(oid)], level) if 0 < int(oid) < 2**64 else None
+        oid = parse_int(oid, "id")
+        scan = chan.info.level(level).box.size * chan.info.dtype.itemsize
+        if scan > self.max_scan_bytes:
+            raise BossError(413, 2000, f"Finding a bounding box scans the channel's {scan} bytes at resolution "
+                                       f"{level}, more than this server's limit of {self.max_scan_bytes}")
+        box = scan_bbox(self.backend, chan.ref, [oid], level) if oid > 0 else None
         if box is None:
             raise BossError(404, 4004, f"The id does not exist. {oid}")
         if kind == "loose":
@@ -362,12 +401,17 @@ class BossApp:
 
 
 # ---- bodies -------------------------------------------------------------------
-def _body(environ) -> bytes:
-    try:
-        size = int(environ.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        raise BossError(400, 1000, "Bad Content-Length") from None
-    return environ["wsgi.input"].read(size) if size > 0 else b""
+def _filter_ids(query) -> np.ndarray:
+    """The ids of ``filter=`` (comma separated, repeatable): uint64 values, at most MAX_LIST_ITEMS."""
+    texts = [v for v in ",".join(query["filter"]).split(",") if v]
+    if len(texts) > MAX_LIST_ITEMS:
+        raise RequestRefused(400, f"filter names {len(texts)} ids, more than {MAX_LIST_ITEMS}")
+    return np.array([parse_int(v, "filter id") for v in texts], dtype=np.uint64)
+
+
+def _body(environ, limit: int = 2**62) -> bytes:
+    """The request body (waitress bounds every body; ``limit`` bounds it for one route, 413 past it)."""
+    return read_body(environ, limit)
 
 
 def _decode(body: bytes, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
@@ -388,10 +432,13 @@ def _encode(start_response, environ, data: np.ndarray):
         from ndfs.backends.boss import blosc_encode
 
         return _reply(start_response, 200, blosc_encode(data), "application/blosc")
-    if "application/npygz" in accept:
-        buf = io.BytesIO()
-        np.save(buf, data)
-        return _reply(start_response, 200, zlib.compress(buf.getvalue()), "application/npygz")
+    if "application/npygz" in accept:  # the .npy bytes compressed as they are, without copies of the voxels
+        data = np.ascontiguousarray(data)
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(data))
+        packer = zlib.compressobj()
+        body = packer.compress(header.getvalue()) + packer.compress(memoryview(data).cast("B")) + packer.flush()
+        return _reply(start_response, 200, body, "application/npygz")
     raise BossError(406, 1000, f"Cannot answer in {accept}; use application/blosc or application/npygz")
 
 

@@ -22,6 +22,7 @@ Thread-safe: one lock guards the in-memory registry and creation.
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,255}")
 BOSS_DTYPES = {"image": ("uint8", "uint16"), "annotation": ("uint64",)}
 UNIT_NM = {"nanometers": 1.0, "micrometers": 1e3, "millimeters": 1e6, "centimeters": 1e7}
 TIME_UNITS = ("nanoseconds", "microseconds", "milliseconds", "seconds", "")
+#: the largest coordinate a coordinate frame may reach (2**40 voxels a side)
+MAX_EXTENT = 2**40
 
 
 class BossError(Exception):
@@ -226,15 +229,15 @@ class BossModel:
         try:
             for axis in "xyz":
                 start, stop = body[f"{axis}_start"], body[f"{axis}_stop"]
-                if not (isinstance(start, int) and isinstance(stop, int) and 0 <= start < stop):
-                    raise ValueError(f"{axis}_start must be an int below {axis}_stop")
+                if not (isinstance(start, int) and isinstance(stop, int) and 0 <= start < stop <= MAX_EXTENT):
+                    raise ValueError(f"{axis}_start must be an int below {axis}_stop, at most {MAX_EXTENT}")
                 size = float(body[f"{axis}_voxel_size"])
-                if not size > 0:
-                    raise ValueError(f"{axis}_voxel_size must be positive")
+                if not 0 < size < math.inf:
+                    raise ValueError(f"{axis}_voxel_size must be a positive number")
                 doc.update({f"{axis}_start": start, f"{axis}_stop": stop, f"{axis}_voxel_size": size})
             if body.get("voxel_unit") not in UNIT_NM:
                 raise ValueError(f"voxel_unit must be one of {', '.join(UNIT_NM)}")
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise BossError(400, 1003, f"Invalid coordinate frame: {exc}") from None
         doc["voxel_unit"] = body["voxel_unit"]
         with self._lock:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import hmac
 import json
 import logging
 import re
@@ -39,6 +40,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from ndfs.errors import MissingExtra, NdfsError
+from ndfs.serve.limits import Limits, guarded_server_class
 
 log = logging.getLogger("ndfs.serve")
 WsgiApp = Callable[[dict, Callable], Iterable[bytes]]
@@ -331,14 +333,49 @@ def instrument(app: WsgiApp, options: ServeOptions) -> tuple[WsgiApp, RequestCou
     return counter, counter
 
 
+class TokenAuth:
+    """The API tokens a server accepts (none: every request is accepted). Thread-safe (immutable).
+
+    A request names one in ``Authorization: Token <t>`` or ``Authorization:
+    Bearer <t>`` (the scheme in any case); tokens are compared in constant time.
+    """
+
+    SCHEMES = ("token", "bearer")
+
+    def __init__(self, tokens: Iterable[str] | None = None):
+        self._tokens = tuple(t.encode() for t in (tokens or ()) if t)
+
+    def __bool__(self) -> bool:
+        return bool(self._tokens)
+
+    def __repr__(self) -> str:
+        return f"TokenAuth({len(self._tokens)} tokens)"
+
+    def refusal(self, header: str) -> str | None:
+        """None when the Authorization header value is accepted, else why not (BOSS's wording)."""
+        if not self._tokens:
+            return None
+        scheme, _, given = (header or "").strip().partition(" ")
+        given = given.strip()
+        if scheme.lower() not in self.SCHEMES or not given:
+            return "Authentication credentials were not provided."
+        given_bytes = given.encode("utf-8", "surrogateescape")
+        return None if any(hmac.compare_digest(given_bytes, t) for t in self._tokens) else "Invalid token."
+
+
 class WsgiServer:
-    """A WSGI app served by waitress on ``host:port`` (port 0: any free port, see ``.port``)."""
+    """A WSGI app served by waitress on ``host:port`` (port 0: any free port, see ``.port``).
+
+    ``limits`` bound connections and request times (:class:`ndfs.serve.limits.Limits`);
+    with the app's ``auth`` (a :class:`TokenAuth`) the server also refuses large
+    bodies without a token before reading them.
+    """
 
     def __init__(self, app: WsgiApp, host: str = "127.0.0.1", port: int = 0, *,
                  options: ServeOptions = ServeOptions(), threads: int = 16,
-                 max_body_bytes: int = 550 * 2**20):
+                 max_body_bytes: int = 550 * 2**20, limits: Limits = Limits()):
         try:
-            import waitress.server
+            from waitress.adjustments import Adjustments
         except ImportError:
             raise MissingExtra("serving needs waitress: pip install 'ndfs[serve]' (or bash scripts/setup.sh serve)") \
                 from None
@@ -348,15 +385,26 @@ class WsgiServer:
         self.faults: FaultInjector = self.counter.app  # type: ignore[assignment]
         self._map: dict = {}
         try:
-            self._server = waitress.server.create_server(
-                wrapped, map=self._map, host=host, port=port, threads=threads, ident="ndfs",
-                asyncore_use_poll=True, max_request_body_size=max_body_bytes, expose_tracebacks=False)
-        except OSError as exc:
-            raise NdfsError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+            adj = Adjustments(host=host, port=port, threads=threads, ident="ndfs", asyncore_use_poll=True,
+                              max_request_body_size=max_body_bytes, expose_tracebacks=False,
+                              connection_limit=limits.max_connections + 1, cleanup_interval=1,
+                              channel_timeout=max(1, int(limits.idle_timeout_s)))
+            self._server = guarded_server_class()(
+                wrapped, map=self._map, adj=adj, sockinfo=adj.listen[0], limits=limits,
+                auth=getattr(app, "auth", None), max_body=max_body_bytes)
+        except (OSError, ValueError) as exc:
+            raise NdfsError(f"cannot listen on {host}:{port}: {getattr(exc, 'strerror', None) or exc}") from exc
+        self.limits = limits
         self.host, self.port = host, int(self._server.effective_port)
         self._stop = threading.Event()
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
+
+    @property
+    def dropped(self) -> dict[str, int]:
+        """Connections the guard closed, by reason: per-address, full, evicted, headers, body, idle,
+        unread, unauthorized (see :mod:`ndfs.serve.limits`)."""
+        return dict(self._server.dropped)
 
     @property
     def url(self) -> str:
@@ -370,6 +418,7 @@ class WsgiServer:
         try:
             while not self._stop.is_set():
                 wasyncore.loop(timeout=0.1, map=self._map, use_poll=True, count=1)
+                self._server.tick()
         finally:
             wasyncore.close_all(self._map)
             self._server.task_dispatcher.shutdown(cancel_pending=True, timeout=5)

@@ -29,19 +29,30 @@ put non-zero voxels beyond them are refused (400). Tokens: with none
 configured every request is accepted; otherwise ``Authorization: Bearer <t>``
 (or ``Token <t>``) must name one of them, else 401.
 
+Bounds (:mod:`ndfs.serve.limits`): coordinates and sizes are int32, labels and
+counts uint64, parsed within range or refused 400 (never 500); 3D raw GETs
+are streamed piece by piece (uncompressed or gzip; lz4 answers are built whole
+within the memory budget), so a 3 GiB payload never sits in memory; posts,
+2D images and lz4 answers hold memory of the app's :class:`MemoryBudget`
+(400 when one needs more than the whole budget, 503 when the server is busy);
+label queries and ``scale`` reads read at most ``max_scan_bytes`` of voxels;
+``labels`` takes at most ``MAX_LIST_ITEMS`` points, ``sizes`` as many labels;
+sparse volumes hold at most ``MAX_RUNS`` runs; JSON bodies are at most
+``JSON_BODY_BYTES``; ``keyrangevalues`` answers at most ``MAX_KV_ANSWER_BYTES``.
+
 Thread-safe: the model is, and concurrent voxel POSTs to one instance are
 serialised by its write lock.
 """
 
 from __future__ import annotations
 
-import gzip
-import hmac
 import io
 import json
 import logging
+import math
 import os
 import threading
+import zlib
 from http import HTTPStatus
 from urllib.parse import parse_qs
 
@@ -52,11 +63,21 @@ from ndfs.errors import BadInput, NdfsError
 from ndfs.formats import safe
 from ndfs.formats.safe import json_loads as safe_json
 from ndfs.geometry import Box
+from ndfs.serve.common import TokenAuth
 from ndfs.serve.dvid_model import (
-    LABEL_TYPES, TYPES, DvidError, DvidModel, Instance, Node, Repo, bad, type_url)
+    LABEL_TYPES, MAX_DOWNRES, TYPES, DvidError, DvidModel, Instance, Node, Repo, bad, type_url)
+from ndfs.serve.limits import (
+    DEFAULT_SCAN_BYTES, JSON_BODY_BYTES, MAX_LIST_ITEMS, STREAM_PIECE_BYTES, UINT64_MAX, HeldAnswer, MemoryBudget,
+    RequestRefused, check_int, parse_int, read_body, read_cover_bytes, stream_plan)
 
 log = logging.getLogger("ndfs.serve.dvid")
 MAX_PAYLOAD_BYTES = 3 * 2**30
+#: DVID's voxel coordinates are int32
+COORD_MIN, COORD_MAX = -2**31, 2**31 - 1
+#: the most x-runs a sparse volume answer holds (32 bytes each while it is built)
+MAX_RUNS = 4_000_000
+#: the most value bytes one keyrangevalues answer gathers
+MAX_KV_ANSWER_BYTES = 64 * 2**20
 VERSION = "v1.0.0 (ndfs)"
 NOT_ROUTED = "404 page not found"
 PLANES = {"0_1": "xy", "xy": "xy", "0_2": "xz", "xz": "xz", "1_2": "yz", "yz": "yz"}
@@ -67,11 +88,16 @@ IMAGE_FORMATS = {"png": ("PNG", "image/png"), "jpg": ("JPEG", "image/jpeg"), "jp
 class DvidApp:
     """The WSGI app. ``tokens``: accepted tokens (None or empty: accept every request)."""
 
-    def __init__(self, backend: Backend, tokens=None, *, read_only: bool = False, throttle_limit: int = 1):
+    def __init__(self, backend: Backend, tokens=None, *, read_only: bool = False, throttle_limit: int = 1,
+                 budget: MemoryBudget | None = None, max_scan_bytes: int = DEFAULT_SCAN_BYTES,
+                 max_cutout_bytes: int = MAX_PAYLOAD_BYTES):
         self.backend = backend
         self.model = DvidModel(backend, read_only=read_only)
         self.read_only = read_only
-        self.tokens = [t.encode() for t in (tokens or [])]
+        self.auth = TokenAuth(tokens)
+        self.budget = budget or MemoryBudget()
+        self.max_scan_bytes = int(max_scan_bytes)
+        self.max_cutout_bytes = int(max_cutout_bytes)
         self.throttle_limit = int(throttle_limit)
         self._lock = threading.Lock()
         self._throttled = 0
@@ -86,7 +112,7 @@ class DvidApp:
         except UnicodeError:
             path = raw_path
         try:
-            if self.tokens and not self._authorised(environ):
+            if self.auth.refusal(environ.get("HTTP_AUTHORIZATION", "")):
                 return _text(start_response, 401, "missing or invalid token in the Authorization header\n")
             parts = path.split("/")[1:]
             if parts and parts[-1] == "" and len(parts) > 1:
@@ -100,16 +126,24 @@ class DvidApp:
         except DvidError as exc:
             if exc.status == 404 and exc.message in ("", NOT_ROUTED):
                 return _text(start_response, 404, exc.message and exc.message + "\n", head=method == "HEAD")
-            return _text(start_response, exc.status, f"{exc.message} ({path}).\n", head=method == "HEAD")
+            return _text(start_response, exc.status, f"{exc.message} ({_shortened(path)}).\n", head=method == "HEAD")
+        except RequestRefused as exc:
+            return _text(start_response, exc.status, f"{exc} ({_shortened(path)}).\n", head=method == "HEAD")
         except Exception:  # a handler panic: DVID answers 500 and goes on
             log.exception("unhandled error on %s %s", method, path)
             return _text(start_response, 500, f"internal server error ({path}).\n")
 
-    def _authorised(self, environ) -> bool:
-        scheme, _, given = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
-        if scheme not in ("Bearer", "Token") or not given.strip():
-            return False
-        return any(hmac.compare_digest(given.strip().encode(), t) for t in self.tokens)
+    def _hold(self, nbytes: int, what: str):
+        """A ticket of the memory budget for ``nbytes``; 400 when no budget could ever hold them."""
+        if nbytes > self.budget.total_bytes:
+            raise bad(f"{what} needs {nbytes} bytes of memory, more than this server's request memory of "
+                      f"{self.budget.total_bytes} bytes: ask for less at once")
+        return self.budget.hold(nbytes, what)
+
+    def _check_scan(self, nbytes: int, what: str) -> None:
+        if nbytes > self.max_scan_bytes:
+            raise bad(f"{what} would read {nbytes} bytes of voxels, more than this server's limit of "
+                      f"{self.max_scan_bytes}")
 
     def _route(self, r: "_Request", start_response):
         p, m = r.parts, r.method
@@ -226,21 +260,26 @@ class DvidApp:
         ox, oy, oz = _ints(offset, 3, "offset")
         plane = PLANES.get(dims)
         if dims in ("0_1_2", "vol"):
-            sx, sy, sz = _ints(size, 3, "size")
+            sx, sy, sz = _ints(size, 3, "size", lo=0)
         elif plane is not None:
             if r.method != "GET" or endpoint == "isotropic":
                 raise bad(f"cannot {r.method} 2D {dims} voxels: only 3D raw ({endpoint}) POSTs are allowed")
-            w, h = _ints(size, 2, "size")
+            w, h = _ints(size, 2, "size", lo=0)
             sx, sy, sz = {"xy": (w, h, 1), "xz": (w, 1, h), "yz": (1, w, h)}[plane]
         else:
             raise bad(f"bad dims {dims!r}: use 0_1_2 for 3D, xy, xz or yz for 2D")
         if min(sx, sy, sz) <= 0:
             raise bad(f"size {size} must be positive on every axis")
         box = Box((oz, oy, ox), (oz + sz, oy + sy, ox + sx))
-        if box.size * inst.dtype.itemsize > MAX_PAYLOAD_BYTES:
-            raise bad(f"requested payload of {box.size * inst.dtype.itemsize} bytes is over 3 GiB")
+        if box.size * inst.dtype.itemsize > self.max_cutout_bytes:
+            raise bad(f"requested payload of {box.size * inst.dtype.itemsize} bytes is over this server's limit "
+                      f"of {self.max_cutout_bytes} bytes ({self.max_cutout_bytes / 2**30:g} GiB)")
         compression = r.arg("compression").lower() if inst.typename in LABEL_TYPES else ""
-        scale = _int_arg(r, "scale", 0)
+        if compression not in ("", "uncompressed", "lz4", "gzip"):
+            raise bad(f"compression {compression!r} is not supported by this server (lz4, gzip)")
+        scale = _int_arg(r, "scale", 0, hi=MAX_DOWNRES)
+        if scale:
+            self._check_scan(box.size * 8**scale * inst.dtype.itemsize, f"a scale {scale} read")
         throttled = r.arg("throttle").lower() in ("true", "on") and plane is None
         if throttled:
             with self._lock:
@@ -248,35 +287,96 @@ class DvidApp:
                     raise DvidError(503, f"Server already running {self._throttled} throttled operations "
                                          f"(max = {self.throttle_limit})")
                 self._throttled += 1
+        handed_on = False
         try:
             if r.method == "GET":
-                data = self._read_scaled(inst, node, box, scale)
                 if plane is not None:
-                    return _image(start_response, data, plane, fmt or "png")
+                    with self._hold(box.size * inst.dtype.itemsize * (4 + 8**scale), "this image") as ticket:
+                        data = self._read_scaled(inst, node, box, scale)
+                        return ticket.keep(_image(start_response, data, plane, fmt or "png"))
                 if fmt.startswith("jp"):
                     raise bad("this server does not answer 3D voxels as JPEG")
-                return _reply(start_response, 200, _compress(data.tobytes(), compression), "application/octet-stream")
+                answer = self._stream_raw(start_response, inst, node, box, scale, compression,
+                                          self._unthrottle if throttled else None)
+                handed_on = True
+                return answer
             if r.method == "POST":
                 if endpoint == "isotropic":
                     raise bad("cannot POST isotropic voxels: only raw")
                 if scale:
                     raise bad("voxel POSTs go to scale 0 only")
                 self._check_writable(node, inst, endpoint, "POST")
-                body = _decompress(r.body(), compression, box.size * inst.dtype.itemsize)
-                if len(body) != box.size * inst.dtype.itemsize:
-                    raise bad(f"expected {box.size * inst.dtype.itemsize} bytes for {sx}x{sy}x{sz} "
-                              f"{inst.dtype.name} voxels, got {len(body)}")
-                data = np.frombuffer(body, inst.dtype.newbyteorder("<")).astype(inst.dtype).reshape(box.shape)
-                with self._lock:
-                    lock = self._write_locks.setdefault(id(inst), threading.Lock())
-                with lock:
-                    self.model.write(inst, node, box, data)
+                payload = box.size * inst.dtype.itemsize
+                declared = parse_int(r.environ.get("CONTENT_LENGTH") or "0", "Content-Length")
+                with self._hold(declared + 3 * payload, "this post"):  # body, voxels, decoded, stored
+                    body = _decompress(r.body(), compression, payload)
+                    if len(body) != payload:
+                        raise bad(f"expected {payload} bytes for {sx}x{sy}x{sz} "
+                                  f"{inst.dtype.name} voxels, got {len(body)}")
+                    data = np.frombuffer(body, inst.dtype.newbyteorder("<")).astype(inst.dtype).reshape(box.shape)
+                    r.drop_body()
+                    del body
+                    with self._lock:
+                        lock = self._write_locks.setdefault(id(inst), threading.Lock())
+                    with lock:
+                        self.model.write(inst, node, box, data)
                 return _text(start_response, 200, "", content_type="text/plain")
             raise bad(f"cannot {r.method} raw voxels")
         finally:
-            if throttled:
-                with self._lock:
-                    self._throttled -= 1
+            if throttled and not handed_on:
+                self._unthrottle()
+
+    def _unthrottle(self) -> None:
+        with self._lock:
+            self._throttled -= 1
+
+    def _stream_raw(self, start_response, inst: Instance, node: Node, box: Box, scale: int, compression: str,
+                    on_close):
+        """A 3D GET answer made piece by piece as it is sent (lz4: built whole, within the memory budget)."""
+        itemsize, grow = inst.dtype.itemsize, 8**scale
+        payload = box.size * itemsize
+        if compression == "lz4" or (compression == "gzip" and payload <= STREAM_PIECE_BYTES):  # made whole
+            ticket = self._hold(payload * (3 + grow), f"this {compression} answer")
+            try:
+                body = _compress(self._read_scaled(inst, node, box, scale).tobytes(), compression)
+            except BaseException:
+                ticket.release()
+                raise
+            pieces, length = [body], len(body)
+        else:
+            chunks, z_origin = self._store_grid(inst)
+            pieces, need = stream_plan(box, itemsize, chunks, z_origin, self.budget.total_bytes, 2**scale)
+            ticket = self._hold(need, "this answer")
+            pieces = self._raw_pieces(inst, node, pieces, scale, compression == "gzip")
+            length = payload if compression in ("", "uncompressed") else None
+        headers = [("Content-Type", "application/octet-stream")]
+        if length is not None:
+            headers.append(("Content-Length", str(length)))
+        start_response("200 OK", headers)
+
+        def close():
+            ticket.release()
+            if on_close is not None:
+                on_close()
+
+        return HeldAnswer(pieces, close)
+
+    def _store_grid(self, inst: Instance) -> tuple[tuple[int, int, int], int]:
+        """(chunk shape, z of a chunk boundary) of what a read of the instance decodes: the served
+        volume's store chunks, or the instance's own blocks."""
+        if inst.source is None:
+            return inst.block_zyx, 0
+        ref, level = inst.source
+        lv = self.backend.info(ref).level(level)
+        return lv.chunk_shape, (lv.chunk_origin or lv.box.start)[0]
+
+    def _raw_pieces(self, inst, node, pieces, scale: int, gzipped: bool):
+        packer = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS) if gzipped else None
+        for piece in pieces:
+            data = self._read_scaled(inst, node, piece, scale).tobytes()
+            yield packer.compress(data) if packer is not None else data
+        if packer is not None:
+            yield packer.flush()
 
     def _read_scaled(self, inst: Instance, node: Node, box: Box, scale: int) -> np.ndarray:
         if scale == 0:
@@ -296,49 +396,84 @@ class DvidApp:
             voxel = self.model.read(inst, node, Box((z, y, x), (z + 1, y + 1, x + 1)))
             return _json(start_response, {"Label": int(voxel[0, 0, 0])})
         if endpoint == "labels" and not rest and r.method == "GET":
-            points = r.json_body(kind=list)
-            out = []
-            for point in points:
-                if not (isinstance(point, list) and len(point) == 3 and all(isinstance(v, int) for v in point)):
-                    raise bad(f"each point must be [x, y, z] integers, got {point!r}")
-                x, y, z = point
-                out.append(int(self.model.read(inst, node, Box((z, y, x), (z + 1, y + 1, x + 1)))[0, 0, 0]))
-            return _json(start_response, out)
+            return _json(start_response, self._labels_at(inst, node, r.json_body(kind=list)))
         raise bad(f'Bad API call "{endpoint}" for data {inst.name!r}')
 
+    def _labels_at(self, inst: Instance, node: Node, points: list) -> list[int]:
+        """The labels at [x, y, z] points, reading each block the points fall in once."""
+        if len(points) > MAX_LIST_ITEMS:
+            raise bad(f"labels takes at most {MAX_LIST_ITEMS} points, not {len(points)}")
+        bz, by, bx = inst.block_zyx
+        by_block: dict[tuple, list[int]] = {}
+        for i, point in enumerate(points):
+            if not (isinstance(point, list) and len(point) == 3):
+                raise bad(f"each point must be [x, y, z] integers, got {point!r}")
+            x, y, z = (check_int(v, "a point coordinate", COORD_MIN, COORD_MAX) for v in point)
+            by_block.setdefault((z // bz, y // by, x // bx), []).append(i)
+        self._check_scan(len(by_block) * bz * by * bx * inst.dtype.itemsize,
+                         f"reading the {len(by_block)} blocks of these points")
+        out = [0] * len(points)
+        for (iz, iy, ix), members in by_block.items():
+            block = Box((iz * bz, iy * by, ix * bx), ((iz + 1) * bz, (iy + 1) * by, (ix + 1) * bx))
+            data = self.model.read(inst, node, block)
+            for i in members:
+                x, y, z = points[i]
+                out[i] = int(data[z - block.start[0], y - block.start[1], x - block.start[2]])
+        return out
+
     def _scan(self, inst: Instance, node: Node, region: Box | None = None):
-        """(box, array) pieces covering the instance's stored voxels (within region), block rows at a time."""
+        """(box, array) pieces covering the instance's stored voxels (within region), block rows at a time
+        (cut in x to the budget's piece size); refused when the region holds more than max_scan_bytes."""
         data_box = inst.data_box()
         if data_box is not None and region is not None:
             data_box = data_box.intersect(region)
         if data_box is None:
             return
-        bz, by, _ = inst.block_zyx
+        itemsize = inst.dtype.itemsize
+        self._check_scan(data_box.size * itemsize, "this label query")
+        bz, by, bx = inst.block_zyx
         (z0, y0, x0), (z1, y1, x1) = data_box.start, data_box.stop
-        for z in range(z0 - z0 % bz, z1, bz):
-            for y in range(y0 - y0 % by, y1, by):
-                piece = Box((max(z, z0), max(y, y0), x0), (min(z + bz, z1), min(y + by, y1), x1))
-                yield piece, self.model.read(inst, node, piece)
+        piece_bytes = min(STREAM_PIECE_BYTES, self.budget.total_bytes // 8)
+        step = max(bx, piece_bytes // (bz * by * bx * itemsize) * bx)
+        piece = (min(bz, data_box.shape[0]), min(by, data_box.shape[1]), min(step, data_box.shape[2]))
+        need = 4 * math.prod(piece) * itemsize + read_cover_bytes(piece, self._store_grid(inst)[0], itemsize)
+        with self._hold(need, "this label query"):
+            for z in range(z0 - z0 % bz, z1, bz):
+                for y in range(y0 - y0 % by, y1, by):
+                    for x in range(x0 - x0 % bx, x1, step):
+                        piece = Box((max(z, z0), max(y, y0), max(x, x0)),
+                                    (min(z + bz, z1), min(y + by, y1), min(x + step, x1)))
+                        yield piece, self.model.read(inst, node, piece)
 
     def _label_arg(self, rest: list[str]) -> int:
-        if len(rest) != 1 or not rest[0].isdigit():
+        if len(rest) != 1:
             raise bad("a label endpoint needs one label id")
-        label = int(rest[0])
+        label = parse_int(rest[0], "label", 0, UINT64_MAX)
         if label == 0:
             raise bad("label 0 is the background and has no index")
         return label
 
-    def _voxels_of(self, inst, node, label, region=None):
-        """Coordinates (z, y, x arrays) of a label's voxels."""
-        zs, ys, xs = [], [], []
+    def _label_runs(self, inst, node, label, region=None) -> tuple[np.ndarray, int, np.ndarray]:
+        """A label's x-runs ((N, 4) int64 rows x, y, z, length, in z, y, x order), voxel count and blocks
+        ((M, 3) z, y, x block indices, sorted); at most MAX_RUNS runs."""
+        bz, by, bx = inst.block_zyx
+        runs, blocks, voxels, n_runs = [], [], 0, 0
         for piece, arr in self._scan(inst, node, region):
             z, y, x = np.nonzero(arr == label)
-            zs.append(z + piece.start[0])
-            ys.append(y + piece.start[1])
-            xs.append(x + piece.start[2])
-        if not zs:
-            return (np.zeros(0, np.int64),) * 3
-        return np.concatenate(zs), np.concatenate(ys), np.concatenate(xs)
+            if not len(z):
+                continue
+            z, y, x = z + piece.start[0], y + piece.start[1], x + piece.start[2]
+            runs.append(xruns(z, y, x))
+            n_runs += len(runs[-1])
+            if n_runs > MAX_RUNS:
+                raise bad(f"label {label} has more than {MAX_RUNS} runs of voxels: ask for a smaller region")
+            blocks.append(np.unique(np.stack([z // bz, y // by, x // bx], axis=1), axis=0))
+            voxels += len(z)
+        if not runs:
+            return np.zeros((0, 4), np.int64), 0, np.zeros((0, 3), np.int64)
+        runs = np.concatenate(runs)
+        runs = runs[np.lexsort((runs[:, 0], runs[:, 1], runs[:, 2]))]
+        return runs, voxels, np.unique(np.concatenate(blocks), axis=0)
 
     def _size(self, r, start_response, node, inst, rest):
         label = self._label_arg(rest)
@@ -349,8 +484,9 @@ class DvidApp:
 
     def _sizes(self, r, start_response, node, inst, rest):
         labels = r.json_body(kind=list)
-        if not all(isinstance(v, int) for v in labels):
-            raise bad("sizes needs a JSON list of label ids")
+        if len(labels) > MAX_LIST_ITEMS:
+            raise bad(f"sizes takes at most {MAX_LIST_ITEMS} labels, not {len(labels)}")
+        labels = [check_int(v, "a label id") for v in labels]
         counts = dict.fromkeys(labels, 0)
         want = np.array(sorted(set(labels)), dtype=np.uint64)
         for _, arr in self._scan(inst, node):
@@ -361,13 +497,12 @@ class DvidApp:
 
     def _sparsevol_size(self, r, start_response, node, inst, rest):
         label = self._label_arg(rest)
-        z, y, x = self._voxels_of(inst, node, label)
-        if not len(z):
+        _, voxels, blocks = self._label_runs(inst, node, label)
+        if not voxels:
             raise DvidError(404, "")
         bz, by, bx = inst.block_zyx
-        blocks = np.unique(np.stack([z // bz, y // by, x // bx], axis=1), axis=0)
         lo, hi = blocks.min(axis=0), blocks.max(axis=0)
-        return _json(start_response, {"voxels": int(len(z)), "numblocks": int(len(blocks)),
+        return _json(start_response, {"voxels": int(voxels), "numblocks": int(len(blocks)),
                                       "minvoxel": [int(lo[2] * bx), int(lo[1] * by), int(lo[0] * bz)],
                                       "maxvoxel": [int((hi[2] + 1) * bx - 1), int((hi[1] + 1) * by - 1),
                                                    int((hi[0] + 1) * bz - 1)]})
@@ -376,34 +511,34 @@ class DvidApp:
         label = self._label_arg(rest)
         if _int_arg(r, "scale", 0) != 0:
             raise bad("this server answers sparsevol at scale 0 only")
-        lo = [_int_arg(r, f"min{a}", None) for a in "zyx"]
-        hi = [_int_arg(r, f"max{a}", None) for a in "zyx"]
+        lo = [_int_arg(r, f"min{a}", None, lo=COORD_MIN) for a in "zyx"]
+        hi = [_int_arg(r, f"max{a}", None, lo=COORD_MIN) for a in "zyx"]
         region = None
         if any(v is not None for v in lo + hi):
-            big = 2**40
-            region = Box(tuple(-big if v is None else v for v in lo), tuple(big if v is None else v + 1 for v in hi))
-        z, y, x = self._voxels_of(inst, node, label, region)
-        if not len(z):
+            region = Box(tuple(COORD_MIN if v is None else v for v in lo),
+                         tuple(COORD_MAX + 1 if v is None else v + 1 for v in hi))
+        runs, voxels, blocks = self._label_runs(inst, node, label, region)
+        if not voxels:
             if r.method == "HEAD":
                 return _text(start_response, 204, "", head=True)
             raise DvidError(404, "")
         if r.method == "HEAD":
             return _text(start_response, 200, "", head=True)
         if coarse:
-            bz, by, bx = inst.block_zyx
-            z, y, x = np.unique(np.stack([z // bz, y // by, x // bx], axis=1), axis=0).T
-        return _reply(start_response, 200, encode_rles(z, y, x), "application/octet-stream")
+            runs = xruns(*blocks.T)
+        return _reply(start_response, 200, encode_runs(runs), "application/octet-stream")
 
     def _sparsevol_coarse(self, r, start_response, node, inst, rest):
         return self._sparsevol(r, start_response, node, inst, rest, coarse=True)
 
     def _maxlabel(self, r, start_response, node, inst, rest):
         if r.method == "POST":  # raise the maximum label (ignored unless greater), as DVID's labelmap does
-            if len(rest) != 1 or not rest[0].isdigit():
+            if len(rest) != 1:
                 raise bad("DVID requires max label ID to follow POST /maxlabel")
+            label = parse_int(rest[0], "max label", 0, UINT64_MAX)
             self._check_writable(node, inst, "maxlabel", "POST")
             with inst.lock:
-                inst.next_label = max(inst.next_label, int(rest[0]))
+                inst.next_label = max(inst.next_label, label)
             return _text(start_response, 200, "")
         if rest or r.method != "GET":
             raise bad("maxlabel: GET, or POST maxlabel/<max label>")
@@ -417,13 +552,16 @@ class DvidApp:
     def _nextlabel(self, r, start_response, node, inst, rest):
         if r.method == "GET" and not rest:
             return _json(start_response, {"nextlabel": self._max_label(inst, node) + 1})
-        if r.method == "POST" and len(rest) == 1 and rest[0].isdigit() and int(rest[0]) > 0:
+        if r.method == "POST" and len(rest) == 1:
+            count = parse_int(rest[0], "the number of labels", 1, UINT64_MAX)
             self._check_writable(node, inst, "nextlabel", "POST")
             start = self._max_label(inst, node) + 1
             with inst.lock:
                 start = max(start, inst.next_label + 1)
-                inst.next_label = start + int(rest[0]) - 1
-            return _json(start_response, {"start": start, "end": start + int(rest[0]) - 1})
+                if start + count - 1 > UINT64_MAX:
+                    raise bad(f"cannot hand out {count} labels from {start}: labels are uint64")
+                inst.next_label = start + count - 1
+            return _json(start_response, {"start": start, "end": start + count - 1})
         raise bad("nextlabel: GET, or POST nextlabel/<count>")
 
     # ---- key-value -------------------------------------------------------------------
@@ -454,9 +592,13 @@ class DvidApp:
                 return _json(start_response, keys)
             if r.arg("json").lower() != "true":
                 raise bad("keyrangevalues: this server answers with json=true only")
-            out = {}
+            out, total = {}, 0
             for k in keys:
                 value = self.model.get_key(inst, node, k)
+                total += len(value or b"")
+                if total > MAX_KV_ANSWER_BYTES:
+                    raise bad(f"keyrangevalues: the range holds more than {MAX_KV_ANSWER_BYTES} bytes of values; "
+                              "ask for a narrower range")
                 try:
                     out[k] = safe_json(value, f"the value of key {k!r}") if value is not None else None
                 except NdfsError as exc:
@@ -478,17 +620,18 @@ class _Request:
     def arg(self, name: str) -> str:
         return self.query.get(name, [""])[-1]
 
-    def body(self) -> bytes:
+    def body(self, limit: int = 2**62) -> bytes:
+        """The request body (waitress bounds every body; ``limit`` bounds it for one route, 413 past it)."""
         if self._body is None:
-            try:
-                size = int(self.environ.get("CONTENT_LENGTH") or 0)
-            except ValueError:
-                raise bad("bad Content-Length") from None
-            self._body = self.environ["wsgi.input"].read(size) if size > 0 else b""
+            self._body = read_body(self.environ, limit)
         return self._body
 
+    def drop_body(self) -> None:
+        """Forget the body (a large one, once decoded)."""
+        self._body = b""
+
     def json_body(self, kind=dict):
-        raw = self.body()
+        raw = self.body(JSON_BODY_BYTES)
         if not raw.strip():
             return kind()
         try:
@@ -518,6 +661,11 @@ class _Request:
         return [e for e in entries if e]
 
 
+def _shortened(path: str, limit: int = 256) -> str:
+    """The URL path as DVID's errors quote it, shortened when it is long (absurd numbers are not echoed whole)."""
+    return path if len(path) <= limit else f"{path[:limit - 24]}...({len(path)} characters)"
+
+
 def _string(body: dict, key: str) -> str:
     value = body.get(key, "")
     if not isinstance(value, str):
@@ -525,24 +673,19 @@ def _string(body: dict, key: str) -> str:
     return value
 
 
-def _ints(text: str, n: int, what: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split("_"))
-    except ValueError:
-        values = ()
-    if len(values) != n:
-        raise bad(f"bad {what} {text!r}: needs {n} integers joined by '_'")
-    return values
+def _ints(text: str, n: int, what: str, lo: int = COORD_MIN) -> tuple[int, ...]:
+    """n int32 values (at least ``lo``) joined by '_'; 400 otherwise."""
+    parts = text.split("_")
+    if len(parts) != n:
+        raise bad(f"bad {what} {text[:64]!r}: needs {n} integers joined by '_'")
+    return tuple(parse_int(v, f"{what} value", lo, COORD_MAX) for v in parts)
 
 
-def _int_arg(r: _Request, name: str, default):
+def _int_arg(r: _Request, name: str, default, lo: int = 0, hi: int = COORD_MAX):
     text = r.arg(name)
     if not text:
         return default
-    try:
-        return int(text)
-    except ValueError:
-        raise bad(f"query parameter {name}={text!r} is not an integer") from None
+    return parse_int(text, f"query parameter {name}", lo, hi)
 
 
 # ---- bodies -----------------------------------------------------------------------------
@@ -552,7 +695,8 @@ def _compress(data: bytes, compression: str) -> bytes:
     if compression == "lz4":
         return _lz4().compress(data, store_size=False)
     if compression == "gzip":
-        return gzip.compress(data, compresslevel=1)
+        packer = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+        return packer.compress(data) + packer.flush()
     raise bad(f"compression {compression!r} is not supported by this server (lz4, gzip)")
 
 
@@ -578,20 +722,23 @@ def _lz4():
     return lz4.block
 
 
-def encode_rles(z: np.ndarray, y: np.ndarray, x: np.ndarray) -> bytes:
-    """DVID's sparse volume body: a 12-byte header and one (x, y, z, length) int32 run per x-run. Pure."""
+def xruns(z: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """The x-runs of voxel coordinates: (N, 4) int64 rows (x, y, z, length), in z, y, x order. Pure."""
     order = np.lexsort((x, y, z))
     z, y, x = (np.asarray(a, np.int64)[order] for a in (z, y, x))
-    if len(x):
-        new = np.ones(len(x), bool)
-        new[1:] = (x[1:] != x[:-1] + 1) | (y[1:] != y[:-1]) | (z[1:] != z[:-1])
-        starts = np.flatnonzero(new)
-        lengths = np.diff(np.append(starts, len(x)))
-        runs = np.stack([x[starts], y[starts], z[starts], lengths], axis=1).astype("<i4")
-    else:
-        runs = np.zeros((0, 4), "<i4")
+    if not len(x):
+        return np.zeros((0, 4), np.int64)
+    new = np.ones(len(x), bool)
+    new[1:] = (x[1:] != x[:-1] + 1) | (y[1:] != y[:-1]) | (z[1:] != z[:-1])
+    starts = np.flatnonzero(new)
+    lengths = np.diff(np.append(starts, len(x)))
+    return np.stack([x[starts], y[starts], z[starts], lengths], axis=1)
+
+
+def encode_runs(runs: np.ndarray) -> bytes:
+    """DVID's sparse volume body: a 12-byte header and one (x, y, z, length) int32 row per x-run. Pure."""
     header = np.array([0, 3, 0, 0], np.uint8).tobytes() + np.array([0, len(runs)], "<u4").tobytes()
-    return header + runs.tobytes()
+    return header + np.asarray(runs).astype("<i4").tobytes()
 
 
 def _downres_labels(a: np.ndarray) -> np.ndarray:

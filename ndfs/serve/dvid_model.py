@@ -54,6 +54,11 @@ UNIT_NM = {"nanometers": 1.0, "nanometer": 1.0, "nm": 1.0, "micrometers": 1e3, "
            "microns": 1e3, "um": 1e3, "millimeters": 1e6, "mm": 1e6}
 NAME_RE = re.compile(r"[^/\s]{1,255}")
 LEVEL_NAME = re.compile(r"(.+)_([1-9][0-9]*)")
+#: the highest MaxDownresLevel of a labelmap made by a client (its scales are computed from scale 0 on
+#: each read, 8**level voxels per voxel)
+MAX_DOWNRES = 7
+#: the longest side of a client-made instance's blocks
+MAX_BLOCK_SIDE = 1024
 
 
 class DvidError(Exception):
@@ -306,8 +311,8 @@ class DvidModel:
         if colon:
             branch, tilde, back = branch.partition("~")
             if tilde:
-                if not back.isdigit():
-                    raise bad(f"bad version step {back!r} in {text!r}")
+                if not (back.isascii() and back.isdigit() and len(back) <= 9):
+                    raise bad(f"bad version step {back[:32]!r} in {text[:64]!r}: a number of versions back")
                 steps = int(back)
         with self._lock:
             if colon and not prefix:
@@ -401,9 +406,9 @@ class DvidModel:
         if typename in VOXEL_TYPES:
             kwargs["block_xyz"] = _triple(config, "blocksize", int, None)
             if kwargs["block_xyz"] is not None and (
-                    any(v <= 0 for v in kwargs["block_xyz"])
+                    any(not 0 < v <= MAX_BLOCK_SIDE for v in kwargs["block_xyz"])
                     or (typename == "labelmap" and any(v % 16 for v in kwargs["block_xyz"]))):
-                raise bad(f"bad BlockSize {config['blocksize']!r}")
+                raise bad(f"bad BlockSize {config['blocksize'][:64]!r}: sides from 1 to {MAX_BLOCK_SIDE}")
             kwargs["voxel_xyz"] = _triple(config, "voxelsize", float, (8.0, 8.0, 8.0))
             units = config.get("voxelunits", "nanometers").split(",")
             kwargs["units"] = tuple(u.strip() for u in (units * 3 if len(units) == 1 else units))
@@ -411,8 +416,8 @@ class DvidModel:
                 raise bad(f"bad VoxelUnits {config['voxelunits']!r}")
             if typename == "labelmap":
                 level = config.get("maxdownreslevel", "0")
-                if not level.isdigit():
-                    raise bad(f"bad MaxDownresLevel {level!r}")
+                if not (level.isascii() and level.isdigit() and len(level) <= 2 and int(level) <= MAX_DOWNRES):
+                    raise bad(f"bad MaxDownresLevel {level[:32]!r}: this server computes scales 0 to {MAX_DOWNRES}")
                 kwargs["max_downres"] = int(level)
         with self._lock:
             if node.locked:
@@ -469,10 +474,8 @@ class DvidModel:
         vid = self.storage_vid(inst, node)
         if inst.source is not None:
             inside = box.intersect(inst.source_box)
-            outside = data.copy()
-            if inside is not None:
-                outside[inside.slices(box.start)] = 0
-            if outside.any():
+            within = 0 if inside is None else np.count_nonzero(data[inside.slices(box.start)])
+            if np.count_nonzero(data) != within:  # counted in place: no copy of the voxels
                 raise bad(f"non-zero voxels beyond the served volume {inst.source_box} of {inst.name}")
             if vid == inst.repo.root_vid:
                 if inside is not None:
@@ -552,7 +555,9 @@ def _triple(config: dict, key: str, kind, default):
     try:
         values = tuple(kind(p) for p in parts)
     except ValueError:
-        raise bad(f"bad {key} {config[key]!r}: needs 3 comma-separated numbers") from None
+        raise bad(f"bad {key} {config[key][:64]!r}: needs 3 comma-separated numbers") from None
+    if kind is float and not all(0 < v < float("inf") for v in values):
+        raise bad(f"bad {key} {config[key][:64]!r}: needs positive finite numbers")
     if len(values) == 1:
         values = values * 3
     if len(values) != 3:

@@ -7,6 +7,12 @@ content type)`` or raise :class:`NdError`. Metadata goes through the backend's
 ``reduce/``, removed) through the backend's read/write by
 :func:`ndfs.ramon.labels.paint`, under the app's per-channel lock.
 
+Bounds: a request names at most ``MAX_OBJECTS`` ids; an object's
+``cutout/`` and ``voxels/`` hold at most the app's ``max_cutout_bytes`` of
+voxels (and ``voxels/`` at most that many bytes of coordinates) within the
+memory budget; bounding boxes and query boxes scan at most ``max_scan_bytes``
+(413 past them); query predicates are integers within range (400).
+
 Thread-safe as the app is.
 """
 
@@ -14,14 +20,17 @@ from __future__ import annotations
 
 import io
 import json
+import math
 
 import numpy as np
 
 from ndfs.errors import InvalidAnnotation, NdfsError, NotFound
 from ndfs.geometry import Box
+from ndfs.serve.limits import UINT64_MAX, parse_int
 from ndfs.serve.neurodata_model import NdError, Project
 
-MAX_TIGHT_VOXELS = 1024 * 1024 * 256
+#: the most RAMON ids one request names
+MAX_OBJECTS = 10_000
 
 
 def json_reply(doc):
@@ -33,7 +42,8 @@ def text_reply(text: str):
 
 
 class RamonService:
-    """RAMON handlers; the app provides ``backend``, ``_channel_lock``, ``_check_writable``, ``_box``, ``_region``."""
+    """RAMON handlers; the app provides ``backend``, ``_channel_lock``, ``_check_writable``, ``_box``, ``_region``,
+    ``_hold``, ``_check_scan`` and ``max_cutout_bytes``."""
 
     def _annotation(self, project: Project, ch: str) -> None:
         if project.channel(ch).kind != "annotation":
@@ -160,7 +170,7 @@ class RamonService:
         if len(ids) != 1 or len(rest) < 2 or rest[0] not in ("boundingbox", "cutout", "voxels") \
                 or not rest[1].isdigit():
             raise NdError(400, f"Unknown RAMON service {'/'.join(rest)}")
-        obj, level = objs[0], int(rest[1])
+        obj, level = objs[0], parse_int(rest[1], "resolution")
         if level >= project.levels:
             raise NdError(404, f"Illegal resolution {level}")
         members = obj.segments if obj.TYPE == "neuron" else [obj.id]
@@ -171,22 +181,34 @@ class RamonService:
         else:
             if len(rest) != 2:
                 raise NdError(400, f"Unknown RAMON service {'/'.join(rest)}")
+            info = project.channel(ch)
+            self._check_scan(info.level(level).box.size * info.dtype.itemsize, "Finding the annotation's voxels")
             box = self.backend.ramon_bbox(ref, obj.id, level)
             if box is None:
                 raise NdError(404, f"Annotation {obj.id} has no voxels at resolution {level}")
         if rest[0] == "boundingbox":
             obj.bbox = (level, box)
             return 200, to_hdf5([obj], layout="legacy"), "product/hdf5"
-        if box.size > MAX_TIGHT_VOXELS:
-            raise NdError(404, f"Illegal cutout: {box.size} voxels is more than {MAX_TIGHT_VOXELS}")
-        data = self._region(project, ch, level, box)
-        mask = np.isin(data, np.array(members, dtype=data.dtype))
+        nbytes = box.size * project.channel(ch).dtype.itemsize
+        if nbytes > self.max_cutout_bytes:
+            raise NdError(413, f"The annotation's {rest[0]} of {nbytes} bytes is over this server's limit of "
+                               f"{self.max_cutout_bytes} bytes")
         from ndfs.ramon import Voxels
 
-        if rest[0] == "cutout":
-            obj.voxels = Voxels(np.where(mask, data, 0), box.start, level)
-            return 200, to_hdf5([obj], layout="legacy"), "product/hdf5"
-        return 200, _with_voxels(to_hdf5([obj], layout="legacy"), obj.id, level, mask, box), "product/hdf5"
+        with self._hold(4 * nbytes, f"this annotation {rest[0]}") as ticket:  # voxels, mask, masked, answer
+            data = self._region(project, ch, level, box)
+            mask = np.isin(data, np.array(members, dtype=data.dtype))
+            if rest[0] == "cutout":
+                obj.voxels = Voxels(np.where(mask, data, 0), box.start, level)
+                return 200, ticket.keep([to_hdf5([obj], layout="legacy")]), "product/hdf5"
+            del data
+            count = int(np.count_nonzero(mask))
+            if count * 36 > self.max_cutout_bytes:  # 24 bytes a voxel while found, 12 in the answer
+                raise NdError(413, f"Annotation {obj.id} has {count} voxels in {box}: their coordinates are over "
+                                   f"this server's limit of {self.max_cutout_bytes} bytes")
+            with self._hold(count * 36, "this annotation's voxels") as more:
+                body = _with_voxels(to_hdf5([obj], layout="legacy"), obj.id, level, mask, box)
+                return 200, more.keep(ticket.keep([body])), "product/hdf5"
 
     def _query(self, project: Project, ch: str, args: list[str], body: bytes):
         """``query/[pred/...]``: predicates ANDed; a POSTed HDF5 box keeps the ids with voxels in it."""
@@ -201,18 +223,22 @@ class RamonService:
             while i < len(args):
                 key = args[i]
                 if key == "confidence":
-                    kw["confidence"] = (args[i + 1], float(args[i + 2]))
+                    value = float(args[i + 2])
+                    if not -math.inf < value < math.inf:
+                        raise ValueError(f"confidence {args[i + 2]} is not a finite number")
+                    kw["confidence"] = (args[i + 1], value)
                     i += 3
                     continue
                 value = unquote(args[i + 1])
                 if key == "type":
-                    if int(value) not in names:
+                    kind = parse_int(value, "annotation type", 0, 2**31)
+                    if kind not in names:
                         raise NdError(404, f"Illegal query: unknown annotation type {value}")
-                    kw["type"] = names[int(value)]
+                    kw["type"] = names[kind]
                 elif key == "status":
-                    kw["status"] = int(value)
+                    kw["status"] = parse_int(value, "status", -2**63, 2**63 - 1)
                 elif key == "limit":
-                    kw["limit"] = int(value)
+                    kw["limit"] = parse_int(value, "limit", 0, UINT64_MAX)
                 else:
                     kw["kv"][unquote(key)] = value
                 i += 2
@@ -225,6 +251,7 @@ class RamonService:
             box = box.intersect(project.channel(ch).level(level).box)
             if box is None:
                 return 200, ids_hdf5([]), "product/hdf5"
+            self._check_scan(box.size * project.channel(ch).dtype.itemsize, "This query box")
         ids = self.backend.ramon_ids((project.token, ch), box=box, level=level, **kw)
         return 200, ids_hdf5(ids), "product/hdf5"
 
