@@ -381,8 +381,12 @@ def test_a_mount_and_a_python_process_writing_the_same_planes_never_mix(tmp_path
             while time.monotonic() < deadline:
                 z = int(rng.integers(0, 16))
                 for level in ("0", "1"):
-                    if len(np.unique(tifffile.imread(em / level / "z" / f"{z}.tif"))) != 1:
-                        torn.append((level, z))
+                    plane = tifffile.imread(em / level / "z" / f"{z}.tif")
+                    if len(np.unique(plane)) != 1:
+                        rows = [int(r) for r in np.nonzero((plane != plane[0, 0]).any(axis=1))[0]]
+                        cols = [int(c) for c in np.nonzero((plane != plane[0, 0]).any(axis=0))[0]]
+                        torn.append((level, z, sorted(np.unique(plane).tolist()), rows[:1] + rows[-1:],
+                                     cols[:1] + cols[-1:]))
                 reads[0] += 1
 
         threads = [threading.Thread(target=writer, args=(s,)) for s in (3, 4)]

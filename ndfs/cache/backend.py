@@ -269,8 +269,9 @@ class CachedBackend(WrappingBackend):
     def _claim(self, ref, level, idxs, prefetch: bool) -> tuple[dict, dict, dict]:
         """Under the lock: split chunks into memory hits, ours to fetch, and others' flights."""
         hits, mine, theirs = {}, {}, {}
+        gen = self.generation(ref)  # a fetch keeps its chunks only if no process wrote the volume meanwhile
         with self._lock:
-            epoch, gen = self.epoch(ref), self._seen.get(ref, (None,))[0]
+            epoch = self.epoch(ref)
             for idx in idxs:
                 key = (self.namespace, ref, level, idx)
                 arr = None if self._being_written(ref, level, idx) else self._mem.get(key)
@@ -365,11 +366,12 @@ class CachedBackend(WrappingBackend):
             if not isinstance(exc, Exception):
                 raise
             return
-        with self._lock:
+        with self._lock:  # the checks and the puts at once: a _sync that drops the volume comes before or after
             if members and members[0][1].prefetch:
                 self._counts["prefetched"] += len(members)
+            gen = self.generation(ref)
             for idx, f, chunk in chunks:
-                if self.epoch(ref) == f.epoch:
+                if self.epoch(ref) == f.epoch and gen == f.gen:
                     self._mem_put(ref, level, idx, chunk)
         for _, f, chunk in chunks:
             f.future.set_result(chunk)  # waiters go on; the flight stays findable until on disk

@@ -415,8 +415,14 @@ class FileSystem:
                 self._truncated.discard(path)
             handle = WriteHandle(node, path, truncate, self.spool_dir, caller)
             return Opened(self._new_handle(handle, path), direct_io=True)
-        token = None if volume is None else self.tree.token(*volume)
-        handle = node.open()
+        self._local.path = path
+        try:
+            handle = node.open()  # plane files read their snapshot here
+            # the token after the snapshot: if it moved meanwhile, the snapshot may be of a newer version than
+            # the pages other handles put in the page cache, so the volume goes past the page cache from now on
+            token = None if volume is None else self.tree.refresh(*volume)
+        finally:
+            self._local.path = None
         with self._lock:
             if len(self._seen) > 1_000_000:
                 self._seen.clear()

@@ -236,20 +236,19 @@ class TiffFile(FileNode):
 
 
 class _SnapshotTiff(FileNode):
-    """An open plane file: the plane is read whole (under the volume's read lock) on the first read."""
+    """An open plane file: the plane is read whole when the file is opened (one read, never half of a
+    write), so every page this handle serves is of that one version; the session compares the
+    volume's token before and after, so a handle whose snapshot may be newer than its token bypasses
+    the page cache."""
 
     def __init__(self, node: TiffFile):
         self.node, self.size, self.mtime = node, node.size, node.mtime
-        self._plane: np.ndarray | None = None
-        self._lock = threading.Lock()
+        self._plane = node.snapshot()
 
     def read(self, offset: int, size: int) -> bytes:
         layout = self.node.layout
         if offset + size <= layout.data_start or offset >= layout.data_end:
             return self.node.read(offset, size)  # header or trailer: no pixels
-        with self._lock:
-            if self._plane is None:
-                self._plane = self.node.snapshot()
         plane = self._plane
         return self.node.layout.read(offset, size, lambda p, r0, r1: plane[r0:r1])
 

@@ -197,8 +197,8 @@ def cmd_serve(args) -> int:
         print(f"ndfs serve: warning: no --token given, so anyone who reaches {args.host} can read "
               "and write this store", file=sys.stderr)
     api = {"dvid": "/api/", "neurodata": "/ocp/ca/"}.get(args.protocol, "/v1/")
+    signal.signal(signal.SIGTERM, lambda *_: server.stop())  # before the start line: a client may stop it at once
     print(f"ndfs serve: {args.protocol} protocol for {what} at {server.url}{api} (Ctrl-C stops)", flush=True)
-    signal.signal(signal.SIGTERM, lambda *_: server.stop())
     try:
         server.serve_forever()
     finally:
