@@ -21,24 +21,20 @@ from ndfs.info import LevelInfo, VolumeInfo  # noqa: E402
 
 
 def open_remote(name=None, config=None):
-    """Open the backend of remote `name` from the configuration (the first remote if None)."""
-    from ndfs.config import load_config, open_backend
-
-    cfg = config if config is not None else load_config()
-    return open_backend(cfg.remote(name), cfg)
+    """Open the backend of remote `name` from the configuration (the first remote if None), with the
+    chunk cache and the outbox as a mount has them (:func:`ndfs.config.open_store`)."""
+    return remote(name, config=config).backend
 
 
 def open_volume(path, config=None, level=0):
-    """Open a volume by its tree path, e.g. ``"local/demo/em"``, as a :class:`ndfs.volume.Volume`."""
-    from ndfs.config import load_config, open_backend
+    """Open a volume by its tree path, e.g. ``"local/demo/em"``, as a :class:`ndfs.volume.Volume` (through
+    the chunk cache and the outbox, as a mount reads and writes it)."""
     from ndfs.volume import Volume
 
-    cfg = config if config is not None else load_config()
     parts = [p for p in str(path).split("/") if p]
     if not parts:
         raise NotFound("open_volume needs a path like 'local/<project>/<channel>'")
-    backend = open_backend(cfg.remote(parts[0]), cfg)
-    return Volume(backend, tuple(parts[1:]), level=level)
+    return Volume(remote(parts[0], config=config).backend, tuple(parts[1:]), level=level)
 
 
 def remote(name_or_url=None, **kwargs):

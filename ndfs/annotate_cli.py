@@ -109,7 +109,7 @@ def cmd_annotate(args) -> int:
                               min_voxels=args.min_voxels, progress=not args.quiet and sys.stderr.isatty())
         except BaseException:
             if args.create:  # nothing half-done: the channel made for this run goes again
-                r.raw.delete_volume(into)
+                r.backend.delete_volume(into)
             raise
     finally:
         r.close()

@@ -50,10 +50,12 @@ __all__ = ["Remote", "remote", "Source", "source_of", "open_source"]
 # ---- recipes: how to reopen a backend elsewhere ----------------------------------
 @dataclass(frozen=True)
 class Source:
-    """How to open a backend again in another process: its remote's settings (no token) and cache settings."""
+    """How to open a backend again in another process: its remote's settings (no token), and the cache and
+    write settings it was built with (:func:`ndfs.config.open_store`)."""
 
     remote: Any  # ndfs.config.RemoteConfig
-    cache: Any = None  # ndfs.config.CacheConfig, or None for no cache
+    cache: Any = None  # ndfs.config.CacheConfig; None: no cache
+    write: Any = None  # ndfs.config.WriteConfig; None: the defaults
 
 
 _SOURCES: "weakref.WeakKeyDictionary[Backend, Source]" = weakref.WeakKeyDictionary()
@@ -67,12 +69,14 @@ def source_of(backend: Backend) -> Source:
     from ndfs.cache import CachedBackend
     from ndfs.config import RemoteConfig
 
+    from ndfs.journal.store import JournaledStore
+
     found = _SOURCES.get(backend)
     if found is not None:
         return found
     if isinstance(backend, LocalBackend):
         return Source(RemoteConfig("local", "local", path=backend.root, read_only="write" not in backend.capabilities))
-    if isinstance(backend, CachedBackend):
+    if isinstance(backend, (CachedBackend, JournaledStore)):
         return source_of(backend.inner)
     raise BadRegion(f"a {backend.kind} backend opened by hand cannot be sent to other processes; "
                     "open it with ndfs.remote(...) so workers can reopen it")
@@ -84,7 +88,7 @@ def open_source(source: Source) -> Backend:
     with _OPENED_LOCK:
         backend = _OPENED.get(key)
         if backend is None:
-            backend = _build(source.remote, source.cache)
+            backend = _build(source.remote, source.cache, source.write)
             _OPENED[key] = backend
     return backend
 
@@ -95,17 +99,15 @@ def _reopen_volume(source: Source, ref: VolumeRef, level: int):
     return Volume(open_source(source), ref, level)
 
 
-def _build(rc, cache) -> Backend:
-    """The backend of a remote, behind the chunk cache as ``ndfs.config.open_remotes`` builds it for mounts
-    (same namespace, so Python and mounts share the disk cache); no outbox: errors reach the caller."""
-    from ndfs.config import cached_backend, open_backend
+def _build(rc, cache, write=None) -> Backend:
+    """The layered backend of a remote (:func:`ndfs.config.open_store`, as for mounts: the same cache
+    namespace, so Python and mounts share the disk tier, and the same outbox journal), remembered as a
+    recipe so worker processes can reopen it."""
+    from ndfs.config import CacheConfig, Config, WriteConfig, open_store
 
-    backend = open_backend(rc)
-    if cache is not None and cache.enabled:
-        inner = backend
-        backend = cached_backend(rc, cache, inner)
-        _SOURCES[inner] = Source(rc, None)
-    _SOURCES[backend] = Source(rc, cache)
+    config = Config(remotes={rc.name: rc}, write=write or WriteConfig())
+    backend = open_store(config, rc, cache=cache if cache is not None else CacheConfig(enabled=False))
+    _SOURCES[backend] = Source(rc, cache, write)
     return backend
 
 
@@ -165,7 +167,7 @@ def remote(name_or_url: str | os.PathLike | Backend | None = None, *, kind: str 
     if rc.kind == "local" and options:
         raise ConfigError(f"a local store takes no options (got {', '.join(options)})")
     use_cache = cfg.cache.enabled if cache is None else bool(cache)
-    backend = _build(rc, cfg.cache if use_cache else None)
+    backend = _build(rc, cfg.cache if use_cache else None, cfg.write)
     return Remote(backend, name=rc.name)
 
 
@@ -275,8 +277,10 @@ class Remote:
 
     @property
     def raw(self) -> Backend:
-        """The service's own driver, under the cache."""
-        return getattr(self.backend, "inner", self.backend)
+        """The service's own driver, under the cache and the outbox."""
+        from ndfs.backends.wrap import layers
+
+        return list(layers(self.backend))[-1]
 
     def close(self) -> None:
         self.backend.close()
@@ -399,9 +403,8 @@ class Remote:
         ``like`` (a Volume or VolumeInfo) supplies whatever is not given: shape,
         dtype, kind, voxel size, offset and chunk shape of its level 0.
         """
-        raw = self.raw
-        create = getattr(raw, "create_volume", None)
-        if create is None or "create" not in getattr(raw, "capabilities", ()):
+        create = self.backend.create_volume
+        if "create" not in self.backend.capabilities:
             raise NdfsError(f"{self.kind} remote {self.name!r} cannot create channels here; create it on the "
                             "service and write into it", errno=errno.ENOTSUP)
         base = getattr(like, "info", like)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ndfs import __version__
 from ndfs.errors import NdfsError
+from ndfs.units import human_size, parse_size
 
 # glibc settings for the daemon: chunk-sized buffers (>= 2 MiB) go to mmap and are returned at once,
 # and few arenas keep freed memory from piling up across the FUSE and fetch threads. Measured by
@@ -56,8 +57,8 @@ def _config(args):
 def _session(args, mount: bool = False):
     """The file session over every configured remote: what a mount serves and ``ndfs ls/cat`` read.
 
-    A mount's writes to remote services go through the outbox, its spool lives beside it, and files
-    whose commit fails at release are kept there; elsewhere the spool is a temporary directory.
+    A mount's spool lives beside the outbox, and files whose commit fails at release are kept there;
+    elsewhere the spool is a temporary directory.
     """
     from ndfs.config import open_remotes
     from ndfs.fs.session import FileSystem
@@ -67,7 +68,7 @@ def _session(args, mount: bool = False):
 
     cfg = _config(args)
     configure_mesh_cache(cfg.cache)
-    tree = Tree(open_remotes(cfg, outbox=mount), max_cutout_bytes=cfg.mount.max_cutout_bytes,
+    tree = Tree(open_remotes(cfg), max_cutout_bytes=cfg.mount.max_cutout_bytes,
                 max_ramon_bytes=cfg.mount.max_ramon_bytes)
     if not mount:
         return FileSystem(tree)
@@ -83,20 +84,6 @@ def _seconds(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"not a positive number of seconds: {text!r}")
     return value
-
-
-def parse_size(text: str) -> int:
-    """Bytes from '512M', '4G', '1048576' (powers of 1024)."""
-    units = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
-    t = text.strip().upper().removesuffix("IB").removesuffix("B")
-    unit = t[-1:] if t[-1:] in units else ""
-    try:
-        value = float(t[: len(t) - len(unit)])
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (use e.g. 512M or 4G)") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"a size cannot be negative: {text!r}")
-    return int(value * units[unit])
 
 
 # ---- commands ---------------------------------------------------------------
@@ -413,17 +400,6 @@ def _retry_file(fs, outbox, entry) -> bool:
         return False
     outbox.remove(entry)
     return True
-
-
-def human_size(n: float | None) -> str:
-    """Bytes in powers of 1024, as parse_size reads them back: 0 B, 1.5 KiB, 512 MiB, 4 GiB."""
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{int(n)} B" if unit == "B" else f"{n:.1f}".removesuffix(".0") + f" {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
 
 
 def format_table(header: list[str], rows: list[list[str]]) -> str:

@@ -4,7 +4,8 @@ Precedence: built-in defaults < ``ndfs.toml`` < ``NDFS_*`` environment < CLI
 flags (applied by the CLI). The file is the one named explicitly, else
 ``$NDFS_CONFIG``, else ``./ndfs.toml``, else ``<user config dir>/ndfs/ndfs.toml``.
 Relative paths in a file are relative to that file. Backends never read files
-or the environment themselves: :func:`open_backend` hands them keyword arguments.
+or the environment themselves: :func:`open_backend` hands them keyword arguments, and
+:func:`open_store` stacks the cache and the journal on them for every entry point.
 
 Strict: an unknown section or key is a ConfigError that names it and suggests
 the nearest valid one; numbers must be finite, and positive (or at least 0
@@ -397,43 +398,39 @@ def check_local_store(remote: RemoteConfig) -> None:
                           f"{exc.strerror or exc}") from None
 
 
-def cached_backend(rc: RemoteConfig, cache: CacheConfig, backend=None):
-    """The remote's backend (opened unless given) behind the chunk cache, as every mount and Remote builds it.
+def open_store(config: Config, remote: RemoteConfig | str | None = None, *, cache: CacheConfig | None = None,
+               store=None):
+    """The layered backend of one remote, built the same way for every entry point: the mount, ``ndfs ls``
+    and ``cat``, ``ndfs.remote()``/``open_volume()``/``open_remote()``, export, import, annotate, batch
+    workers and ``ndfs serve``. Nothing else stacks these layers.
 
-    Remote services get both cache tiers (memory and the shared disk cache);
-    the local store, already on local disk, gets the memory tier only. The
-    namespace is :func:`remote_target`, so mounts and Python share disk entries.
+    The store (``store``, or :func:`open_backend`), behind the chunk cache (``cache``, default the
+    configuration's; off when not ``enabled``: remote services get both tiers, the local store, already
+    on disk, the memory tier only; the namespace is :func:`remote_target`, so every process shares disk
+    entries and stamps), behind the outbox journal for remote services that can be written (the local
+    store journals its own writes). No I/O happens here.
     """
     from ndfs.cache import CachedBackend
 
-    backend = open_backend(rc) if backend is None else backend
-    if not cache.enabled:
-        return backend
-    return CachedBackend(backend, namespace=remote_target(rc), memory_bytes=cache.memory_bytes,
-                         disk_dir=None if rc.kind == "local" else cache.dir, disk_bytes=cache.disk_bytes,
-                         prefetch=cache.prefetch, max_age_s=cache.max_age_s)
+    rc = remote if isinstance(remote, RemoteConfig) else config.remote(remote)
+    cache = config.cache if cache is None else cache
+    backend = open_backend(rc, config) if store is None else store
+    if cache.enabled:
+        backend = CachedBackend(backend, namespace=remote_target(rc), memory_bytes=cache.memory_bytes,
+                                disk_dir=None if rc.kind == "local" else cache.dir, disk_bytes=cache.disk_bytes,
+                                prefetch=cache.prefetch, max_age_s=cache.max_age_s)
+    if rc.kind != "local" and "write" in backend.capabilities:
+        from ndfs.journal import Journal
+        from ndfs.journal.store import JournaledStore
+
+        backend = JournaledStore(backend, Journal(config.write.outbox_dir), rc.name, remote_target(rc),
+                                 mode=config.write.write_back, retry_max_s=config.write.retry_max_s)
+    return backend
 
 
-def open_remotes(config: Config, outbox: bool = False) -> dict:
-    """Every configured remote's backend, behind the chunk cache when it is enabled (:func:`cached_backend`).
-
-    With ``outbox`` (what a mount uses), writable remote services also write
-    through the durable outbox (ndfs/journal/store.py); the local store keeps
-    its own journal beside its data (ndfs/backends/local.py).
-    """
-    remotes = {}
-    box = None
-    for name, rc in config.remotes.items():
-        backend = cached_backend(rc, config.cache)
-        if outbox and rc.kind != "local" and "write" in backend.capabilities:
-            from ndfs.journal import Journal
-            from ndfs.journal.store import JournaledStore
-
-            box = box or Journal(config.write.outbox_dir)
-            backend = JournaledStore(backend, box, name, remote_target(rc), mode=config.write.write_back,
-                                     retry_max_s=config.write.retry_max_s)
-        remotes[name] = backend
-    return remotes
+def open_remotes(config: Config) -> dict:
+    """Every configured remote's layered backend (:func:`open_store`), by name."""
+    return {name: open_store(config, rc) for name, rc in config.remotes.items()}
 
 
 #: HTTP remote kinds: (module, class, an example url for the error message)

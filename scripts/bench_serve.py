@@ -115,7 +115,8 @@ def fetch(url: str, headers: dict, tally: dict, lock: threading.Lock) -> None:
 
 def memory_row(protocol: str, store: Path, shape, budget: int | None, clients: int) -> tuple[float, str]:
     cap = int(np.prod(shape))
-    extra = ["--max-cutout-bytes", str(cap)] + (["--max-request-memory", str(budget)] if budget else [])
+    extra = ["--max-cutout-bytes", str(cap), "--cache-memory", "0"]  # the requests' budget alone (the cache has its own)
+    extra += ["--max-request-memory", str(budget)] if budget else []
     path = store if protocol == "boss" else store / "bench"
     with served(protocol, path, "--token", TOKEN, *extra) as srv:
         url = maximal_url(protocol, srv.url, shape)

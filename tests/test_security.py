@@ -193,7 +193,7 @@ def test_config_reprs_and_info_never_show_the_token(guarded, monkeypatch, tmp_pa
     _mount_config(config, guarded, tmp_path / "cache", "NDFS_TEST_SECRET")
     cfg = load_config(config)
     assert SECRET not in repr(cfg) and SECRET not in str(cfg)
-    remotes = open_remotes(cfg, outbox=True)
+    remotes = open_remotes(cfg)
     try:
         for name, backend in remotes.items():
             assert SECRET not in repr(backend)

@@ -183,6 +183,18 @@ class Backend:
         with self._info_lock:
             self._bumps[ref] = self._bumps.get(ref, 0) + 1
 
+    # ---- administration, where capabilities has "create" --------------------
+    def create_volume(self, ref: Sequence[str] | str, shape: Sequence[int], dtype="uint8", kind: str = "image",
+                      voxel_size_nm: Sequence[float] = (1.0, 1.0, 1.0), offset: Sequence[int] = (0, 0, 0),
+                      levels: int = 1, chunk_shape: Sequence[int] = (16, 256, 256),
+                      overwrite: bool = False) -> VolumeInfo:
+        """Create an empty channel (all zeros) with ``levels`` pyramid levels; stores that can only."""
+        raise NdfsError(f"{self.kind} remote cannot create channels", errno=errno.ENOTSUP)
+
+    def delete_volume(self, ref: Sequence[str] | str) -> None:
+        """Remove a channel and everything in it; stores that can create channels only."""
+        raise NdfsError(f"{self.kind} remote cannot delete channels", errno=errno.ENOTSUP)
+
     # ---- files: opaque values in a folder (DVID key-value instances) ------
     # A backend whose folders can hold files overrides these; the defaults say "no files here".
     def holds_files(self, path: Sequence[str]) -> bool:

@@ -61,6 +61,24 @@ class WrappingBackend(Backend):
     def volume_lock(self, ref):
         return self.inner.volume_lock(ref)
 
+    # ---- administration: the channel is new or gone, so every layer forgets what it knew of it ----------
+    def create_volume(self, ref, *args, **kwargs):
+        try:
+            return self.inner.create_volume(ref, *args, **kwargs)
+        finally:
+            self.forget_volume(ref)
+
+    def delete_volume(self, ref) -> None:
+        try:
+            self.inner.delete_volume(ref)
+        finally:
+            self.forget_volume(ref)
+
+    def forget_volume(self, ref) -> None:
+        """Drop what this layer holds of a channel that was made anew or removed."""
+        self.forget_info(ref)
+        self.bump_version(ref)
+
     # ---- files (key-value stores) ------------------------------------------------
     def holds_files(self, path: Sequence[str]) -> bool:
         return self.inner.holds_files(path)

@@ -163,6 +163,10 @@ class CachedBackend(WrappingBackend):
         finally:  # deleting an object zeroes its voxels
             self.invalidate(ref)
 
+    def forget_volume(self, ref) -> None:
+        super().forget_volume(ref)
+        self.invalidate(ref)  # both tiers: a channel made anew under the same name starts empty
+
     # ---- keys and small helpers -----------------------------------------
     def disk_key(self, ref: Sequence[str], level: int, index: Sequence[int]) -> str:
         """The diskcache key of one chunk (a JSON string; stable across processes)."""

@@ -275,8 +275,8 @@ class BossModel:
                                        "uint8 or uint16 for image and uint64 for annotation channels")
         if body.get("base_resolution", 0) != 0:
             raise BossError(400, 1003, "this server stores channels from base resolution 0")
-        create = getattr(self.backend, "create_volume", None)
-        if create is None or "create" not in self.backend.capabilities:
+        create = self.backend.create_volume
+        if "create" not in self.backend.capabilities:
             raise BossError(403, 3001, "This user does not have the required permissions "
                                        "(the served store cannot create channels)")
         f = self.frame(exp["coord_frame"])

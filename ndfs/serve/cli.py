@@ -14,6 +14,7 @@ import signal
 import sys
 from pathlib import Path
 
+from ndfs.units import parse_size, positive_size
 from ndfs.errors import NdfsError
 from ndfs.serve.limits import DEFAULT_REQUEST_MEMORY, DEFAULT_SCAN_BYTES, Limits
 
@@ -45,6 +46,9 @@ def add_serve_parser(subparsers) -> None:
                         "it does not show in the process list")
     s.add_argument("--read-only", action="store_true", help="refuse writes and channel creation")
     s.add_argument("--threads", type=int, default=16, help="worker threads (default 16)")
+    s.add_argument("--cache-memory", type=parse_size, default=64 * 2**20, metavar="SIZE",
+                   help="memory for decoded chunks of the served store, kept across requests (default 64M; "
+                        "0 keeps none); on top of --max-request-memory")
     b = s.add_argument_group(
         "bounds", "What one client, or many, may take of the server (see the README's Security section). "
                   "Connections past a bound are answered 503, requests that run out of time 408.")
@@ -61,19 +65,19 @@ def add_serve_parser(subparsers) -> None:
     b.add_argument("--body-timeout", type=_seconds, default=d.body_timeout_s, metavar="S",
                    help="a request's body must arrive within S seconds after its headers, plus one second per "
                         f"--body-min-rate bytes it declares (default {d.body_timeout_s:g})")
-    b.add_argument("--body-min-rate", type=_size, default=int(d.body_min_rate), metavar="SIZE",
+    b.add_argument("--body-min-rate", type=positive_size, default=int(d.body_min_rate), metavar="SIZE",
                    help=f"bytes per second a body is allowed at least (default {int(d.body_min_rate) // 1024}K)")
     b.add_argument("--idle-timeout", type=_seconds, default=d.idle_timeout_s, metavar="S",
                    help="close a connection silent for S seconds, or that stops reading its answer for as long "
                         f"(default {d.idle_timeout_s:g})")
-    b.add_argument("--max-request-memory", type=_size, default=DEFAULT_REQUEST_MEMORY, metavar="SIZE",
+    b.add_argument("--max-request-memory", type=positive_size, default=DEFAULT_REQUEST_MEMORY, metavar="SIZE",
                    help="memory all large requests together may hold (voxels, answers being built); requests "
                         "wait for it, one that needs more than all of it is refused (default "
                         f"{DEFAULT_REQUEST_MEMORY >> 30}G)")
-    b.add_argument("--max-scan-bytes", type=_size, default=DEFAULT_SCAN_BYTES, metavar="SIZE",
+    b.add_argument("--max-scan-bytes", type=positive_size, default=DEFAULT_SCAN_BYTES, metavar="SIZE",
                    help="voxel bytes one request may scan: label queries, bounding boxes, scaled reads "
                         f"(default {DEFAULT_SCAN_BYTES >> 30}G)")
-    b.add_argument("--max-cutout-bytes", type=_size, default=None, metavar="SIZE",
+    b.add_argument("--max-cutout-bytes", type=positive_size, default=None, metavar="SIZE",
                    help="largest cutout one request may ask for (default: the protocol's own: BOSS 520 MiB, "
                         "NeuroData 512 MiB, DVID 3 GiB)")
     s.add_argument("--latency-ms", type=float, default=0.0, help="added delay per request, ms (testing)")
@@ -86,20 +90,22 @@ def add_serve_parser(subparsers) -> None:
 
 
 def _backend(args):
-    from ndfs.config import load_config, open_backend
+    """The served store, layered as every entry point layers it (ndfs.config.open_store)."""
+    from dataclasses import replace
 
+    from ndfs.config import RemoteConfig, load_config, open_store
+
+    cfg = load_config(args.config)
     if args.store:
-        from ndfs.backends.local import LocalBackend
-
         if not Path(args.store).is_dir():
             raise NdfsError(f"store {args.store} is not a directory")
-        return LocalBackend(args.store, read_only=args.read_only), str(Path(args.store).resolve())
-    cfg = load_config(args.config)
-    remote = cfg.remote(args.remote)
-    backend = open_backend(remote, cfg)
-    if args.read_only:
-        backend.capabilities = backend.capabilities & {"ramon"}
-    return backend, f"remote {remote.name!r}"
+        path = Path(args.store).resolve()
+        remote, what = RemoteConfig("local", "local", path=path, read_only=args.read_only), str(path)
+    else:
+        remote = cfg.remote(args.remote)
+        remote, what = replace(remote, read_only=remote.read_only or args.read_only), f"remote {remote.name!r}"
+    cache = cfg.cache if args.cache_memory is None else replace(cfg.cache, memory_bytes=args.cache_memory)
+    return open_store(cfg, remote, cache=cache), what
 
 
 def _count(text: str) -> int:
@@ -120,20 +126,6 @@ def _seconds(text: str) -> float:
     if not 0 < value < math.inf:
         raise argparse.ArgumentTypeError(f"not a positive number of seconds: {text!r}")
     return value
-
-
-def _size(text: str) -> int:
-    """Bytes from '512M', '4G', '65536' (powers of 1024); positive."""
-    units = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
-    t = text.strip().upper().removesuffix("IB").removesuffix("B")
-    unit = t[-1:] if t[-1:] in units else ""
-    try:
-        value = float(t[: len(t) - len(unit)])
-    except ValueError:
-        value = math.nan
-    if not 0 < value < math.inf or value * units[unit] < 1:
-        raise argparse.ArgumentTypeError(f"not a positive size: {text!r} (use e.g. 64K, 512M or 4G)")
-    return int(value * units[unit])
 
 
 def _return_freed_memory() -> None:

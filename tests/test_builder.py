@@ -1,0 +1,98 @@
+"""One builder (ndfs.config.open_store) makes the layered backend for every entry point.
+
+The mount, ``ndfs.remote()``, ``ndfs.open_volume()``/``open_remote()``, export/import (through
+``ndfs.remote``), batch workers (reopening a Volume's recipe) and ``ndfs serve`` all get the same
+layers from the same configuration, and the same reads show the same cache statistics everywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+
+import numpy as np
+import pytest
+
+import ndfs
+from ndfs.backends.local import LocalBackend
+from ndfs.backends.wrap import layers
+from ndfs.cache import CachedBackend
+from ndfs.config import load_config, open_remotes
+from ndfs.geometry import Box
+from ndfs.journal.store import JournaledStore
+from ndfs.testing.mount import fuse_unavailable, mounted
+
+SHAPE = (16, 128, 128)
+BOXES = [Box((0, 0, 0), (1, 128, 128)), Box((3, 0, 0), (4, 128, 128)), Box((0, 0, 0), (1, 128, 128))]
+
+
+@pytest.fixture
+def site(tmp_path):
+    store = LocalBackend(tmp_path / "store", create=True)
+    store.create_volume(("p", "v"), SHAPE, "uint8", levels=2, chunk_shape=(8, 64, 64))
+    store.write(("p", "v"), Box((0, 0, 0), SHAPE), 0, np.arange(np.prod(SHAPE), dtype=np.uint64).reshape(SHAPE)
+                .astype(np.uint8))
+    config = tmp_path / "ndfs.toml"
+    config.write_text('[remotes.local]\nkind = "local"\npath = "store"\n[cache]\nmemory_bytes = 33554432\n'
+                      '[remotes.b]\nkind = "boss"\nurl = "http://127.0.0.1:9"\n')
+    return tmp_path, config
+
+
+def _kinds(backend) -> list[str]:
+    return [type(layer).__name__ for layer in layers(backend)]
+
+
+def test_every_entry_point_gets_the_same_layers(site):
+    root, config = site
+    cfg = load_config(config)
+    mount_layers = {name: _kinds(b) for name, b in open_remotes(cfg).items()}
+    assert mount_layers == {"local": ["CachedBackend", "LocalBackend"],
+                            "b": ["JournaledStore", "CachedBackend", "BossBackend"]}
+    api = {name: _kinds(ndfs.remote(name, config=cfg).backend) for name in ("local", "b")}
+    assert api == mount_layers
+    assert _kinds(ndfs.open_remote("b", config=cfg)) == mount_layers["b"]
+    assert _kinds(ndfs.open_volume("local/p/v", config=cfg).backend) == mount_layers["local"]
+    vol = ndfs.remote("local", config=cfg).volume("p", "v")
+    assert _kinds(pickle.loads(pickle.dumps(vol)).backend) == mount_layers["local"]  # what a batch worker opens
+    from ndfs.serve.cli import _backend
+
+    served, _ = _backend(argparse.Namespace(config=str(config), store=None, remote="b", read_only=False,
+                                            cache_memory=None))
+    assert _kinds(served) == mount_layers["b"]
+    cache = next(layer for layer in layers(served) if isinstance(layer, CachedBackend))
+    assert cache.namespace == next(layer for layer in layers(open_remotes(cfg)["b"])
+                                   if isinstance(layer, CachedBackend)).namespace  # one shared disk tier
+
+
+def _same_reads(read) -> None:
+    for box in BOXES:
+        read(box)
+
+
+def _counts(stats: dict) -> dict:
+    return {k: stats[k] for k in ("memory_hits", "disk_hits", "misses")}
+
+
+@pytest.mark.skipif(fuse_unavailable() is not None, reason=str(fuse_unavailable()))
+def test_the_same_reads_show_the_same_cache_statistics_through_every_entry_point(site):
+    root, config = site
+    seen = {}
+    api = ndfs.remote("local", config=load_config(config))
+    cache = next(layer for layer in layers(api.backend) if isinstance(layer, CachedBackend))
+    cache.prefetch_enabled = False  # prefetch hints depend on timing; the counts here should not
+    _same_reads(lambda box: api.backend.read(("p", "v"), box, 0))
+    seen["remote"] = _counts(cache.cache_stats())
+    vol = ndfs.open_volume("local/p/v", config=load_config(config))
+    cache = next(layer for layer in layers(vol.backend) if isinstance(layer, CachedBackend))
+    cache.prefetch_enabled = False
+    _same_reads(lambda box: vol.read(box))
+    seen["open_volume"] = _counts(cache.cache_stats())
+    with mounted(config, root / "mnt", "--no-prefetch"):
+        for box in BOXES:  # the same boxes as plane files: one z-plane each
+            with open(root / "mnt" / "local" / "p" / "v" / "0" / "z" / f"{box.start[0]}.tif", "rb") as fh:
+                fh.read()
+        stats = json.loads((root / "mnt" / ".ndfs" / "stats.json").read_text())["local"]["cache"]
+    seen["mount"] = _counts(stats)
+    assert seen["remote"] == seen["open_volume"] == seen["mount"], seen
+    assert seen["remote"]["misses"] > 0 and seen["remote"]["memory_hits"] > 0
