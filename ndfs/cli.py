@@ -7,6 +7,7 @@ exit non-zero; nothing is half-done.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -108,10 +109,41 @@ def cmd_demo(args) -> int:
     return 0
 
 
-def _is_mounted(mountpoint: str) -> bool:
-    target = os.path.realpath(mountpoint)
+def _mount_entry(mountpoint: str) -> list[str] | None:
+    """The /proc/mounts fields of the mount at ``mountpoint`` (the last one), or None."""
+    target = os.path.abspath(mountpoint)
+    found = None
     with open("/proc/mounts") as fh:
-        return any(line.split()[1].replace("\\040", " ") == target for line in fh)
+        for line in fh:
+            fields = line.split()
+            if fields[1].replace("\\040", " ") == target:
+                found = fields
+    return found
+
+
+def _is_mounted(mountpoint: str) -> bool:
+    return _mount_entry(os.path.realpath(mountpoint) if os.path.exists(mountpoint) else mountpoint) is not None
+
+
+def _clear_dead_mount(mountpoint: str) -> bool:
+    """Unmount an ndfs mount whose daemon is gone (the kernel answers ENOTCONN), as ``fusermount3 -u -z``
+    would; True if there was one. libfuse's auto_unmount usually does this when a daemon dies, but can
+    lose the race with the kernel aborting the connection; a user should not have to."""
+    entry = _mount_entry(mountpoint)
+    if entry is None or entry[0] != "ndfs" or not entry[2].startswith("fuse"):
+        return False
+    try:
+        os.listdir(mountpoint)  # a request the daemon must answer (a stat may come from the kernel's cache)
+        return False  # alive
+    except OSError as exc:
+        if exc.errno != errno.ENOTCONN:
+            return False
+    tool = shutil.which("fusermount3") or shutil.which("fusermount")
+    done = subprocess.run([tool, "-u", "-z", mountpoint] if tool else ["umount", "-l", mountpoint],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise NdfsError(f"{mountpoint} is a dead ndfs mount and unmounting it failed: {done.stderr.strip()}")
+    return True
 
 
 def self_command() -> str:
@@ -129,6 +161,8 @@ def cmd_mount(args) -> int:
     from ndfs.fs.fuse import check_fuse_available
 
     mountpoint = os.path.abspath(args.mountpoint)
+    if _clear_dead_mount(mountpoint):
+        print(f"cleared a dead ndfs mount at {mountpoint} (its daemon had died)", file=sys.stderr)
     if not os.path.isdir(mountpoint):
         raise NdfsError(f"mount point {mountpoint} is not a directory (create it with mkdir -p)")
     if _is_mounted(mountpoint):

@@ -129,3 +129,35 @@ def test_a_bad_configuration_is_one_error_line_before_any_daemon_starts(tmp_path
     done = ndfs("--config", bad, "mount", tmp_path / "mnt", check=False)
     assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
     assert done.stderr.count("ndfs: error:") == 1 and "known kinds" in done.stderr
+
+
+def test_a_dead_mount_left_behind_is_cleared_by_the_next_mount(site):
+    """A daemon killed while libfuse's auto_unmount helper is gone too leaves a dead mount (ENOTCONN): the next
+    `ndfs mount` there clears it and mounts, instead of calling the folder 'not a directory'."""
+    import errno
+
+    mountpoint = site / "dead"
+    with mounted(site / "ndfs.toml", mountpoint) as pid:
+        helpers = subprocess.run(["pgrep", "-f", f"fusermount3 .*-- {mountpoint}$"], capture_output=True,
+                                 text=True).stdout.split()
+        assert helpers, "no auto_unmount helper found for the mount"
+        for helper in helpers:
+            os.kill(int(helper), signal.SIGKILL)  # nobody will release the mount now
+        os.kill(pid, signal.SIGKILL)
+        assert wait_until(lambda: not _alive(pid), timeout=10)
+        with pytest.raises(OSError) as dead:
+            os.listdir(mountpoint)
+        assert dead.value.errno == errno.ENOTCONN and is_mounted(mountpoint)
+        done = ndfs("--config", site / "ndfs.toml", "mount", mountpoint)
+        assert "cleared a dead ndfs mount" in done.stderr
+        assert os.listdir(mountpoint / "local") == ["demo"]
+        ndfs("umount", mountpoint)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as fh:
+        return fh.read().split(")")[-1].split()[0] != "Z"
