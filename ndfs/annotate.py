@@ -27,7 +27,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ndfs.backends.base import Backend, as_ref
+from ndfs.backends.base import Backend, annotations, as_ref
 from ndfs.errors import BadRegion, InvalidAnnotation
 from ndfs.geometry import Box
 
@@ -137,18 +137,18 @@ def from_labels(backend: Backend, ref: Sequence[str] | str, *, type: str = "segm
     if not stats:
         return []
     if threshold is None:  # the labels' ids are fixed: move the id counter past them
-        existing = set(backend.ramon_ids(target, limit=None))
+        existing = set(annotations(backend).ramon_ids(target, limit=None))
     else:
         existing = set()
     objs = []
     for st in stats.values():
         obj = ramon.make(type, id=st.id, author=author, kvpairs=_stats_kv(st, level))
         if st.id in existing:  # keep what is there, refresh the numbers
-            (old,) = backend.ramon_get(target, [st.id])
+            (old,) = annotations(backend).ramon_get(target, [st.id])
             old.kvpairs = {**old.kvpairs, **_stats_kv(st, level)}
             obj = old
         objs.append(obj)
-    return backend.ramon_put(target, objs)
+    return annotations(backend).ramon_put(target, objs)
 
 
 def _components_into(backend: Backend, image: tuple, target: tuple, box: Box | None, level: int,
@@ -181,7 +181,7 @@ def _components_into(backend: Backend, image: tuple, target: tuple, box: Box | N
     if n > MAX_NEW_OBJECTS:
         raise BadRegion(f"{n} objects of {min_voxels} voxel(s) or more at or above the threshold, more than "
                         f"{MAX_NEW_OBJECTS} at once: raise the threshold or min_voxels, or pick a smaller box")
-    first = backend.reserve_ids(target, n)[0]
+    first = annotations(backend).reserve_ids(target, n)[0]
     labels = np.where(comps > 0, comps.astype(np.uint64) + np.uint64(first - 1), np.uint64(0))
     old = backend.read(target, box, level)
     backend.write(target, box, level, np.where(labels != 0, labels, old).astype(tinfo.dtype))
@@ -214,17 +214,17 @@ def count(backend: Backend, ref: Sequence[str] | str, *, type: str | None = None
     ref = as_ref(ref)
     lv = backend.info(ref).level(level)
     scan = lv.box if box is None else box
-    ids = backend.ramon_ids(ref, type=type, kv=kv)
+    ids = annotations(backend).ramon_ids(ref, type=type, kv=kv)
     if not ids:
         return CountResult(0, [])
     # objects' voxels are the labels equal to their ids (a neuron's are its segments': counted by its own id only)
     stats = label_stats(backend, ref, scan, level, ids=ids, progress=progress)
-    kinds = {o.id: o.type for o in backend.ramon_get(ref, list(stats))} if stats else {}
+    kinds = {o.id: o.type for o in annotations(backend).ramon_get(ref, list(stats))} if stats else {}
     rows = [{"type": kinds.get(i, ""), **st.row()} for i, st in stats.items()]
     if box is None:  # the whole channel: objects without voxels count too (e.g. synapses kept as metadata)
         have = set(stats)
         extra = [i for i in ids if i not in have]
-        for obj in backend.ramon_get(ref, extra) if extra else []:
+        for obj in annotations(backend).ramon_get(ref, extra) if extra else []:
             rows.append({"id": obj.id, "type": obj.type, "voxels": 0})
         rows.sort(key=lambda r: r["id"])
     return CountResult(len(rows), rows)

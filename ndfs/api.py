@@ -39,7 +39,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ndfs.backends.base import Backend, VolumeRef, as_ref
+from ndfs.backends.base import AdminStore, Backend, VolumeRef, annotations, as_ref
 from ndfs.errors import BadRegion, ConfigError, NdfsError, NotFound
 from ndfs.geometry import Box
 from ndfs.info import VolumeInfo
@@ -404,7 +404,7 @@ class Remote:
         dtype, kind, voxel size, offset and chunk shape of its level 0.
         """
         create = self.backend.create_volume
-        if "create" not in self.backend.capabilities:
+        if not isinstance(self.backend, AdminStore) or "write" not in self.backend.capabilities:
             raise NdfsError(f"{self.kind} remote {self.name!r} cannot create channels here; create it on the "
                             "service and write into it", errno=errno.ENOTSUP)
         base = getattr(like, "info", like)
@@ -435,7 +435,7 @@ class Remote:
         ``kv={"class": "cell"}``, ``box=Box(...)`` with ``level``, ``limit``.
         """
         ref = self._ref(token if project is None else project, channel)
-        return self.backend.ramon_ids(ref, type=ramon_type, **filters)
+        return annotations(self.backend).ramon_ids(ref, type=ramon_type, **filters)
 
     def get_ramon(self, project=None, channel=None, ids=None, *, token=None):
         """The RAMON object with id ``ids`` (an int), or the list of objects for a list of ids."""
@@ -443,31 +443,31 @@ class Remote:
         if ids is None:
             raise BadRegion("get_ramon needs ids")
         many = not isinstance(ids, (int, np.integer))
-        found = self.backend.ramon_get(ref, list(ids) if many else [int(ids)])
+        found = annotations(self.backend).ramon_get(ref, list(ids) if many else [int(ids)])
         return found if many else found[0]
 
     def post_ramon(self, project=None, channel=None, obj=None, *, token=None):
         """Store a RAMON object (id 0 gets a new id) or a list of them; returns the id or the list of ids."""
         ref = self._ref(token if project is None else project, channel)
         many = isinstance(obj, (list, tuple))
-        ids = self.backend.ramon_put(ref, list(obj) if many else [obj])
+        ids = annotations(self.backend).ramon_put(ref, list(obj) if many else [obj])
         return ids if many else ids[0]
 
     def delete_ramon(self, project=None, channel=None, ids=None, *, token=None) -> None:
         """Delete RAMON objects: an id, a list of ids, or objects (their ``id``)."""
         ref = self._ref(token if project is None else project, channel)
         items = ids if isinstance(ids, (list, tuple)) else [ids]
-        self.backend.ramon_delete(ref, [int(getattr(i, "id", i)) for i in items])
+        annotations(self.backend).ramon_delete(ref, [int(getattr(i, "id", i)) for i in items])
 
     def reserve_ids(self, project=None, channel=None, quantity: int = 1, *, token=None) -> list[int]:
         """Reserve ``quantity`` new consecutive object ids (ndio's ``reserve_ids``)."""
-        return self.backend.reserve_ids(self._ref(token if project is None else project, channel), int(quantity))
+        return annotations(self.backend).reserve_ids(self._ref(token if project is None else project, channel), int(quantity))
 
     def get_ramon_bounding_box(self, project=None, channel=None, id=None, resolution=0, *, token=None,
                                level=None) -> Box | None:
         """The tight box of an object's voxels (a ZYX :class:`Box`; ndio gave x/y/z bounds); None without voxels."""
         ref = self._ref(token if project is None else project, channel)
-        return self.backend.ramon_bbox(ref, int(id), _level(level, resolution))
+        return annotations(self.backend).ramon_bbox(ref, int(id), _level(level, resolution))
 
     def get_ramon_cutout(self, project=None, channel=None, id=None, resolution=0, *, token=None,
                          level=None) -> tuple[np.ndarray, Box] | None:

@@ -26,24 +26,43 @@ def _quads(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
 
 
 def downsample_image(a: np.ndarray) -> np.ndarray:
-    """Mean of each 2x2 xy block of a ZYX array, same dtype."""
+    """Mean of each 2x2 xy block of a ZYX array, same dtype.
+
+    Integers sum in the narrowest type that holds four of them (uint16 for uint8, uint32 for uint16),
+    in place: about 6x faster than summing in int64 (scripts/bench_downsample.py).
+    """
     q = _quads(a)
     if np.issubdtype(a.dtype, np.integer):
-        total = sum(p.astype(np.int64) for p in q)
-        return ((total + 2) // 4).astype(a.dtype)
+        acc = {1: np.uint16, 2: np.uint32}.get(a.dtype.itemsize, np.int64) if a.dtype.kind == "u" else np.int64
+        total = q[0].astype(acc)
+        for part in q[1:]:
+            total += part
+        total += 2
+        total //= 4
+        return total.astype(a.dtype)
     return (sum(p.astype(np.float64) for p in q) / 4).astype(a.dtype)
 
 
 def downsample_labels(a: np.ndarray) -> np.ndarray:
-    """Mode of each 2x2 xy block of a ZYX label array (ties: top-left first)."""
-    q = _quads(a)
-    best = q[0].copy()
-    best_count = sum((p == q[0]).astype(np.uint8) for p in q)
-    for cand in q[1:]:
-        count = sum((p == cand).astype(np.uint8) for p in q)
+    """Mode of each 2x2 xy block of a ZYX label array (ties: top-left first).
+
+    The six pairwise comparisons of a block's voxels give each voxel's count; the first voxel (in the
+    order top-left, top-right, bottom-left, bottom-right) with the highest count wins.
+    """
+    q0, q1, q2, q3 = _quads(a)
+    e01, e02, e03 = q0 == q1, q0 == q2, q0 == q3
+    e12, e13, e23 = q1 == q2, q1 == q3, q2 == q3
+    best = q0.copy()
+    best_count = e01.astype(np.uint8)
+    best_count += e02
+    best_count += e03
+    for cand, eq in ((q1, (e01, e12, e13)), (q2, (e02, e12, e23)), (q3, (e03, e13, e23))):
+        count = eq[0].astype(np.uint8)
+        count += eq[1]
+        count += eq[2]
         better = count > best_count
-        best[better] = cand[better]
-        best_count = np.maximum(best_count, count)
+        np.copyto(best, cand, where=better)
+        np.maximum(best_count, count, out=best_count)
     return best
 
 

@@ -53,8 +53,10 @@ class Volume:
         return self.level_info.box
 
     @property
-    def levels(self) -> int:
-        return len(self.info.levels)
+    def levels(self):
+        """The channel's levels (LevelInfo, 0 = full resolution), as in ``VolumeInfo.levels``;
+        ``len(vol.levels)`` counts them and :meth:`level` opens one."""
+        return self.info.levels
 
     def level(self, level: int) -> "Volume":
         """The same channel at another level."""

@@ -43,3 +43,29 @@ def reference_store(tmp_path_factory):
     path = tmp_path_factory.mktemp("reference") / "store"
     backend, oracle = build_reference_store(path)
     return path, backend, oracle
+
+
+@pytest.fixture(scope="session")
+def reference_servers(reference_store):
+    """BOSS, DVID and NeuroData servers on 127.0.0.1 over the reference store, for the conformance suites."""
+    from ndfs.testing.cases import reference_servers as servers
+
+    with servers(reference_store[0]) as running:
+        yield running
+
+
+@pytest.fixture
+def reference_case(request, reference_store, tmp_path):
+    """make(name) -> the conformance Case of that name (ndfs.testing.cases), closed after the test."""
+    from ndfs.testing.cases import make_case
+
+    path, _, oracle = reference_store
+    closers: list = []
+
+    def make(name: str):
+        servers = {} if name.startswith("local-") else request.getfixturevalue("reference_servers")
+        return make_case(name, path, oracle, servers, tmp_path, closers)
+
+    yield make
+    for backend in closers:
+        backend.close()

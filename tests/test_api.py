@@ -259,10 +259,11 @@ def test_ramon_calls_reach_the_store_through_the_cache_and_say_enotsup_where_the
         r.get_ramon(PROJECT, "labels", new_id)
     boss = ndfs.remote("boss", config=config)  # the BOSS's limited RAMON: the labelled ids, no metadata yet
     assert boss.get_ramon_ids(PROJECT, "labels") == sorted(int(v) for v in np.unique(labels[:, :, :]) if v)
-    from ndfs.backends.base import Backend
+    from ndfs.backends.base import AnnotationStore, Backend, annotations
 
-    with pytest.raises(NdfsError) as err:  # a backend without RAMON says so
-        Backend().ramon_ids(("any",))
+    assert not isinstance(Backend(), AnnotationStore)  # a store without RAMON is not an AnnotationStore
+    with pytest.raises(NdfsError) as err:  # and says so when asked for one
+        annotations(Backend()).ramon_ids(("any",))
     assert err.value.errno == errno.ENOTSUP and "RAMON" in str(err.value)
 
 

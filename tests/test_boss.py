@@ -63,7 +63,7 @@ def ref(channel):
 def test_the_driver_shows_collections_experiments_and_channels_as_folders(boss):
     assert boss.children(()) == [COLL]
     assert boss.children((COLL,)) == ["big", EXP]
-    assert boss.children((COLL, EXP)) == ["em16", "em8", "labels", "scratch"]
+    assert boss.children((COLL, EXP)) == ["em16", "em8", "labels", "notes", "scratch"]
     assert boss.is_volume((COLL, EXP)) is False and boss.is_volume(ref("em8")) is True
     info = boss.info(ref("labels"))
     assert info.kind == "annotation" and info.dtype == np.uint64

@@ -20,7 +20,6 @@ from ndfs.backends.wrap import layers
 from ndfs.cache import CachedBackend
 from ndfs.config import load_config, open_remotes
 from ndfs.geometry import Box
-from ndfs.journal.store import JournaledStore
 from ndfs.testing.mount import fuse_unavailable, mounted
 
 SHAPE = (16, 128, 128)

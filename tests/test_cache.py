@@ -18,7 +18,7 @@ from ndfs.cache import CachedBackend, clear_disk_cache, decode_chunk, disk_cache
 from ndfs.cache.plan import group_chunks
 from ndfs.cache.disk import PAYLOAD_SHARE
 from ndfs.downsample import downsample
-from ndfs.errors import BackendError, BadRegion
+from ndfs.errors import BackendError, ConfigError
 from ndfs.geometry import Box, ChunkGrid
 
 REF = ("p", "em")
@@ -444,7 +444,7 @@ def test_max_age_bounds_how_long_chunks_are_reused_when_others_write_outside_ndf
     later = make(RemoteLike(path), disk=True, max_age_s=0.5)  # the shared disk entry has expired too
     time.sleep(0.7)
     assert (later.read(REF, box, 0) == 4).all() and later.cache_stats()["disk_hits"] == 0
-    with pytest.raises(BadRegion):
+    with pytest.raises(ConfigError):
         make(RemoteLike(path), max_age_s=0)
 
 

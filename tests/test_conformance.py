@@ -19,8 +19,10 @@ def boss_reference_server(reference_store):
 
 
 @pytest.fixture(params=["local-raw", "local-read-only", "local-cached-memory", "local-cached-disk-tiny",
-                        "boss-raw", "boss-cached"])
-def conformance_case(request, reference_store, tmp_path):
+                        "boss-raw", "boss-cached", "boss-journaled"])
+def conformance_case(request, reference_store, reference_case, tmp_path):
+    if request.param == "boss-journaled":
+        return reference_case("boss-journaled")
     path, _, oracle = reference_store
     if request.param.startswith("local-cached"):
         from ndfs.cache import CachedBackend

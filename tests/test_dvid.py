@@ -49,17 +49,20 @@ def dvid_reference_server(reference_store):
         yield server
 
 
-@pytest.fixture(params=["dvid-raw", "dvid-cached"])
-def conformance_case(request, reference_store):
+@pytest.fixture(params=["dvid-raw", "dvid-cached", "dvid-journaled"])
+def conformance_case(request, reference_store, tmp_path):
     _, _, oracle = reference_store
     server = request.getfixturevalue("dvid_reference_server")
     backend = DvidBackend(server.url, branch="master", backoff_s=0.01)
-    request.addfinalizer(backend.close)
     if request.param == "dvid-cached":
         from ndfs.cache import CachedBackend
 
         backend = CachedBackend(backend, namespace=f"dvid:{server.url}", memory_bytes=64 * 2**20)
-        request.addfinalizer(backend.close)
+    elif request.param == "dvid-journaled":
+        from ndfs.testing.cases import journaled
+
+        backend = journaled(backend, "dvid", server.url, tmp_path)
+    request.addfinalizer(backend.close)
     return Case(backend=backend, oracle=oracle)
 
 
@@ -428,7 +431,7 @@ def test_the_driver_shows_repos_nodes_and_instances_as_folders(server, dvid):
     assert REPO in dvid.children(())
     nodes = dvid.children((REPO,))
     assert nodes[0] == "master" and len(nodes) == 2 and re.fullmatch(r"[0-9a-f]{32}", nodes[1])
-    assert dvid.children((REPO, "master")) == ["em16", "em8", "labels", "scratch"]  # levels are hidden
+    assert dvid.children((REPO, "master")) == ["em16", "em8", "labels", "notes", "scratch"]  # levels are hidden
     assert dvid.children((REPO, nodes[1])) == dvid.children((REPO, "master"))
     assert dvid.is_volume((REPO, "master")) is False and dvid.is_volume((REPO, "master", "em8")) is True
     info = dvid.info((REPO, nodes[1], "labels"))

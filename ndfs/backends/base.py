@@ -13,6 +13,7 @@ unwritten space as zeros.
 
 from __future__ import annotations
 
+import abc
 import errno
 import threading
 from contextlib import nullcontext
@@ -21,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ndfs.errors import BadRegion, InvalidAnnotation, NdfsError, NotFound, ReadOnly
+from ndfs.errors import BadRegion, InvalidAnnotation, NdfsError, ReadOnly
 from ndfs.geometry import Box
 from ndfs.info import VolumeInfo
 from ndfs.locks import MemoryVolumeLock, VolumeLock, z_planes
@@ -183,48 +184,72 @@ class Backend:
         with self._info_lock:
             self._bumps[ref] = self._bumps.get(ref, 0) + 1
 
-    # ---- administration, where capabilities has "create" --------------------
-    def create_volume(self, ref: Sequence[str] | str, shape: Sequence[int], dtype="uint8", kind: str = "image",
-                      voxel_size_nm: Sequence[float] = (1.0, 1.0, 1.0), offset: Sequence[int] = (0, 0, 0),
-                      levels: int = 1, chunk_shape: Sequence[int] = (16, 256, 256),
-                      overwrite: bool = False) -> VolumeInfo:
-        """Create an empty channel (all zeros) with ``levels`` pyramid levels; stores that can only."""
-        raise NdfsError(f"{self.kind} remote cannot create channels", errno=errno.ENOTSUP)
+    # ---- bookkeeping -----------------------------------------------------
+    @property
+    def stats(self) -> RequestStats:
+        """A snapshot of this backend's request counts."""
+        with self._stats_lock:
+            return RequestStats(**self._stats.as_dict())
 
-    def delete_volume(self, ref: Sequence[str] | str) -> None:
-        """Remove a channel and everything in it; stores that can create channels only."""
-        raise NdfsError(f"{self.kind} remote cannot delete channels", errno=errno.ENOTSUP)
+    def reset_stats(self) -> None:
+        with self._stats_lock:
+            self._stats = RequestStats()
 
-    # ---- files: opaque values in a folder (DVID key-value instances) ------
-    # A backend whose folders can hold files overrides these; the defaults say "no files here".
-    def holds_files(self, path: Sequence[str]) -> bool:
-        """True if the folder keeps files (so new ones can be made in it); never raises."""
-        return False
+    def close(self) -> None:
+        """Release connections and files; the backend is not used afterwards."""
 
-    def is_file(self, path: Sequence[str]) -> bool:
-        """True if the path names a file (e.g. a key of a key-value store); never raises for a non-file."""
-        return False
+    def __enter__(self):
+        return self
 
-    def read_file(self, path: Sequence[str]) -> bytes:
-        """The file's whole content; NotFound if there is no such file."""
-        raise NotFound(f"{self.kind} remote has no file {'/'.join(as_ref(path))}")
+    def __exit__(self, *exc):
+        self.close()
 
-    def write_file(self, path: Sequence[str], data: bytes) -> None:
-        """Create or replace the file with ``data``; ReadOnly where files cannot be written."""
-        raise ReadOnly(f"{self.kind} remote cannot store files")
+    # ---- what subclasses implement --------------------------------------
+    def _children(self, path: VolumeRef) -> list[str]:
+        raise NotImplementedError
 
-    def delete_file(self, path: Sequence[str]) -> None:
-        """Remove the file; NotFound if it does not exist, ReadOnly where files cannot be removed."""
-        raise ReadOnly(f"{self.kind} remote cannot remove files")
+    def _is_volume(self, path: VolumeRef) -> bool:
+        raise NotImplementedError
 
-    # ---- annotations (RAMON), where capabilities has "ramon" -------------
+    def _info(self, ref: VolumeRef) -> VolumeInfo:
+        raise NotImplementedError
+
+    def _read(self, ref: VolumeRef, box: Box, level: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def _write(self, ref: VolumeRef, box: Box, level: int, array: np.ndarray) -> None:
+        raise ReadOnly(f"{self.kind} remote is read-only")
+
+class _Contract(abc.ABCMeta):
+    """Metaclass of the contracts beside :class:`Backend`: a layer (``is_layer``) is an instance of a
+    contract exactly when the store below it is, so ``isinstance(backend, AnnotationStore)`` answers for
+    the whole stack, whatever layers sit on the store."""
+
+    def __instancecheck__(cls, obj) -> bool:
+        while getattr(type(obj), "is_layer", False):
+            obj = obj.inner
+        return super().__instancecheck__(obj)
+
+
+def annotations(backend) -> "AnnotationStore":
+    """``backend`` as an :class:`AnnotationStore`, or ENOTSUP saying that it keeps no RAMON annotations."""
+    if not isinstance(backend, AnnotationStore):
+        raise NdfsError(f"{backend.kind} remote keeps no RAMON annotations", errno=errno.ENOTSUP)
+    return backend
+
+
+class AnnotationStore(metaclass=_Contract):
+    """RAMON annotations of annotation channels: get, put, delete, query, reserve ids, bounding boxes.
+
+    Mixed into a :class:`Backend` by stores that keep annotations; code checks
+    ``isinstance(backend, AnnotationStore)``. Public methods validate and call the underscore hooks.
+    """
+
     #: the largest RAMON id the service keeps (NeuroData: 2**32 - 1)
     ramon_max_id: int = 2**63 - 1
 
     def _annotation_channel(self, ref: Sequence[str], write: bool = False) -> VolumeRef:
         ref = as_ref(ref)
-        if "ramon" not in self.capabilities:
-            raise NdfsError(f"{self.kind} remote keeps no RAMON annotations", errno=errno.ENOTSUP)
         if write and "write" not in self.capabilities:
             raise ReadOnly(f"{self.kind} remote is read-only")
         if self.info(ref).kind != "annotation":
@@ -303,60 +328,74 @@ class Backend:
         (one,) = check_ids([id], self.ramon_max_id)
         return self._ramon_bbox(ref, one, level)
 
-    # ---- bookkeeping -----------------------------------------------------
-    @property
-    def stats(self) -> RequestStats:
-        """A snapshot of this backend's request counts."""
-        with self._stats_lock:
-            return RequestStats(**self._stats.as_dict())
-
-    def reset_stats(self) -> None:
-        with self._stats_lock:
-            self._stats = RequestStats()
-
-    def close(self) -> None:
-        """Release connections and files; the backend is not used afterwards."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    # ---- what subclasses implement --------------------------------------
-    def _children(self, path: VolumeRef) -> list[str]:
-        raise NotImplementedError
-
-    def _is_volume(self, path: VolumeRef) -> bool:
-        raise NotImplementedError
-
-    def _info(self, ref: VolumeRef) -> VolumeInfo:
-        raise NotImplementedError
-
-    def _read(self, ref: VolumeRef, box: Box, level: int) -> np.ndarray:
-        raise NotImplementedError
-
-    def _write(self, ref: VolumeRef, box: Box, level: int, array: np.ndarray) -> None:
-        raise ReadOnly(f"{self.kind} remote is read-only")
-
-    # annotation hooks: arguments arrive checked (see the public methods above)
+    # ---- what stores implement: arguments arrive checked (see the public methods above) ----
+    @abc.abstractmethod
     def _ramon_ids(self, ref: VolumeRef, filters, box: Box | None, level: int) -> list[int]:
-        raise NdfsError(f"{self.kind} remote keeps no RAMON annotations", errno=errno.ENOTSUP)
+        raise NotImplementedError
 
+    @abc.abstractmethod
     def _ramon_get(self, ref: VolumeRef, ids: list[int]) -> list:
-        raise NdfsError(f"{self.kind} remote keeps no RAMON annotations", errno=errno.ENOTSUP)
+        raise NotImplementedError
 
+    @abc.abstractmethod
     def _ramon_put(self, ref: VolumeRef, objs: list) -> list[int]:
-        raise NdfsError(f"{self.kind} remote keeps no RAMON annotations", errno=errno.ENOTSUP)
+        raise NotImplementedError
 
+    @abc.abstractmethod
     def _ramon_delete(self, ref: VolumeRef, ids: list[int]) -> None:
-        raise NdfsError(f"{self.kind} remote keeps no RAMON annotations", errno=errno.ENOTSUP)
+        raise NotImplementedError
 
+    @abc.abstractmethod
     def _reserve_ids(self, ref: VolumeRef, n: int) -> int:
-        raise NdfsError(f"{self.kind} remote keeps no RAMON annotations", errno=errno.ENOTSUP)
+        raise NotImplementedError
 
+    @abc.abstractmethod
     def _ramon_bbox(self, ref: VolumeRef, id: int, level: int) -> Box | None:
-        raise NdfsError(f"{self.kind} remote keeps no RAMON annotations", errno=errno.ENOTSUP)
+        raise NotImplementedError
 
 
-__all__ = ["Backend", "RequestStats", "VolumeRef", "as_ref", "NdfsError"]
+class KeyValueStore(metaclass=_Contract):
+    """Folders that hold files: opaque values by name (DVID key-value instances).
+
+    Mixed into a :class:`Backend` by stores with such folders; ``isinstance(backend, KeyValueStore)``.
+    """
+
+    @abc.abstractmethod
+    def holds_files(self, path: Sequence[str]) -> bool:
+        """True if the folder keeps files (so new ones can be made in it); never raises."""
+
+    @abc.abstractmethod
+    def is_file(self, path: Sequence[str]) -> bool:
+        """True if the path names a file (e.g. a key of a key-value store); never raises for a non-file."""
+
+    @abc.abstractmethod
+    def read_file(self, path: Sequence[str]) -> bytes:
+        """The file's whole content; NotFound if there is no such file."""
+
+    @abc.abstractmethod
+    def write_file(self, path: Sequence[str], data: bytes) -> None:
+        """Create or replace the file with ``data``; ReadOnly where files cannot be written."""
+
+    @abc.abstractmethod
+    def delete_file(self, path: Sequence[str]) -> None:
+        """Remove the file; NotFound if it does not exist, ReadOnly where files cannot be removed."""
+
+
+class AdminStore(metaclass=_Contract):
+    """Channels made and removed through the store (the local store); ``isinstance(backend, AdminStore)``.
+    A store opened read-only refuses them (ReadOnly)."""
+
+    @abc.abstractmethod
+    def create_volume(self, ref: Sequence[str] | str, shape: Sequence[int], dtype="uint8", kind: str = "image",
+                      voxel_size_nm: Sequence[float] = (1.0, 1.0, 1.0), offset: Sequence[int] = (0, 0, 0),
+                      levels: int = 1, chunk_shape: Sequence[int] = (16, 256, 256),
+                      overwrite: bool = False) -> VolumeInfo:
+        """Create an empty channel (all zeros) with ``levels`` pyramid levels."""
+
+    @abc.abstractmethod
+    def delete_volume(self, ref: Sequence[str] | str) -> None:
+        """Remove a channel and everything in it."""
+
+
+__all__ = ["Backend", "AnnotationStore", "KeyValueStore", "AdminStore", "annotations", "RequestStats", "VolumeRef",
+           "as_ref", "NdfsError"]

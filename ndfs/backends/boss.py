@@ -46,7 +46,7 @@ from typing import Callable
 
 import numpy as np
 
-from ndfs.backends.base import Backend, VolumeRef
+from ndfs.backends.base import AnnotationStore, Backend, VolumeRef
 from ndfs.backends.boss_ramon import BossRamon
 from ndfs.backends.http import HttpClient, HttpDriver, mask_url, run_parallel, status_error
 from ndfs.errors import BackendError, BadInput, BadRegion, NdfsError, NotFound, TooLarge
@@ -125,7 +125,7 @@ def _within(box: Box, limit: int) -> list[Box]:
     return out
 
 
-class BossBackend(BossRamon, HttpDriver, Backend):
+class BossBackend(BossRamon, HttpDriver, Backend, AnnotationStore):
     """A BOSS service at ``url`` (e.g. ``https://api.bossdb.io``), read with ``token`` (None: anonymous).
 
     ``timeout_s`` is the read timeout of each request (``connect_timeout_s``
@@ -153,7 +153,7 @@ class BossBackend(BossRamon, HttpDriver, Backend):
         self._token = token
         self.workers, self.max_request_bytes = int(workers), int(max_request_bytes)
         self.max_meta_bytes = int(max_meta_bytes)
-        self.capabilities = frozenset({"ramon"}) if read_only else frozenset({"write", "ramon"})
+        self.capabilities = frozenset() if read_only else frozenset({"write"})
         self._client = HttpClient("BOSS", self._base, token, self._http_error, timeout_s=timeout_s,
                                   connect_timeout_s=connect_timeout_s, retries=retries, backoff_s=backoff_s,
                                   backoff_cap_s=backoff_cap_s, workers=self.workers)

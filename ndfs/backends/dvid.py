@@ -64,7 +64,7 @@ from urllib.parse import quote
 
 import numpy as np
 
-from ndfs.backends.base import Backend, VolumeRef, as_ref
+from ndfs.backends.base import AnnotationStore, Backend, KeyValueStore, VolumeRef, as_ref
 from ndfs.backends.dvid_ramon import DvidRamon
 from ndfs.backends.http import HttpClient, HttpDriver, mask_url, run_parallel, status_error
 from ndfs.errors import BackendError, BadInput, BadRegion, NdfsError, NotFound, ReadOnly
@@ -160,7 +160,7 @@ def _level(ext: dict) -> LevelInfo:
     return LevelInfo(shape=shape, offset=start, voxel_size_nm=voxel, chunk_shape=block, chunk_origin=(0, 0, 0))
 
 
-class DvidBackend(DvidRamon, HttpDriver, Backend):
+class DvidBackend(DvidRamon, HttpDriver, Backend, AnnotationStore, KeyValueStore):
     """A DVID server at ``url`` (e.g. ``http://emdata.example.org:8000``).
 
     ``branch``: None for the repo/node/instance hierarchy, or a branch name
@@ -199,7 +199,7 @@ class DvidBackend(DvidRamon, HttpDriver, Backend):
         self.workers = int(workers)
         self.max_request_voxels, self.max_request_bytes = int(max_request_voxels), int(max_request_bytes)
         self.ttl_s, self.label_compression = float(ttl_s), label_compression
-        self.capabilities = frozenset({"ramon"}) if read_only else frozenset({"write", "ramon"})
+        self.capabilities = frozenset() if read_only else frozenset({"write"})
         self._client = HttpClient("DVID", self.url, token, _error_for, timeout_s=timeout_s,
                                   connect_timeout_s=connect_timeout_s, retries=retries, backoff_s=backoff_s,
                                   backoff_cap_s=backoff_cap_s, workers=self.workers)

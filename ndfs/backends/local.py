@@ -40,10 +40,10 @@ from typing import Sequence
 import numpy as np
 
 from ndfs import stamp
-from ndfs.backends.base import Backend, VolumeRef, as_ref
+from ndfs.backends.base import AdminStore, AnnotationStore, Backend, VolumeRef, as_ref
 from ndfs.backends.ramon_store import LocalRamon
 from ndfs.downsample import child_extent, downsample
-from ndfs.errors import BackendError, BadRegion, NdfsError, NoSpace, NotFound, disk_error
+from ndfs.errors import BackendError, BadRegion, NdfsError, NoSpace, NotFound, ReadOnly, disk_error
 from ndfs.geometry import Box
 from ndfs.info import KINDS, LevelInfo, VolumeInfo
 from ndfs.journal.entries import Entry, Journal
@@ -74,11 +74,11 @@ def pyramid(shape, offset, voxel_size_nm, n_levels, chunk_shape) -> tuple[LevelI
     return tuple(levels)
 
 
-class LocalBackend(LocalRamon, Backend):
+class LocalBackend(LocalRamon, Backend, AnnotationStore, AdminStore):
     """A directory of zarr v3 channels. ``LocalBackend(path, create=True)`` makes the directory."""
 
     kind = "local"
-    capabilities = frozenset({"write", "create", "ramon"})
+    capabilities = frozenset({"write"})
     lock_writes = False  # _write applies under the channel's own (cross-process) lock
 
     def __init__(self, path: str | os.PathLike, create: bool = False, read_only: bool = False):
@@ -87,7 +87,7 @@ class LocalBackend(LocalRamon, Backend):
         if create:
             self.root.mkdir(parents=True, exist_ok=True)
         if read_only:
-            self.capabilities = frozenset({"ramon"})
+            self.capabilities = frozenset()
         self._arrays: dict[tuple[VolumeRef, int], object] = {}
         self._arrays_lock = threading.Lock()
         self._locks: dict[VolumeRef, FileVolumeLock] = {}
@@ -163,6 +163,7 @@ class LocalBackend(LocalRamon, Backend):
 
         ref = as_ref(ref)
         dtype = np.dtype(dtype)
+        self._check_writable()
         if not ref:
             raise BadRegion("a channel needs a path like 'project/channel'")
         if dtype.name not in SUPPORTED_DTYPES:
@@ -191,9 +192,14 @@ class LocalBackend(LocalRamon, Backend):
 
     def delete_volume(self, ref: Sequence[str] | str) -> None:
         ref = as_ref(ref)
+        self._check_writable()
         self.info(ref)
         shutil.rmtree(self._dir(ref))
         self._forget_channel(ref)
+
+    def _check_writable(self) -> None:
+        if "write" not in self.capabilities:
+            raise ReadOnly(f"the local store {self.root} is open read-only")
 
     def _forget_channel(self, ref: VolumeRef) -> None:
         """Drop what this backend keeps of a channel that was deleted or made anew."""

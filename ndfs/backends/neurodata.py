@@ -45,7 +45,7 @@ from urllib.parse import quote
 
 import numpy as np
 
-from ndfs.backends.base import Backend, VolumeRef
+from ndfs.backends.base import AnnotationStore, Backend, VolumeRef
 from ndfs.backends.http import HttpClient, HttpDriver, mask_url, run_parallel, status_error
 from ndfs.errors import (
     BackendError, BadInput, BadRegion, InvalidAnnotation, NdfsError, NotFound, ReadOnly,
@@ -162,7 +162,7 @@ def volume_info(info: dict, channel: str) -> VolumeInfo:
     return VolumeInfo(dtype=np.dtype(dtype), kind=kind, levels=tuple(levels), extra=extra)
 
 
-class NeuroDataBackend(HttpDriver, Backend):
+class NeuroDataBackend(HttpDriver, Backend, AnnotationStore):
     """An ndstore service at ``url`` (e.g. ``http://127.0.0.1:8000``).
 
     ``tokens``: project tokens to show besides the public ones; ``api_token``:
@@ -193,7 +193,7 @@ class NeuroDataBackend(HttpDriver, Backend):
         self.tokens = tuple(str(t) for t in tokens)
         self._token = api_token
         self.workers, self.max_request_bytes = int(workers), int(max_request_bytes)
-        self.capabilities = frozenset({"ramon"}) if read_only else frozenset({"write", "ramon"})
+        self.capabilities = frozenset() if read_only else frozenset({"write"})
         self._client = HttpClient("NeuroData", f"{self.url}/{self.api}", api_token, _http_error,
                                timeout_s=timeout_s, connect_timeout_s=connect_timeout_s, retries=retries,
                                backoff_s=backoff_s, backoff_cap_s=backoff_cap_s, workers=self.workers)

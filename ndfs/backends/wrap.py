@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ndfs.backends.base import Backend
+from ndfs.backends.base import AdminStore, AnnotationStore, Backend, KeyValueStore
 
 
 def layers(backend: Backend):
@@ -23,9 +23,14 @@ def layers(backend: Backend):
         backend = backend.inner
 
 
-class WrappingBackend(Backend):
-    """Everything but ``_read``/``_write`` goes to ``inner``; ``kind`` and ``capabilities`` are its."""
+class WrappingBackend(Backend, AnnotationStore, KeyValueStore, AdminStore):
+    """Everything but ``_read``/``_write`` goes to ``inner``; ``kind`` and ``capabilities`` are its.
 
+    A layer implements every contract by passing it down, and is an instance of exactly the contracts
+    the store below it implements (``isinstance(layer, AnnotationStore)`` looks through ``is_layer``).
+    """
+
+    is_layer = True
     lock_writes = False  # the store below locks the planes it writes
 
     def __init__(self, inner: Backend):

@@ -59,7 +59,7 @@ from ndfs.backends.base import Backend, VolumeRef, as_ref
 from ndfs.backends.wrap import WrappingBackend
 from ndfs.cache.disk import decode_chunk, encode_chunk, open_disk_cache
 from ndfs.cache.plan import Index, affected_regions, group_chunks
-from ndfs.errors import BackendError, BadRegion, NdfsError
+from ndfs.errors import BackendError, ConfigError, NdfsError
 from ndfs.geometry import Box, ChunkGrid
 from ndfs.locks import z_planes
 
@@ -111,7 +111,7 @@ class CachedBackend(WrappingBackend):
         self.max_prefetch_bytes = int(max_prefetch_bytes)
         self._lock = threading.Lock()  # guards _mem, _inflight, _writing, _seen, _recent, _counts
         if max_age_s is not None and not 0 < float(max_age_s) < float("inf"):
-            raise BadRegion(f"max_age_s must be a positive number of seconds, got {max_age_s!r}")
+            raise ConfigError(f"max_age_s must be a positive number of seconds, got {max_age_s!r}")
         #: chunks are reused at most this long after they were fetched, in both tiers (None: no limit)
         self.max_age_s = None if max_age_s is None else float(max_age_s)
         self._mem = cachetools.LRUCache(maxsize=max(0, int(memory_bytes)), getsizeof=lambda a: a.nbytes)

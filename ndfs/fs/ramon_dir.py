@@ -21,6 +21,7 @@ import re
 
 import numpy as np
 
+from ndfs.backends.base import AnnotationStore
 from ndfs.errors import InvalidAnnotation, NotFound, ReadOnly, TooLarge
 from ndfs.fs.tree import DirNode, FileNode, Node, RenderedFile, VolumeDir
 
@@ -29,7 +30,7 @@ BY_TYPE = "by-type"
 
 
 def has_ramon(vol: VolumeDir) -> bool:
-    return vol.info.kind == "annotation" and "ramon" in vol.tree.backend(vol.remote).capabilities
+    return vol.info.kind == "annotation" and isinstance(vol.tree.backend(vol.remote), AnnotationStore)
 
 
 class RamonDir(DirNode):

@@ -41,7 +41,7 @@ from typing import BinaryIO, Callable, Mapping
 import cachetools
 import numpy as np
 
-from ndfs.backends.base import Backend, VolumeRef
+from ndfs.backends.base import Backend, KeyValueStore, VolumeRef
 from ndfs.errors import BadInput, NdfsError, NotFound, ReadOnly, TooLarge, disk_error
 from ndfs.formats import arrays
 from ndfs.formats.complete import complete
@@ -527,12 +527,13 @@ class FolderDir(DirNode):
     def writable(self) -> bool:
         """New files can be made here: the backend keeps files in this folder (a DVID key-value instance)."""
         backend = self.tree.backend(self.remote)
-        return "write" in backend.capabilities and backend.holds_files(self.path)
+        return isinstance(backend, KeyValueStore) and "write" in backend.capabilities and backend.holds_files(self.path)
 
     def child(self, name: str) -> Node:
         path = self.path + (name,)
         backend = self.tree.backend(self.remote)
-        if self.tree._memoised(("is_file", self.remote, path), lambda: backend.is_file(path), self.tree.ttl_s):
+        if isinstance(backend, KeyValueStore) and self.tree._memoised(
+                ("is_file", self.remote, path), lambda: backend.is_file(path), self.tree.ttl_s):
             return BlobFile(self.tree, self.remote, path)
         is_volume = self.tree._memoised(("is_volume", self.remote, path),
                                         lambda: backend.is_volume(path), self.tree.ttl_s)

@@ -40,7 +40,7 @@ import numpy as np
 from ndfs import stamp
 from ndfs.backends.base import Backend, VolumeRef
 from ndfs.backends.wrap import WrappingBackend
-from ndfs.errors import BackendError, NdfsError, Timeout
+from ndfs.errors import BackendError, ConfigError, NdfsError, Timeout
 from ndfs.geometry import Box
 from ndfs.journal.entries import Entry, Journal
 from ndfs.locks import FileVolumeLock
@@ -70,7 +70,7 @@ class JournaledStore(WrappingBackend):
                  retry_max_s: float = 60.0, retry_min_s: float = 1.0):
         super().__init__(inner)
         if mode not in ("sync", "async"):
-            raise ValueError(f"write_back mode must be sync or async, not {mode!r}")
+            raise ConfigError(f"write_back mode must be sync or async, not {mode!r}")
         self.journal, self.remote, self.target, self.mode = journal, remote, target, mode
         self.retry_min_s, self.retry_max_s = retry_min_s, retry_max_s
         self._cond = threading.Condition()

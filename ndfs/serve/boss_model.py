@@ -27,7 +27,7 @@ import re
 import threading
 from dataclasses import dataclass
 
-from ndfs.backends.base import Backend
+from ndfs.backends.base import AdminStore, Backend
 from ndfs.errors import NdfsError, NotFound
 from ndfs.info import VolumeInfo
 
@@ -276,7 +276,7 @@ class BossModel:
         if body.get("base_resolution", 0) != 0:
             raise BossError(400, 1003, "this server stores channels from base resolution 0")
         create = self.backend.create_volume
-        if "create" not in self.backend.capabilities:
+        if not isinstance(self.backend, AdminStore) or "write" not in self.backend.capabilities:
             raise BossError(403, 3001, "This user does not have the required permissions "
                                        "(the served store cannot create channels)")
         f = self.frame(exp["coord_frame"])

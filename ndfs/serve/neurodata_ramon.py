@@ -24,6 +24,7 @@ import math
 
 import numpy as np
 
+from ndfs.backends.base import AnnotationStore
 from ndfs.errors import InvalidAnnotation, NdfsError, NotFound
 from ndfs.geometry import Box
 from ndfs.serve.limits import UINT64_MAX, parse_int
@@ -48,7 +49,7 @@ class RamonService:
     def _annotation(self, project: Project, ch: str) -> None:
         if project.channel(ch).kind != "annotation":
             raise NdError(404, f"Channel {ch} is not an annotation channel")
-        if "ramon" not in self.backend.capabilities:
+        if not isinstance(self.backend, AnnotationStore):
             raise NdError(400, "This store keeps no RAMON objects")
 
     def _max_id(self, project: Project, ch: str) -> int:

@@ -3,7 +3,7 @@
 Project ``conf`` holds three channels with non-zero offsets, odd sizes and
 several levels: ``em8`` (uint8 image), ``em16`` (uint16 image) and ``labels``
 (uint64 annotation with ids above 2**32), plus ``scratch`` (uint8, for write
-tests). The oracle is the numpy data written at level 0 and the documented
+tests) and ``notes`` (uint64 annotation, for RAMON tests; all zeros at first). The oracle is the numpy data written at level 0 and the documented
 downsampling rule for lower levels, computed independently of any backend.
 """
 
@@ -24,7 +24,9 @@ CHUNK = (8, 32, 32)
 LEVELS = 3
 VOXEL_SIZE_NM = (30.0, 4.0, 4.0)
 CHANNELS = {"em8": ("uint8", "image"), "em16": ("uint16", "image"),
-            "labels": ("uint64", "annotation"), "scratch": ("uint8", "image")}
+            "labels": ("uint64", "annotation"), "scratch": ("uint8", "image"), "notes": ("uint64", "annotation")}
+#: channels whose level 0 is written with data (the others stay zeros)
+FILLED = ("em8", "em16", "labels", "scratch")
 
 
 def _level0(name: str, dtype: str, seed: int) -> np.ndarray:
@@ -62,8 +64,9 @@ def build_reference_store(path, seed: int = 1234) -> tuple[LocalBackend, Referen
     for i, (name, (dtype, kind)) in enumerate(CHANNELS.items()):
         info = backend.create_volume((PROJECT, name), SHAPE, dtype, kind=kind, voxel_size_nm=VOXEL_SIZE_NM,
                                      offset=OFFSET, levels=LEVELS, chunk_shape=CHUNK)
-        arr = _level0(name, dtype, seed + i)
-        backend.write((PROJECT, name), info.levels[0].box, 0, arr)
+        arr = _level0(name, dtype, seed + i) if name in FILLED else np.zeros(SHAPE, dtype)
+        if name in FILLED:
+            backend.write((PROJECT, name), info.levels[0].box, 0, arr)
         pyramid = [arr]
         for level in range(1, LEVELS):
             pyramid.append(_downsample_with_offset(pyramid[-1], data.offset(level - 1), kind))

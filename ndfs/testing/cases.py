@@ -1,0 +1,77 @@
+"""Conformance cases by name: every store over the reference project, raw and behind every layer.
+
+``make_case(name, ...)`` builds the :class:`~ndfs.testing.conformance.Case` a
+conformance module's ``conformance_case`` fixture returns. Names are
+``<store>-<layers>``: store ``local``, ``boss``, ``dvid`` or ``neurodata``
+(the last three through ``ndfs serve``'s WSGI apps on 127.0.0.1 over the
+reference store); layers ``raw`` (the driver), ``read-only``, ``cached`` (the
+chunk cache) or ``journaled`` (the outbox journal over the cache, as a mount
+and ``ndfs.remote()`` stack a remote service: :func:`ndfs.config.open_store`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+from ndfs.backends.local import LocalBackend
+from ndfs.testing.conformance import Case
+from ndfs.testing.reference import ReferenceData
+
+
+@contextlib.contextmanager
+def reference_servers(path: Path):
+    """BOSS, DVID and NeuroData servers over the reference store at ``path`` (yields name -> server)."""
+    from ndfs.serve.boss import BossApp
+    from ndfs.serve.common import WsgiServer
+    from ndfs.serve.dvid import DvidApp
+    from ndfs.serve.neurodata import NeuroDataApp
+
+    with contextlib.ExitStack() as stack:
+        yield {"boss": stack.enter_context(WsgiServer(BossApp(LocalBackend(path.parent)))),
+               "dvid": stack.enter_context(WsgiServer(DvidApp(LocalBackend(path)))),
+               "neurodata": stack.enter_context(WsgiServer(NeuroDataApp(LocalBackend(path))))}
+
+
+def make_case(name: str, path: Path, oracle: ReferenceData, servers: dict, tmp_path: Path, closers: list) -> Case:
+    """The case ``name`` over the reference store at ``path``; backends to close go to ``closers``."""
+    from ndfs.config import RemoteConfig
+
+    kind, layers = name.split("-", 1)
+    read_only = layers == "read-only"
+    if kind == "local":
+        store, rc, prefix = LocalBackend(path, read_only=read_only), RemoteConfig("c", "local", path=path), ()
+    else:
+        server = servers[kind]
+        if kind == "boss":
+            from ndfs.backends.boss import BossBackend
+
+            store, prefix = BossBackend(server.url, "x", read_only=read_only), (path.name,)
+        elif kind == "dvid":
+            from ndfs.backends.dvid import DvidBackend
+
+            store, prefix = DvidBackend(server.url, branch="master", backoff_s=0.01, read_only=read_only), ()
+        else:
+            from ndfs.backends.neurodata import NeuroDataBackend
+
+            store, prefix = NeuroDataBackend(server.url, read_only=read_only), ()
+        rc = RemoteConfig("c", kind, url=server.url)
+    backend = store
+    if layers == "cached":
+        from ndfs.cache import CachedBackend
+
+        backend = CachedBackend(store, namespace=f"{kind}:{path}", memory_bytes=64 * 2**20,
+                                disk_dir=None if kind == "local" else tmp_path / "cache", disk_bytes=2**28)
+    elif layers == "journaled":  # as every entry point stacks it: the cache, and the outbox for services
+        backend = journaled(store, kind, rc.url, tmp_path) if kind != "local" else store
+    closers.append(backend)
+    return Case(backend=backend, oracle=oracle, writable=not read_only, prefix=prefix)
+
+
+def journaled(store, kind: str, url: str, tmp_path):
+    """``store`` layered as every entry point layers a service (ndfs.config.open_store): cache, then outbox."""
+    from ndfs.config import CacheConfig, Config, RemoteConfig, WriteConfig, open_store
+
+    rc = RemoteConfig("c", kind, url=url)
+    return open_store(Config(remotes={"c": rc}, write=WriteConfig(outbox_dir=tmp_path / "outbox")), rc,
+                      cache=CacheConfig(dir=tmp_path / "cache", memory_bytes=64 * 2**20), store=store)
