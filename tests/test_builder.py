@@ -95,3 +95,15 @@ def test_the_same_reads_show_the_same_cache_statistics_through_every_entry_point
     seen["mount"] = _counts(stats)
     assert seen["remote"] == seen["open_volume"] == seen["mount"], seen
     assert seen["remote"]["misses"] > 0 and seen["remote"]["memory_hits"] > 0
+
+
+def test_layers_are_instances_of_exactly_the_protocols_of_the_store_below(site):
+    from ndfs.backends.base import AdminStore, AnnotationStore, KeyValueStore
+    from ndfs.backends.wrap import WrappingBackend
+
+    root, config = site
+    local, boss = open_remotes(load_config(config)).values()
+    assert isinstance(local, WrappingBackend) and isinstance(boss, WrappingBackend)  # layers are layers
+    assert isinstance(local, AdminStore) and isinstance(local, AnnotationStore) and not isinstance(local, KeyValueStore)
+    assert isinstance(boss, AnnotationStore) and not isinstance(boss, AdminStore)
+    assert not isinstance(boss, KeyValueStore)

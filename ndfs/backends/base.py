@@ -226,8 +226,9 @@ class _Contract(abc.ABCMeta):
     the whole stack, whatever layers sit on the store."""
 
     def __instancecheck__(cls, obj) -> bool:
-        while getattr(type(obj), "is_layer", False):
-            obj = obj.inner
+        if cls.__dict__.get("contract", False):  # the contracts themselves, not every class made with them
+            while getattr(type(obj), "is_layer", False):
+                obj = obj.inner
         return super().__instancecheck__(obj)
 
 
@@ -244,6 +245,8 @@ class AnnotationStore(metaclass=_Contract):
     Mixed into a :class:`Backend` by stores that keep annotations; code checks
     ``isinstance(backend, AnnotationStore)``. Public methods validate and call the underscore hooks.
     """
+
+    contract = True
 
     #: the largest RAMON id the service keeps (NeuroData: 2**32 - 1)
     ramon_max_id: int = 2**63 - 1
@@ -360,6 +363,8 @@ class KeyValueStore(metaclass=_Contract):
     Mixed into a :class:`Backend` by stores with such folders; ``isinstance(backend, KeyValueStore)``.
     """
 
+    contract = True
+
     @abc.abstractmethod
     def holds_files(self, path: Sequence[str]) -> bool:
         """True if the folder keeps files (so new ones can be made in it); never raises."""
@@ -384,6 +389,8 @@ class KeyValueStore(metaclass=_Contract):
 class AdminStore(metaclass=_Contract):
     """Channels made and removed through the store (the local store); ``isinstance(backend, AdminStore)``.
     A store opened read-only refuses them (ReadOnly)."""
+
+    contract = True
 
     @abc.abstractmethod
     def create_volume(self, ref: Sequence[str] | str, shape: Sequence[int], dtype="uint8", kind: str = "image",
