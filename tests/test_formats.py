@@ -33,7 +33,7 @@ from ndfs.volume import Volume
 SHAPE = (5, 7, 9)
 OFFSET = (3, 4, 5)
 VOXEL_SIZE_NM = (30.0, 4.0, 5.0)
-DTYPES = {"png": ("uint8", "uint16")}  # else:
+DTYPES = {"png": ("uint8", "uint16")}  # the dtypes a format is tested with, when not OTHER_DTYPES
 OTHER_DTYPES = ("uint8", "uint64")
 
 

@@ -22,7 +22,7 @@ from typing import Iterable
 import numpy as np
 
 from ndfs.errors import BadInput
-from ndfs.formats.files.base import FileInfo, Reader, limit_of, triple, volume_shape
+from ndfs.formats.files.base import FileInfo, Reader, checked_slabs, limit_of, triple, volume_shape
 
 NAME = "h5"
 VOLUME = "volume"
@@ -114,8 +114,6 @@ class H5Reader(Reader):
 def write(target, info: FileInfo, slabs: Iterable[np.ndarray], *, chunk_z: int = 16) -> None:
     """An HDF5 file of ``info`` at ``target`` (a path or a writable, seekable binary file), chunked
     ``chunk_z`` planes deep (the source's chunk depth makes slab writes whole chunks)."""
-    from ndfs.formats.files.base import checked_slabs
-
     h5py = _h5py()
     shape = tuple(info.shape)
     chunks = tuple(max(1, min(c, s)) for c, s in zip((chunk_z, 256, 256), shape)) if min(shape) else None

@@ -8,6 +8,7 @@ planes read where they lie; Fortran-ordered files are read whole.
 
 from __future__ import annotations
 
+import io
 from typing import Iterable
 
 import numpy as np
@@ -20,8 +21,6 @@ NAME = "npy"
 
 def header_bytes(shape, dtype) -> bytes:
     """The .npy header of a C-order array of ``shape`` and ``dtype`` (format 1.0 when it fits)."""
-    import io
-
     buf = io.BytesIO()
     header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
               "shape": tuple(int(s) for s in shape)}
