@@ -8,7 +8,9 @@ description. Pages are written as the slabs arrive.
 
 Read: any greyscale TIFF whose pages share one shape and dtype, through
 :class:`ndfs.formats.safe.TiffPages` (pages read directly, never as OME or multi-file series);
-the voxel size from ImageJ calibration (nm, um or mm) or tifffile's JSON, the offset from either.
+an ImageJ stack along one axis (slices, frames, or channels as tifffile writes a 3-D array) is
+one z series, a hyperstack along two is refused. The voxel size comes from ImageJ calibration
+(nm, um or mm) or tifffile's JSON, the offset from either.
 """
 
 from __future__ import annotations
