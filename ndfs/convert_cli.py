@@ -1,4 +1,6 @@
-"""``ndfs export`` and ``ndfs import``: volumes to and from npz, hdf5, png and tiff files; meshes to obj/ply.
+"""``ndfs export`` and ``ndfs import``: volumes to and from tif, npy, npz, h5 and png files; meshes to obj/ply.
+
+The formats are :mod:`ndfs.formats.registry`'s, the same the mount's ``cutout/`` files use.
 
 :func:`add_export_parser` adds both subcommands to the main parser. Channel
 paths are tree paths, ``REMOTE/PROJECT.../CHANNEL`` (``local/demo/em``);
@@ -42,15 +44,19 @@ def add_box_arguments(parser, level_help: str = "resolution level (default 0)") 
 
 def add_export_parser(subparsers) -> None:
     """Register ``ndfs export`` and ``ndfs import`` on the main parser's subparsers."""
+    from ndfs.formats.registry import FORMATS
+
+    choices = [spelling for f in FORMATS.values() for spelling in (f.name, *f.aliases)]  # tif, tiff, ..., hdf5
     s = subparsers.add_parser(
-        "export", help="write a channel (or a box of it, or a label's mesh) to npz/hdf5/png/tiff or obj/ply",
-        description="Write a channel, or the box --x/--y/--z of it, to OUT: .npz, .h5/.hdf5, .tif/.tiff "
-                    "(ImageJ multipage), or a directory of PNG slices (OUT ending in '/', or --format png). "
+        "export", help="write a channel (or a box of it, or a label's mesh) to tif/npy/npz/h5/png or obj/ply",
+        description="Write a channel, or the box --x/--y/--z of it, to OUT: .tif/.tiff (ImageJ multipage), "
+                    ".npy, .npz, .h5/.hdf5, or a directory of PNG slices (OUT ending in '/', or --format png); "
+                    "the mount's cutout/ takes any of these files for the same box. "
                     "With --mesh ID, write the mesh of that label of an annotation channel to OUT.obj or "
                     "OUT.ply (needs the mesh extra). Streams slab by slab with bounded memory.")
     s.add_argument("channel", help="tree path of the channel, e.g. local/demo/em")
     s.add_argument("output", help="file to write (directory for png)")
-    s.add_argument("--format", choices=["npz", "hdf5", "h5", "tiff", "tif", "png"], help="default: from OUT")
+    s.add_argument("--format", choices=choices, help="default: from OUT")
     add_box_arguments(s)
     s.add_argument("--mesh", type=int, metavar="ID", help="write the mesh of label ID instead of voxels")
     s.add_argument("--simplify", type=int, default=10, help="mesh reduction factor, 0 = none (default 10)")
@@ -59,13 +65,14 @@ def add_export_parser(subparsers) -> None:
     s.set_defaults(func=cmd_export)
 
     s = subparsers.add_parser(
-        "import", help="write an npz/hdf5/png/tiff volume file into a channel",
+        "import", help="write a tif/npy/npz/h5/png volume file into a channel",
         description="Write FILE into the channel at its recorded offset (files written by ndfs export "
-                    "carry one), at --at X,Y,Z, or at the channel's start. --create makes the channel "
+                    "and served by the mount's cutout/ carry one, except .npy), at --at X,Y,Z, or at the "
+                    "channel's start. --create makes the channel "
                     "first (local stores), with the file's shape, dtype and voxel size.")
-    s.add_argument("file", help="volume file: .npz, .h5/.hdf5, .tif/.tiff, or a directory of <z>.png")
+    s.add_argument("file", help="volume file: .tif/.tiff, .npy, .npz, .h5/.hdf5, or a directory of <z>.png")
     s.add_argument("channel", help="tree path of the channel, e.g. local/demo/imported")
-    s.add_argument("--format", choices=["npz", "hdf5", "h5", "tiff", "tif", "png"], help="default: from FILE")
+    s.add_argument("--format", choices=choices, help="default: from FILE")
     s.add_argument("--level", type=int, default=0, help="resolution level to write (default 0)")
     s.add_argument("--at", type=_point, metavar="X,Y,Z", help="where the file's first voxel goes")
     s.add_argument("--create", action="store_true", help="create the channel (local stores)")

@@ -131,8 +131,8 @@ def test_cutout_files_read_any_box_and_take_writes(site, mnt, fmt):
     path = mnt / "cells" / "0" / "cutout" / box_name
     a = oracle(site / "store", "cells")
     want = a[2:6, 20:52, 10:42]
-    readers = {"tif": tifffile.imread, "npy": np.load, "npz": lambda p: np.load(p)["data"],
-               "h5": lambda p: h5py.File(p, "r")["data"][()]}
+    readers = {"tif": tifffile.imread, "npy": np.load, "npz": lambda p: np.load(p)["volume"],
+               "h5": lambda p: h5py.File(p, "r")["volume"][()]}  # the layout ndfs export writes
     got = readers[fmt](path)
     assert got.dtype == np.uint64
     np.testing.assert_array_equal(got, want)

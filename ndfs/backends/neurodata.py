@@ -88,37 +88,21 @@ def npz_decode(body: bytes, max_bytes: int | None = None) -> np.ndarray:
 
 
 def hdf5_cutout_encode(arrays: dict[str, np.ndarray], kinds: dict[str, str]) -> bytes:
-    """The "hdf5" body: one group per channel with CUTOUT (Z,Y,X, gzip), CHANNELTYPE and DATATYPE."""
-    import h5py
+    """The "hdf5" body: one group per channel with CUTOUT (Z,Y,X, gzip), CHANNELTYPE and DATATYPE
+    (the layout lives with the other HDF5 volume files: :mod:`ndfs.formats.files.h5`)."""
+    from ndfs.formats.files import h5
 
-    buf = io.BytesIO()
-    with h5py.File(buf, "w") as f:
-        for name, arr in arrays.items():
-            g = f.create_group(name)
-            g.create_dataset("CUTOUT", data=np.ascontiguousarray(arr), compression="gzip")
-            g.create_dataset("CHANNELTYPE", data=np.array([kinds[name]], dtype=object), dtype=h5py.string_dtype())
-            g.create_dataset("DATATYPE", data=np.array([arr.dtype.name], dtype=object), dtype=h5py.string_dtype())
-    return buf.getvalue()
+    return h5.channel_cutouts_bytes(arrays, kinds)
 
 
 def hdf5_cutout_decode(body: bytes, max_bytes: int | None = None) -> dict[str, np.ndarray]:
     """Channel name -> CUTOUT array of an "hdf5" body; ValueError when it is not one, or when
-    its CUTOUTs together would hold more than ``max_bytes``. The file is checked whole by
-    :func:`ndfs.formats.safe.open_hdf5` (nothing outside the body is read) before any is read."""
-    import h5py
+    its CUTOUTs together would hold more than ``max_bytes``. Read by
+    :func:`ndfs.formats.files.h5.channel_cutouts`, which checks the file whole first."""
+    from ndfs.formats.files import h5
 
     try:
-        limit = None if max_bytes is None else max_bytes + 2**20  # room for CHANNELTYPE, DATATYPE
-        with safe.open_hdf5(body, "the body", max_bytes=limit) as f:
-            out, total = {}, 0
-            for name, g in f.items():
-                if isinstance(g, h5py.Group) and "CUTOUT" in g:
-                    dataset = g["CUTOUT"]
-                    total += int(dataset.size or 0) * dataset.dtype.itemsize
-                    if max_bytes is not None and total > max_bytes:
-                        raise ValueError(f"its CUTOUT datasets hold over {max_bytes} bytes")
-                    out[name] = safe.read_dataset(dataset, f"the body's {name}/CUTOUT")
-            return out
+        return h5.channel_cutouts(body, "the body", max_bytes=max_bytes)
     except BadInput as exc:
         raise ValueError(str(exc)) from None
 

@@ -179,13 +179,13 @@ class RamonRendered(RenderedFile):
         return v.tree.read(v.remote, v.ref, box, 0), box, ids
 
     def _render(self) -> bytes:
-        from ndfs.formats import arrays
+        from ndfs.formats import registry
 
         v = self.dir.vol
         labels, box, ids = self._labels()
         if self.ext == "tif":
             own = np.where(np.isin(labels, np.array(ids, dtype=labels.dtype)), labels, 0).astype(labels.dtype)
-            return arrays.encode(own, "tif", voxel_size_nm=v.info.level(0).voxel_size_nm, offset=box.start)
+            return registry.render(own, "tif", voxel_size_nm=v.info.level(0).voxel_size_nm, offset=box.start)
         from ndfs.mesh import Mesh, mesh_cache, to_obj, to_ply
 
         mask = np.isin(labels, np.array(ids, dtype=labels.dtype)).astype(np.uint8)

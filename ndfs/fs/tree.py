@@ -43,7 +43,7 @@ import numpy as np
 
 from ndfs.backends.base import Backend, KeyValueStore, VolumeRef
 from ndfs.errors import BadInput, NdfsError, NotFound, ReadOnly, TooLarge, disk_error
-from ndfs.formats import arrays
+from ndfs.formats import registry
 from ndfs.formats.complete import complete
 from ndfs.geometry import Box
 from ndfs.formats.tiff import TiffLayout
@@ -56,7 +56,8 @@ AXES = ("z", "y", "x")
 NUMBER = "(0|-?[1-9][0-9]*)"
 SLICE_NAME = re.compile(rf"{NUMBER}\.tif")
 LEVEL_NAME = re.compile("0|[1-9][0-9]*")
-CUTOUT_NAME = re.compile(rf"{NUMBER}-{NUMBER}_{NUMBER}-{NUMBER}_{NUMBER}-{NUMBER}\.(tif|npy|npz|h5)")
+#: cutout/ files: one box in any of the registry's one-file formats (tif, npy, npz, h5)
+CUTOUT_NAME = re.compile(rf"{NUMBER}-{NUMBER}_{NUMBER}-{NUMBER}_{NUMBER}-{NUMBER}\.({'|'.join(registry.FILE_FORMATS)})")
 #: a plane file is read whole on its first read (so a concurrent write is never seen half-done) up to this size
 SNAPSHOT_BYTES = 64 * 2**20
 #: bytes a written file may have beyond twice its voxels (headers, metadata of other tools)
@@ -636,26 +637,25 @@ class LevelDir(DirNode):
         name = v.name_of(level, "stack.tif")
         info = v.info
         lv = info.level(level)
-        n, hw, dtype = arrays.tiff_info(fh, name, shape=lv.shape, dtype=info.dtype)
-        if (n, *hw) != tuple(lv.shape):
-            raise BadInput(f"{name}: the TIFF is {n} pages of {hw[0]}x{hw[1]}; this level is "
-                           f"{lv.shape[0]} pages of {lv.shape[1]}x{lv.shape[2]}")
-        if dtype != info.dtype:
-            raise BadInput(f"{name}: the TIFF holds {dtype} pixels; this volume stores {info.dtype}")
-        plane_bytes = int(np.prod(hw)) * info.dtype.itemsize
+        n = lv.shape[0]
+        plane_bytes = lv.shape[1] * lv.shape[2] * info.dtype.itemsize
         cz = lv.chunk_shape[0]
         depth = max(cz, (SNAPSHOT_BYTES // max(1, plane_bytes * cz)) * cz)
         slabs = [(z0, min(n, z0 + depth)) for z0 in range(0, n, depth)]
         spool_dir = os.path.dirname(getattr(fh, "name", "") or "") or None
-        try:
-            with tempfile.TemporaryFile(dir=spool_dir) as tmp:
-                pages = np.memmap(tmp, dtype=info.dtype, mode="w+", shape=tuple(lv.shape))
-                for z0, z1 in slabs:  # every page must decode before anything is stored
-                    pages[z0:z1] = arrays.tiff_pages(fh, z0, z1, name)
-                v.tree.write(v.remote, v.ref, lv.box, level, pages)
-                del pages
-        except OSError as exc:
-            raise disk_error(exc, f"{name}: decoding the pages") from exc
+        # every page is checked (count, shape, dtype) before any is decoded
+        with registry.open_reader(fh, "tif", name, shape=lv.shape, dtype=info.dtype) as pages_in:
+            try:
+                with tempfile.TemporaryFile(dir=spool_dir) as tmp:
+                    pages = np.memmap(tmp, dtype=info.dtype, mode="w+", shape=tuple(lv.shape))
+                    for z0, z1 in slabs:  # every page must decode before anything is stored
+                        pages[z0:z1] = pages_in.read(z0, z1)
+                    v.tree.write(v.remote, v.ref, lv.box, level, pages)
+                    del pages
+            except NdfsError:
+                raise
+            except OSError as exc:
+                raise disk_error(exc, f"{name}: decoding the pages") from exc
 
 
 class AxisDir(DirNode):
@@ -705,9 +705,8 @@ class AxisDir(DirNode):
 
         def store(fh: BinaryIO) -> None:
             fname = v.name_of(level, f"{plane.axis}/{name}")
-            arr = arrays.check_shape(arrays.decode(fh, "tif", fname, shape=whole.shape, dtype=v.info.dtype),
-                                     whole.shape, v.info.dtype, fname)
-            t.write(v.remote, v.ref, whole, level, arr)
+            t.write(v.remote, v.ref, whole, level,
+                    registry.read_array(fh, "tif", fname, shape=whole.shape, dtype=v.info.dtype))
 
         return TiffFile(layout, get_rows, self.mtime, on_open=lambda: backend.prefetch(v.ref, whole, level),
                         store=store if v.writable else None,
@@ -737,7 +736,8 @@ class CutoutDir(DirNode):
         m = CUTOUT_NAME.fullmatch(name)
         if not m:
             raise (BadInput if new else NotFound)(
-                f"cutout names look like <x0>-<x1>_<y0>-<y1>_<z0>-<z1>.tif (or .npy .npz .h5), not {name!r}")
+                f"cutout names look like <x0>-<x1>_<y0>-<y1>_<z0>-<z1>.<fmt> "
+                f"(fmt: {', '.join(registry.FILE_FORMATS)}), not {name!r}")
         x0, x1, y0, y1, z0, z1 = (int(g) for g in m.groups()[:6])
         if x1 <= x0 or y1 <= y0 or z1 <= z0:
             raise (BadInput if new else NotFound)(f"{name}: every stop must be larger than its start")
@@ -772,13 +772,13 @@ class CutoutFile(RenderedFile):
         v, level = self.leveldir.vol, self.leveldir.level
         t = v.tree
         key = (v.remote, v.ref, level, self.box, self.fmt, v.token)
-        return t.render(key, lambda: arrays.encode(t.read(v.remote, v.ref, self.box, level), self.fmt,
-                                                   voxel_size_nm=v.info.level(level).voxel_size_nm,
-                                                   offset=self.box.start))
+        return t.render(key, lambda: registry.render(t.read(v.remote, v.ref, self.box, level), self.fmt,
+                                                     voxel_size_nm=v.info.level(level).voxel_size_nm,
+                                                     offset=self.box.start))
 
     def commit_file(self, fh: BinaryIO) -> None:
         v, level = self.leveldir.vol, self.leveldir.level
         fname = v.name_of(level, f"cutout/{self.name}")
-        arr = arrays.check_shape(arrays.decode(fh, self.fmt, fname, shape=self.box.shape, dtype=v.info.dtype),
-                                 self.box.shape, v.info.dtype, fname)
+        # the box comes from the name; a voxel size or offset the file records is not used
+        arr = registry.read_array(fh, self.fmt, fname, shape=self.box.shape, dtype=v.info.dtype)
         v.tree.write(v.remote, v.ref, self.box, level, arr)

@@ -52,8 +52,8 @@ def check_declared(shape: Sequence[int], dtype: np.dtype, name: str, *, want_sha
                    want_dtype=None, max_bytes: int | None = None) -> int:
     """The declared array's bytes, after checking it against what the caller expects; BadInput if not.
 
-    ``want_shape`` is a box (z, y, x): axes of size 1 may be left out of the file, as
-    :func:`ndfs.formats.arrays.check_shape` allows. ``want_dtype`` must match exactly.
+    ``want_shape`` is a box (z, y, x): axes of size 1 may be left out of the file (a plane for a
+    box one deep). ``want_dtype`` must match exactly.
     """
     if any(int(s) < 0 for s in shape):
         raise BadInput(f"{name} declares a negative size {tuple(shape)}")
@@ -67,15 +67,6 @@ def check_declared(shape: Sequence[int], dtype: np.dtype, name: str, *, want_sha
         raise BadInput(f"{name} declares {shape_text(shape)} {np.dtype(dtype)} voxels ({n} bytes); "
                        f"at most {max_bytes} bytes are expected here")
     return n
-
-
-def bound(shape=None, dtype=None, max_bytes: int | None = None) -> int:
-    """The byte bound of a decode: ``max_bytes``, else the expected array's bytes, else the default."""
-    if max_bytes is not None:
-        return int(max_bytes)
-    if shape is not None and dtype is not None:
-        return nbytes_of(shape, dtype)
-    return DEFAULT_MAX_BYTES
 
 
 def stream_length(fh: BinaryIO) -> int:

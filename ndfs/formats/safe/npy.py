@@ -110,13 +110,3 @@ def zip_npy(zf: zipfile.ZipFile, member: str, name: str, *, shape=None, dtype=No
                             length=info.file_size)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, NotImplementedError) as exc:
         raise BadInput(f"{name}: member {member!r} is unreadable: {exc}") from None
-
-
-def npz_array(fh: BinaryIO, name: str, *, key: str, shape=None, dtype=None, max_bytes: int | None = None) -> np.ndarray:
-    """The one array of an npz, or the one named ``key``; BadInput otherwise (see :func:`read_npy`)."""
-    with open_zip(fh, name, max_bytes=max_bytes) as zf:
-        keys = [n[:-4] for n in zf.namelist() if n.endswith(".npy")]
-        if len(keys) != 1 and key not in keys:
-            raise BadInput(f"{name} holds arrays {keys}; write one array (or one named {key!r})")
-        pick = key if key in keys else keys[0]
-        return zip_npy(zf, pick + ".npy", name, shape=shape, dtype=dtype, max_bytes=max_bytes)
