@@ -24,7 +24,16 @@ layers around that loop.
   forkserver (workers are never forked from the calling, threaded process;
   they fork from a server that has numpy and ndfs imported, so a pool
   starts in milliseconds after the first), with the caller's current
-  environment (token variables reach them); ``fn`` must be picklable.
+  environment (token variables reach them). Functions travel the way Dask
+  sends them: serialised once per run with cloudpickle, so lambdas, closures
+  and functions defined in a notebook or in ``__main__`` work. Why not
+  loky, the maintained pool that cloudpickles everything: its reusable
+  executor keeps workers between calls, but resizes or restarts them when
+  the worker count or the environment changes, and each new worker is a
+  fresh interpreter importing numpy, zarr and ndfs again (hundreds of ms,
+  where a fork from the server costs a few), and kept workers keep the
+  backends they opened, with the tokens of their time. cloudpickle, the
+  piece we needed, is small and kept with Dask.
 * ``"dask"``: ``dask.distributed``'s executor over a LocalCluster of
   ``workers`` processes, or the scheduler at ``address=``
   (``tcp://host:8786``), or an existing ``client=``; Dask workers reopen the
@@ -35,7 +44,7 @@ On processes and Dask, workers read their own blocks (a Volume travels as the
 recipe that reopens its store, see :func:`ndfs.api.source_of`); the calling
 process only gathers, reduces and writes. Each block that raises is retried
 ``retries`` times; blocks that still fail are listed in :class:`BatchError`
-(box, attempts, last error) after every other block
+(box, attempts, last error, the worker's traceback) after every other block
 has finished, and the partial result rides on the error, so no block is lost
 silently. A worker process that dies takes the blocks then in flight on the
 pool with it: each of them costs one attempt, and the pool is started again
@@ -45,8 +54,10 @@ call from several threads at once (each call has its own pool).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import pickle
 import time
 import traceback
 import uuid
@@ -66,15 +77,17 @@ log = logging.getLogger("ndfs.batch")
 SCHEDULERS = ("threads", "processes", "dask")
 MiB = 2**20
 _MISSING = object()
+_BIG_TASK_BYTES = 16 * MiB  # a serialised fn this large (a closure over big data) travels with every block
 
 
 @dataclass(frozen=True)
 class BlockFailure:
-    """A block that failed every attempt."""
+    """A block that failed every attempt: its box, how often it ran, the last error and where it was raised."""
 
     box: Box
     attempts: int
     error: str
+    traceback: str = ""
 
 
 class BatchError(NdfsError):
@@ -92,6 +105,30 @@ class BatchError(NdfsError):
 
 class _WrongShape(BadRegion):
     """fn returned an array of the wrong shape for out= (raised at once: a retry cannot fix it)."""
+
+
+class _RemoteError(Exception):
+    """What a block raised in a worker process, as text: any exception can come back, picklable or not
+    (a class defined in ``__main__`` and sent by value cannot be pickled back by reference)."""
+
+    def __init__(self, error: str, tb: str):
+        super().__init__(error)
+        self.error, self.tb = error, tb
+
+    def __reduce__(self):
+        return (_RemoteError, (self.error, self.tb))
+
+
+def _describe(exc: BaseException) -> tuple[str, str]:
+    """(``Type: message``, traceback text) of a block's failure, wherever it ran."""
+    if isinstance(exc, _RemoteError):
+        return exc.error, exc.tb
+    tb = "".join(traceback.format_exception(exc))
+    if isinstance(exc, BrokenProcessPool):  # the pool says only "terminated abruptly": say what does that
+        return ("BrokenProcessPool: a worker process died with the block in flight (killed, out of memory, "
+                "a crash in native code, os._exit; or a script without `if __name__ == '__main__':` that "
+                "each worker runs again on start)"), tb
+    return f"{type(exc).__name__}: {exc}", tb
 
 
 # ---- geometry -----------------------------------------------------------------
@@ -163,6 +200,37 @@ class _Task:
         if padded != core and isinstance(result, np.ndarray) and result.shape == padded.shape:
             result = result[core.slices(padded.start)]
         return result
+
+    def serialised(self) -> bytes:
+        """The task as cloudpickle writes it: fn by value when it lives in ``__main__``, a notebook or a
+        closure, by reference when it is importable (what Dask does). Loads with plain pickle."""
+        import cloudpickle
+
+        try:
+            payload = cloudpickle.dumps(self)
+        except Exception as exc:  # a lock, a socket, an open file captured by fn: no worker could run it
+            raise TypeError(f"fn cannot be sent to worker processes ({type(exc).__name__}: {exc}); "
+                            "use scheduler='threads', or make what it captures picklable") from exc
+        if len(payload) > _BIG_TASK_BYTES:
+            log.warning("fn serialises to %.0f MiB, sent with every block: pass big data through the volume, "
+                        "or load it inside fn", len(payload) / MiB)
+        return payload
+
+
+@functools.lru_cache(maxsize=4)
+def _load_task(payload: bytes) -> _Task:
+    """A worker's copy of the task (loaded once per worker and run, not once per block)."""
+    return pickle.loads(payload)
+
+
+def _run_remote(payload: bytes, core: Box, padded: Box, data: np.ndarray | None = None):
+    """One block in a worker process. Loading the task happens here, in the call, so a fn that cannot be
+    loaded (a module the worker cannot import) is the block's error, not a dead worker; whatever the
+    block raises comes back as text with the worker's traceback."""
+    try:
+        return _load_task(payload)(core, padded, data)
+    except Exception as exc:
+        raise _RemoteError(f"{type(exc).__name__}: {exc}", traceback.format_exc()) from None
 
 
 def _use_environment(env: dict) -> None:
@@ -236,7 +304,7 @@ class _VolumeSink(_Sink):
 
 
 # ---- executors: an existing concurrent.futures executor per scheduler --------------------
-_PRELOAD = ["numpy", "ndfs.api", "ndfs.batch", "ndfs.volume", "ndfs.backends.local"]
+_PRELOAD = ["numpy", "cloudpickle", "ndfs.api", "ndfs.batch", "ndfs.volume", "ndfs.backends.local"]
 
 
 class _Pool:
@@ -310,12 +378,12 @@ def _run_blocks(pool: _Pool, run: Callable, cores: list[Box], args_of: Callable[
     running: dict[Future, tuple[Box, int]] = {}
 
     def failed(core: Box, attempt: int, exc: BaseException) -> None:
-        error = f"{type(exc).__name__}: {exc}"
+        error, tb = _describe(exc)
         if attempt <= retries:
             log.info("block %s failed (attempt %d), retrying: %s", core, attempt, error)
             todo.append((core, attempt + 1))
         else:
-            failures.append(BlockFailure(core, attempt, error))
+            failures.append(BlockFailure(core, attempt, error, tb))
             bar.update(1)
 
     try:
@@ -370,8 +438,9 @@ def map_blocks(fn: Callable, volume, out=None, *, block=None, halo=0, box: Box |
     block shape (z, y, x), default whole store chunks of a few MiB. ``halo``
     (int or (z, y, x)) pads each block with that many neighbouring voxels
     where they exist; an array result of the padded shape is trimmed back to
-    the block. ``timeout_s`` bounds the whole run (Timeout). See the module
-    docstring for ``out``, ``reduce``, schedulers and failures.
+    the block. ``fn`` may be any callable, a lambda or a closure included, on
+    every scheduler. ``timeout_s`` bounds the whole run (Timeout). See the
+    module docstring for ``out``, ``reduce``, schedulers and failures.
     """
     from ndfs.volume import Volume
 
@@ -427,6 +496,7 @@ def map_blocks(fn: Callable, volume, out=None, *, block=None, halo=0, box: Box |
     ship_data = isinstance(source, _ArraySource) and not local  # other processes get the array's voxels
     task = _Task(fn, _Reopen(source) if isinstance(source, Volume) and not local else None if ship_data else source,
                  pass_box)
+    run = task if local or not cores else functools.partial(_run_remote, task.serialised())
 
     def args_of(core: Box) -> tuple:
         padded = padded_of(core)
@@ -438,7 +508,7 @@ def map_blocks(fn: Callable, volume, out=None, *, block=None, halo=0, box: Box |
     bar = tqdm(total=len(cores), unit="block", desc=desc or "blocks", disable=not progress or not cores)
     finished = False
     try:
-        failures = _run_blocks(pool, task, cores, args_of, sink, retries=retries, window=2 * workers,
+        failures = _run_blocks(pool, run, cores, args_of, sink, retries=retries, window=2 * workers,
                                timeout_s=timeout_s, bar=bar) if cores else []
         finished = True
     finally:
