@@ -15,6 +15,7 @@ import sys
 import textwrap
 import threading
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -361,3 +362,17 @@ def test_a_function_that_cannot_be_sent_to_processes_is_refused_before_any_block
     with pytest.raises(TypeError, match="cannot be sent to worker processes.*lock"):
         map_blocks(lambda b: lock.locked(), em, scheduler="processes", workers=2, progress=False)
     assert map_blocks(lambda b: lock.locked(), em, block=(24, 160, 192), progress=False) == {em.box: False}
+
+
+def test_a_fn_that_workers_cannot_load_fails_its_blocks_with_the_import_error_not_a_broken_pool(demo,
+                                                                                              monkeypatch):
+    _, em, _, _, _ = demo
+    mod = types.ModuleType("ndfs_test_nowhere")  # importable here only: workers get fn by reference and fail
+    exec("def count(block):\n    return 1\n", mod.__dict__)
+    monkeypatch.setitem(sys.modules, mod.__name__, mod)
+    with pytest.raises(BatchError) as err:
+        map_blocks(mod.count, em, reduce=add, scheduler="processes", workers=2, block=(24, 80, 96), retries=1,
+                   progress=False, timeout_s=90)
+    assert len(err.value.failures) == err.value.total == 4
+    assert all(f.attempts == 2 and "ModuleNotFoundError" in f.error and "ndfs_test_nowhere" in f.error
+               for f in err.value.failures)
