@@ -12,29 +12,54 @@ by ``halo`` voxels where the volume has them) and gathers the results:
 * ``reduce=f`` (with ``initial``): results folded as they arrive, so memory
   stays at the blocks in flight; ``f`` must be associative and commutative.
 
-``scheduler`` is ``"threads"`` (default; the GIL is released in I/O, blosc,
-zlib and numpy), ``"processes"`` (workers started by a forkserver, never forked
-from the calling process, that reopen the store from a recipe, see
-:func:`ndfs.api.source_of`; ``fn`` must be picklable), or
-``"dask"``: a ``dask.distributed`` LocalCluster of ``workers`` processes, or
-the scheduler at ``address=`` (``tcp://host:8786``), or an existing
-``client=``; Dask workers reopen the store with their own environment (set
-token variables where they run). Dask needs the ``dask`` extra
-(``pip install 'ndfs[dask]'``).
+The scheduling is not ours: every scheduler is a ``concurrent.futures``
+executor, and one loop submits blocks to it (at most ``2 * workers`` in
+flight), takes results as they complete, retries failures and stops at
+``timeout_s``. Halos (pad, then trim), retries and the result sinks are thin
+layers around that loop.
 
-Each block that raises is retried ``retries`` times; blocks that still fail
-are listed in :class:`BatchError` (box, attempts, last error) after every
-other block has finished, and the partial result rides on the error, so no
-block is lost silently. At most ``2 * workers`` blocks are in flight. A tqdm
-progress bar counts blocks. ``map_blocks`` is safe to call from several
-threads at once.
+* ``"threads"`` (default): a ``ThreadPoolExecutor``; the GIL is released in
+  I/O, blosc, zlib and numpy. ``fn`` is called as it is.
+* ``"processes"``: the standard library's ``ProcessPoolExecutor`` on a
+  forkserver (workers are never forked from the calling, threaded process;
+  they fork from a server that has numpy, zarr and ndfs imported, so a pool
+  starts in milliseconds after the first), with the caller's current
+  environment (token variables reach them). Functions travel the way Dask
+  sends them: serialised once per run with cloudpickle, so lambdas, closures
+  and functions defined in a notebook or in ``__main__`` work. Why not
+  loky, the maintained pool that cloudpickles everything: its reusable
+  executor keeps workers between calls, but resizes or restarts them when
+  the worker count or the environment changes, and each new worker is a
+  fresh interpreter importing numpy, zarr and ndfs again (hundreds of ms,
+  where a fork from the server costs a few), and kept workers keep the
+  backends they opened, with the tokens of their time. cloudpickle, the
+  piece we needed, is small and kept with Dask.
+* ``"dask"``: ``dask.distributed``'s executor over a LocalCluster of
+  ``workers`` processes, or the scheduler at ``address=``
+  (``tcp://host:8786``), or an existing ``client=``; Dask workers reopen the
+  store with their own environment (set token variables where they run).
+  Needs the ``dask`` extra (``pip install 'ndfs[dask]'``).
+
+On processes and Dask, workers read their own blocks (a Volume travels as the
+recipe that reopens its store, see :func:`ndfs.api.source_of`); the calling
+process only gathers, reduces and writes. Each block that raises is retried
+``retries`` times; blocks that still fail are listed in :class:`BatchError`
+(box, attempts, last error, the worker's traceback) after every other block
+has finished, and the partial result rides on the error, so no block is lost
+silently. A worker process that dies takes the blocks then in flight on the
+pool with it: each of them costs one attempt, and the pool is started again
+for the rest. A tqdm progress bar counts blocks. ``map_blocks`` is safe to
+call from several threads at once (each call has its own pool).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import pickle
 import time
+import traceback
 import uuid
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -52,15 +77,17 @@ log = logging.getLogger("ndfs.batch")
 SCHEDULERS = ("threads", "processes", "dask")
 MiB = 2**20
 _MISSING = object()
+_BIG_TASK_BYTES = 16 * MiB  # a serialised fn this large (a closure over big data) travels with every block
 
 
 @dataclass(frozen=True)
 class BlockFailure:
-    """A block that failed every attempt."""
+    """A block that failed every attempt: its box, how often it ran, the last error and where it was raised."""
 
     box: Box
     attempts: int
     error: str
+    traceback: str = ""
 
 
 class BatchError(NdfsError):
@@ -78,6 +105,30 @@ class BatchError(NdfsError):
 
 class _WrongShape(BadRegion):
     """fn returned an array of the wrong shape for out= (raised at once: a retry cannot fix it)."""
+
+
+class _RemoteError(Exception):
+    """What a block raised in a worker process, as text: any exception can come back, picklable or not
+    (a class defined in ``__main__`` and sent by value cannot be pickled back by reference)."""
+
+    def __init__(self, error: str, tb: str):
+        super().__init__(error)
+        self.error, self.tb = error, tb
+
+    def __reduce__(self):
+        return (_RemoteError, (self.error, self.tb))
+
+
+def _describe(exc: BaseException) -> tuple[str, str]:
+    """(``Type: message``, traceback text) of a block's failure, wherever it ran."""
+    if isinstance(exc, _RemoteError):
+        return exc.error, exc.tb
+    tb = "".join(traceback.format_exception(exc))
+    if isinstance(exc, BrokenProcessPool):  # the pool says only "terminated abruptly": say what does that
+        return ("BrokenProcessPool: a worker process died with the block in flight (killed, out of memory, "
+                "a crash in native code, os._exit; or a script without `if __name__ == '__main__':` that "
+                "each worker runs again on start)"), tb
+    return f"{type(exc).__name__}: {exc}", tb
 
 
 # ---- geometry -----------------------------------------------------------------
@@ -110,22 +161,7 @@ def _default_block(chunk: Sequence[int], itemsize: int, target_bytes: int = 8 * 
     return tuple(b)  # type: ignore[return-value]
 
 
-# ---- the work of one block (module level: picklable for processes and Dask) ----
-def _run_block(source, data, core: Box, padded: Box, fn: Callable, pass_box: bool):
-    """Read ``padded`` (or take ``data``), run ``fn``, trim a padded array result to ``core``."""
-    arr = data if data is not None else source.read(padded)
-    result = fn(arr, padded) if pass_box else fn(arr)
-    if padded != core and isinstance(result, np.ndarray) and result.shape == padded.shape:
-        result = result[core.slices(padded.start)]
-    return result
-
-
-def _use_environment(env: dict) -> None:
-    """Worker initializer: take the caller's environment as it is now."""
-    os.environ.clear()
-    os.environ.update(env)
-
-
+# ---- the work of one block: read it padded by the halo, run fn, trim -----------------
 class _Reopen:
     """A Volume as sent to worker processes: its recipe, reopened in the worker when the block is read,
     so a failure to reopen (a refused token, a server down) is that block's error, not a dead worker."""
@@ -151,9 +187,130 @@ class _ArraySource:
         return self.array[box.slices(self.box.start)]
 
 
-# ---- executors ------------------------------------------------------------------
+class _Task:
+    """fn and where blocks come from: called as ``task(core, padded, data)`` with the block's box, the box
+    grown by the halo, and the padded voxels when the caller sends them (numpy arrays to other processes)."""
+
+    def __init__(self, fn: Callable, source, pass_box: bool):
+        self.fn, self.source, self.pass_box = fn, source, pass_box
+
+    def __call__(self, core: Box, padded: Box, data: np.ndarray | None = None):
+        arr = data if data is not None else self.source.read(padded)
+        result = self.fn(arr, padded) if self.pass_box else self.fn(arr)
+        if padded != core and isinstance(result, np.ndarray) and result.shape == padded.shape:
+            result = result[core.slices(padded.start)]
+        return result
+
+    def serialised(self) -> bytes:
+        """The task as cloudpickle writes it: fn by value when it lives in ``__main__``, a notebook or a
+        closure, by reference when it is importable (what Dask does). Loads with plain pickle."""
+        import cloudpickle
+
+        try:
+            payload = cloudpickle.dumps(self)
+        except Exception as exc:  # a lock, a socket, an open file captured by fn: no worker could run it
+            raise TypeError(f"fn cannot be sent to worker processes ({type(exc).__name__}: {exc}); "
+                            "use scheduler='threads', or make what it captures picklable") from exc
+        if len(payload) > _BIG_TASK_BYTES:
+            log.warning("fn serialises to %.0f MiB, sent with every block: pass big data through the volume, "
+                        "or load it inside fn", len(payload) / MiB)
+        return payload
+
+
+@functools.lru_cache(maxsize=4)
+def _load_task(payload: bytes) -> _Task:
+    """A worker's copy of the task (loaded once per worker and run, not once per block)."""
+    return pickle.loads(payload)
+
+
+def _run_remote(payload: bytes, core: Box, padded: Box, data: np.ndarray | None = None):
+    """One block in a worker process. Loading the task happens here, in the call, so a fn that cannot be
+    loaded (a module the worker cannot import) is the block's error, not a dead worker; whatever the
+    block raises comes back as text with the worker's traceback."""
+    try:
+        return _load_task(payload)(core, padded, data)
+    except Exception as exc:
+        raise _RemoteError(f"{type(exc).__name__}: {exc}", traceback.format_exc()) from None
+
+
+def _use_environment(env: dict) -> None:
+    """Worker initializer: take the caller's environment as it is now."""
+    os.environ.clear()
+    os.environ.update(env)
+
+
+# ---- where results go (the reduction layer) -----------------------------------------
+class _Sink:
+    """Base of the sinks: ``take(core, result)`` keeps each block's result in the calling process, as it
+    completes; ``result(cores)`` is what map_blocks returns."""
+
+    retry_failed_take = False  # whether a failure in take() is the block's (retried), not the caller's
+
+
+class _DictSink(_Sink):
+    def __init__(self):
+        self.by_box: dict[Box, Any] = {}
+
+    def take(self, core, result):
+        self.by_box[core] = result
+
+    def result(self, cores):
+        return {core: self.by_box[core] for core in cores if core in self.by_box}
+
+
+class _ReduceSink(_Sink):
+    def __init__(self, reduce: Callable, initial):
+        self.reduce, self.acc = reduce, initial
+
+    def take(self, core, result):
+        self.acc = result if self.acc is _MISSING else self.reduce(self.acc, result)
+
+    def result(self, cores):
+        return None if self.acc is _MISSING else self.acc
+
+
+def _block_array(core: Box, result) -> np.ndarray:
+    arr = np.asarray(result)
+    if arr.shape != core.shape:
+        raise _WrongShape(f"fn returned shape {arr.shape} for block {core} of shape {core.shape}")
+    return arr
+
+
+class _ArraySink(_Sink):
+    def __init__(self, box: Box, array: np.ndarray | None):
+        self.box, self.array = box, array
+
+    def take(self, core, result):
+        arr = _block_array(core, result)
+        if self.array is None:
+            self.array = np.zeros(self.box.shape, dtype=arr.dtype)
+        self.array[core.slices(self.box.start)] = arr
+
+    def result(self, cores):
+        return self.array
+
+
+class _VolumeSink(_Sink):
+    retry_failed_take = True  # a write the store refused (NdfsError) is retried like a failed block
+
+    def __init__(self, volume):
+        self.volume = volume
+
+    def take(self, core, result):
+        self.volume.write(core, _block_array(core, result))
+
+    def result(self, cores):
+        return self.volume
+
+
+# ---- executors: an existing concurrent.futures executor per scheduler --------------------
+# what workers need before their first block; zarr is imported lazily by the local store, and importing it
+# in each new worker cost every run about 0.2 s that 2 workers do not halve
+_PRELOAD = ["numpy", "cloudpickle", "zarr", "ndfs.api", "ndfs.batch", "ndfs.volume", "ndfs.backends.local"]
+
+
 class _Pool:
-    """A concurrent.futures executor for one scheduler, restartable after a broken process pool."""
+    """The executor of one scheduler, restartable after a worker process died."""
 
     def __init__(self, scheduler: str, workers: int, address: str | None, client, cluster_options: dict):
         self.scheduler, self.workers = scheduler, workers
@@ -168,10 +325,10 @@ class _Pool:
             import multiprocessing
 
             # forkserver: workers fork from a clean server process (never from this threaded one) that has
-            # ndfs and numpy imported, so a pool starts in milliseconds after the first; they get this
-            # process's current environment (the server's is from when it started), e.g. token variables
+            # these modules imported (a missing one is skipped), so a pool starts in milliseconds after the
+            # first; they get this process's current environment (the server's is from when it started)
             ctx = multiprocessing.get_context("forkserver")
-            ctx.set_forkserver_preload(["numpy", "ndfs.api", "ndfs.batch", "ndfs.volume", "ndfs.backends.local"])
+            ctx.set_forkserver_preload(_PRELOAD)
             return ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx, initializer=_use_environment,
                                        initargs=(dict(os.environ),))
         try:
@@ -194,8 +351,8 @@ class _Pool:
             self._own_client = client
         return client.get_executor(pure=False)
 
-    def submit(self, *args) -> Future:
-        return self.executor.submit(*args)
+    def submit(self, fn: Callable, *args) -> Future:
+        return self.executor.submit(fn, *args)
 
     def restart(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -213,6 +370,63 @@ class _Pool:
             self.executor.shutdown(wait=wait, cancel_futures=True)
 
 
+# ---- the one loop: submit, take what completes, retry ---------------------------------
+def _run_blocks(pool: _Pool, run: Callable, cores: list[Box], args_of: Callable[[Box], tuple], sink: _Sink, *,
+                retries: int, window: int, timeout_s: float | None, bar) -> list[BlockFailure]:
+    """Run every block through ``pool`` with at most ``window`` in flight; the blocks that failed every try."""
+    failures: list[BlockFailure] = []
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    todo = [(core, 1) for core in reversed(cores)]  # (block, attempt), popped from the end: block order
+    running: dict[Future, tuple[Box, int]] = {}
+
+    def failed(core: Box, attempt: int, exc: BaseException) -> None:
+        error, tb = _describe(exc)
+        if attempt <= retries:
+            log.info("block %s failed (attempt %d), retrying: %s", core, attempt, error)
+            todo.append((core, attempt + 1))
+        else:
+            failures.append(BlockFailure(core, attempt, error, tb))
+            bar.update(1)
+
+    try:
+        while todo or running:
+            while todo and len(running) < window:
+                core, attempt = todo.pop()
+                running[pool.submit(run, *args_of(core))] = (core, attempt)
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise Timeout(f"map_blocks ran out of time: {len(todo) + len(running)} of {len(cores)} blocks "
+                              f"not done after {timeout_s:g} s")
+            done, _ = wait(list(running), timeout=left, return_when=FIRST_COMPLETED)
+            broken = False
+            for fut in done:
+                core, attempt = running.pop(fut)
+                try:
+                    result = fut.result()
+                except Exception as exc:  # a block's failure is recorded, retried and reported, never lost
+                    broken = broken or isinstance(exc, BrokenProcessPool)  # a worker died (maybe in this block)
+                    failed(core, attempt, exc)
+                    continue
+                try:
+                    sink.take(core, result)
+                except NdfsError as exc:
+                    if not sink.retry_failed_take or isinstance(exc, _WrongShape):
+                        raise  # the caller's own mistake (a wrong shape): retrying cannot help
+                    failed(core, attempt, exc)
+                    continue
+                bar.update(1)
+            if broken:  # the blocks still held by the dead pool go to a fresh one, without losing an attempt
+                for fut, item in running.items():
+                    fut.cancel()
+                    todo.append(item)
+                running.clear()
+                pool.restart()
+    finally:
+        for fut in running:
+            fut.cancel()
+    return failures
+
+
 # ---- the driver -----------------------------------------------------------------
 def map_blocks(fn: Callable, volume, out=None, *, block=None, halo=0, box: Box | None = None,
                scheduler: str = "threads", workers: int | None = None, reduce: Callable | None = None,
@@ -226,8 +440,9 @@ def map_blocks(fn: Callable, volume, out=None, *, block=None, halo=0, box: Box |
     block shape (z, y, x), default whole store chunks of a few MiB. ``halo``
     (int or (z, y, x)) pads each block with that many neighbouring voxels
     where they exist; an array result of the padded shape is trimmed back to
-    the block. ``timeout_s`` bounds the whole run (Timeout). See the module
-    docstring for ``out``, ``reduce``, schedulers and failures.
+    the block. ``fn`` may be any callable, a lambda or a closure included, on
+    every scheduler. ``timeout_s`` bounds the whole run (Timeout). See the
+    module docstring for ``out``, ``reduce``, schedulers and failures.
     """
     from ndfs.volume import Volume
 
@@ -259,121 +474,55 @@ def map_blocks(fn: Callable, volume, out=None, *, block=None, halo=0, box: Box |
         raise BadRegion(f"halo cannot be negative, got {halo}")
     cores = [] if box.empty else blocks(box, block, origin)
 
-    # where results go
+    sink: _Sink
     if isinstance(out, str) and out == "array":
-        out_array: np.ndarray | None = None
-        sink = "array"
+        sink = _ArraySink(box, None)
     elif isinstance(out, np.ndarray):
         if out.shape != box.shape:
             raise BadRegion(f"out has shape {out.shape}, the box has {box.shape}")
-        out_array, sink = out, "array"
+        sink = _ArraySink(box, out)
     elif isinstance(out, Volume):
         if not out.box.contains(box):
             raise BadRegion(f"out volume {out.box} does not contain the box {box}")
-        out_array, sink = None, "volume"
+        sink = _VolumeSink(out)
     elif out is None:
-        out_array, sink = None, "reduce" if reduce is not None else "dict"
+        sink = _ReduceSink(reduce, initial) if reduce is not None else _DictSink()
     else:
         raise BadRegion(f"out must be None, 'array', a numpy array or a Volume, got {type(out).__name__}")
-    acc = initial
-    by_box: dict[Box, Any] = {}
 
-    def take(core: Box, result) -> None:
-        nonlocal out_array, acc
-        if sink == "dict":
-            by_box[core] = result
-        elif sink == "reduce":
-            acc = result if acc is _MISSING else reduce(acc, result)
-        else:
-            arr = np.asarray(result)
-            if arr.shape != core.shape:
-                raise _WrongShape(f"fn returned shape {arr.shape} for block {core} of shape {core.shape}")
-            if sink == "volume":
-                out.write(core, arr)  # an NdfsError here counts as the block's failure (retried)
-            else:
-                if out_array is None:
-                    out_array = np.zeros(box.shape, dtype=arr.dtype)
-                out_array[core.slices(box.start)] = arr
-
-    def padded_of(core: Box) -> Box:
+    def padded_of(core: Box) -> Box:  # the halo layer: grown where the volume has voxels
         grown = Box(tuple(a - h for a, h in zip(core.start, halo)), tuple(b + h for b, h in zip(core.stop, halo)))
         return grown.intersect(extent) or core
 
-    shipped = _Reopen(source) if isinstance(source, Volume) and scheduler != "threads" else source
+    local = scheduler == "threads"
+    ship_data = isinstance(source, _ArraySource) and not local  # other processes get the array's voxels
+    task = _Task(fn, _Reopen(source) if isinstance(source, Volume) and not local else None if ship_data else source,
+                 pass_box)
+    run = task if local or not cores else functools.partial(_run_remote, task.serialised())
 
-    def args_of(core: Box):
+    def args_of(core: Box) -> tuple:
         padded = padded_of(core)
-        if isinstance(source, _ArraySource) and scheduler != "threads":
-            return (None, source.read(padded), core, padded, fn, pass_box)
-        return (shipped, None, core, padded, fn, pass_box)
+        return (core, padded, source.read(padded)) if ship_data else (core, padded)
 
     from tqdm import tqdm
 
-    failures: list[BlockFailure] = []
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
     pool = _Pool(scheduler, workers, address, client, dict(cluster_options or {})) if cores else None
-    todo = [(core, 1) for core in reversed(cores)]  # (block, attempt), popped from the end: block order
-    running: dict[Future, tuple[Box, int]] = {}
     bar = tqdm(total=len(cores), unit="block", desc=desc or "blocks", disable=not progress or not cores)
     finished = False
     try:
-        while todo or running:
-            while todo and len(running) < 2 * workers:
-                core, attempt = todo.pop()
-                running[pool.submit(_run_block, *args_of(core))] = (core, attempt)
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                raise Timeout(f"map_blocks ran out of time: {len(todo) + len(running)} of {len(cores)} blocks "
-                              f"not done after {timeout_s:g} s")
-            done, _ = wait(list(running), timeout=left, return_when=FIRST_COMPLETED)
-            broken = False
-            for fut in done:
-                core, attempt = running.pop(fut)
-                try:
-                    result = fut.result()
-                    if sink == "volume":
-                        take(core, result)
-                except Exception as exc:  # a block's failure is recorded, retried and reported, never lost
-                    if isinstance(exc, _WrongShape):
-                        raise  # fn's own mistake: retrying cannot help
-                    broken = broken or isinstance(exc, BrokenProcessPool)  # a worker died (maybe in this block)
-                    if attempt <= retries:
-                        log.info("block %s failed (attempt %d), retrying: %s", core, attempt, exc)
-                        todo.append((core, attempt + 1))
-                    else:
-                        failures.append(BlockFailure(core, attempt, f"{type(exc).__name__}: {exc}"))
-                        bar.update(1)
-                    continue
-                if sink != "volume":
-                    take(core, result)
-                bar.update(1)
-            if broken:  # the blocks still held by the dead pool go to a fresh one, without losing an attempt
-                for fut, item in running.items():
-                    fut.cancel()
-                    todo.append(item)
-                running.clear()
-                pool.restart()
+        failures = _run_blocks(pool, run, cores, args_of, sink, retries=retries, window=2 * workers,
+                               timeout_s=timeout_s, bar=bar) if cores else []
         finished = True
     finally:
         bar.close()
-        for fut in running:
-            fut.cancel()
         if pool is not None:
             pool.close(wait=finished)
-    if sink == "dict":
-        result: Any = {core: by_box[core] for core in cores if core in by_box}
-    elif sink == "reduce":
-        result = None if acc is _MISSING else acc
-    elif sink == "volume":
-        result = out
-    else:
-        result = out_array if out_array is not None else None
+    result = sink.result(cores)
     if failures:
         raise BatchError(sorted(failures, key=lambda f: f.box.start), result, len(cores))
-    if sink == "array" and result is None:
+    if isinstance(sink, _ArraySink) and result is None:
         result = np.zeros(box.shape, dtype=np.uint8)
     return result
-
 
 
 # ---- dask arrays ------------------------------------------------------------------

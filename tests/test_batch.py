@@ -1,13 +1,21 @@
 """ndfs.batch.map_blocks over a real demo store: the same answers on threads, processes and a Dask LocalCluster.
 
-Block functions live at module level so spawned processes and Dask workers can
-import them. Faults are injected with marker files in a temp folder (shared by
-every process), never with mocks of ndfs itself.
+Most block functions live at module level here (workers import them by
+reference); the functions a user writes in a notebook or a script's
+``__main__`` (lambdas, closures, their own exception classes) run in a
+``python -c`` child, where workers can import nothing of them. Faults are
+injected with marker files in a temp folder (shared by every process), never
+with mocks of ndfs itself.
 """
 
+import json
 import os
+import subprocess
+import sys
+import textwrap
 import threading
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -23,12 +31,17 @@ THRESHOLD = 128
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
+def demo_root(tmp_path_factory):
     from ndfs.demo import make_demo
 
     root = tmp_path_factory.mktemp("batch-store")
     make_demo(str(root), shape=SHAPE, progress=False, chunk_shape=(8, 64, 64))
-    r = ndfs.remote(str(root))
+    return root
+
+
+@pytest.fixture(scope="module")
+def demo(demo_root):
+    r = ndfs.remote(str(demo_root))
     em, cells = r.volume("demo", "em"), r.volume("demo", "cells")
     return r, em, cells, em[:, :, :], cells[:, :, :]
 
@@ -277,3 +290,89 @@ def test_processes_reopen_a_boss_remote_from_its_recipe_with_the_token_from_the_
                        retries=0, progress=False, timeout_s=90)
         assert len(err.value.failures) == err.value.total == 36
         assert all("PermissionDenied" in f.error and "401" in f.error for f in err.value.failures)
+
+
+# ---- functions from __main__: what a notebook cell or a `python -c` script defines -------------
+MAIN_PROGRAM = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    import ndfs
+    from ndfs.batch import BatchError, map_blocks
+
+    THRESHOLD = 128
+
+    def above(block):                      # a function of __main__: workers cannot import it
+        return int(np.count_nonzero(block > THRESHOLD))
+
+    def above_of(t):                       # a closure over t
+        def count(block):
+            return int(np.count_nonzero(block > t))
+        return count
+
+    class Oops(Exception):                 # an exception class of __main__
+        pass
+
+    def breaks_at_origin(block, box):
+        if box.start == (0, 0, 0):
+            raise Oops(f"no voxels for you at {box.start}")
+        return 0
+
+    store, scheduler = sys.argv[1], sys.argv[2]
+    em = ndfs.remote(store).volume("demo", "em")
+    opts = dict(scheduler=scheduler, workers=2, block=(8, 64, 64), progress=False, timeout_s=90, retries=0)
+    counts = {name: map_blocks(fn, em, reduce=lambda a, b: a + b, **opts) for name, fn in
+              [("function", above), ("lambda", lambda b: int(np.count_nonzero(b > THRESHOLD))),
+               ("closure", above_of(THRESHOLD))]}
+    mask = map_blocks(lambda b: (b > THRESHOLD).astype(np.uint8), em, out="array", halo=1, **opts)
+    try:
+        map_blocks(breaks_at_origin, em, pass_box=True, **opts)
+        failure = None
+    except BatchError as err:
+        failure = {"message": str(err), "boxes": [f.box.start for f in err.failures],
+                   "traceback": err.failures[0].traceback, "done": len(err.result)}
+    print(json.dumps({"counts": counts, "mask_sum": int(mask.sum()), "mask_shape": mask.shape,
+                      "failure": failure}))
+""")
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("scheduler", ["threads", "processes", "dask"])
+def test_functions_defined_in_main_of_a_python_c_program_work_on_every_scheduler(demo, demo_root, scheduler,
+                                                                                  tmp_path):
+    if scheduler == "dask":
+        pytest.importorskip("distributed")
+    _, _, _, em_all, _ = demo
+    done = subprocess.run([sys.executable, "-c", MAIN_PROGRAM, str(demo_root), scheduler], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=170)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    want = int(np.count_nonzero(em_all > THRESHOLD))
+    assert got["counts"] == {"function": want, "lambda": want, "closure": want} and want > 0
+    assert got["mask_shape"] == list(SHAPE) and got["mask_sum"] == want
+    failure = got["failure"]  # the block that raised is named, with the error fn raised and where
+    assert failure is not None and failure["boxes"] == [[0, 0, 0]] and failure["done"] == 3 * 3 * 3 - 1
+    assert "1 of 27 blocks failed" in failure["message"] and "[x 0:64, y 0:64, z 0:8]" in failure["message"]
+    assert "Oops: no voxels for you at (0, 0, 0)" in failure["message"]
+    assert "BrokenProcessPool" not in failure["message"] and "breaks_at_origin" in failure["traceback"]
+
+
+def test_a_function_that_cannot_be_sent_to_processes_is_refused_before_any_block_runs(demo):
+    _, em, _, _, _ = demo
+    lock = threading.Lock()
+    with pytest.raises(TypeError, match="cannot be sent to worker processes.*lock"):
+        map_blocks(lambda b: lock.locked(), em, scheduler="processes", workers=2, progress=False)
+    assert map_blocks(lambda b: lock.locked(), em, block=(24, 160, 192), progress=False) == {em.box: False}
+
+
+def test_a_fn_that_workers_cannot_load_fails_its_blocks_with_the_import_error_not_a_broken_pool(demo,
+                                                                                              monkeypatch):
+    _, em, _, _, _ = demo
+    mod = types.ModuleType("ndfs_test_nowhere")  # importable here only: workers get fn by reference and fail
+    exec("def count(block):\n    return 1\n", mod.__dict__)
+    monkeypatch.setitem(sys.modules, mod.__name__, mod)
+    with pytest.raises(BatchError) as err:
+        map_blocks(mod.count, em, reduce=add, scheduler="processes", workers=2, block=(24, 80, 96), retries=1,
+                   progress=False, timeout_s=90)
+    assert len(err.value.failures) == err.value.total == 4
+    assert all(f.attempts == 2 and "ModuleNotFoundError" in f.error and "ndfs_test_nowhere" in f.error
+               for f in err.value.failures)
