@@ -244,6 +244,10 @@ def test_ramon_calls_reach_the_store_through_the_cache_and_say_enotsup_where_the
     seg.voxels = ramon.Voxels(np.ones((2, 3, 4), np.uint8), offset=(6, 20, 30))
     assert r.post_ramon(token=PROJECT, channel="labels", obj=seg) == new_id
     assert new_id in r.get_ramon_ids(PROJECT, "labels", "segment")
+    assert new_id in r.get_ramon_ids(PROJECT, "labels", type="segment")  # the keyword ndio and backends use
+    assert new_id not in r.get_ramon_ids(PROJECT, "labels", type="synapse")
+    with pytest.raises(NdfsError, match="two different types"):
+        r.get_ramon_ids(PROJECT, "labels", "segment", type="synapse")
     assert new_id in r.get_ramon_ids(PROJECT, "labels", kv={"class": "cell"})
     got = r.get_ramon(PROJECT, "labels", new_id)
     assert (got.id, got.author, got.kvpairs) == (new_id, "api-test", {"class": "cell"})
