@@ -142,6 +142,11 @@ def test_a_fault_rate_of_1_fails_with_eio_in_bounded_time(store):
             assert srv.counter.snapshot()["requests"] == 4
 
 
+def test_the_default_timeouts_are_the_specs_connect_10_s_and_read_120_s():
+    with BossBackend("http://127.0.0.1:9", "x") as backend:  # no request is made
+        assert backend._client.timeout == (10.0, 120.0)
+
+
 def test_a_stalled_server_times_out(store):
     with WsgiServer(BossApp(LocalBackend(store[0])), options=ServeOptions(latency_s=1.0)) as srv:
         with BossBackend(srv.url, "x", timeout_s=0.2, retries=1, backoff_s=0.01) as slow:

@@ -128,7 +128,8 @@ def _within(box: Box, limit: int) -> list[Box]:
 class BossBackend(BossRamon, HttpDriver, Backend):
     """A BOSS service at ``url`` (e.g. ``https://api.bossdb.io``), read with ``token`` (None: anonymous).
 
-    ``timeout_s`` is the read timeout of each request (``connect_timeout_s``
+    ``timeout_s`` is the read timeout of each request (120 s by default: the
+    service can take that long to assemble a large cutout; ``connect_timeout_s``
     the connect timeout); ``retries`` extra attempts follow a retryable failure
     after ``backoff_s * 2**n`` (full jitter, capped at ``backoff_cap_s``);
     ``workers`` requests run at once per backend; ``max_request_bytes`` caps
@@ -138,7 +139,7 @@ class BossBackend(BossRamon, HttpDriver, Backend):
 
     kind = "boss"
 
-    def __init__(self, url: str, token: str | None = None, *, timeout_s: float = 30.0,
+    def __init__(self, url: str, token: str | None = None, *, timeout_s: float = 120.0,
                  connect_timeout_s: float = 10.0, retries: int = 4, backoff_s: float = 0.5,
                  backoff_cap_s: float = 30.0, workers: int = 8, max_request_bytes: int = 64 * MiB,
                  max_meta_bytes: int = 8192, read_only: bool = False):
