@@ -22,7 +22,7 @@ import tifffile
 from ndfs.backends.boss import BossBackend, blosc_encode, cuboid_pieces
 from ndfs.backends.local import LocalBackend
 from ndfs.config import RemoteConfig, open_backend
-from ndfs.errors import BackendError, NotFound, PermissionDenied, Timeout
+from ndfs.errors import BackendError, BadRegion, NotFound, PermissionDenied, Timeout
 from ndfs.geometry import Box
 from ndfs.serve.boss import BossApp
 from ndfs.serve.common import ServeOptions, WsgiServer
@@ -57,6 +57,23 @@ def boss(server):
 
 def ref(channel):
     return (COLL, EXP, channel)
+
+
+def askable(oracle, channel, level):
+    """The part of a level the BOSS answers: it checks every resolution against the level-0 frame start."""
+    box, start = oracle.box(channel, level), oracle.box(channel, 0).start
+    return Box(tuple(max(a, s) for a, s in zip(box.start, start)), box.stop)
+
+
+def readable(oracle, channel, box, level):
+    """What the driver reads at a box: the oracle's voxels, zeros below the level-0 frame start."""
+    out = oracle.read(channel, box, level).copy()
+    inside = askable(oracle, channel, level).intersect(box)
+    keep = np.zeros(box.shape, bool)
+    if inside is not None:
+        keep[inside.slices(box.start)] = True
+    out[~keep] = 0
+    return out
 
 
 # ---- the driver ---------------------------------------------------------------
@@ -121,7 +138,7 @@ def test_reads_and_writes_survive_a_30_percent_fault_rate(store):
                 for level in (0, 1):
                     box = oracle.box(channel, level)
                     np.testing.assert_array_equal(flaky.read(ref(channel), box, level),
-                                                  oracle.read(channel, box, level))
+                                                  readable(oracle, channel, box, level))
             box = Box((3, 5, 7), (8, 30, 40))
             new = np.random.default_rng(2).integers(0, 256, size=box.shape, dtype=np.uint8)
             flaky.write(ref("scratch"), box, 0, new)
@@ -219,9 +236,37 @@ def test_the_server_answers_bad_cutouts_with_the_spec_status_and_json(server):
     post = lambda path, body: requests.post(f"{base}/{path}", data=body, timeout=10)  # noqa: E731
     assert _error(post("scratch/0/7:10/5:10/3:4/", blosc_encode(np.ones(10, np.uint8)))) == (400, 2002)
     assert _error(post("scratch/0/7:10/5:10/3:4/", b"not blosc at all, not at all")) == (400, 2001)
-    assert _error(post("scratch/2/3:5/1:3/3:4/", blosc_encode(np.ones((1, 2, 2), np.uint8)))) == (400, 9001)
+    assert _error(post("scratch/2/7:9/5:7/3:4/", blosc_encode(np.ones((1, 2, 2), np.uint8)))) == (400, 9001)
     routeless = requests.get(f"{server.url}/v1/cutout/{COLL}/{EXP}/em8/0/-1:3/5:10/3:4/", timeout=10)
     assert routeless.status_code == 404 and routeless.headers["Content-Type"] == "text/plain"
+
+
+def test_every_resolution_is_checked_against_the_level_0_frame_as_production_does(server, store):
+    _, oracle = store  # frame x 7:97, y 5:75; level 1 holds x 3:49, y 2:38
+    base = f"{server.url}/v1/cutout/{COLL}/{EXP}/em8/1"
+    below = requests.get(f"{base}/3:20/5:20/3:4/", timeout=10)  # inside level 1, below the frame's x start
+    assert _error(below) == (400, 1001) and below.json()["message"] == "Incorrect cutout arguments 1/3:20/5:20/3:4"
+    inside = requests.get(f"{base}/7:20/5:20/3:4/", timeout=10)
+    got = np.frombuffer(blosc.decompress(inside.content), np.uint8).reshape(1, 15, 13)
+    np.testing.assert_array_equal(got, oracle.read("em8", Box((3, 5, 7), (4, 20, 20)), 1))
+    past = requests.get(f"{base}/40:97/30:75/3:4/", timeout=10)  # past level 1's extent, inside the frame: zeros
+    got = np.frombuffer(blosc.decompress(past.content), np.uint8).reshape(1, 45, 57)
+    np.testing.assert_array_equal(got[:, :8, :9], oracle.read("em8", Box((3, 30, 40), (4, 38, 49)), 1))
+    assert not got[:, 8:, :].any() and not got[:, :, 9:].any()
+
+
+def test_the_driver_reads_zeros_below_the_frame_start_at_coarser_levels_and_refuses_to_write_there(boss, store):
+    _, oracle = store
+    box = oracle.box("scratch", 1)  # z 3:23, y 2:38, x 3:49
+    np.testing.assert_array_equal(boss.read(ref("scratch"), box, 1), readable(oracle, "scratch", box, 1))
+    strip = Box((3, 2, 3), (4, 5, 20))  # wholly below the frame's y start: nothing is asked of the server
+    assert not boss.read(ref("scratch"), strip, 1).any()
+    with pytest.raises(BadRegion, match="below the coordinate frame's start"):
+        boss.write(ref("scratch"), Box((3, 2, 3), (4, 10, 20)), 1, np.ones((1, 8, 17), np.uint8))
+    keep = oracle.read("scratch", Box((3, 5, 7), (4, 10, 20)), 1)
+    boss.write(ref("scratch"), Box((3, 2, 3), (4, 10, 20)), 1,  # zeros below the start are left alone
+               np.pad(keep, ((0, 0), (3, 0), (4, 0))))
+    np.testing.assert_array_equal(boss.read(ref("scratch"), Box((3, 5, 7), (4, 10, 20)), 1), keep)
 
 
 def test_cutouts_decode_with_typesize_quirk_time_axis_and_path_leniency(server, store):
@@ -312,7 +357,7 @@ def test_intern_reads_cutouts_equal_to_the_local_store(store, intern_env, channe
     _, oracle = store
     chan = intern_env.get_channel(channel, COLL, EXP)
     for level in (0, 1):
-        box = oracle.box(channel, level)
+        box = askable(oracle, channel, level)
         (z0, y0, x0), (z1, y1, x1) = box.start, box.stop
         got = intern_env.get_cutout(chan, level, [x0, x1], [y0, y1], [z0, z1])
         assert got.dtype == np.dtype(chan.datatype)
@@ -377,7 +422,7 @@ def test_a_mount_of_the_boss_remote_shows_the_tree_and_what_intern_wrote(store, 
             root = tmp_path / "mnt" / "boss"
             assert COLL in os.listdir(root) and set(CHANNELS) <= set(os.listdir(root / COLL / EXP))
             np.testing.assert_array_equal(tifffile.imread(root / COLL / EXP / "em16" / "0" / "z" / "10.tif"), data[0])
-            plane = oracle.read("em8", Box((4, 2, 3), (5, 38, 49)), 1)[0]
+            plane = readable(oracle, "em8", Box((4, 2, 3), (5, 38, 49)), 1)[0]  # zeros below the frame start
             np.testing.assert_array_equal(tifffile.imread(root / COLL / EXP / "em8" / "1" / "z" / "4.tif"), plane)
             info = json.loads((root / COLL / EXP / "labels" / "info.json").read_text())
             assert info["dtype"] == "uint64" and "token" not in json.dumps(info).lower()

@@ -13,9 +13,7 @@ Cutouts run the spec's checks in its order (3.4) with its status codes and
 ``{"status", "code", "message"}`` bodies, including the 520 MiB size cap
 (``max_cutout_bytes``); posts merge (zeros never erase) at resolution 0 or 1.
 
-Deliberate differences from production: the range check's lower bound at
-resolution r is ``floor(start / 2**r)`` rather than the level-0 start, so
-voxels below a non-zero frame start stay readable at coarser levels; one time
+Deliberate differences from production: one time
 sample (t > 0 reads as zeros, writes there are refused); reserve counters,
 metadata and created-but-empty resources live in memory (gone when the server
 stops); no delete or update endpoints for resources. Tokens: with none configured any request is accepted; otherwise
@@ -188,7 +186,10 @@ class BossApp:
         res, levels = parse_int(res, "resolution"), chan.num_hierarchy_levels
         if not 0 <= res < levels:  # 5 (base resolution is 0 here)
             raise BossError(400, 1002, f"Invalid resolution {res}. The resolution has to be within 0 and {levels - 1}")
-        lo = [chan.frame["z_start"], chan.frame["y_start"] >> res, chan.frame["x_start"] >> res]
+        # every resolution is checked against the level-0 frame, as production does (its quirk: at coarser
+        # levels the voxels below the frame start cannot be asked for, and those past the level's extent
+        # but inside the frame read as zeros)
+        lo = [chan.frame["z_start"], chan.frame["y_start"], chan.frame["x_start"]]
         hi = [chan.frame["z_stop"], chan.frame["y_stop"], chan.frame["x_stop"]]
         start = tuple(parse_int(v, f"{a} start") for v, a in ((z0, "z"), (y0, "y"), (x0, "x")))
         stop = tuple(parse_int(v, f"{a} stop") for v, a in ((z1, "z"), (y1, "y"), (x1, "x")))
