@@ -7,6 +7,7 @@ counting cuboid-aligned requests.
 """
 
 import errno
+import io
 import json
 import os
 import subprocess
@@ -457,3 +458,158 @@ def test_serve_refuses_a_missing_store_with_one_line(tmp_path):
     done = subprocess.run([sys.executable, "-m", "ndfs", "serve", "--protocol", "boss", "--store",
                            str(tmp_path / "nope")], capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and done.stderr.count("\n") == 1 and "not a directory" in done.stderr
+
+
+# ---- resources, time and levels as a single-user BOSS -----------------------------
+@pytest.fixture
+def fresh(tmp_path):
+    """A server over an empty store, and a request helper answering (status, JSON or bytes)."""
+    (tmp_path / "s").mkdir()
+    with WsgiServer(BossApp(LocalBackend(tmp_path / "s"))) as srv:
+        def call(method, path, body=None, **kw):
+            resp = requests.request(method, f"{srv.url}/v1/{path}", json=body, timeout=30, **kw)
+            kind = resp.headers.get("Content-Type", "")
+            return resp.status_code, (resp.json() if kind == "application/json" and resp.content else resp.content)
+        yield srv, call, tmp_path / "s"
+
+
+FRAME = {"x_start": 0, "x_stop": 64, "y_start": -5, "y_stop": 27, "z_start": 0, "z_stop": 8,
+         "x_voxel_size": 4, "y_voxel_size": 4, "z_voxel_size": 4, "voxel_unit": "nanometers"}
+
+
+def _project(call, method="anisotropic", levels=2, samples=1):
+    assert call("POST", "collection/col", {"description": "d"})[0] == 201
+    status, frame = call("POST", "coord/fr", FRAME)
+    assert status == 201 and frame["y_start"] == -5  # a negative start is a frame like any other
+    status, exp = call("POST", "collection/col/experiment/ex", {
+        "coord_frame": "fr", "num_hierarchy_levels": levels, "hierarchy_method": method,
+        "num_time_samples": samples, "time_step": 2, "time_step_unit": "nanoseconds"})
+    assert status == 201 and (exp["hierarchy_method"], exp["num_time_samples"]) == (method, samples)
+
+
+def _post(call, path, array):
+    return call("POST", f"cutout/{path}", data=blosc_encode(array))
+
+
+def _get(call, path, dtype, shape):
+    status, body = call("GET", f"cutout/{path}")
+    assert status == 200, body
+    return np.frombuffer(blosc.decompress(body), dtype).reshape(shape)
+
+
+def test_reserve_hands_out_ids_past_every_label_already_written(fresh):
+    _, call, _ = fresh
+    _project(call)
+    assert call("POST", "collection/col/experiment/ex/channel/seg", {"type": "annotation", "datatype": "uint64"})[0] \
+        == 201
+    labels = np.zeros((1, 2, 3), np.uint64)
+    labels[0, 1, 2] = 5000
+    assert _post(call, "col/ex/seg/0/0:3/0:2/0:1/", labels)[0] == 201
+    status, first = call("GET", "reserve/col/ex/seg/10")
+    assert status == 200 and first["start_id"] == 5001 and first["count"] == "10"
+    assert call("GET", "reserve/col/ex/seg/1")[1]["start_id"] == 5011
+    assert call("GET", f"reserve/col/ex/seg/{2**20 + 1}")[0] == 400  # at most 2**20 a request
+
+
+def test_resources_are_updated_renamed_and_deleted_as_production_allows(fresh):
+    _, call, root = fresh
+    _project(call)
+    made = lambda name, **kw: call("POST", f"collection/col/experiment/ex/channel/{name}",  # noqa: E731
+                                   {"type": "image", "datatype": "uint8", **kw})
+    assert made("src")[0] == 201 and made("rel")[0] == 201
+    assert made("bad", sources=["nope"])[0] == 400  # sources must be channels of the experiment
+    assert made("bad", sources=["src"], related=["src"])[0] == 400
+    status, chan = made("img", sources=["src"], related=["rel"], default_time_sample=0)
+    assert status == 201 and chan["sources"] == ["src"] and chan["related"] == ["rel"]
+    assert call("GET", "collection/col/experiment/ex/channel/rel")[1]["related"] == ["img"]  # symmetric
+    _post(call, "col/ex/img/0/0:4/0:2/0:1/", np.arange(1, 9, dtype=np.uint8).reshape(1, 2, 4))
+    assert call("DELETE", "collection/col/experiment/ex/channel/src")[1]["code"] == 4003  # img's source
+    assert call("PUT", "collection/col/experiment/ex/channel/img", {"datatype": "uint16"})[1]["code"] == 1003
+    status, chan = call("PUT", "collection/col/experiment/ex/channel/img",
+                        {"name": "img2", "description": "moved", "base_resolution": 1})
+    assert status == 200 and (chan["name"], chan["description"], chan["base_resolution"]) == ("img2", "moved", 1)
+    assert chan["sources"] == [] and chan["related"] == []  # an update without them clears them, as production
+    assert call("GET", "collection/col/experiment/ex/channel/img")[0] == 404
+    assert _error_of(call("GET", "cutout/col/ex/img2/0/0:4/0:2/0:1/")) == (400, 1002)  # resolutions 1 and 2 now
+    np.testing.assert_array_equal(LocalBackend(root).read(("col", "ex", "img2"), Box((0, 0, 0), (1, 2, 4)), 0),
+                                  np.arange(1, 9, dtype=np.uint8).reshape(1, 2, 4))  # the voxels moved with it
+    status, exp = call("PUT", "collection/col/experiment/ex", {"description": "e", "num_time_samples": 3})
+    assert status == 200 and exp["num_time_samples"] == 3 and exp["time_step"] == 2
+    assert call("PUT", "collection/col/experiment/ex", {"hierarchy_method": "isotropic"})[1]["code"] == 1003
+    assert call("PUT", "coord/fr", {"x_stop": 9})[1]["code"] == 1003  # only name and description
+    assert call("PUT", "coord/fr", {"name": "fr2", "description": "f"})[1]["name"] == "fr2"
+    assert call("GET", "collection/col/experiment/ex")[1]["coord_frame"] == "fr2"
+    assert call("DELETE", "collection/col/experiment/ex")[1]["code"] == 4003  # it has channels
+    for name in ("img2", "src", "rel"):
+        assert call("DELETE", f"collection/col/experiment/ex/channel/{name}")[0] == 204
+    assert call("DELETE", "coord/fr2")[1]["code"] == 4003  # ex uses it
+    assert call("DELETE", "collection/col/experiment/ex")[0] == 204
+    assert call("DELETE", "coord/fr2")[0] == 204 and call("DELETE", "collection/col")[0] == 204
+    assert call("GET", "collection/")[1] == {"collections": []} and call("GET", "coord/")[1] == {"coords": []}
+    assert not (root / "col" / "ex" / "img2").exists()  # deleting a channel deletes its voxels
+
+
+def _error_of(answer):
+    status, body = answer
+    return status, body["code"]
+
+
+def test_time_samples_are_volumes_of_their_own_and_read_zeros_until_written(fresh):
+    _, call, root = fresh
+    _project(call, samples=4)
+    call("POST", "collection/col/experiment/ex/channel/img", {"type": "image", "datatype": "uint16"})
+    data = np.arange(1, 2 * 3 * 2 * 4 + 1, dtype=np.uint16).reshape(2, 3, 2, 4)
+    assert _post(call, "col/ex/img/0/0:4/0:2/0:3/1:3/", data)[0] == 201
+    np.testing.assert_array_equal(_get(call, "col/ex/img/0/0:4/0:2/0:3/0:4/", np.uint16, (4, 3, 2, 4)),
+                                  np.concatenate([np.zeros((1, 3, 2, 4), np.uint16), data, np.zeros_like(data[:1])]))
+    assert LocalBackend(root).is_volume(("col", "ex", "img@time", "2"))
+    assert not _get(call, "col/ex/img/0/0:4/0:2/0:3/", np.uint16, (3, 2, 4)).any()  # the default sample, 0
+    call("PUT", "collection/col/experiment/ex/channel/img", {"default_time_sample": 2})
+    np.testing.assert_array_equal(_get(call, "col/ex/img/0/0:4/0:2/0:3/", np.uint16, (3, 2, 4)), data[1])
+    assert call("PUT", "cutout/to_black/col/ex/img/0/0:4/0:2/0:3/2:3/")[0] == 200
+    assert not _get(call, "col/ex/img/0/0:4/0:2/0:3/2:3/", np.uint16, (1, 3, 2, 4)).any()
+    assert _error_of(_post(call, "col/ex/img/0/0:4/0:2/0:3/4:5/", data[:1])) == (400, 9001)  # past the samples
+    assert call("GET", "collection/col/experiment/ex/channel/img")[1]["default_time_sample"] == 2
+    assert call("GET", "collection/col/experiment/ex/channel/")[1] == {"channels": ["img"]}  # @time is not a channel
+
+
+def test_isotropic_levels_are_computed_from_level_0_halving_z_too(fresh):
+    _, call, _ = fresh
+    _project(call, method="isotropic", levels=3)
+    call("POST", "collection/col/experiment/ex/channel/img", {"type": "image", "datatype": "uint8"})
+    rng = np.random.default_rng(3)
+    data = rng.integers(0, 256, size=(8, 32, 64), dtype=np.uint8)
+    assert _post(call, "col/ex/img/0/0:64/0:27/0:8/", data[:, :27])[0] == 201
+    got = _get(call, "col/ex/img/1/0:32/0:16/0:4/", np.uint8, (4, 16, 32))
+    xy = data.reshape(8, 16, 2, 32, 2).astype(np.uint32)
+    xy = (xy.sum(axis=(2, 4)) + 2) // 4  # the store's 2x2 mean, rounded
+    want = (xy[0::2] + xy[1::2] + 1) // 2
+    np.testing.assert_array_equal(got[:, :13], want[:, :13].astype(np.uint8))  # y 26: the volume ends at 27
+    assert _get(call, "col/ex/img/2/0:16/0:8/0:2/", np.uint8, (2, 8, 16)).shape == (2, 8, 16)
+    assert _error_of(_post(call, "col/ex/img/1/0:32/0:16/0:4/", want.astype(np.uint8))) == (400, 9001)
+    assert call("GET", "downsample/col/ex/img")[1]["extent"]["1"] == [32, 14, 4]  # z halved too
+
+
+def test_images_and_tiles_are_planes_and_accounts_answer_as_to_a_user_without_rights(fresh):
+    from PIL import Image
+
+    _, call, _ = fresh
+    _project(call, levels=1)
+    call("POST", "collection/col/experiment/ex/channel/img", {"type": "image", "datatype": "uint8"})
+    data = np.random.default_rng(1).integers(1, 256, size=(8, 32, 64), dtype=np.uint8)
+    _post(call, "col/ex/img/0/0:64/0:27/0:8/", data[:, :27])
+    status, png = call("GET", "image/col/ex/img/xy/0/0:64/0:20/3/")
+    assert status == 200 and np.array_equal(np.asarray(Image.open(io.BytesIO(png))), data[3, :20])
+    status, png = call("GET", "image/col/ex/img/xz/0/0:64/5/0:8/")
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png))), data[:, 5])
+    status, tile = call("GET", "tile/col/ex/img/xy/16/0/1/0/2/")
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(tile))), data[2, 0:16, 16:32])
+    assert _error_of(call("GET", "image/col/ex/img/xy/0/0:64/0:20/3:4/")) == (400, 1002)
+    assert _error_of(call("GET", "tile/col/ex/img/xy/64/0/1/0/2/")) == (400, 1001)  # past the frame
+    assert call("GET", "groups/") == (200, {"groups": []})
+    assert _error_of(call("GET", "groups/lab")) == (404, 4001)
+    assert _error_of(call("POST", "groups/lab")) == (403, 3000)
+    assert call("GET", "permissions/") == (200, {"permission-sets": []})
+    assert _error_of(call("POST", "permissions/", {"group": "g"})) == (403, 3000)
+    assert _error_of(call("GET", "sso/user/alice")) == (404, 4002)
+    assert _error_of(call("GET", "sso/user-role/alice")) == (403, 3000)

@@ -167,11 +167,12 @@ class BossApp:
                 self._forget(path)
             return _reply(start_response, 204, b"", "application/json")
         body = self._json_body(environ)
-        new_name = model.check_update(kind, body)
+        new_name = model.new_name(kind, body)
         with self._resource_lock:
             if kind == "frame":
                 return _json(start_response, 200, model.frame(model.update_frame(*path, body, new_name)))
             get(*path)  # 404 first, as production
+            model.check_update(kind, path, body)
             renamed = path[:-1] + (new_name,)
             if new_name is not None and new_name != path[-1]:
                 model.rename_checks(path, new_name)

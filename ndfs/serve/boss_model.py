@@ -432,7 +432,7 @@ class BossModel:
         s.sources, s.related = list(dict.fromkeys(sources)), list(dict.fromkeys(related))
 
     # ---- updates ---------------------------------------------------------
-    def check_update(self, kind: str, body: dict) -> str | None:
+    def new_name(self, kind: str, body: dict) -> str | None:
         """The new name an update body asks for (None: keep it); 400 for fields the update cannot change."""
         extra = sorted(set(body) - set(UPDATABLE[kind]))
         if extra:
@@ -522,15 +522,25 @@ class BossModel:
             self._frames[target] = doc
         return target
 
+    def check_update(self, kind: str, path: tuple[str, ...], body: dict) -> None:
+        """Every check of an update that does not change anything (called before channels are moved)."""
+        if kind == "experiment":
+            s = self._settings(*path)
+            before = (s.hierarchy_method, s.num_hierarchy_levels)
+            _apply_experiment(s, body)
+            if self.channels(*path) and (s.hierarchy_method != before[0] or (
+                    s.hierarchy_method == "isotropic" and s.num_hierarchy_levels != before[1])):
+                raise BossError(400, 1003, f"Experiment {path[1]} has channels: this server cannot change its "
+                                           "hierarchy method (its channels' levels are stored as they were made)")
+        elif kind == "channel":
+            c, e, ch = path
+            self._apply_channel(self._chan_settings(path), c, e, ch, {"sources": [], "related": [], **body},
+                                self._settings(c, e))
+
     def update_experiment(self, c: str, e: str, body: dict, new_name: str | None) -> str:
         self._check_experiment(c, e)
         s = self._settings(c, e)
-        before = (s.hierarchy_method, s.num_hierarchy_levels)
         _apply_experiment(s, body)
-        if self.channels(c, e) and (s.hierarchy_method != before[0]
-                                    or (s.hierarchy_method == "isotropic" and s.num_hierarchy_levels != before[1])):
-            raise BossError(400, 1003, f"Experiment {e} has channels: this server cannot change its hierarchy "
-                                       "method (its channels' levels are stored as they were made)")
         with self._lock:
             self._experiments.pop((c, e), None)
             name = new_name or e
@@ -543,10 +553,15 @@ class BossModel:
         return name
 
     def update_channel(self, c: str, e: str, ch: str, body: dict, new_name: str | None) -> str:
-        self.cutout_channel(c, e, ch)
+        """Apply a checked update (see check_update) to the channel's settings; its volume may have moved."""
         s = self._chan_settings((c, e, ch))
         body = {"sources": [], "related": [], **body}  # as production: an update without them clears them
-        self._apply_channel(s, c, e, ch, body, self._settings(c, e))
+        names = set(self.channels(c, e)) | {ch}
+        s.sources = [n for n in body["sources"] if n in names]
+        s.related = [n for n in body["related"] if n in names]
+        for key in ("description", "public", "base_resolution", "default_time_sample"):
+            if key in body:
+                setattr(s, key, _text(body, key) if key == "description" else body[key])
         with self._lock:
             name = new_name or ch
             self._channels.pop((c, e, ch), None)
