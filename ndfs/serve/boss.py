@@ -1,33 +1,41 @@
 """A BOSS API v1 server (WSGI app) over any ndfs Backend, faithful enough for the unmodified intern.
 
 ``BossApp(backend, tokens=None)`` answers what intern and the ndfs driver use
-(``specs/boss.md``): ``/ping/``; collection, experiment, channel and coord
-GETs, lists and creation POSTs (so ``intern.array(..., create_new=True)``
-works; see :mod:`ndfs.serve.boss_model` for how local folders map to
-collection/experiment/channel); cutout GET and POST with blosc bodies
-(``application/npygz`` too on GET), ``to_black``, ``reserve``, ``ids`` and
-the downsample GET, ``boundingbox`` (found by scanning the labels) and the
-metadata service (``/v1/meta/{c}[/{e}[/{ch}]]``: list, get, create, update,
-delete keys of a resource). Paths take optional trailing slashes and ``//``.
-Cutouts run the spec's checks in its order (3.4) with its status codes and
-``{"status", "code", "message"}`` bodies, including the 520 MiB size cap
-(``max_cutout_bytes``); posts merge (zeros never erase) at resolution 0 or 1.
+(``specs/boss.md``), as a BOSS with one user who owns every resource:
+``/ping/``; collection, experiment, channel and coord GETs, lists, creation
+POSTs, updates (PUT: renames and the fields production lets change) and
+DELETEs (see :mod:`ndfs.serve.boss_model` for how local folders map to
+collection/experiment/channel, and what lives in memory); cutout GET and POST
+with blosc bodies (``application/npygz`` too on GET), with time samples and
+isotropic levels, ``to_black``, ``reserve`` (past every label), ``ids`` and
+the downsample GET, ``boundingbox`` (found by scanning the labels), the
+metadata service (``/v1/meta/{c}[/{e}[/{ch}]]``), the image and tile services
+(PNG, JPEG for uint8); group, permission, user and role endpoints answer as
+production does to a user without the rights. Paths take optional trailing
+slashes and ``//``. Cutouts run the spec's checks in its order (3.4) with its
+status codes and ``{"status", "code", "message"}`` bodies, including the
+520 MiB size cap (``max_cutout_bytes``) and production's check of every
+resolution against the level-0 frame; posts merge (zeros never erase) at the
+base resolution or the next.
 
-Deliberate differences from production: one time
-sample (t > 0 reads as zeros, writes there are refused); reserve counters,
-metadata and created-but-empty resources live in memory (gone when the server
-stops); no delete or update endpoints for resources. Tokens: with none configured any request is accepted; otherwise
-``Authorization: Token <t>`` (or ``Bearer``) must name one of them, else 401.
+Deliberate differences from production: deletes take effect at once;
+reserve counters and metadata live in memory (gone when the server stops);
+isotropic levels are computed on each read from resolution 0 (within
+``max_scan_bytes``) and cannot be written. Tokens: with none configured any
+request is accepted; otherwise ``Authorization: Token <t>`` (or ``Bearer``)
+must name one of them, else 401.
 
 Bounds (:mod:`ndfs.serve.limits`): numbers in URLs and bodies are parsed within
-their range or refused 400/1000 (never 500); cutouts, ``ids`` and posts hold
-memory of the app's :class:`MemoryBudget` while they run (413/2000 when one
-needs more than the whole budget, 503 when the server is busy); ``ids``
-answers at most ``MAX_LIST_ITEMS`` ids; a ``boundingbox`` scan reads at most
-``max_scan_bytes`` (413/2000 past it); ``reserve`` counts stay within uint64;
-JSON bodies are at most ``JSON_BODY_BYTES``.
+their range or refused 400/1000 (never 500); cutouts, ``ids``, images, renames
+and posts hold memory of the app's :class:`MemoryBudget` while they run
+(413/2000 when one needs more than the whole budget, 503 when the server is
+busy); ``ids`` answers at most ``MAX_LIST_ITEMS`` ids; a ``boundingbox`` scan,
+a reservation's scan, a rename's copy and a computed isotropic read read at
+most ``max_scan_bytes`` (413/2000 past it); ``reserve`` hands out at most
+``MAX_RESERVE`` ids a request; JSON bodies are at most ``JSON_BODY_BYTES``.
 
-Thread-safe: posts to one channel are serialised by a per-channel lock.
+Thread-safe: posts to one volume are serialised by a per-volume lock, updates
+and deletes of resources by one lock.
 """
 
 from __future__ import annotations
