@@ -21,8 +21,14 @@ instances, misalignment, locked nodes and read-only mode, with the body
 ``"<message> (<URL path>).\\n"``; 404 for missing keys and labels and for
 unrouted paths (``404 page not found``); 503 for throttled requests.
 
-Deliberate differences from DVID: no JPEG-compressed 3D bodies, no block
-streams, no ROI masks; label indexes are computed by scanning the voxels
+Since then also ``metadata``, ``extents``/``resolution`` POSTs, block streams
+(``specificblocks``, ``subvolblocks``, label ``blocks`` GET), ``help``,
+``tags``, and the labelmap endpoints of a DVID without merges (identity
+``mapping``/``supervoxels``, ``lastmod``, ``listlabels``, ...); everything
+else is answered 400 naming what is answered (see ``ABSENT``).
+
+Deliberate differences from DVID: no JPEG-compressed 3D bodies, no DVID
+label-block encoding, no ROI masks; label indexes are computed by scanning the voxels
 (fine for test volumes, slow for big ones); sparsevol only at scale 0; the
 served volumes' extents are fixed to the volumes' boxes, so voxel POSTs that
 put non-zero voxels beyond them are refused (400). Tokens: with none
