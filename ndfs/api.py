@@ -428,14 +428,18 @@ class Remote:
     # ---- RAMON -------------------------------------------------------------
     # The backend's annotation calls (ndfs.backends.base); the cache passes them through and
     # invalidates label voxels that RAMON writes change. Remotes without RAMON raise ENOTSUP.
-    def get_ramon_ids(self, project=None, channel=None, ramon_type=None, *, token=None, **filters) -> list[int]:
-        """Ids of the channel's RAMON objects, ascending; ``ramon_type`` a type name or ndio's type number.
+    def get_ramon_ids(self, project=None, channel=None, ramon_type=None, *, token=None, type=None,
+                      **filters) -> list[int]:
+        """Ids of the channel's RAMON objects, ascending; ``ramon_type`` (or ``type``, as ndio and
+        ``Backend.ramon_ids`` spell it) a type name or ndio's type number.
 
         More filters as in ``Backend.ramon_ids``: ``status``, ``confidence=("gt", 0.5)``,
         ``kv={"class": "cell"}``, ``box=Box(...)`` with ``level``, ``limit``.
         """
+        if ramon_type is not None and type is not None and ramon_type != type:
+            raise BadRegion(f"get_ramon_ids got two different types: ramon_type={ramon_type!r} and type={type!r}")
         ref = self._ref(token if project is None else project, channel)
-        return annotations(self.backend).ramon_ids(ref, type=ramon_type, **filters)
+        return annotations(self.backend).ramon_ids(ref, type=type if ramon_type is None else ramon_type, **filters)
 
     def get_ramon(self, project=None, channel=None, ids=None, *, token=None):
         """The RAMON object with id ``ids`` (an int), or the list of objects for a list of ids."""

@@ -115,14 +115,16 @@ def test_get_cutout_in_the_ndio_paper_keyword_style_matches_the_oracle(remote, s
 
 def test_get_cutout_takes_ndio_positional_ranges_pairs_levels_and_xyz_order(remote, store):
     _, oracle = store
-    want = oracle.read("em8", Box((5, 3, 4), (9, 20, 30)), 1)  # level 1: x and y halved, offset (3, 2, 3)
-    a = remote.get_cutout(PROJECT, "em8", 4, 30, 3, 20, 5, 9, 1)
-    b = remote.get_cutout(PROJECT, "em8", (4, 30), (3, 20), (5, 9), 1)
-    c = remote.get_cutout(PROJECT, "em8", x=(4, 30), y=(3, 20), z=(5, 9), level=1)
-    d = remote.get_cutout(f"{PROJECT}/em8", x=(4, 30), y=(3, 20), z=(5, 9), resolution=1, order="xyz")
+    # level 1: x and y halved, offset (3, 2, 3); the box stays above the level-0 start (3, 5, 7), below which
+    # the BOSS answers nothing at coarser levels
+    want = oracle.read("em8", Box((5, 5, 7), (9, 20, 30)), 1)
+    a = remote.get_cutout(PROJECT, "em8", 7, 30, 5, 20, 5, 9, 1)
+    b = remote.get_cutout(PROJECT, "em8", (7, 30), (5, 20), (5, 9), 1)
+    c = remote.get_cutout(PROJECT, "em8", x=(7, 30), y=(5, 20), z=(5, 9), level=1)
+    d = remote.get_cutout(f"{PROJECT}/em8", x=(7, 30), y=(5, 20), z=(5, 9), resolution=1, order="xyz")
     for got in (a, b, c):
         np.testing.assert_array_equal(got, want)
-    assert d.shape == (26, 17, 4)
+    assert d.shape == (23, 15, 4)
     np.testing.assert_array_equal(d, want.transpose())
     whole = remote.get_cutout(PROJECT, "em16", z=(OFFSET[0], OFFSET[0] + 2))  # x and y omitted: the whole axis
     np.testing.assert_array_equal(whole, oracle.levels["em16"][0][:2])
@@ -194,7 +196,8 @@ def test_info_channels_and_volumes(remote, store):
     vol = remote[f"{PROJECT}/em16"]
     assert vol.shape == SHAPE and vol.offset == OFFSET
     np.testing.assert_array_equal(vol[5:9, 10:40, 20:50], oracle.read("em16", Box((5, 10, 20), (9, 40, 50)), 0))
-    np.testing.assert_array_equal(remote.volume(PROJECT, "em8", level=2)[:, :, :], oracle.levels["em8"][2])
+    # level 2 starts at (3, 1, 1); compared from the level-0 start (3, 5, 7) on, as the BOSS answers coarser levels
+    np.testing.assert_array_equal(remote.volume(PROJECT, "em8", level=2)[:, 5:, 7:], oracle.levels["em8"][2][:, 4:, 6:])
 
 
 def test_post_cutout_in_ndio_and_ndfs_styles_writes_what_reads_back(remote, store):
@@ -244,6 +247,10 @@ def test_ramon_calls_reach_the_store_through_the_cache_and_say_enotsup_where_the
     seg.voxels = ramon.Voxels(np.ones((2, 3, 4), np.uint8), offset=(6, 20, 30))
     assert r.post_ramon(token=PROJECT, channel="labels", obj=seg) == new_id
     assert new_id in r.get_ramon_ids(PROJECT, "labels", "segment")
+    assert new_id in r.get_ramon_ids(PROJECT, "labels", type="segment")  # the keyword ndio and backends use
+    assert new_id not in r.get_ramon_ids(PROJECT, "labels", type="synapse")
+    with pytest.raises(NdfsError, match="two different types"):
+        r.get_ramon_ids(PROJECT, "labels", "segment", type="synapse")
     assert new_id in r.get_ramon_ids(PROJECT, "labels", kv={"class": "cell"})
     got = r.get_ramon(PROJECT, "labels", new_id)
     assert (got.id, got.author, got.kvpairs) == (new_id, "api-test", {"class": "cell"})

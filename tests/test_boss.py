@@ -7,6 +7,7 @@ counting cuboid-aligned requests.
 """
 
 import errno
+import io
 import json
 import os
 import subprocess
@@ -22,7 +23,7 @@ import tifffile
 from ndfs.backends.boss import BossBackend, blosc_encode, cuboid_pieces
 from ndfs.backends.local import LocalBackend
 from ndfs.config import RemoteConfig, open_backend
-from ndfs.errors import BackendError, NotFound, PermissionDenied, Timeout
+from ndfs.errors import BackendError, BadRegion, NotFound, PermissionDenied, Timeout
 from ndfs.geometry import Box
 from ndfs.serve.boss import BossApp
 from ndfs.serve.common import ServeOptions, WsgiServer
@@ -57,6 +58,23 @@ def boss(server):
 
 def ref(channel):
     return (COLL, EXP, channel)
+
+
+def askable(oracle, channel, level):
+    """The part of a level the BOSS answers: it checks every resolution against the level-0 frame start."""
+    box, start = oracle.box(channel, level), oracle.box(channel, 0).start
+    return Box(tuple(max(a, s) for a, s in zip(box.start, start)), box.stop)
+
+
+def readable(oracle, channel, box, level):
+    """What the driver reads at a box: the oracle's voxels, zeros below the level-0 frame start."""
+    out = oracle.read(channel, box, level).copy()
+    inside = askable(oracle, channel, level).intersect(box)
+    keep = np.zeros(box.shape, bool)
+    if inside is not None:
+        keep[inside.slices(box.start)] = True
+    out[~keep] = 0
+    return out
 
 
 # ---- the driver ---------------------------------------------------------------
@@ -121,7 +139,7 @@ def test_reads_and_writes_survive_a_30_percent_fault_rate(store):
                 for level in (0, 1):
                     box = oracle.box(channel, level)
                     np.testing.assert_array_equal(flaky.read(ref(channel), box, level),
-                                                  oracle.read(channel, box, level))
+                                                  readable(oracle, channel, box, level))
             box = Box((3, 5, 7), (8, 30, 40))
             new = np.random.default_rng(2).integers(0, 256, size=box.shape, dtype=np.uint8)
             flaky.write(ref("scratch"), box, 0, new)
@@ -140,6 +158,11 @@ def test_a_fault_rate_of_1_fails_with_eio_in_bounded_time(store):
                 broken.read(ref("em8"), Box((3, 5, 7), (4, 6, 8)), 0)
             assert caught.value.errno == errno.EIO and time.monotonic() - started < 10
             assert srv.counter.snapshot()["requests"] == 4
+
+
+def test_the_default_timeouts_are_the_specs_connect_10_s_and_read_120_s():
+    with BossBackend("http://127.0.0.1:9", "x") as backend:  # no request is made
+        assert backend._client.timeout == (10.0, 120.0)
 
 
 def test_a_stalled_server_times_out(store):
@@ -214,9 +237,37 @@ def test_the_server_answers_bad_cutouts_with_the_spec_status_and_json(server):
     post = lambda path, body: requests.post(f"{base}/{path}", data=body, timeout=10)  # noqa: E731
     assert _error(post("scratch/0/7:10/5:10/3:4/", blosc_encode(np.ones(10, np.uint8)))) == (400, 2002)
     assert _error(post("scratch/0/7:10/5:10/3:4/", b"not blosc at all, not at all")) == (400, 2001)
-    assert _error(post("scratch/2/3:5/1:3/3:4/", blosc_encode(np.ones((1, 2, 2), np.uint8)))) == (400, 9001)
+    assert _error(post("scratch/2/7:9/5:7/3:4/", blosc_encode(np.ones((1, 2, 2), np.uint8)))) == (400, 9001)
     routeless = requests.get(f"{server.url}/v1/cutout/{COLL}/{EXP}/em8/0/-1:3/5:10/3:4/", timeout=10)
     assert routeless.status_code == 404 and routeless.headers["Content-Type"] == "text/plain"
+
+
+def test_every_resolution_is_checked_against_the_level_0_frame_as_production_does(server, store):
+    _, oracle = store  # frame x 7:97, y 5:75; level 1 holds x 3:49, y 2:38
+    base = f"{server.url}/v1/cutout/{COLL}/{EXP}/em8/1"
+    below = requests.get(f"{base}/3:20/5:20/3:4/", timeout=10)  # inside level 1, below the frame's x start
+    assert _error(below) == (400, 1001) and below.json()["message"] == "Incorrect cutout arguments 1/3:20/5:20/3:4"
+    inside = requests.get(f"{base}/7:20/5:20/3:4/", timeout=10)
+    got = np.frombuffer(blosc.decompress(inside.content), np.uint8).reshape(1, 15, 13)
+    np.testing.assert_array_equal(got, oracle.read("em8", Box((3, 5, 7), (4, 20, 20)), 1))
+    past = requests.get(f"{base}/40:97/30:75/3:4/", timeout=10)  # past level 1's extent, inside the frame: zeros
+    got = np.frombuffer(blosc.decompress(past.content), np.uint8).reshape(1, 45, 57)
+    np.testing.assert_array_equal(got[:, :8, :9], oracle.read("em8", Box((3, 30, 40), (4, 38, 49)), 1))
+    assert not got[:, 8:, :].any() and not got[:, :, 9:].any()
+
+
+def test_the_driver_reads_zeros_below_the_frame_start_at_coarser_levels_and_refuses_to_write_there(boss, store):
+    _, oracle = store
+    box = oracle.box("scratch", 1)  # z 3:23, y 2:38, x 3:49
+    np.testing.assert_array_equal(boss.read(ref("scratch"), box, 1), readable(oracle, "scratch", box, 1))
+    strip = Box((3, 2, 3), (4, 5, 20))  # wholly below the frame's y start: nothing is asked of the server
+    assert not boss.read(ref("scratch"), strip, 1).any()
+    with pytest.raises(BadRegion, match="below the coordinate frame's start"):
+        boss.write(ref("scratch"), Box((3, 2, 3), (4, 10, 20)), 1, np.ones((1, 8, 17), np.uint8))
+    keep = oracle.read("scratch", Box((3, 5, 7), (4, 10, 20)), 1)
+    boss.write(ref("scratch"), Box((3, 2, 3), (4, 10, 20)), 1,  # zeros below the start are left alone
+               np.pad(keep, ((0, 0), (3, 0), (4, 0))))
+    np.testing.assert_array_equal(boss.read(ref("scratch"), Box((3, 5, 7), (4, 10, 20)), 1), keep)
 
 
 def test_cutouts_decode_with_typesize_quirk_time_axis_and_path_leniency(server, store):
@@ -307,7 +358,7 @@ def test_intern_reads_cutouts_equal_to_the_local_store(store, intern_env, channe
     _, oracle = store
     chan = intern_env.get_channel(channel, COLL, EXP)
     for level in (0, 1):
-        box = oracle.box(channel, level)
+        box = askable(oracle, channel, level)
         (z0, y0, x0), (z1, y1, x1) = box.start, box.stop
         got = intern_env.get_cutout(chan, level, [x0, x1], [y0, y1], [z0, z1])
         assert got.dtype == np.dtype(chan.datatype)
@@ -372,7 +423,7 @@ def test_a_mount_of_the_boss_remote_shows_the_tree_and_what_intern_wrote(store, 
             root = tmp_path / "mnt" / "boss"
             assert COLL in os.listdir(root) and set(CHANNELS) <= set(os.listdir(root / COLL / EXP))
             np.testing.assert_array_equal(tifffile.imread(root / COLL / EXP / "em16" / "0" / "z" / "10.tif"), data[0])
-            plane = oracle.read("em8", Box((4, 2, 3), (5, 38, 49)), 1)[0]
+            plane = readable(oracle, "em8", Box((4, 2, 3), (5, 38, 49)), 1)[0]  # zeros below the frame start
             np.testing.assert_array_equal(tifffile.imread(root / COLL / EXP / "em8" / "1" / "z" / "4.tif"), plane)
             info = json.loads((root / COLL / EXP / "labels" / "info.json").read_text())
             assert info["dtype"] == "uint64" and "token" not in json.dumps(info).lower()
@@ -407,3 +458,158 @@ def test_serve_refuses_a_missing_store_with_one_line(tmp_path):
     done = subprocess.run([sys.executable, "-m", "ndfs", "serve", "--protocol", "boss", "--store",
                            str(tmp_path / "nope")], capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and done.stderr.count("\n") == 1 and "not a directory" in done.stderr
+
+
+# ---- resources, time and levels as a single-user BOSS -----------------------------
+@pytest.fixture
+def fresh(tmp_path):
+    """A server over an empty store, and a request helper answering (status, JSON or bytes)."""
+    (tmp_path / "s").mkdir()
+    with WsgiServer(BossApp(LocalBackend(tmp_path / "s"))) as srv:
+        def call(method, path, body=None, **kw):
+            resp = requests.request(method, f"{srv.url}/v1/{path}", json=body, timeout=30, **kw)
+            kind = resp.headers.get("Content-Type", "")
+            return resp.status_code, (resp.json() if kind == "application/json" and resp.content else resp.content)
+        yield srv, call, tmp_path / "s"
+
+
+FRAME = {"x_start": 0, "x_stop": 64, "y_start": -5, "y_stop": 27, "z_start": 0, "z_stop": 8,
+         "x_voxel_size": 4, "y_voxel_size": 4, "z_voxel_size": 4, "voxel_unit": "nanometers"}
+
+
+def _project(call, method="anisotropic", levels=2, samples=1):
+    assert call("POST", "collection/col", {"description": "d"})[0] == 201
+    status, frame = call("POST", "coord/fr", FRAME)
+    assert status == 201 and frame["y_start"] == -5  # a negative start is a frame like any other
+    status, exp = call("POST", "collection/col/experiment/ex", {
+        "coord_frame": "fr", "num_hierarchy_levels": levels, "hierarchy_method": method,
+        "num_time_samples": samples, "time_step": 2, "time_step_unit": "nanoseconds"})
+    assert status == 201 and (exp["hierarchy_method"], exp["num_time_samples"]) == (method, samples)
+
+
+def _post(call, path, array):
+    return call("POST", f"cutout/{path}", data=blosc_encode(array))
+
+
+def _get(call, path, dtype, shape):
+    status, body = call("GET", f"cutout/{path}")
+    assert status == 200, body
+    return np.frombuffer(blosc.decompress(body), dtype).reshape(shape)
+
+
+def test_reserve_hands_out_ids_past_every_label_already_written(fresh):
+    _, call, _ = fresh
+    _project(call)
+    assert call("POST", "collection/col/experiment/ex/channel/seg", {"type": "annotation", "datatype": "uint64"})[0] \
+        == 201
+    labels = np.zeros((1, 2, 3), np.uint64)
+    labels[0, 1, 2] = 5000
+    assert _post(call, "col/ex/seg/0/0:3/0:2/0:1/", labels)[0] == 201
+    status, first = call("GET", "reserve/col/ex/seg/10")
+    assert status == 200 and first["start_id"] == 5001 and first["count"] == "10"
+    assert call("GET", "reserve/col/ex/seg/1")[1]["start_id"] == 5011
+    assert call("GET", f"reserve/col/ex/seg/{2**20 + 1}")[0] == 400  # at most 2**20 a request
+
+
+def test_resources_are_updated_renamed_and_deleted_as_production_allows(fresh):
+    _, call, root = fresh
+    _project(call)
+    made = lambda name, **kw: call("POST", f"collection/col/experiment/ex/channel/{name}",  # noqa: E731
+                                   {"type": "image", "datatype": "uint8", **kw})
+    assert made("src")[0] == 201 and made("rel")[0] == 201
+    assert made("bad", sources=["nope"])[0] == 400  # sources must be channels of the experiment
+    assert made("bad", sources=["src"], related=["src"])[0] == 400
+    status, chan = made("img", sources=["src"], related=["rel"], default_time_sample=0)
+    assert status == 201 and chan["sources"] == ["src"] and chan["related"] == ["rel"]
+    assert call("GET", "collection/col/experiment/ex/channel/rel")[1]["related"] == ["img"]  # symmetric
+    _post(call, "col/ex/img/0/0:4/0:2/0:1/", np.arange(1, 9, dtype=np.uint8).reshape(1, 2, 4))
+    assert call("DELETE", "collection/col/experiment/ex/channel/src")[1]["code"] == 4003  # img's source
+    assert call("PUT", "collection/col/experiment/ex/channel/img", {"datatype": "uint16"})[1]["code"] == 1003
+    status, chan = call("PUT", "collection/col/experiment/ex/channel/img",
+                        {"name": "img2", "description": "moved", "base_resolution": 1})
+    assert status == 200 and (chan["name"], chan["description"], chan["base_resolution"]) == ("img2", "moved", 1)
+    assert chan["sources"] == [] and chan["related"] == []  # an update without them clears them, as production
+    assert call("GET", "collection/col/experiment/ex/channel/img")[0] == 404
+    assert _error_of(call("GET", "cutout/col/ex/img2/0/0:4/0:2/0:1/")) == (400, 1002)  # resolutions 1 and 2 now
+    np.testing.assert_array_equal(LocalBackend(root).read(("col", "ex", "img2"), Box((0, 0, 0), (1, 2, 4)), 0),
+                                  np.arange(1, 9, dtype=np.uint8).reshape(1, 2, 4))  # the voxels moved with it
+    status, exp = call("PUT", "collection/col/experiment/ex", {"description": "e", "num_time_samples": 3})
+    assert status == 200 and exp["num_time_samples"] == 3 and exp["time_step"] == 2
+    assert call("PUT", "collection/col/experiment/ex", {"hierarchy_method": "isotropic"})[1]["code"] == 1003
+    assert call("PUT", "coord/fr", {"x_stop": 9})[1]["code"] == 1003  # only name and description
+    assert call("PUT", "coord/fr", {"name": "fr2", "description": "f"})[1]["name"] == "fr2"
+    assert call("GET", "collection/col/experiment/ex")[1]["coord_frame"] == "fr2"
+    assert call("DELETE", "collection/col/experiment/ex")[1]["code"] == 4003  # it has channels
+    for name in ("img2", "src", "rel"):
+        assert call("DELETE", f"collection/col/experiment/ex/channel/{name}")[0] == 204
+    assert call("DELETE", "coord/fr2")[1]["code"] == 4003  # ex uses it
+    assert call("DELETE", "collection/col/experiment/ex")[0] == 204
+    assert call("DELETE", "coord/fr2")[0] == 204 and call("DELETE", "collection/col")[0] == 204
+    assert call("GET", "collection/")[1] == {"collections": []} and call("GET", "coord/")[1] == {"coords": []}
+    assert not (root / "col" / "ex" / "img2").exists()  # deleting a channel deletes its voxels
+
+
+def _error_of(answer):
+    status, body = answer
+    return status, body["code"]
+
+
+def test_time_samples_are_volumes_of_their_own_and_read_zeros_until_written(fresh):
+    _, call, root = fresh
+    _project(call, samples=4)
+    call("POST", "collection/col/experiment/ex/channel/img", {"type": "image", "datatype": "uint16"})
+    data = np.arange(1, 2 * 3 * 2 * 4 + 1, dtype=np.uint16).reshape(2, 3, 2, 4)
+    assert _post(call, "col/ex/img/0/0:4/0:2/0:3/1:3/", data)[0] == 201
+    np.testing.assert_array_equal(_get(call, "col/ex/img/0/0:4/0:2/0:3/0:4/", np.uint16, (4, 3, 2, 4)),
+                                  np.concatenate([np.zeros((1, 3, 2, 4), np.uint16), data, np.zeros_like(data[:1])]))
+    assert LocalBackend(root).is_volume(("col", "ex", "img@time", "2"))
+    assert not _get(call, "col/ex/img/0/0:4/0:2/0:3/", np.uint16, (3, 2, 4)).any()  # the default sample, 0
+    call("PUT", "collection/col/experiment/ex/channel/img", {"default_time_sample": 2})
+    np.testing.assert_array_equal(_get(call, "col/ex/img/0/0:4/0:2/0:3/", np.uint16, (3, 2, 4)), data[1])
+    assert call("PUT", "cutout/to_black/col/ex/img/0/0:4/0:2/0:3/2:3/")[0] == 200
+    assert not _get(call, "col/ex/img/0/0:4/0:2/0:3/2:3/", np.uint16, (1, 3, 2, 4)).any()
+    assert _error_of(_post(call, "col/ex/img/0/0:4/0:2/0:3/4:5/", data[:1])) == (400, 9001)  # past the samples
+    assert call("GET", "collection/col/experiment/ex/channel/img")[1]["default_time_sample"] == 2
+    assert call("GET", "collection/col/experiment/ex/channel/")[1] == {"channels": ["img"]}  # @time is not a channel
+
+
+def test_isotropic_levels_are_computed_from_level_0_halving_z_too(fresh):
+    _, call, _ = fresh
+    _project(call, method="isotropic", levels=3)
+    call("POST", "collection/col/experiment/ex/channel/img", {"type": "image", "datatype": "uint8"})
+    rng = np.random.default_rng(3)
+    data = rng.integers(0, 256, size=(8, 32, 64), dtype=np.uint8)
+    assert _post(call, "col/ex/img/0/0:64/0:27/0:8/", data[:, :27])[0] == 201
+    got = _get(call, "col/ex/img/1/0:32/0:16/0:4/", np.uint8, (4, 16, 32))
+    xy = data.reshape(8, 16, 2, 32, 2).astype(np.uint32)
+    xy = (xy.sum(axis=(2, 4)) + 2) // 4  # the store's 2x2 mean, rounded
+    want = (xy[0::2] + xy[1::2] + 1) // 2
+    np.testing.assert_array_equal(got[:, :13], want[:, :13].astype(np.uint8))  # y 26: the volume ends at 27
+    assert _get(call, "col/ex/img/2/0:16/0:8/0:2/", np.uint8, (2, 8, 16)).shape == (2, 8, 16)
+    assert _error_of(_post(call, "col/ex/img/1/0:32/0:16/0:4/", want.astype(np.uint8))) == (400, 9001)
+    assert call("GET", "downsample/col/ex/img")[1]["extent"]["1"] == [32, 14, 4]  # z halved too
+
+
+def test_images_and_tiles_are_planes_and_accounts_answer_as_to_a_user_without_rights(fresh):
+    from PIL import Image
+
+    _, call, _ = fresh
+    _project(call, levels=1)
+    call("POST", "collection/col/experiment/ex/channel/img", {"type": "image", "datatype": "uint8"})
+    data = np.random.default_rng(1).integers(1, 256, size=(8, 32, 64), dtype=np.uint8)
+    _post(call, "col/ex/img/0/0:64/0:27/0:8/", data[:, :27])
+    status, png = call("GET", "image/col/ex/img/xy/0/0:64/0:20/3/")
+    assert status == 200 and np.array_equal(np.asarray(Image.open(io.BytesIO(png))), data[3, :20])
+    status, png = call("GET", "image/col/ex/img/xz/0/0:64/5/0:8/")
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png))), data[:, 5])
+    status, tile = call("GET", "tile/col/ex/img/xy/16/0/1/0/2/")
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(tile))), data[2, 0:16, 16:32])
+    assert _error_of(call("GET", "image/col/ex/img/xy/0/0:64/0:20/3:4/")) == (400, 1002)
+    assert _error_of(call("GET", "tile/col/ex/img/xy/64/0/1/0/2/")) == (400, 1001)  # past the frame
+    assert call("GET", "groups/") == (200, {"groups": []})
+    assert _error_of(call("GET", "groups/lab")) == (404, 4001)
+    assert _error_of(call("POST", "groups/lab")) == (403, 3000)
+    assert call("GET", "permissions/") == (200, {"permission-sets": []})
+    assert _error_of(call("POST", "permissions/", {"group": "g"})) == (403, 3000)
+    assert _error_of(call("GET", "sso/user/alice")) == (404, 4002)
+    assert _error_of(call("GET", "sso/user-role/alice")) == (403, 3000)

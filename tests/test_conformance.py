@@ -44,7 +44,7 @@ def conformance_case(request, reference_store, reference_case, tmp_path):
 
             backend = CachedBackend(backend, namespace=f"boss:{server.url}", memory_bytes=64 * 2**20)
             request.addfinalizer(backend.close)
-        return Case(backend=backend, oracle=oracle, prefix=(collection,))
+        return Case(backend=backend, oracle=oracle, prefix=(collection,), zeros_below_start=True)
     if request.param == "local-raw":
         return Case(backend=LocalBackend(path), oracle=oracle)
     if request.param == "local-read-only":

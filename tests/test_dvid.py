@@ -672,6 +672,100 @@ def test_intern_reads_the_served_store_equal_to_the_oracle(cli_server, store):
                                       oracle.read(channel, box, 0))
 
 
+def test_intern_gets_metadata_and_extents_of_image_and_label_instances(cli_server, store):
+    _, oracle = store
+    rmt = _intern(cli_server)
+    repo = [u for u, r in requests.get(f"{cli_server}/api/repos/info", timeout=10).json().items()
+            if r["Alias"] == REPO][0]
+    for channel, dtype in [("em8", "uint8"), ("labels", "uint64")]:
+        res = rmt.get_instance(repo, channel, datatype=dtype)
+        box = oracle.box(channel, 0)
+        assert rmt.get_extents(res) == [[box.start[2], box.stop[2] - 1], [box.start[1], box.stop[1] - 1],
+                                        [box.start[0], box.stop[0] - 1]]
+        meta = rmt.get_metadata(res)
+        assert [a["Label"] for a in meta["Axes"]] == ["X", "Y", "Z"]
+        assert [a["Size"] for a in meta["Axes"]] == list(box.shape[::-1])
+        assert meta["Properties"]["BlockSize"] == ([64] * 3 if dtype == "uint64" else [32] * 3)
+
+
+def test_voxel_instances_answer_metadata_blocks_tags_extents_and_resolution(server, store):
+    _, oracle = store
+    url = server.url
+    repo = uuid_of(url, REPO)
+    meta = call(url, "GET", f"/api/node/{repo}/em8/metadata")
+    assert meta.headers["Content-Type"] == "application/vnd.dvid-nd-data+json"
+    assert meta.json()["Axes"][0] == {"Label": "X", "Resolution": 4.0, "Units": "nanometers", "Size": 90, "Offset": 7}
+    blocks = call(url, "GET", f"/api/node/{repo}/em8/specificblocks", params={"blocks": "0,0,0,1,1,0,99,99,99"})
+    stream, got = blocks.content, {}
+    while stream:
+        x, y, z, n = struct.unpack_from("<4i", stream)
+        got[(x, y, z)] = np.frombuffer(stream[16:16 + n], np.uint8).reshape(32, 32, 32)
+        stream = stream[16 + n:]
+    assert sorted(got) == [(0, 0, 0), (1, 1, 0)]  # the block past the volume holds nothing: left out
+    want = np.zeros((32, 32, 32), np.uint8)
+    inside = Box((0, 32, 32), (32, 64, 64)).intersect(oracle.box("em8", 0))
+    want[inside.slices((0, 32, 32))] = oracle.read("em8", inside, 0)
+    np.testing.assert_array_equal(got[(1, 1, 0)], want)
+    sub = call(url, "GET", f"/api/node/{repo}/em8/subvolblocks/64_32_32/0_32_0").content
+    assert struct.unpack_from("<4i", sub)[:3] == (0, 1, 0) and len(sub) == 2 * (16 + 32**3)
+    labels = call(url, "GET", f"/api/node/{repo}/labels/blocks/64_64_64/0_0_0", params={"compression": "lz4"})
+    x, y, z, n = struct.unpack_from("<4i", labels.content)
+    import lz4.block
+
+    block = np.frombuffer(lz4.block.decompress(labels.content[16:16 + n], uncompressed_size=64**3 * 8), "<u8")
+    assert (x, y, z) == (0, 0, 0) and set(np.unique(block)) <= set(np.unique(oracle.levels["labels"][0])) | {0}
+    assert is_dvid_400(call(url, "GET", f"/api/node/{repo}/labels/blocks/64_64_64/0_0_0"), "compression")
+    assert is_dvid_400(call(url, "GET", f"/api/node/{repo}/em8/subvolblocks/30_32_32/0_0_0"), "aligned")
+    assert call(url, "POST", f"/api/node/{repo}/em8/tags", data=json.dumps({"a": "1"})).status_code == 200
+    assert call(url, "GET", f"/api/node/{repo}/em8/tags").json() == {"a": "1"}
+    assert is_dvid_400(call(url, "POST", f"/api/node/{repo}/em8/resolution", data="[1,1,1]"), "volume it serves")
+    made = new_repo(url, "meta")
+    new_instance(url, made, "uint16blk", "img")
+    assert call(url, "POST", f"/api/node/{made}/img/resolution", data="[2,3,4]").status_code == 200
+    assert call(url, "POST", f"/api/node/{made}/img/extents",
+                data=json.dumps({"MinPoint": [0, 0, 0], "MaxPoint": [9, 19, 29]})).status_code == 200
+    info = call(url, "GET", f"/api/node/{made}/img/info").json()["Extended"]
+    assert info["VoxelSize"] == [2, 3, 4] and info["MaxPoint"] == [9, 19, 29]
+    assert "metadata" in call(url, "GET", f"/api/node/{made}/img/help").text
+    absent = call(url, "GET", f"/api/node/{made}/img/arb/0_0_0/1_0_0/0_1_0/1")
+    assert is_dvid_400(absent) and "metadata" in absent.text  # the answer lists what the server does answer
+    assert call(url, "DELETE", f"/api/repo/{made}?imsure=true").status_code == 405  # DVID deletes from its CLI
+
+
+def test_labelmaps_answer_as_a_dvid_without_merges_identity_mappings_and_last_writes(server, store):
+    _, oracle = store
+    url = server.url
+    repo = uuid_of(url, REPO)
+    labels = oracle.levels["labels"][0]
+    body = int(labels[4, 10, 20])
+    assert call(url, "GET", f"/api/node/{repo}/labels/supervoxels/{body}").json() == [body]
+    sizes = call(url, "GET", f"/api/node/{repo}/labels/supervoxel-sizes/{body}").json()
+    assert sizes == {"supervoxels": [body], "sizes": [int((labels == body).sum())]}
+    assert call(url, "GET", f"/api/node/{repo}/labels/supervoxels/12345").status_code == 404
+    mapped = call(url, "GET", f"/api/node/{repo}/labels/mapping", data=json.dumps([body, 12345])).json()
+    assert mapped == [body, 0]
+    existing = call(url, "GET", f"/api/node/{repo}/labels/existing-labels").json()
+    assert existing == sorted(int(v) for v in np.unique(labels) if v)
+    listed = np.frombuffer(call(url, "GET", f"/api/node/{repo}/labels/listlabels",
+                                params={"sizes": "true", "number": 2}).content, "<u8").reshape(-1, 2)
+    assert listed[:, 0].tolist() == existing[:2] and listed[0, 1] == int((labels == existing[0]).sum())
+    by_point = call(url, "GET", f"/api/node/{repo}/labels/sparsevol-by-point/27_15_7")
+    assert decode_rles(by_point.content) == decode_rles(
+        call(url, "GET", f"/api/node/{repo}/labels/sparsevol/{body}").content)
+    assert call(url, "GET", f"/api/node/{repo}/labels/supervoxel-splits").json() == []
+    made = new_repo(url, "lastmod")
+    new_instance(url, made, "labelmap", "seg")
+    block = Box((0, 0, 0), (64, 64, 64))
+    seg = np.zeros(block.shape, np.uint64)
+    seg[1, 2, 3] = 77
+    assert post_voxels(url, made, "seg", block, seg, u="ann", app="tests").status_code == 200
+    mod = call(url, "GET", f"/api/node/{made}/seg/lastmod/77").json()
+    assert (mod["mutation id"], mod["last mod user"], mod["last mod app"]) == (1, "ann", "tests")
+    assert call(url, "GET", f"/api/node/{made}/seg/lastmod/78").status_code == 404
+    assert call(url, "POST", f"/api/node/{made}/seg/set-nextlabel/500").status_code == 200
+    assert call(url, "POST", f"/api/node/{made}/seg/nextlabel/2").json() == {"start": 500, "end": 501}
+
+
 def test_dvidtools_reads_labels_sparse_volumes_and_annotations(cli_server, store):
     import dvid as dt
 

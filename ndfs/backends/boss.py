@@ -7,7 +7,10 @@ image, uint64 annotation), one level per BOSS resolution from the channel's
 ``base_resolution`` (ndfs level i is BOSS resolution ``base_resolution + i``),
 x and y halved per level (z too for ``isotropic`` experiments), extents
 ``[floor(start / 2**r), ceil(stop / 2**r))``, voxel sizes in nm, and the
-512x512x16 cuboid as chunk shape.
+512x512x16 cuboid as chunk shape. The service checks the ranges of every
+resolution against the level-0 frame start, so at coarser levels the voxels
+below that start cannot be asked for: they read as zeros, and a write that
+puts non-zero voxels there is refused (BadRegion) before anything is sent.
 
 Voxels travel as blosc frames of C-order ZYX arrays (``specs/boss.md`` 3.2,
 compressed with typesize = bit depth, as the service and intern do). Every
@@ -128,7 +131,8 @@ def _within(box: Box, limit: int) -> list[Box]:
 class BossBackend(BossRamon, HttpDriver, Backend, AnnotationStore):
     """A BOSS service at ``url`` (e.g. ``https://api.bossdb.io``), read with ``token`` (None: anonymous).
 
-    ``timeout_s`` is the read timeout of each request (``connect_timeout_s``
+    ``timeout_s`` is the read timeout of each request (120 s by default: the
+    service can take that long to assemble a large cutout; ``connect_timeout_s``
     the connect timeout); ``retries`` extra attempts follow a retryable failure
     after ``backoff_s * 2**n`` (full jitter, capped at ``backoff_cap_s``);
     ``workers`` requests run at once per backend; ``max_request_bytes`` caps
@@ -138,7 +142,7 @@ class BossBackend(BossRamon, HttpDriver, Backend, AnnotationStore):
 
     kind = "boss"
 
-    def __init__(self, url: str, token: str | None = None, *, timeout_s: float = 30.0,
+    def __init__(self, url: str, token: str | None = None, *, timeout_s: float = 120.0,
                  connect_timeout_s: float = 10.0, retries: int = 4, backoff_s: float = 0.5,
                  backoff_cap_s: float = 30.0, workers: int = 8, max_request_bytes: int = 64 * MiB,
                  max_meta_bytes: int = 8192, read_only: bool = False):
@@ -254,9 +258,24 @@ class BossBackend(BossRamon, HttpDriver, Backend, AnnotationStore):
     def _run(self, tasks: list[Callable[[], None]]) -> None:
         run_parallel(self._pool, tasks)
 
+    def _reachable(self, ref: VolumeRef, box: Box) -> Box | None:
+        """The part of a box the service answers: the BOSS checks every resolution's ranges against the
+        level-0 frame start (``specs/boss.md`` 3.4, check 6), so at coarser levels the voxels between
+        ``floor(start / 2**r)`` and the start cannot be asked for. None when nothing is left."""
+        start = self.info(ref).extra["boss"].get("frame_start")
+        if start is None:
+            return box
+        lo = tuple(max(a, s) for a, s in zip(box.start, start))
+        if any(a >= b for a, b in zip(lo, box.stop)):
+            return None
+        return Box(lo, box.stop)
+
     def _read(self, ref: VolumeRef, box: Box, level: int) -> np.ndarray:
         dtype = self.info(ref).dtype
-        out = np.empty(box.shape, dtype=dtype)
+        reachable = self._reachable(ref, box)
+        out = np.empty(box.shape, dtype=dtype) if reachable == box else np.zeros(box.shape, dtype=dtype)
+        if reachable is None:
+            return out
 
         def fetch(piece: Box) -> None:
             path = "/cutout/" + self._cutout_path(ref, level, piece)
@@ -265,10 +284,23 @@ class BossBackend(BossRamon, HttpDriver, Backend, AnnotationStore):
                                 decode=lambda resp: blosc_decode(resp.content, dtype, piece.shape))
             out[piece.slices(box.start)] = arr
 
-        self._run([lambda p=p: fetch(p) for p in cuboid_pieces(box, dtype.itemsize, self.max_request_bytes)])
+        self._run([lambda p=p: fetch(p) for p in cuboid_pieces(reachable, dtype.itemsize, self.max_request_bytes)])
         return out
 
     def _write(self, ref: VolumeRef, box: Box, level: int, array: np.ndarray) -> None:
+        reachable = self._reachable(ref, box)
+        if reachable != box:
+            inside = np.zeros(box.shape, bool)
+            if reachable is not None:
+                inside[reachable.slices(box.start)] = True
+            if np.count_nonzero(array[~inside]):
+                start = self.info(ref).extra["boss"]["frame_start"]
+                raise BadRegion(f"the BOSS takes no voxels below the coordinate frame's start {tuple(start)} "
+                                f"(z, y, x) at any resolution, and {box} at level {level} reaches below it")
+            if reachable is None:
+                return
+            array, box = array[reachable.slices(box.start)], reachable
+
         def store(piece: Box) -> None:
             part = np.ascontiguousarray(array[piece.slices(box.start)])
             nonzero = int(np.count_nonzero(part))
@@ -319,6 +351,7 @@ def volume_info(chan: dict, exp: dict, frame: dict) -> VolumeInfo:
         "base_resolution": base, "num_time_samples": int(exp.get("num_time_samples") or 1),
         "default_time_sample": int(chan.get("default_time_sample") or 0),
         "time_step": exp.get("time_step"), "time_step_unit": exp.get("time_step_unit") or "",
+        "frame_start": start,
         "downsample_status": chan.get("downsample_status"),
     }
     return VolumeInfo(dtype=np.dtype(datatype), kind=kind, levels=tuple(levels),

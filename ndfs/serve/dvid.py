@@ -21,8 +21,14 @@ instances, misalignment, locked nodes and read-only mode, with the body
 ``"<message> (<URL path>).\\n"``; 404 for missing keys and labels and for
 unrouted paths (``404 page not found``); 503 for throttled requests.
 
-Deliberate differences from DVID: no JPEG-compressed 3D bodies, no block
-streams, no ROI masks; label indexes are computed by scanning the voxels
+Since then also ``metadata``, ``extents``/``resolution`` POSTs, block streams
+(``specificblocks``, ``subvolblocks``, label ``blocks`` GET), ``help``,
+``tags``, and the labelmap endpoints of a DVID without merges (identity
+``mapping``/``supervoxels``, ``lastmod``, ``listlabels``, ...); everything
+else is answered 400 naming what is answered (see ``ABSENT``).
+
+Deliberate differences from DVID: no JPEG-compressed 3D bodies, no DVID
+label-block encoding, no ROI masks; label indexes are computed by scanning the voxels
 (fine for test volumes, slow for big ones); sparsevol only at scale 0; the
 served volumes' extents are fixed to the volumes' boxes, so voxel POSTs that
 put non-zero voxels beyond them are refused (400). Tokens: with none
@@ -53,6 +59,7 @@ import math
 import os
 import threading
 import zlib
+from datetime import datetime, timezone
 from http import HTTPStatus
 from urllib.parse import parse_qs
 
@@ -80,6 +87,7 @@ MAX_RUNS = 4_000_000
 MAX_KV_ANSWER_BYTES = 64 * 2**20
 VERSION = "v1.0.0 (ndfs)"
 NOT_ROUTED = "404 page not found"
+NOT_ALLOWED = "Method Not Allowed"
 PLANES = {"0_1": "xy", "xy": "xy", "0_2": "xz", "xz": "xz", "1_2": "yz", "yz": "yz"}
 IMAGE_FORMATS = {"png": ("PNG", "image/png"), "jpg": ("JPEG", "image/jpeg"), "jpeg": ("JPEG", "image/jpeg"),
                  "tif": ("TIFF", "image/tiff"), "tiff": ("TIFF", "image/tiff"), "bmp": ("BMP", "image/bmp")}
@@ -124,8 +132,8 @@ class DvidApp:
             request = _Request(environ, method, path, parts[1:])
             return self._route(request, start_response)
         except DvidError as exc:
-            if exc.status == 404 and exc.message in ("", NOT_ROUTED):
-                return _text(start_response, 404, exc.message and exc.message + "\n", head=method == "HEAD")
+            if exc.status in (404, 405) and exc.message in ("", NOT_ROUTED, NOT_ALLOWED):
+                return _text(start_response, exc.status, exc.message and exc.message + "\n", head=method == "HEAD")
             return _text(start_response, exc.status, f"{exc.message} ({_shortened(path)}).\n", head=method == "HEAD")
         except RequestRefused as exc:
             return _text(start_response, exc.status, f"{exc} ({_shortened(path)}).\n", head=method == "HEAD")
@@ -182,6 +190,8 @@ class DvidApp:
 
     # ---- repos and nodes -------------------------------------------------------
     def _repo(self, r, start_response, u: str, rest: list[str]):
+        if r.method == "DELETE" and len(rest) <= 1:  # DVID deletes repos and instances from its command line only
+            raise DvidError(405, NOT_ALLOWED)
         if not rest and r.method == "HEAD":
             self.model.resolve(u)
             return _text(start_response, 200, "", head=True)
@@ -237,15 +247,154 @@ class DvidApp:
     def _instance(self, r, start_response, repo: Repo, node: Node, inst: Instance, endpoint: str, rest: list[str]):
         if endpoint == "info" and not rest and r.method == "GET":
             return _json(start_response, inst.info())
+        if endpoint == "help" and not rest:
+            return _text(start_response, 200, _help(inst))
+        if endpoint == "tags" and not rest:
+            return self._tags(r, start_response, inst)
         if inst.typename == "keyvalue":
             return self._keyvalue(r, start_response, node, inst, endpoint, rest)
         if endpoint in ("raw", "isotropic") and 2 <= len(rest) <= 4:
             return self._raw(r, start_response, node, inst, endpoint, rest)
+        if endpoint in VOXEL_ENDPOINTS:
+            return getattr(self, "_" + endpoint)(r, start_response, node, inst, rest)
         if inst.typename in LABEL_TYPES and endpoint in ("label", "labels"):
             return self._labels(r, start_response, node, inst, endpoint, rest)
         if inst.typename == "labelmap" and endpoint in LABELMAP_ENDPOINTS:
             return getattr(self, "_" + endpoint.replace("-", "_"))(r, start_response, node, inst, rest)
-        raise bad(f'Bad API call "{endpoint}" for data {inst.name!r} of type {inst.typename}')
+        raise bad(f'Bad API call "{endpoint}" for data {inst.name!r} of type {inst.typename}: this server answers '
+                  f"{', '.join(_endpoints(inst))}")
+
+    def _tags(self, r, start_response, inst: Instance):
+        """GET the instance's tags; POST a JSON object of string tags to add (``replace=true``: to replace)."""
+        if r.method == "GET":
+            with inst.lock:
+                return _json(start_response, dict(inst.tags))
+        if r.method != "POST":
+            raise bad("tags: GET, or POST a JSON object of tags")
+        body = r.json_body()
+        if not all(isinstance(v, str) for v in body.values()):
+            raise bad("tags must be strings")
+        with inst.lock:
+            if r.arg("replace").lower() == "true":
+                inst.tags.clear()
+            inst.tags.update(body)
+        return _text(start_response, 200, "")
+
+    # ---- voxel metadata and blocks ---------------------------------------------------
+    def _metadata(self, r, start_response, node, inst: Instance, rest):
+        """DVID's n-d metadata: one axis per dimension (size and offset from the extents) and the properties.
+        DVID answers POST with the same document (it ignores the body), and so does this server."""
+        if rest or r.method not in ("GET", "POST"):
+            raise bad("metadata: GET (or POST) with nothing after it")
+        ext = inst.info()["Extended"]
+        lo, hi = ext["MinPoint"], ext["MaxPoint"]
+        size = [0, 0, 0] if lo is None else [b - a + 1 for a, b in zip(lo, hi)]
+        axes = [{"Label": label, "Resolution": ext["VoxelSize"][i], "Units": ext["VoxelUnits"][i], "Size": size[i],
+                 "Offset": 0 if lo is None else lo[i]} for i, label in enumerate("XYZ")]
+        return _reply(start_response, 200, json.dumps({"Axes": axes, "Properties": ext}).encode(),
+                      "application/vnd.dvid-nd-data+json")
+
+    def _extents(self, r, start_response, node, inst: Instance, rest):
+        if rest or r.method != "POST":
+            raise bad("extents endpoint only supports POST HTTP verb")
+        body = r.json_body()
+        try:
+            lo, hi = ([check_int(v, "an extents coordinate", COORD_MIN, COORD_MAX) for v in body[k]]
+                      for k in ("MinPoint", "MaxPoint"))
+        except (KeyError, TypeError):
+            raise bad('extents are {"MinPoint": [x, y, z], "MaxPoint": [x, y, z]}') from None
+        if len(lo) != 3 or len(hi) != 3 or any(a > b for a, b in zip(lo, hi)):
+            raise bad("extents need 3-D MinPoint and MaxPoint, MinPoint at most MaxPoint")
+        if inst.source is not None:
+            raise bad(f"the extents of {inst.name} are those of the volume it serves")
+        self._check_writable(node, inst, "extents", "POST")
+        with inst.lock:
+            inst.extent = (tuple(lo[::-1]), tuple(hi[::-1]))
+        return _text(start_response, 200, "")
+
+    def _resolution(self, r, start_response, node, inst: Instance, rest):
+        if rest or r.method != "POST":
+            raise bad("resolution endpoint only supports POST HTTP verb")
+        body = r.json_body(kind=list)
+        if len(body) != 3 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < math.inf
+                                     for v in body):
+            raise bad("resolution is a JSON list of 3 positive numbers, e.g. [8,8,8]")
+        if inst.source is not None:
+            raise bad(f"the resolution of {inst.name} is that of the volume it serves")
+        with inst.lock:
+            inst.voxel_xyz = tuple(float(v) for v in body)
+        return _text(start_response, 200, "")
+
+    def _specificblocks(self, r, start_response, node, inst: Instance, rest):
+        """The blocks named by ``blocks=x,y,z,...`` (block coordinates), those holding any non-zero voxel."""
+        if rest or r.method != "GET":
+            raise bad("DVID does not accept the %s action on the 'specificblocks' endpoint" % r.method)
+        text = r.arg("blocks")
+        parts = [p for p in text.split(",") if p] if text else []
+        if len(parts) % 3:
+            raise bad(f"blocks= needs x,y,z triples of block coordinates, got {len(parts)} numbers")
+        if len(parts) // 3 > MAX_LIST_ITEMS:
+            raise bad(f"specificblocks takes at most {MAX_LIST_ITEMS} blocks")
+        coords = [tuple(parse_int(v, "a block coordinate", COORD_MIN, COORD_MAX) for v in parts[i:i + 3])
+                  for i in range(0, len(parts), 3)]
+        return self._block_stream(r, start_response, node, inst, [(x, y, z) for x, y, z in coords])
+
+    def _subvolblocks(self, r, start_response, node, inst: Instance, rest):
+        """imageblk: the blocks of a block-aligned box, those holding any non-zero voxel."""
+        if inst.typename in LABEL_TYPES or len(rest) != 2 or r.method != "GET":
+            raise bad("subvolblocks: GET .../subvolblocks/<size>/<offset> of an image instance")
+        return self._block_stream(r, start_response, node, inst, self._aligned_blocks(inst, rest))
+
+    def _blocks(self, r, start_response, node, inst: Instance, rest):
+        """labelblk and labelmap: GET .../blocks/<size>/<offset> (block aligned), as specificblocks."""
+        if inst.typename not in LABEL_TYPES:
+            raise bad("this server answers image blocks with subvolblocks and specificblocks")
+        if r.method != "GET" or len(rest) != 2:
+            raise bad("this server answers GET .../blocks/<size>/<offset>; it takes label blocks in DVID's block "
+                      "encoding from no POST: post voxels to raw with compression=lz4 or gzip")
+        return self._block_stream(r, start_response, node, inst, self._aligned_blocks(inst, rest))
+
+    def _aligned_blocks(self, inst: Instance, rest: list[str]) -> list[tuple[int, int, int]]:
+        sx, sy, sz = _ints(rest[0], 3, "size", lo=1)
+        ox, oy, oz = _ints(rest[1], 3, "offset")
+        bx, by, bz = inst.block_xyz
+        if any(v % b for v, b in zip((sx, sy, sz, ox, oy, oz), (bx, by, bz) * 2)):
+            raise bad(f"cannot use blocks in non-block aligned geometry {rest[1]} + {rest[0]}")
+        n = (sx // bx) * (sy // by) * (sz // bz)
+        if n > MAX_LIST_ITEMS:
+            raise bad(f"the box holds {n} blocks, more than {MAX_LIST_ITEMS}: ask for a smaller one")
+        return [(x, y, z) for z in range(oz // bz, (oz + sz) // bz) for y in range(oy // by, (oy + sy) // by)
+                for x in range(ox // bx, (ox + sx) // bx)]
+
+    def _block_stream(self, r, start_response, node, inst: Instance, blocks: list[tuple[int, int, int]]):
+        """DVID's block stream: per block holding a non-zero voxel, int32 x, y, z, nbytes (little-endian) and
+        its voxels (uncompressed; labels lz4 or gzip if asked). Blocks that read all zeros are left out,
+        as DVID leaves out blocks never written."""
+        compression = r.arg("compression").lower()
+        labels = inst.typename in LABEL_TYPES
+        if compression in ("jpeg", "blocks") or (labels and compression == ""):
+            raise bad(f"this server sends blocks uncompressed{', lz4 or gzip' if labels else ''}: "
+                      f"DVID's {'label block' if labels else 'JPEG'} encoding is not offered "
+                      f"(ask with compression=uncompressed)")
+        if compression not in ("", "uncompressed") + (("lz4", "gzip") if labels else ()):
+            raise bad(f"compression {compression!r} is not supported here")
+        bx, by, bz = inst.block_xyz
+        block_bytes = bx * by * bz * inst.dtype.itemsize
+        self._check_scan(len(blocks) * block_bytes, f"reading these {len(blocks)} blocks")
+        data_box = inst.data_box()
+        out, held = [], 0
+        with self._hold(len(blocks) * block_bytes + 2 * block_bytes, "this block stream"):
+            for x, y, z in blocks:
+                box = Box((z * bz, y * by, x * bx), ((z + 1) * bz, (y + 1) * by, (x + 1) * bx))
+                if data_box is None or box.intersect(data_box) is None:
+                    continue
+                voxels = self.model.read(inst, node, box)
+                if not voxels.any():
+                    continue
+                payload = _compress(voxels.astype(inst.dtype.newbyteorder("<")).tobytes(), compression)
+                out.append(np.array([x, y, z, len(payload)], "<i4").tobytes() + payload)
+                held += len(payload)
+            return _reply(start_response, 200, b"".join(out), "application/octet-stream")
 
     def _check_writable(self, node: Node, inst: Instance, endpoint: str, method: str) -> None:
         if inst.versioned and node.locked:
@@ -320,6 +469,9 @@ class DvidApp:
                         lock = self._write_locks.setdefault(id(inst), threading.Lock())
                     with lock:
                         self.model.write(inst, node, box, data)
+                    with inst.lock:
+                        inst.last_mod = (inst.last_mod[0] + 1, r.arg("u"), r.arg("app"),
+                                         datetime.now(timezone.utc).isoformat(timespec="seconds"))
                 return _text(start_response, 200, "", content_type="text/plain")
             raise bad(f"cannot {r.method} raw voxels")
         finally:
@@ -564,6 +716,118 @@ class DvidApp:
             return _json(start_response, {"start": start, "end": start + count - 1})
         raise bad("nextlabel: GET, or POST nextlabel/<count>")
 
+    # ---- labelmap: what a server without merges and splits answers -----------------------
+    # Every label is its own single supervoxel here (no merges, cleaves or splits are kept), so the
+    # mapping is the identity and there are no splits or mutations to list.
+    def _present(self, inst, node, label: int) -> bool:
+        return any(bool((arr == label).any()) for _, arr in self._scan(inst, node))
+
+    def _label_set(self, inst, node) -> np.ndarray:
+        """Every label of the instance at the node, ascending, without 0 (at most MAX_LIST_ITEMS)."""
+        found = np.zeros(0, np.uint64)
+        for _, arr in self._scan(inst, node):
+            found = np.union1d(found, np.unique(arr))
+            if len(found) > MAX_LIST_ITEMS + 1:
+                raise bad(f"the instance holds more than {MAX_LIST_ITEMS} labels: list them with listlabels pages")
+        return found[found != 0]
+
+    def _lastmod(self, r, start_response, node, inst, rest):
+        """The last voxel write through this server to the instance (this server keeps no per-label log);
+        404 when the label is in no voxel."""
+        label = self._label_arg(rest)
+        if not self._present(inst, node, label):
+            raise DvidError(404, "")
+        with inst.lock:
+            mutation, user, app, when = inst.last_mod
+        return _json(start_response, {"mutation id": mutation, "last mod user": user, "last mod time": when,
+                                      "last mod app": app})
+
+    def _supervoxels(self, r, start_response, node, inst, rest):
+        label = self._label_arg(rest)
+        if not self._present(inst, node, label):
+            raise DvidError(404, "")
+        return _json(start_response, [label])
+
+    def _supervoxel_sizes(self, r, start_response, node, inst, rest):
+        label = self._label_arg(rest)
+        n = sum(int(np.count_nonzero(arr == label)) for _, arr in self._scan(inst, node))
+        if not n:
+            raise DvidError(404, "")
+        return _json(start_response, {"supervoxels": [label], "sizes": [n]})
+
+    def _mapping(self, r, start_response, node, inst, rest):
+        """GET with a JSON list of supervoxels: their labels (the same ids), 0 for ids in no voxel unless
+        ``nolookup=true``."""
+        if rest or r.method != "GET":
+            raise bad("Batch mapping query must be a GET request")
+        ids = r.json_body(kind=list)
+        if len(ids) > MAX_LIST_ITEMS:
+            raise bad(f"mapping takes at most {MAX_LIST_ITEMS} labels, not {len(ids)}")
+        ids = [check_int(v, "a label id") for v in ids]
+        if r.arg("nolookup").lower() == "true":
+            return _json(start_response, ids)
+        present = set(self._label_set(inst, node).tolist())
+        return _json(start_response, [v if v in present else 0 for v in ids])
+
+    def _supervoxel_splits(self, r, start_response, node, inst, rest):
+        if rest or r.method != "GET":
+            raise bad("The /supervoxel-splits endpoint is GET only")
+        return _json(start_response, [])
+
+    def _mappings(self, r, start_response, node, inst, rest):
+        if rest or r.method != "GET":
+            raise bad("this server answers GET mappings only: it keeps no merges to post")
+        return _text(start_response, 200, "")  # no supervoxel maps to another label
+
+    def _mutations(self, r, start_response, node, inst, rest):
+        if rest or r.method != "GET":
+            raise bad("mutations: GET with nothing after it")
+        return _json(start_response, [])  # this server keeps no mutation log
+
+    def _sparsevol_by_point(self, r, start_response, node, inst, rest):
+        if len(rest) != 1:
+            raise bad("sparsevol-by-point needs one x_y_z coordinate")
+        x, y, z = _ints(rest[0], 3, "point")
+        label = int(self.model.read(inst, node, Box((z, y, x), (z + 1, y + 1, x + 1)))[0, 0, 0])
+        if label == 0:
+            raise DvidError(404, "")
+        return self._sparsevol(r, start_response, node, inst, [str(label)])
+
+    def _existing_labels(self, r, start_response, node, inst, rest):
+        if rest or r.method != "GET":
+            raise bad("existing-labels: GET with nothing after it")
+        return _json(start_response, [int(v) for v in self._label_set(inst, node)])
+
+    def _listlabels(self, r, start_response, node, inst, rest):
+        """Little-endian uint64 labels from ``start`` on (``number`` of them), with their voxel counts when
+        ``sizes=true``."""
+        if rest or r.method != "GET":
+            raise bad("listlabels: GET with nothing after it")
+        start = _int_arg(r, "start", 0, hi=UINT64_MAX)
+        number = _int_arg(r, "number", MAX_LIST_ITEMS, lo=1, hi=MAX_LIST_ITEMS)
+        sizes = r.arg("sizes").lower() == "true"
+        counts: dict[int, int] = {}
+        for _, arr in self._scan(inst, node):
+            found, n = np.unique(arr[arr >= start], return_counts=True)
+            for label, count in zip(found.tolist(), n.tolist()):
+                if label:
+                    counts[label] = counts.get(label, 0) + count
+            if len(counts) > 4 * MAX_LIST_ITEMS:
+                counts = dict(sorted(counts.items())[:number])
+        chosen = sorted(counts)[:number]
+        values = [v for label in chosen for v in ((label, counts[label]) if sizes else (label,))]
+        return _reply(start_response, 200, np.array(values, "<u8").tobytes(), "application/octet-stream")
+
+    def _set_nextlabel(self, r, start_response, node, inst, rest):
+        """POST set-nextlabel/<label>: the next label nextlabel hands out, never one already in the voxels."""
+        if r.method != "POST" or len(rest) != 1:
+            raise bad("set-nextlabel: POST set-nextlabel/<label>")
+        label = parse_int(rest[0], "next label", 1, UINT64_MAX)
+        self._check_writable(node, inst, "set-nextlabel", "POST")
+        with inst.lock:
+            inst.next_label = label - 1
+        return _text(start_response, 200, "")
+
     # ---- key-value -------------------------------------------------------------------
     def _keyvalue(self, r, start_response, node: Node, inst: Instance, endpoint: str, rest: list[str]):
         m = r.method
@@ -583,6 +847,8 @@ class DvidApp:
                 else:
                     self.model.put_key(inst, node, key, r.body())
                 return _text(start_response, 200, "")
+        if endpoint == "mutations" and not rest and m == "GET":
+            return _json(start_response, [])  # this server keeps no mutation log
         if endpoint == "keys" and not rest and m == "GET":
             return _json(start_response, self.model.keys(inst, node))
         if endpoint in ("keyrange", "keyrangevalues") and len(rest) == 2 and m == "GET":
@@ -604,10 +870,43 @@ class DvidApp:
                 except NdfsError as exc:
                     raise bad(str(exc)) from None
             return _json(start_response, out)
-        raise bad(f'Bad API call "{endpoint}" for keyvalue data {inst.name!r}')
+        raise bad(f'Bad API call "{endpoint}" for keyvalue data {inst.name!r}: this server answers '
+                  f"{', '.join(_endpoints(inst))}")
 
 
-LABELMAP_ENDPOINTS = ("size", "sizes", "sparsevol-size", "sparsevol", "sparsevol-coarse", "maxlabel", "nextlabel")
+VOXEL_ENDPOINTS = ("metadata", "extents", "resolution", "specificblocks", "subvolblocks", "blocks")
+LABELMAP_ENDPOINTS = ("size", "sizes", "sparsevol-size", "sparsevol", "sparsevol-coarse", "maxlabel", "nextlabel",
+                      "lastmod", "supervoxels", "supervoxel-sizes", "mapping", "supervoxel-splits", "mappings",
+                      "sparsevol-by-point", "existing-labels", "listlabels", "set-nextlabel", "mutations")
+KEYVALUE_ENDPOINTS = ("key", "keys", "keyrange", "keyrangevalues", "mutations")
+#: what DVID offers that this server answers as absent (400 with this list of what it does answer)
+ABSENT = {"imageblk": "arb, rawkey, blocks (POST), roi masks",
+          "labelblk": "pseudocolor, sync, roi masks",
+          "labelmap": "pseudocolor, sync, info (POST), ingest-supervoxels, blocks (POST), merge, cleave, split, "
+                      "split-supervoxel, renumber, proximity, fvdb, index, indices, index-version, "
+                      "indices-compressed, mutations-range, history, map-stats, sparsevols-coarse",
+          "keyvalue": "keyvalues (protobuf and jsontar), mutations-range"}
+
+
+def _endpoints(inst: Instance) -> list[str]:
+    """The endpoints this server answers for an instance's type."""
+    common = ["help", "info", "tags"]
+    if inst.typename == "keyvalue":
+        return common + list(KEYVALUE_ENDPOINTS)
+    voxels = common + ["raw", "isotropic"] + [e for e in VOXEL_ENDPOINTS if e != "subvolblocks"
+                                              or inst.typename not in LABEL_TYPES]
+    if inst.typename in LABEL_TYPES:
+        voxels += ["label", "labels"]
+    if inst.typename == "labelmap":
+        voxels += list(LABELMAP_ENDPOINTS)
+    return voxels
+
+
+def _help(inst: Instance) -> str:
+    kind = "imageblk" if inst.typename not in LABEL_TYPES + ("keyvalue",) else inst.typename
+    return (f"{inst.typename} data {inst.name!r} on an ndfs server (the DVID HTTP API, v1.0.0)\n\n"
+            f"Endpoints answered: {', '.join(_endpoints(inst))}.\n"
+            f"Answered as absent (400): {ABSENT[kind]}.\n")
 
 
 # ---- requests ------------------------------------------------------------------------

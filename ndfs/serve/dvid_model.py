@@ -123,6 +123,9 @@ class Instance:
         self.kv: dict[int, dict[str, bytes | None]] = {}
         self.extent: tuple[tuple[int, int, int], tuple[int, int, int]] | None = None  # zyx, inclusive
         self.next_label = 0
+        self.tags: dict[str, str] = {}
+        #: the last voxel write through this server: (mutation id, user, app, RFC3339 time)
+        self.last_mod: tuple[int, str, str, str] = (0, "", "", _now())
 
     @property
     def dtype(self) -> np.dtype:

@@ -341,7 +341,7 @@ class Limits:
     """Connection and time bounds of a server (see the module doc); every value positive and finite."""
 
     max_connections: int = 100
-    max_connections_per_address: int = 16
+    max_connections_per_address: int = 64
     idle_timeout_s: float = 60.0
     header_timeout_s: float = 20.0
     body_timeout_s: float = 30.0
