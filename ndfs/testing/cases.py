@@ -65,7 +65,9 @@ def make_case(name: str, path: Path, oracle: ReferenceData, servers: dict, tmp_p
     elif layers == "journaled":  # as every entry point stacks it: the cache, and the outbox for services
         backend = journaled(store, kind, rc.url, tmp_path) if kind != "local" else store
     closers.append(backend)
-    return Case(backend=backend, oracle=oracle, writable=not read_only, prefix=prefix)
+    # the BOSS answers no voxel below the level-0 frame start at coarser levels (see the BOSS driver)
+    return Case(backend=backend, oracle=oracle, writable=not read_only, prefix=prefix,
+                zeros_below_start=kind == "boss")
 
 
 def journaled(store, kind: str, url: str, tmp_path):
