@@ -4,9 +4,9 @@ Nothing heavy happens at import time: backends, zarr and the FUSE binding are
 imported when first used.
 """
 
-__version__ = "0.1.0"
+from ndfs.core.version import __version__  # noqa: E402
 
-from ndfs.errors import (  # noqa: E402
+from ndfs.core.errors import (  # noqa: E402
     BackendError,
     BadRegion,
     NdfsError,
@@ -16,13 +16,13 @@ from ndfs.errors import (  # noqa: E402
     Timeout,
     TooLarge,
 )
-from ndfs.geometry import Box, ChunkGrid  # noqa: E402
-from ndfs.info import LevelInfo, VolumeInfo  # noqa: E402
+from ndfs.core.geometry import Box, ChunkGrid  # noqa: E402
+from ndfs.core.info import LevelInfo, VolumeInfo  # noqa: E402
 
 
 def open_remote(name=None, config=None):
     """Open the backend of remote `name` from the configuration (the first remote if None), with the
-    chunk cache and the outbox as a mount has them (:func:`ndfs.config.open_store`)."""
+    chunk cache and the outbox as a mount has them (:func:`ndfs.stack.open_store`)."""
     return remote(name, config=config).backend
 
 
@@ -47,7 +47,7 @@ def remote(name_or_url=None, **kwargs):
 def count(target, ref=None, **kwargs):
     """Count RAMON objects (see :func:`ndfs.annotate.count`): of a Volume, a tree path
     (``"local/demo/cells"``) or a backend and a channel ref; keywords ``type``, ``box``, ``kv``, ``level``."""
-    from ndfs.annotate import count as _count
+    from ndfs.tools.annotate import count as _count
     from ndfs.volume import Volume
 
     if isinstance(target, Volume):
@@ -60,14 +60,16 @@ def count(target, ref=None, **kwargs):
 
 
 _LAZY = {"Remote": ("ndfs.api", "Remote"), "Volume": ("ndfs.volume", "Volume")}
-_SUBMODULES = ("api", "batch", "convert", "mesh", "annotate")
+#: the library's modules by their short names: ndfs.convert, ndfs.mesh, ndfs.batch... (in their layers' folders)
+_SUBMODULES = {"api": "ndfs.api", "batch": "ndfs.tools.batch", "convert": "ndfs.tools.convert",
+               "mesh": "ndfs.tools.mesh", "annotate": "ndfs.tools.annotate", "ramon": "ndfs.ramon"}
 
 
 def __getattr__(name):  # submodules and classes load on first use, so `import ndfs` stays light
     import importlib
 
     if name in _SUBMODULES:
-        return importlib.import_module(f"ndfs.{name}")
+        return importlib.import_module(_SUBMODULES[name])
     if name in _LAZY:
         module, attr = _LAZY[name]
         return getattr(importlib.import_module(module), attr)

@@ -1,7 +1,7 @@
 """Remotes in the spirit of ndio: objects that hold no data but fetch, post and describe it.
 
-``ndfs.remote(...)`` opens any backend ``ndfs.config.open_backend`` can build
-(every kind in ``ndfs.config.REMOTE_KINDS``, so new kinds work here unchanged)
+``ndfs.remote(...)`` opens any backend ``ndfs.stack.open_backend`` can build
+(every kind in ``ndfs.core.config.REMOTE_KINDS``, so new kinds work here unchanged)
 and wraps it in a :class:`Remote`:
 
 * ``ndfs.remote("boss")``: a remote named in ``ndfs.toml``; ``ndfs.remote()``
@@ -30,85 +30,19 @@ from __future__ import annotations
 
 import errno
 import os
-import pickle
-import threading
-import weakref
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from ndfs.backends.base import AdminStore, Backend, VolumeRef, annotations, as_ref
-from ndfs.errors import BadRegion, ConfigError, NdfsError, NotFound
-from ndfs.geometry import Box
-from ndfs.info import VolumeInfo
+from ndfs.stack import build
+from ndfs.stores.base import AdminStore, Backend, VolumeRef, annotations, as_ref
+from ndfs.core.errors import BadRegion, ConfigError, NdfsError, NotFound
+from ndfs.core.geometry import Box
+from ndfs.core.info import VolumeInfo
 
-__all__ = ["Remote", "remote", "Source", "source_of", "open_source"]
-
-
-# ---- recipes: how to reopen a backend elsewhere ----------------------------------
-@dataclass(frozen=True)
-class Source:
-    """How to open a backend again in another process: its remote's settings (no token), and the cache and
-    write settings it was built with (:func:`ndfs.config.open_store`)."""
-
-    remote: Any  # ndfs.config.RemoteConfig
-    cache: Any = None  # ndfs.config.CacheConfig; None: no cache
-    write: Any = None  # ndfs.config.WriteConfig; None: the defaults
-
-
-_SOURCES: "weakref.WeakKeyDictionary[Backend, Source]" = weakref.WeakKeyDictionary()
-_OPENED: dict[bytes, Backend] = {}
-_OPENED_LOCK = threading.Lock()
-
-
-def source_of(backend: Backend) -> Source:
-    """The recipe that reopens ``backend`` (opened by :func:`remote`, or a local store, or a cache of one)."""
-    from ndfs.backends.local import LocalBackend
-    from ndfs.cache import CachedBackend
-    from ndfs.config import RemoteConfig
-
-    from ndfs.journal.store import JournaledStore
-
-    found = _SOURCES.get(backend)
-    if found is not None:
-        return found
-    if isinstance(backend, LocalBackend):
-        return Source(RemoteConfig("local", "local", path=backend.root, read_only="write" not in backend.capabilities))
-    if isinstance(backend, (CachedBackend, JournaledStore)):
-        return source_of(backend.inner)
-    raise BadRegion(f"a {backend.kind} backend opened by hand cannot be sent to other processes; "
-                    "open it with ndfs.remote(...) so workers can reopen it")
-
-
-def open_source(source: Source) -> Backend:
-    """The backend of a recipe, opened once per process and shared (backends are thread-safe)."""
-    key = pickle.dumps(source)
-    with _OPENED_LOCK:
-        backend = _OPENED.get(key)
-        if backend is None:
-            backend = _build(source.remote, source.cache, source.write)
-            _OPENED[key] = backend
-    return backend
-
-
-def _reopen_volume(source: Source, ref: VolumeRef, level: int):
-    from ndfs.volume import Volume
-
-    return Volume(open_source(source), ref, level)
-
-
-def _build(rc, cache, write=None) -> Backend:
-    """The layered backend of a remote (:func:`ndfs.config.open_store`, as for mounts: the same cache
-    namespace, so Python and mounts share the disk tier, and the same outbox journal), remembered as a
-    recipe so worker processes can reopen it."""
-    from ndfs.config import CacheConfig, Config, WriteConfig, open_store
-
-    config = Config(remotes={rc.name: rc}, write=write or WriteConfig())
-    backend = open_store(config, rc, cache=cache if cache is not None else CacheConfig(enabled=False))
-    _SOURCES[backend] = Source(rc, cache, write)
-    return backend
+__all__ = ["Remote", "remote"]
 
 
 # ---- opening -------------------------------------------------------------------
@@ -120,8 +54,8 @@ def remote(name_or_url: str | os.PathLike | Backend | None = None, *, kind: str 
     ``options`` go to the backend as if they were in ``ndfs.toml`` (e.g. ``timeout_s=60``).
     ``cache`` defaults to the configuration's ``[cache] enabled``.
     """
-    from ndfs.backends.http import mask_url
-    from ndfs.config import REMOTE_KINDS, RemoteConfig, load_config
+    from ndfs.stores.http import mask_url
+    from ndfs.core.config import REMOTE_KINDS, RemoteConfig, load_config
 
     if isinstance(name_or_url, Backend):
         return Remote(name_or_url, name=name_or_url.kind)
@@ -167,12 +101,12 @@ def remote(name_or_url: str | os.PathLike | Backend | None = None, *, kind: str 
     if rc.kind == "local" and options:
         raise ConfigError(f"a local store takes no options (got {', '.join(options)})")
     use_cache = cfg.cache.enabled if cache is None else bool(cache)
-    backend = _build(rc, cfg.cache if use_cache else None, cfg.write)
+    backend = build(rc, cfg.cache if use_cache else None, cfg.write)
     return Remote(backend, name=rc.name)
 
 
 def _local_config(path: Path, read_only: bool, create: bool):
-    from ndfs.config import RemoteConfig
+    from ndfs.core.config import RemoteConfig
 
     path = path.expanduser().resolve()
     if create:
@@ -278,7 +212,7 @@ class Remote:
     @property
     def raw(self) -> Backend:
         """The service's own driver, under the cache and the outbox."""
-        from ndfs.backends.wrap import layers
+        from ndfs.stores.wrap import layers
 
         return list(layers(self.backend))[-1]
 
@@ -426,7 +360,7 @@ class Remote:
         return self.volume(project, channel)
 
     # ---- RAMON -------------------------------------------------------------
-    # The backend's annotation calls (ndfs.backends.base); the cache passes them through and
+    # The backend's annotation calls (ndfs.stores.base); the cache passes them through and
     # invalidates label voxels that RAMON writes change. Remotes without RAMON raise ENOTSUP.
     def get_ramon_ids(self, project=None, channel=None, ramon_type=None, *, token=None, type=None,
                       **filters) -> list[int]:

@@ -8,14 +8,16 @@ through the backend. Thread-safe as far as its backend is.
 
 from __future__ import annotations
 
+import uuid
 from typing import Sequence
 
 import numpy as np
 
-from ndfs.backends.base import Backend, as_ref
-from ndfs.errors import BadRegion
-from ndfs.geometry import Box
-from ndfs.info import LevelInfo, VolumeInfo
+from ndfs.stack import Source, open_source, source_of
+from ndfs.stores.base import Backend, as_ref
+from ndfs.core.errors import BadRegion, MissingExtra
+from ndfs.core.geometry import Box
+from ndfs.core.info import LevelInfo, VolumeInfo
 
 
 class Volume:
@@ -114,13 +116,53 @@ class Volume:
         self.backend.write(self.ref, box, self.level_index, array)
 
     def to_dask(self, chunks=None):
-        """This level as a lazy ``dask.array`` (needs the ``dask`` extra); see :func:`ndfs.batch.to_dask`."""
-        from ndfs.batch import to_dask
-
-        return to_dask(self, chunks)
+        """This level as a lazy ``dask.array.Array`` (needs the ``dask`` extra): one task per chunk, read
+        through the volume's backend. ``chunks`` defaults to the store's chunk grid. Index 0 of the dask
+        array is the volume's offset. Works with any Dask scheduler; on process-based ones each worker
+        reopens the store (the volume pickles as its recipe)."""
+        try:
+            import dask.array as da
+        except ImportError:
+            raise MissingExtra("Volume.to_dask needs dask: pip install 'ndfs[dask]'") from None
+        if chunks is None:
+            chunks = _grid_chunks(self)
+        return da.from_array(_DaskSlicer(self), chunks=chunks, lock=False, asarray=False, fancy=False,
+                             meta=np.empty((0, 0, 0), dtype=self.dtype), name=f"ndfs-{uuid.uuid4().hex}")
 
     def __reduce__(self):
-        # pickled as a recipe that reopens the backend (no connections, no token): see ndfs.api.source_of
-        from ndfs.api import _reopen_volume, source_of
-
+        # pickled as a recipe that reopens the backend (no connections, no token): see ndfs.stack.source_of
         return (_reopen_volume, (source_of(self.backend), self.ref, self.level_index))
+
+
+def _reopen_volume(source: Source, ref, level: int) -> Volume:
+    """A Volume in another process, its backend opened from the recipe once per process."""
+    return Volume(open_source(source), ref, level)
+
+
+class _DaskSlicer:
+    """What ``dask.array.from_array`` slices: 0-based indices over a Volume's dataset coordinates."""
+
+    def __init__(self, volume):
+        self.volume = volume
+        self.shape, self.dtype, self.ndim = tuple(volume.shape), volume.dtype, 3
+
+    def __getitem__(self, key) -> np.ndarray:
+        start = [a + (s.start or 0) for a, s in zip(self.volume.offset, key)]
+        stop = [a + (n if s.stop is None else s.stop) for a, s, n in zip(self.volume.offset, key, self.shape)]
+        return self.volume.read(Box(tuple(start), tuple(stop)))
+
+
+def _grid_chunks(volume) -> tuple[tuple[int, ...], ...]:
+    """Chunk sizes per axis that follow the store's chunk grid (edge chunks may be smaller)."""
+    grid = volume.level_info.grid
+    lo, hi = grid.index_range(volume.box)
+    out = []
+    for axis in range(3):
+        sizes = []
+        for i in range(lo[axis], hi[axis]):
+            idx = [lo[0], lo[1], lo[2]]
+            idx[axis] = i
+            b = grid.chunk_box(tuple(idx))
+            sizes.append(b.stop[axis] - b.start[axis])
+        out.append(tuple(sizes))
+    return tuple(out)

@@ -155,8 +155,8 @@ def smooth_noise(rng, shape):
 def build_store(store: Path, plan: Plan, log) -> None:
     import numpy as np
 
-    from ndfs.backends.local import LocalBackend
-    from ndfs.geometry import Box
+    from ndfs.stores.local import LocalBackend
+    from ndfs.core.geometry import Box
 
     backend = LocalBackend(store, create=True)
     rng = np.random.default_rng(2024)
@@ -180,7 +180,7 @@ def serve_child(args) -> int:
     """``--serve-child``: a BOSS server over --store; prints ``PORT n``; stops on SIGTERM or stdin EOF."""
     from urllib.parse import parse_qs
 
-    from ndfs.backends.local import LocalBackend
+    from ndfs.stores.local import LocalBackend
     from ndfs.serve.boss import BossApp
     from ndfs.serve.common import ServeOptions, WsgiServer
 
@@ -428,7 +428,7 @@ def http_session(workers: int):
 
 
 def fetch(session, url: str, box, dtype="uint8"):
-    from ndfs.backends.boss import blosc_decode
+    from ndfs.stores.boss import blosc_decode
 
     r = session.get(url, params={"access-mode": "no-cache"}, headers={"Accept": "application/blosc"}, timeout=120)
     r.raise_for_status()
@@ -522,7 +522,7 @@ def scroll_mount(env: Env, mnt: Path, zs, buf) -> float:
 
 def target_scroll(env: Env, res: Results, state: ScrollState) -> None:
     """Targets 1a/1b: cold scroll through the mount vs a per-slice client."""
-    from ndfs.geometry import Box
+    from ndfs.core.geometry import Box
 
     plan, srv = env.plan, env.server
     z0 = max(0, min(plan.z - SCROLL, (plan.z // 2 - SCROLL // 2) // CUBOID[0] * CUBOID[0]))
@@ -612,7 +612,7 @@ def target_bulk(env: Env, res: Results) -> contextlib.ExitStack:
     """Target 3 (cold cp vs a parallel client); returns the last ndfs mount, kept open for targets 2 and 4."""
     import numpy as np
 
-    from ndfs.geometry import Box
+    from ndfs.core.geometry import Box
 
     plan, srv = env.plan, env.server
     dst_ndfs, dst_base = env.fast / "stack-copy.tif", env.fast / "direct-pull.raw"
@@ -924,8 +924,8 @@ def build_api_store(root: Path, shape, log) -> tuple[Path, Path]:
     """Store A holds bench/api/em (BOSS depth); store B's benchapi/em is a symlink to it (DVID, NeuroData)."""
     import numpy as np
 
-    from ndfs.backends.local import LocalBackend
-    from ndfs.geometry import Box
+    from ndfs.stores.local import LocalBackend
+    from ndfs.core.geometry import Box
 
     a, b = root / "api-a", root / "api-b"
     backend = LocalBackend(a, create=True)
@@ -944,7 +944,7 @@ def build_api_store(root: Path, shape, log) -> tuple[Path, Path]:
 
 def ndio_python() -> str | None:
     """A python with ndio 1.1.5 (the NeuroData reference client), as tests/test_neurodata.py makes it."""
-    from ndfs.config import user_cache_dir
+    from ndfs.core.config import user_cache_dir
 
     found = sorted((user_cache_dir() / "test-venvs").glob("ndio-1.1.5-*/bin/python"))
     return str(found[-1]) if found and (found[-1].parent.parent / "ndfs-ready").exists() else None
@@ -1046,7 +1046,7 @@ def api_cutouts(env: Env, res: Results, stores, shape, tid: str, kind: str) -> N
 
 def api_scaling(env: Env, res: Results, stores, tid: str, scheduler: str) -> None:
     import ndfs
-    from ndfs.batch import map_blocks
+    from ndfs.tools.batch import map_blocks
 
     plan = env.plan
     vol = ndfs.remote(str(stores[0]), cache=False).volume(API_COLL, "em")

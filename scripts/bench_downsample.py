@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from ndfs.downsample import downsample
+from ndfs.core.downsample import downsample
 
 
 def best_of(fn, arr, runs: int) -> tuple[float, np.ndarray]:

@@ -62,13 +62,13 @@ MODES = {  # (volume z, y, x of uint8; --max-request-memory or None for the defa
 
 def build_store(root: Path, shape) -> None:
     """root/bench/big/em: incompressible uint8 voxels (BOSS: collection bench, experiment big)."""
-    from ndfs.backends.local import LocalBackend
+    from ndfs.stores.local import LocalBackend
 
     backend = LocalBackend(root, create=True)
     depth = 8
     backend.create_volume(("bench", "big", "em"), shape, "uint8", chunk_shape=(depth, 512, 512))
     rng = np.random.default_rng(18)
-    from ndfs.geometry import Box
+    from ndfs.core.geometry import Box
 
     for z in range(0, shape[0], depth):
         slab = rng.integers(0, 256, (min(depth, shape[0] - z),) + tuple(shape[1:]), dtype=np.uint8)

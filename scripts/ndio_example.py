@@ -29,7 +29,7 @@ if str(REPO) not in sys.path:
 import numpy as np  # noqa: E402
 
 import ndfs  # noqa: E402
-from ndfs import batch, convert, mesh  # noqa: E402
+from ndfs.tools import batch, convert, mesh  # noqa: E402
 
 
 def unique_cells(block: np.ndarray) -> set:
@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     started = time.monotonic()
 
     if args.make_demo:
-        from ndfs.demo import make_demo
+        from ndfs.tools.demo import make_demo
 
         make_demo(str(out / "store"), shape=(32, 256, 256), overwrite=True, progress=False)
         nd = ndfs.remote(str(out / "store"))

@@ -90,8 +90,8 @@ def run(args) -> int:
     import tifffile
     import zarr
 
-    from ndfs.backends.local import LocalBackend
-    from ndfs.demo import make_demo
+    from ndfs.stores.local import LocalBackend
+    from ndfs.tools.demo import make_demo
     from ndfs.serve.common import ServeOptions, WsgiServer
     from ndfs.testing.mount import mounted, ndfs
 

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from ndfs.config import user_cache_dir
+from ndfs.core.config import user_cache_dir
 from ndfs.testing.reference import build_reference_store
 
 # the ndio test venv takes a while to build, so it is the one thing kept in the user's cache across runs

@@ -10,12 +10,12 @@ import tifffile
 import zarr
 
 from ndfs import ramon
-from ndfs.annotate import count, from_labels, label_stats
-from ndfs.backends.local import LocalBackend
-from ndfs.demo import LABELS, N_SYNAPSES, PROJECT, make_demo
-from ndfs.errors import BadRegion
-from ndfs.geometry import Box
-from ndfs.synth import DemoVolume
+from ndfs.tools.annotate import count, from_labels, label_stats
+from ndfs.stores.local import LocalBackend
+from ndfs.tools.demo import LABELS, N_SYNAPSES, PROJECT, make_demo
+from ndfs.core.errors import BadRegion
+from ndfs.core.geometry import Box
+from ndfs.tools.synth import DemoVolume
 from ndfs.testing.mount import fuse_unavailable, mounted, ndfs
 
 SHAPE = (16, 192, 160)
@@ -78,7 +78,7 @@ def test_from_labels_makes_objects_with_voxel_counts_boxes_and_centroids(tmp_pat
     data[1:3, 2:10, 4:8] = 7
     data[5:8, 20:30, 20:31] = 900
     backend.write(("p", "lab"), Box((0, 0, 0), (8, 32, 32)), 0, data)
-    ids = ramon.from_labels(backend, ("p", "lab"), type="organelle")  # = ndfs.annotate.from_labels
+    ids = from_labels(backend, ("p", "lab"), type="organelle")
     assert ids == [7, 900]
     (a,) = backend.ramon_get(("p", "lab"), [7])
     assert a.type == "organelle" and a.kvpairs["voxels"] == str(2 * 8 * 4)
@@ -135,7 +135,7 @@ def test_min_voxels_leaves_specks_out_of_a_thresholded_image(tmp_path):
 
 def test_too_many_objects_are_refused_before_anything_is_written(tmp_path, monkeypatch):
     pytest.importorskip("scipy")
-    import ndfs.annotate
+    import ndfs.tools.annotate
 
     backend = _blobs(tmp_path)
     monkeypatch.setattr(ndfs.annotate, "MAX_NEW_OBJECTS", 4)

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 import ndfs
-from ndfs.backends.local import LocalBackend
-from ndfs.config import load_config
-from ndfs.errors import BadRegion, ConfigError, NdfsError, NotFound
-from ndfs.geometry import Box
+from ndfs.stores.local import LocalBackend
+from ndfs.core.config import load_config
+from ndfs.core.errors import BadRegion, ConfigError, NdfsError, NotFound
+from ndfs.core.geometry import Box
 from ndfs.testing.reference import CHANNELS, OFFSET, SHAPE, build_reference_store
 
 pytest.importorskip("waitress")
@@ -75,7 +75,7 @@ def test_a_remote_opens_from_a_config_name_a_kind_url_a_plain_url_with_kind_and_
             assert r.list_projects() == ["ndfs"]
             assert r.list("ndfs") == ["conf"]
         assert isinstance(opened[0].backend, ndfs.api.Backend) and opened[5].raw.kind == "boss"
-        from ndfs.backends.wrap import layers
+        from ndfs.stores.wrap import layers
         from ndfs.cache import CachedBackend
 
         # cache=False: the driver under the outbox only (writes keep the journal)
@@ -266,7 +266,7 @@ def test_ramon_calls_reach_the_store_through_the_cache_and_say_enotsup_where_the
         r.get_ramon(PROJECT, "labels", new_id)
     boss = ndfs.remote("boss", config=config)  # the BOSS's limited RAMON: the labelled ids, no metadata yet
     assert boss.get_ramon_ids(PROJECT, "labels") == sorted(int(v) for v in np.unique(labels[:, :, :]) if v)
-    from ndfs.backends.base import AnnotationStore, Backend, annotations
+    from ndfs.stores.base import AnnotationStore, Backend, annotations
 
     assert not isinstance(Backend(), AnnotationStore)  # a store without RAMON is not an AnnotationStore
     with pytest.raises(NdfsError) as err:  # and says so when asked for one

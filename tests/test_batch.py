@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 
 import ndfs
-from ndfs.batch import BatchError, blocks, map_blocks
-from ndfs.errors import BadRegion, Timeout
-from ndfs.geometry import Box
+from ndfs.tools.batch import BatchError, blocks, map_blocks
+from ndfs.core.errors import BadRegion, Timeout
+from ndfs.core.geometry import Box
 
 SHAPE = (24, 160, 192)
 THRESHOLD = 128
@@ -32,7 +32,7 @@ THRESHOLD = 128
 
 @pytest.fixture(scope="module")
 def demo_root(tmp_path_factory):
-    from ndfs.demo import make_demo
+    from ndfs.tools.demo import make_demo
 
     root = tmp_path_factory.mktemp("batch-store")
     make_demo(str(root), shape=SHAPE, progress=False, chunk_shape=(8, 64, 64))
@@ -270,7 +270,7 @@ def test_dask_runs_on_a_scheduler_at_an_address_and_volume_to_dask_computes_the_
 def test_processes_reopen_a_boss_remote_from_its_recipe_with_the_token_from_the_environment(tmp_path, monkeypatch):
     pytest.importorskip("waitress")
     pytest.importorskip("blosc")
-    from ndfs.backends.local import LocalBackend
+    from ndfs.stores.local import LocalBackend
     from ndfs.serve.boss import BossApp
     from ndfs.serve.common import WsgiServer
     from ndfs.testing.reference import build_reference_store
@@ -297,7 +297,7 @@ MAIN_PROGRAM = textwrap.dedent("""
     import json, sys
     import numpy as np
     import ndfs
-    from ndfs.batch import BatchError, map_blocks
+    from ndfs.tools.batch import BatchError, map_blocks
 
     THRESHOLD = 128
 

@@ -20,11 +20,13 @@ import pytest
 import requests
 import tifffile
 
-from ndfs.backends.boss import BossBackend, blosc_encode, cuboid_pieces
-from ndfs.backends.local import LocalBackend
-from ndfs.config import RemoteConfig, open_backend
-from ndfs.errors import BackendError, BadRegion, NotFound, PermissionDenied, Timeout
-from ndfs.geometry import Box
+from ndfs.stores.boss import BossBackend, blosc_encode
+from ndfs.stores.boss_grid import cuboid_pieces
+from ndfs.stores.local import LocalBackend
+from ndfs.core.config import RemoteConfig
+from ndfs.stack import open_backend
+from ndfs.core.errors import BackendError, BadRegion, NotFound, PermissionDenied, Timeout
+from ndfs.core.geometry import Box
 from ndfs.serve.boss import BossApp
 from ndfs.serve.common import ServeOptions, WsgiServer
 from ndfs.testing.mount import fuse_unavailable, mounted

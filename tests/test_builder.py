@@ -1,4 +1,4 @@
-"""One builder (ndfs.config.open_store) makes the layered backend for every entry point.
+"""One builder (ndfs.stack.open_store) makes the layered backend for every entry point.
 
 The mount, ``ndfs.remote()``, ``ndfs.open_volume()``/``open_remote()``, export/import (through
 ``ndfs.remote``), batch workers (reopening a Volume's recipe) and ``ndfs serve`` all get the same
@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 
 import ndfs
-from ndfs.backends.local import LocalBackend
-from ndfs.backends.wrap import layers
+from ndfs.stores.local import LocalBackend
+from ndfs.stores.wrap import layers
 from ndfs.cache import CachedBackend
-from ndfs.config import load_config, open_remotes
-from ndfs.geometry import Box
+from ndfs.core.config import load_config
+from ndfs.stack import open_remotes
+from ndfs.core.geometry import Box
 from ndfs.testing.mount import fuse_unavailable, mounted
 
 SHAPE = (16, 128, 128)
@@ -54,7 +55,7 @@ def test_every_entry_point_gets_the_same_layers(site):
     assert _kinds(ndfs.open_volume("local/p/v", config=cfg).backend) == mount_layers["local"]
     vol = ndfs.remote("local", config=cfg).volume("p", "v")
     assert _kinds(pickle.loads(pickle.dumps(vol)).backend) == mount_layers["local"]  # what a batch worker opens
-    from ndfs.serve.cli import _backend
+    from ndfs.cli.serve import _backend
 
     served, _ = _backend(argparse.Namespace(config=str(config), store=None, remote="b", read_only=False,
                                             cache_memory=None))
@@ -98,8 +99,8 @@ def test_the_same_reads_show_the_same_cache_statistics_through_every_entry_point
 
 
 def test_layers_are_instances_of_exactly_the_protocols_of_the_store_below(site):
-    from ndfs.backends.base import AdminStore, AnnotationStore, KeyValueStore
-    from ndfs.backends.wrap import WrappingBackend
+    from ndfs.stores.base import AdminStore, AnnotationStore, KeyValueStore
+    from ndfs.stores.wrap import WrappingBackend
 
     root, config = site
     local, boss = open_remotes(load_config(config)).values()

@@ -13,13 +13,13 @@ import diskcache
 import numpy as np
 import pytest
 
-from ndfs.backends.local import LocalBackend
+from ndfs.stores.local import LocalBackend
 from ndfs.cache import CachedBackend, clear_disk_cache, decode_chunk, disk_cache_info, encode_chunk
 from ndfs.cache.plan import group_chunks
 from ndfs.cache.disk import PAYLOAD_SHARE
-from ndfs.downsample import downsample
-from ndfs.errors import BackendError, ConfigError
-from ndfs.geometry import Box, ChunkGrid
+from ndfs.core.downsample import downsample
+from ndfs.core.errors import BackendError, ConfigError
+from ndfs.core.geometry import Box, ChunkGrid
 
 REF = ("p", "em")
 SHAPE = (32, 96, 128)  # chunks (8, 32, 32): a 4 x 3 x 4 grid at level 0, 4 x 2 x 2 at level 1
@@ -325,7 +325,7 @@ class UnlockedLocal(GatedLocal):
     """Like a remote service: its reads and writes share no lock, so a fetch can span a write."""
 
     def volume_lock(self, ref):
-        from ndfs.locks import MemoryVolumeLock
+        from ndfs.core.locks import MemoryVolumeLock
 
         return MemoryVolumeLock()
 
@@ -403,7 +403,7 @@ class RemoteLike(GatedLocal):
         return None
 
     def volume_lock(self, ref):
-        from ndfs.locks import MemoryVolumeLock
+        from ndfs.core.locks import MemoryVolumeLock
 
         return MemoryVolumeLock()
 
@@ -449,7 +449,7 @@ def test_max_age_bounds_how_long_chunks_are_reused_when_others_write_outside_ndf
 
 
 def test_a_stamp_never_brings_back_a_deleted_volume(tmp_path):
-    from ndfs import stamp
+    from ndfs.core import stamp
 
     with pytest.raises(FileNotFoundError):
         stamp.bump(tmp_path / "gone" / "stamp")

@@ -8,8 +8,8 @@ import tifffile
 import numpy as np
 
 from ndfs import __version__
-from ndfs.config import load_config, parse_config
-from ndfs.errors import ConfigError
+from ndfs.core.config import load_config, parse_config
+from ndfs.core.errors import ConfigError
 from ndfs.testing.mount import ndfs
 
 
@@ -149,7 +149,7 @@ def test_cache_info_is_a_table_in_human_units_and_json_with_json(tmp_path):
                                         (512 * 2**20, "512 MiB"), (int(3.4 * 2**30), "3.4 GiB"),
                                         (5 * 2**40, "5 TiB"), (None, "-")])
 def test_sizes_are_shown_in_powers_of_1024(size, text):
-    from ndfs.cli import human_size, parse_size
+    from ndfs.cli.commands import human_size, parse_size
 
     assert human_size(size) == text
     if size is not None and "." not in text:
@@ -157,7 +157,7 @@ def test_sizes_are_shown_in_powers_of_1024(size, text):
 
 
 def test_outbox_lists_a_table_and_json_with_json(tmp_path):
-    from ndfs.geometry import Box
+    from ndfs.core.geometry import Box
     from ndfs.journal import Journal as Outbox
 
     outbox = Outbox(tmp_path / "outbox")
@@ -192,7 +192,7 @@ def _main(*args) -> tuple[int, str]:
     import contextlib
     import io
 
-    from ndfs.cli import main
+    from ndfs.cli.commands import main
 
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
@@ -263,7 +263,7 @@ def test_a_negative_cache_size_from_the_environment_is_refused(tmp_path, monkeyp
 
 
 def test_a_local_store_that_does_not_exist_is_an_error_unless_create_is_set(tmp_path):
-    from ndfs.config import open_backend
+    from ndfs.stack import open_backend
     from ndfs.testing.mount import fuse_unavailable
 
     cfg = tmp_path / "ndfs.toml"
@@ -290,7 +290,9 @@ def test_the_config_knows_every_setting_of_every_driver():
     import importlib
     import inspect
 
-    from ndfs.config import DRIVER_OPTIONS, HTTP_BACKENDS, OPTION_RULES
+    from ndfs.core.config import DRIVER_OPTIONS, OPTION_RULES
+
+    from ndfs.stack import HTTP_BACKENDS
 
     for kind, (module, cls, _) in HTTP_BACKENDS.items():
         params = inspect.signature(getattr(importlib.import_module(module), cls).__init__).parameters
@@ -300,7 +302,7 @@ def test_the_config_knows_every_setting_of_every_driver():
 
 
 def test_a_token_over_plain_http_to_another_host_is_warned_about_once(caplog):
-    from ndfs.backends.boss import BossBackend
+    from ndfs.stores.boss import BossBackend
 
     caplog.set_level("WARNING", logger="ndfs.http")
     for url, token in [("http://192.0.2.7:8080", "tok-1"), ("http://192.0.2.7:8080", "tok-1"),

@@ -6,7 +6,7 @@ import shlex
 
 import pytest
 
-from ndfs.cli import build_parser, main
+from ndfs.cli.commands import build_parser, main
 
 
 def _commands() -> dict[str, argparse.ArgumentParser]:

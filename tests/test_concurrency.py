@@ -40,8 +40,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from ndfs.backends.local import LocalBackend
-from ndfs.geometry import Box
+from ndfs.stores.local import LocalBackend
+from ndfs.core.geometry import Box
 from ndfs.testing.mount import fuse_unavailable, mounted
 
 pytestmark = [pytest.mark.skipif(fuse_unavailable() is not None, reason=str(fuse_unavailable())),

@@ -2,7 +2,7 @@
 
 import pytest
 
-from ndfs.backends.local import LocalBackend
+from ndfs.stores.local import LocalBackend
 from ndfs.testing.conformance import *  # noqa: F401,F403
 from ndfs.testing.conformance import Case
 
@@ -34,7 +34,7 @@ def conformance_case(request, reference_store, reference_case, tmp_path):
         request.addfinalizer(backend.close)
         return Case(backend=backend, oracle=oracle)
     if request.param.startswith("boss-"):
-        from ndfs.backends.boss import BossBackend
+        from ndfs.stores.boss import BossBackend
 
         server, collection = request.getfixturevalue("boss_reference_server")
         backend = BossBackend(server.url, "x")

@@ -15,10 +15,10 @@ import pytest
 import tifffile
 
 import ndfs
-from ndfs import convert
-from ndfs.backends.local import LocalBackend
-from ndfs.errors import BackendError, BadInput, BadRegion
-from ndfs.geometry import Box
+from ndfs.tools import convert
+from ndfs.stores.local import LocalBackend
+from ndfs.core.errors import BackendError, BadInput, BadRegion
+from ndfs.core.geometry import Box
 from ndfs.testing.reference import OFFSET, PROJECT, SHAPE, VOXEL_SIZE_NM
 from ndfs.volume import Volume
 
@@ -190,7 +190,7 @@ def test_bad_exports_and_imports_are_refused_before_anything_is_written(ref, tmp
 
 
 def test_ndfs_export_and_import_on_the_command_line(reference_store, tmp_path, monkeypatch, capsys):
-    from ndfs.cli import main
+    from ndfs.cli.commands import main
 
     path, _, oracle = reference_store
     cfg = tmp_path / "ndfs.toml"

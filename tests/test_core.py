@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from ndfs import BadRegion, Box, ChunkGrid, NdfsError, NotFound, ReadOnly, TooLarge
-from ndfs.backends.local import LocalBackend
-from ndfs.downsample import downsample_image, downsample_labels
-from ndfs.info import LevelInfo, VolumeInfo
+from ndfs.stores.local import LocalBackend
+from ndfs.core.downsample import downsample_image, downsample_labels
+from ndfs.core.info import LevelInfo, VolumeInfo
 from ndfs.volume import Volume
 
 

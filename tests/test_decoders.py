@@ -31,10 +31,12 @@ import numpy as np
 import pytest
 import requests
 
-from ndfs import convert, ramon
-from ndfs.backends.local import LocalBackend
-from ndfs.backends.neurodata import NeuroDataBackend
-from ndfs.errors import BadInput, NdfsError
+from ndfs.tools import convert
+
+from ndfs import ramon
+from ndfs.stores.local import LocalBackend
+from ndfs.stores.neurodata import NeuroDataBackend
+from ndfs.core.errors import BadInput, NdfsError
 from ndfs.serve.common import WsgiServer
 from ndfs.serve.neurodata import NeuroDataApp
 from ndfs.testing.mount import fuse_unavailable, mounted
@@ -132,7 +134,7 @@ def assert_untouched(site, before: str) -> None:
 
 
 def _box():
-    from ndfs.geometry import Box
+    from ndfs.core.geometry import Box
 
     return Box((3, 5, 7), (7, 9, 11))
 
@@ -391,7 +393,7 @@ def test_the_mount_refuses_a_tiff_declaring_more_than_its_plane(site, mnt, what)
 
 # ---- blosc, LZ4, PNG ---------------------------------------------------------------------------------
 def test_the_boss_server_refuses_blosc_frames_declaring_another_size(site):
-    from ndfs.backends.boss import blosc_encode
+    from ndfs.stores.boss import blosc_encode
 
     frame = bytearray(blosc_encode(np.ones((4, 4, 4), np.uint8)))
     huge = bytearray(frame)

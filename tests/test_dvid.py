@@ -25,11 +25,12 @@ import pytest
 import requests
 import tifffile
 
-from ndfs.backends.dvid import DvidBackend, align, http_error, request_shape
-from ndfs.backends.local import LocalBackend
-from ndfs.config import RemoteConfig, open_backend
-from ndfs.errors import BackendError, BadRegion, NotFound, PermissionDenied, ReadOnly, Timeout
-from ndfs.geometry import Box
+from ndfs.stores.dvid import DvidBackend, align, http_error, request_shape
+from ndfs.stores.local import LocalBackend
+from ndfs.core.config import RemoteConfig
+from ndfs.stack import open_backend
+from ndfs.core.errors import BackendError, BadRegion, NotFound, PermissionDenied, ReadOnly, Timeout
+from ndfs.core.geometry import Box
 from ndfs.serve.common import ServeOptions, WsgiServer
 from ndfs.serve.dvid import DvidApp
 from ndfs.testing.conformance import *  # noqa: F401,F403

@@ -49,15 +49,15 @@ import numpy as np
 import pytest
 import tifffile
 
-from ndfs.backends.boss import BossBackend
-from ndfs.backends.dvid import DvidBackend
-from ndfs.backends.local import LocalBackend
-from ndfs.backends.neurodata import NeuroDataBackend
+from ndfs.stores.boss import BossBackend
+from ndfs.stores.dvid import DvidBackend
+from ndfs.stores.local import LocalBackend
+from ndfs.stores.neurodata import NeuroDataBackend
 from ndfs.cache import CachedBackend, decode_chunk
-from ndfs.errors import BackendError, NdfsError, PermissionDenied
-from ndfs.geometry import Box
+from ndfs.core.errors import BackendError, NdfsError, PermissionDenied
+from ndfs.core.geometry import Box
 from ndfs.journal import Journal as Outbox
-from ndfs.journal.store import JournaledStore as OutboxBackend
+from ndfs.journal.outbox import JournaledStore as OutboxBackend
 from ndfs.serve.boss import BossApp
 from ndfs.serve.common import ServeOptions, WsgiServer
 from ndfs.serve.dvid import DvidApp

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from ndfs.geometry import Box
+from ndfs.core.geometry import Box
 from ndfs.testing.mount import fuse_unavailable, mounted
 
 sys.path.insert(0, os.path.dirname(__file__))

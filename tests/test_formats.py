@@ -22,11 +22,11 @@ import pytest
 import tifffile
 from PIL import Image
 
-from ndfs import convert
-from ndfs.backends.local import LocalBackend
-from ndfs.errors import BadInput
+from ndfs.tools import convert
+from ndfs.stores.local import LocalBackend
+from ndfs.core.errors import BadInput
 from ndfs.formats import complete, registry
-from ndfs.geometry import Box
+from ndfs.core.geometry import Box
 from ndfs.testing.mount import fuse_unavailable, mounted
 from ndfs.volume import Volume
 
@@ -114,7 +114,7 @@ def ndio_root_cutout(path, a):  # old ndio: CUTOUT at the root
 
 
 def ndio_channel_group(path, a):  # ndio and the NeuroData service: a channel group with CUTOUT and two strings
-    from ndfs.backends.neurodata import hdf5_cutout_encode
+    from ndfs.stores.neurodata import hdf5_cutout_encode
 
     with open(path, "wb") as fh:
         fh.write(hdf5_cutout_encode({"em": a}, {"em": "image"}))
@@ -324,7 +324,7 @@ def channel(site, name) -> np.ndarray:
 
 
 def ndfs_cli(site, *args) -> None:
-    from ndfs.cli import main
+    from ndfs.cli.commands import main
 
     assert main(["--config", str(site / "ndfs.toml"), *map(str, args)]) == 0
 

@@ -23,11 +23,12 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from ndfs import ramon
-from ndfs.backends.local import LocalBackend
-from ndfs.cli import main as ndfs_main
-from ndfs.config import load_config, open_backend, parse_config
-from ndfs.demo import make_demo
-from ndfs.errors import ConfigError, InvalidAnnotation, NdfsError
+from ndfs.stores.local import LocalBackend
+from ndfs.cli.commands import main as ndfs_main
+from ndfs.core.config import load_config, parse_config
+from ndfs.stack import open_backend
+from ndfs.tools.demo import make_demo
+from ndfs.core.errors import ConfigError, InvalidAnnotation, NdfsError
 from ndfs.formats.complete import complete
 from ndfs.testing.mount import fuse_unavailable, mounted
 

@@ -65,7 +65,7 @@ PASSING = {"int_test_volume_v1.py": 33, "int_test_metadata_v1.py": 3, "int_test_
 
 
 def _cache_root() -> Path:
-    from ndfs.config import user_cache_dir
+    from ndfs.core.config import user_cache_dir
 
     return Path(os.environ.get("NDFS_TEST_VENVS") or user_cache_dir() / "test-venvs")
 

@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ndfs.backends.local import APPLYING_FILE, JOURNAL_DIR, LocalBackend
-from ndfs.downsample import downsample
-from ndfs.errors import NoSpace
-from ndfs.geometry import Box
+from ndfs.stores.local import APPLYING_FILE, JOURNAL_DIR, LocalBackend
+from ndfs.core.downsample import downsample
+from ndfs.core.errors import NoSpace
+from ndfs.core.geometry import Box
 from ndfs.journal import Journal
-from ndfs.locks import FileVolumeLock, RangeLock
+from ndfs.core.locks import FileVolumeLock, RangeLock
 
 REF = ("p", "v")
 SHAPE = (32, 256, 256)  # 2 MiB of uint8: 4 chunk slabs of 8 planes, three levels
@@ -96,7 +96,7 @@ def test_a_waiting_writer_is_not_starved_by_readers_of_its_planes():
 
 HOLD = textwrap.dedent("""
     import sys, time
-    from ndfs.locks import FileVolumeLock
+    from ndfs.core.locks import FileVolumeLock
     lock = FileVolumeLock(sys.argv[1])
     with lock.writer(), lock.writing(int(sys.argv[2]), int(sys.argv[3])):
         print("held", flush=True)
@@ -126,9 +126,9 @@ def test_the_file_lock_holds_across_processes_and_dies_with_its_holder(tmp_path)
 WRITER = textwrap.dedent("""
     import sys, time
     import numpy as np
-    from ndfs.backends import local
-    from ndfs.backends.local import LocalBackend
-    from ndfs.geometry import Box
+    from ndfs.stores import local
+    from ndfs.stores.local import LocalBackend
+    from ndfs.core.geometry import Box
     store, value, pause = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
     local.APPLY_BYTES = 8 * 256 * 256  # eight planes a slab: a whole-volume write is four slabs
     backend = LocalBackend(store)

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import requests
 
-from ndfs.backends.local import LocalBackend
-from ndfs.geometry import Box
+from ndfs.stores.local import LocalBackend
+from ndfs.core.geometry import Box
 from ndfs.serve.limits import MemoryBudget, RequestRefused, c_order_pieces, parse_int
 from ndfs.testing.reference import build_reference_store
 from ndfs.testing.serve import served
@@ -176,7 +176,7 @@ def _maximal(protocol: str, url: str) -> tuple[str, dict, callable]:
     """(URL, headers, decode) of a cutout of all of big/em: the server's cap in this test."""
     z, y, x = BIG_SHAPE
     if protocol == "boss":
-        from ndfs.backends.boss import blosc_decode
+        from ndfs.stores.boss import blosc_decode
 
         return (f"{url}/v1/cutout/ndfs/big/em/0/0:{x}/0:{y}/0:{z}/", {"Accept": "application/blosc", **AUTH},
                 lambda body: blosc_decode(body, np.uint8, BIG_SHAPE))
@@ -185,7 +185,7 @@ def _maximal(protocol: str, url: str) -> tuple[str, dict, callable]:
         uuid = next(u for u, r in repos.items() if r["Alias"] == "big")
         return (f"{url}/api/node/{uuid}/em/raw/0_1_2/{x}_{y}_{z}/0_0_0", AUTH,
                 lambda body: np.frombuffer(body, np.uint8).reshape(BIG_SHAPE))
-    from ndfs.backends.neurodata import npz_decode
+    from ndfs.stores.neurodata import npz_decode
 
     return (f"{url}/nd/sd/big/em/npz/0/0,{x}/0,{y}/0,{z}/", AUTH, lambda body: npz_decode(body)[0])
 
@@ -295,7 +295,7 @@ def test_absurd_numbers_get_a_400_class_answer_with_a_message(servers, protocol,
 
 def test_the_servers_still_answer_right_after_every_refusal(servers, store):
     """The refusals above leave the servers serving: a cutout of each is exact."""
-    from ndfs.backends.neurodata import npz_decode
+    from ndfs.stores.neurodata import npz_decode
 
     url = servers["neurodata"].url
     resp = requests.get(f"{url}/nd/sd/conf/em8/npz/0/7,17/5,9/3,5/", headers=AUTH, timeout=10)

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 import ndfs
-from ndfs.backends.local import LocalBackend
+from ndfs.stores.local import LocalBackend
 from ndfs.cache import CachedBackend
-from ndfs.errors import BadRegion, NotFound
-from ndfs.geometry import Box
-from ndfs.mesh import Mesh, MeshCache, cached_mesh, mesh_label, save_mesh, to_obj, to_ply
+from ndfs.core.errors import BadRegion, NotFound
+from ndfs.core.geometry import Box
+from ndfs.tools.mesh import Mesh, MeshCache, cached_mesh, mesh_label, save_mesh, to_obj, to_ply
 from ndfs.volume import Volume
 
 pytest.importorskip("zmesh")
@@ -123,7 +123,7 @@ def test_a_volume_is_meshed_slab_by_slab_like_the_array_and_meshes_are_cached_un
 
 
 def test_ndfs_export_mesh_writes_a_file_trimesh_loads(tmp_path):
-    from ndfs.demo import make_demo
+    from ndfs.tools.demo import make_demo
 
     make_demo(str(tmp_path / "store"), shape=(16, 128, 128), progress=False)
     labels = ndfs.remote(str(tmp_path / "store")).volume("demo/cells")[:, :, :]

@@ -11,7 +11,7 @@ import pytest
 import tifffile
 import zarr
 
-from ndfs.demo import make_demo
+from ndfs.tools.demo import make_demo
 from ndfs.testing.mount import fuse_unavailable, is_mounted, mounted, ndfs, wait_until
 
 pytestmark = pytest.mark.skipif(fuse_unavailable() is not None, reason=str(fuse_unavailable()))

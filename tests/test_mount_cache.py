@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from ndfs.backends.local import LocalBackend
-from ndfs.geometry import Box
+from ndfs.stores.local import LocalBackend
+from ndfs.core.geometry import Box
 from ndfs.serve.boss import BossApp
 from ndfs.serve.common import WsgiServer
 from ndfs.testing.mount import fuse_unavailable, mounted
@@ -111,7 +111,7 @@ def test_a_mount_sees_what_another_process_wrote_to_the_local_store(tmp_path, ca
 
 def test_a_mount_sees_what_another_process_wrote_to_a_remote_through_ndfs(site, tmp_path):
     import ndfs
-    from ndfs.config import load_config
+    from ndfs.core.config import load_config
 
     root, server, data = site
     ref, z = ("coll", "exp", "em"), 40

@@ -31,10 +31,10 @@ import pytest
 import requests
 
 from ndfs import ramon
-from ndfs.backends.local import LocalBackend
-from ndfs.backends.neurodata import NeuroDataBackend, npz_decode, npz_encode, pieces
-from ndfs.errors import BackendError, BadRegion, InvalidAnnotation, NotFound, PermissionDenied, ReadOnly
-from ndfs.geometry import Box
+from ndfs.stores.local import LocalBackend
+from ndfs.stores.neurodata import NeuroDataBackend, npz_decode, npz_encode, pieces
+from ndfs.core.errors import BackendError, BadRegion, InvalidAnnotation, NotFound, PermissionDenied, ReadOnly
+from ndfs.core.geometry import Box
 from ndfs.serve.common import ServeOptions, WsgiServer
 from ndfs.serve.neurodata import NeuroDataApp
 from ndfs.testing.conformance import *  # noqa: F401,F403
@@ -131,7 +131,7 @@ def test_writes_round_trip_or_are_read_only(conformance_case):
         np.testing.assert_array_equal(c.backend.read(ref, c.oracle.box("scratch", 1), 1), level1)
     finally:  # zeros cannot be posted back: restore through the store itself
         c.extra["local"].write(ref, full, 0, old)
-        from ndfs.backends.wrap import layers
+        from ndfs.stores.wrap import layers
         from ndfs.cache import CachedBackend
 
         for layer in layers(c.backend):  # written behind the layers' backs: the cache must forget it
@@ -389,7 +389,7 @@ def test_queries_combine_predicates_with_a_true_and(server, clean_ann):
     assert q("ann/seg/query/class/none/") == []
     with h5py.File(io.BytesIO(requests.get(url(server, "ann/seg/query/class/none/")).content), "r") as f:
         assert "ANNOIDS" not in f  # absent when empty, as ndstore
-    from ndfs.backends.neurodata import _box_body
+    from ndfs.stores.neurodata import _box_body
 
     assert q("ann/seg/query/", _box_body(Box((2, 10, 20), (5, 30, 40)), 0)) == [1]
     assert q("ann/seg/query/type/2/", _box_body(Box((2, 10, 20), (5, 30, 40)), 0)) == []
@@ -592,7 +592,7 @@ def _ndio_venv(version: str) -> str:
     ndio is installed without its declared dependencies: it pins ``blosc==1.3.2``, which does not
     build on current Pythons and is only imported (Python 3 ndio never calls it for a GET).
     """
-    from ndfs.config import user_cache_dir
+    from ndfs.core.config import user_cache_dir
 
     key = hashlib.sha256(json.dumps([sys.version, f"ndio=={version}", NDIO_PINS]).encode()).hexdigest()[:12]
     venv = Path(os.environ.get("NDFS_TEST_VENVS") or user_cache_dir() / "test-venvs") / f"ndio-{version}-{key}"

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from ndfs import ramon
-from ndfs.backends.local import LocalBackend
-from ndfs.backends.ramon_store import DB_NAME
-from ndfs.errors import InvalidAnnotation, NdfsError, NotFound, ReadOnly
-from ndfs.geometry import Box
+from ndfs.stores.local import LocalBackend
+from ndfs.stores.ramon_store import DB_NAME
+from ndfs.core.errors import InvalidAnnotation, NdfsError, NotFound, ReadOnly
+from ndfs.core.geometry import Box
 
 # one object per type with every field set to something other than its default
 SAMPLES = {

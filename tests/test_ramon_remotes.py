@@ -24,15 +24,15 @@ import numpy as np
 import pytest
 import requests
 
-from ndfs.backends.base import AnnotationStore
+from ndfs.stores.base import AnnotationStore
 from ndfs import ramon
-from ndfs.backends.boss import BossBackend
-from ndfs.backends.dvid import DvidBackend
-from ndfs.backends.dvid_ramon import COUNTER_KEY, RAMON_SUFFIX
-from ndfs.backends.local import LocalBackend
-from ndfs.backends.neurodata import NeuroDataBackend
-from ndfs.errors import InvalidAnnotation, NdfsError, NotFound, ReadOnly, TooLarge
-from ndfs.geometry import Box
+from ndfs.stores.boss import BossBackend
+from ndfs.stores.dvid import DvidBackend
+from ndfs.stores.dvid_ramon import COUNTER_KEY, RAMON_SUFFIX
+from ndfs.stores.local import LocalBackend
+from ndfs.stores.neurodata import NeuroDataBackend
+from ndfs.core.errors import InvalidAnnotation, NdfsError, NotFound, ReadOnly, TooLarge
+from ndfs.core.geometry import Box
 from ndfs.serve.boss import BossApp
 from ndfs.serve.common import WsgiServer
 from ndfs.serve.dvid import DvidApp
@@ -519,8 +519,8 @@ def cube_labels():
 
 def test_the_mesh_disk_tier_is_shared_checked_and_keyed_by_content(tmp_path, monkeypatch):
     pytest.importorskip("zmesh")
-    import ndfs.mesh as mesh_mod
-    from ndfs.mesh import MeshCache, decode_mesh, mesh_label
+    import ndfs.tools.mesh as mesh_mod
+    from ndfs.tools.mesh import MeshCache, decode_mesh, mesh_label
 
     expect = mesh_label(cube_labels(), 5, voxel_size_nm=VOXEL, offset=OFFSET)  # uncached
     runs = []  # zmesh runs from here on
@@ -557,9 +557,9 @@ def test_the_mesh_disk_tier_is_shared_checked_and_keyed_by_content(tmp_path, mon
 def test_cache_info_and_clear_cover_the_mesh_tier(tmp_path, capsys):
     pytest.importorskip("zmesh")
     from ndfs.cache.disk import open_disk_cache
-    from ndfs.cli import main
-    from ndfs.config import CacheConfig
-    from ndfs.mesh import MeshCache, mesh_disk_dir
+    from ndfs.cli.commands import main
+    from ndfs.core.config import CacheConfig
+    from ndfs.tools.mesh import MeshCache, mesh_disk_dir
 
     config = tmp_path / "ndfs.toml"
     config.write_text(f'[cache]\ndir = "{tmp_path / "cache"}"\n')
@@ -580,7 +580,7 @@ def test_cache_info_and_clear_cover_the_mesh_tier(tmp_path, capsys):
 
 def test_the_mesh_disk_tier_stays_within_its_budget(tmp_path):
     pytest.importorskip("zmesh")
-    from ndfs.mesh import MeshCache
+    from ndfs.tools.mesh import MeshCache
 
     cache = MeshCache(max_bytes=2**20, disk_dir=tmp_path / "meshes", disk_bytes=200_000)
     for i in range(40):  # 40 different objects, a few tens of KiB of mesh each
@@ -595,7 +595,7 @@ def test_the_mesh_disk_tier_stays_within_its_budget(tmp_path):
 
 def test_an_unusable_mesh_disk_tier_leaves_meshes_in_memory(tmp_path, caplog):
     pytest.importorskip("zmesh")
-    from ndfs.mesh import MeshCache
+    from ndfs.tools.mesh import MeshCache
 
     (tmp_path / "a-file").write_text("not a directory")
     cache = MeshCache(disk_dir=tmp_path / "a-file" / "meshes")
@@ -637,7 +637,7 @@ def test_a_new_mount_serves_meshes_from_disk_detects_corruption_and_never_serves
     pytest.importorskip("zmesh")
     import tifffile
 
-    from ndfs.mesh import decode_mesh
+    from ndfs.tools.mesh import decode_mesh
 
     store = LocalBackend(tmp_path / "store", create=True)
     ref = ("p", "cells")

@@ -28,14 +28,15 @@ import pytest
 import requests
 import tifffile
 
-from ndfs.backends.boss import BossBackend
-from ndfs.backends.dvid import DvidBackend
-from ndfs.backends.local import LocalBackend
-from ndfs.backends.neurodata import NeuroDataBackend, npz_decode, npz_encode
+from ndfs.stores.boss import BossBackend
+from ndfs.stores.dvid import DvidBackend
+from ndfs.stores.local import LocalBackend
+from ndfs.stores.neurodata import NeuroDataBackend, npz_decode, npz_encode
 from ndfs.cache import CachedBackend
-from ndfs.config import load_config, open_backend, open_remotes
-from ndfs.errors import ConfigError, NdfsError
-from ndfs.geometry import Box
+from ndfs.core.config import load_config
+from ndfs.stack import open_backend, open_remotes
+from ndfs.core.errors import ConfigError, NdfsError
+from ndfs.core.geometry import Box
 from ndfs.serve.boss import BossApp
 from ndfs.serve.common import WsgiServer
 from ndfs.serve.dvid import DvidApp
@@ -206,7 +207,7 @@ def test_config_reprs_and_info_never_show_the_token(guarded, monkeypatch, tmp_pa
 
 
 def test_a_token_in_the_url_user_info_is_masked_in_reprs_targets_errors_and_logs(tmp_path, caplog):
-    from ndfs.config import remote_target
+    from ndfs.core.config import remote_target
 
     caplog.set_level("DEBUG")
     config = tmp_path / "ndfs.toml"  # nothing listens on port 9: every request fails
@@ -270,7 +271,7 @@ def _as_nobody(code: str, path) -> int:
 
 @needs_fuse
 def test_the_mount_is_private_by_default_and_shared_only_with_allow_other(tmp_path):
-    from ndfs.demo import make_demo
+    from ndfs.tools.demo import make_demo
 
     make_demo(str(tmp_path / "store"), shape=(8, 32, 32), levels=1, chunk_shape=(8, 32, 32), progress=False)
     (tmp_path / "ndfs.toml").write_text(f'[remotes.local]\nkind = "local"\npath = "{tmp_path / "store"}"\n')

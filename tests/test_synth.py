@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from ndfs.synth import Cell, DemoVolume
+from ndfs.tools.synth import Cell, DemoVolume
 
 SHAPE = (24, 160, 192)
 

@@ -19,14 +19,14 @@ import pytest
 import tifffile
 from PIL import Image
 
-from ndfs.demo import make_demo
-from ndfs.errors import NdfsError
+from ndfs.tools.demo import make_demo
+from ndfs.core.errors import NdfsError
 from ndfs.formats.npy import NpyLayout
 from ndfs.formats.png import BLOCK, PngLayout
 from ndfs.formats.tiff import TiffLayout
 from ndfs.fs import views
 from ndfs.fs.tree import Tree
-from ndfs.geometry import Box
+from ndfs.core.geometry import Box
 from ndfs.testing.mount import fuse_unavailable, mounted
 
 needs_fuse = pytest.mark.skipif(fuse_unavailable() is not None, reason=str(fuse_unavailable()))

@@ -18,10 +18,10 @@ import pytest
 import tifffile
 import zarr
 
-from ndfs.backends.local import LocalBackend
-from ndfs.demo import make_demo
-from ndfs.downsample import downsample_image
-from ndfs.geometry import Box
+from ndfs.stores.local import LocalBackend
+from ndfs.tools.demo import make_demo
+from ndfs.core.downsample import downsample_image
+from ndfs.core.geometry import Box
 from ndfs.testing.mount import fuse_unavailable, is_mounted, mounted, ndfs, wait_until
 
 pytestmark = pytest.mark.skipif(fuse_unavailable() is not None, reason=str(fuse_unavailable()))
@@ -399,7 +399,7 @@ def test_kill_9_of_the_daemon_mid_upload_loses_nothing_after_remount(boss):
 def test_outbox_retry_posts_what_a_dead_mount_left(boss):
     switch, config, root = boss
     from ndfs.journal import Journal as Outbox
-    from ndfs.config import load_config, remote_target
+    from ndfs.core.config import load_config, remote_target
 
     cfg = load_config(config("sync"))
     new = noise((1, 64, 64), seed=12)
@@ -416,7 +416,7 @@ def test_outbox_retry_posts_what_a_dead_mount_left(boss):
 
 def test_python_assignment_takes_the_same_checks_and_invalidates_the_cache(tmp_path):
     from ndfs.cache import CachedBackend
-    from ndfs.errors import BadRegion, ReadOnly
+    from ndfs.core.errors import BadRegion, ReadOnly
     from ndfs.volume import Volume
 
     make_demo(str(tmp_path / "store"), shape=(8, 64, 64), levels=2, chunk_shape=(8, 32, 32), progress=False)

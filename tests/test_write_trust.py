@@ -28,9 +28,9 @@ import pytest
 import tifffile
 import zarr
 
-from ndfs.backends.local import LocalBackend
-from ndfs.demo import make_demo
-from ndfs.downsample import downsample
+from ndfs.stores.local import LocalBackend
+from ndfs.tools.demo import make_demo
+from ndfs.core.downsample import downsample
 from ndfs.testing.mount import fuse_unavailable, is_mounted, mounted, wait_until
 
 pytestmark = pytest.mark.skipif(fuse_unavailable() is not None, reason=str(fuse_unavailable()))
@@ -180,7 +180,7 @@ def _released(mountpoint: Path) -> str:
     try:
         os.listdir(mountpoint)
     except OSError as exc:
-        if exc.errno == errno.ENOTCONN:
+        if exc.errno in (errno.ENOTCONN, errno.ECONNABORTED):
             return ""
     procs = subprocess.run(["ps", "-eww", "-o", "pid,ppid,stat,wchan:30,args"], capture_output=True,
                            text=True).stdout
@@ -429,7 +429,7 @@ def test_a_mount_and_a_python_process_writing_the_same_planes_never_mix(tmp_path
 
 HOLDER = textwrap.dedent("""
     import sys, time
-    from ndfs.backends.local import LocalBackend
+    from ndfs.stores.local import LocalBackend
     lock = LocalBackend(sys.argv[1]).volume_lock(("demo", "em"))
     with lock.writer(), lock.writing(0, 8):  # as a writer applying planes 0..7, for as long as it likes
         print("held", flush=True)

@@ -13,7 +13,7 @@ its exception; errors are never stored. Pool tasks never wait on anything,
 and prefetch tasks run on their own small pool and only claim chunks nobody
 else has, so no thread ever waits on work queued behind itself.
 
-A read holds the volume lock's planes (:mod:`ndfs.locks`, whole chunks in z)
+A read holds the volume lock's planes (:mod:`ndfs.core.locks`, whole chunks in z)
 shared while it assembles its box, so no write is applied in between: a
 read returns one write's result or the other's, never a mix.
 
@@ -26,7 +26,7 @@ disk entry back out if the epoch moved while writing it), so a fetch racing
 a write cannot leave stale data behind in this process.
 
 Other processes (mounts, scripts) hear of a write through a write stamp
-(:mod:`ndfs.stamp`): the local store moves the channel's own on every write;
+(:mod:`ndfs.core.stamp`): the local store moves the channel's own on every write;
 for remote services ``invalidate`` moves one beside the shared disk tier
 before it deletes disk entries. Every read first compares the volume's stamp
 with the last one seen and, when it moved, drops the volume from memory
@@ -54,14 +54,14 @@ from typing import Sequence
 import cachetools
 import numpy as np
 
-from ndfs import stamp
-from ndfs.backends.base import Backend, VolumeRef, as_ref
-from ndfs.backends.wrap import WrappingBackend
+from ndfs.core import stamp
+from ndfs.stores.base import Backend, VolumeRef, as_ref
+from ndfs.stores.wrap import WrappingBackend
 from ndfs.cache.disk import decode_chunk, encode_chunk, open_disk_cache
 from ndfs.cache.plan import Index, affected_regions, group_chunks
-from ndfs.errors import BackendError, ConfigError, NdfsError
-from ndfs.geometry import Box, ChunkGrid
-from ndfs.locks import z_planes
+from ndfs.core.errors import BackendError, ConfigError, NdfsError
+from ndfs.core.geometry import Box, ChunkGrid
+from ndfs.core.locks import z_planes
 
 log = logging.getLogger("ndfs.cache")
 MiB = 2**20

@@ -11,8 +11,8 @@ from typing import Iterable
 
 import numpy as np
 
-from ndfs.geometry import Box, ChunkGrid
-from ndfs.info import VolumeInfo
+from ndfs.core.geometry import Box, ChunkGrid
+from ndfs.core.info import VolumeInfo
 
 Index = tuple[int, int, int]
 """A chunk's ZYX index on its level's ChunkGrid."""

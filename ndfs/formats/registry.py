@@ -37,7 +37,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from ndfs.errors import BadInput, NdfsError
+from ndfs.core.errors import BadInput, NdfsError
 from ndfs.formats import complete as completeness
 from ndfs.formats.files import h5, npy, npz, png, tif
 from ndfs.formats.files.base import FileInfo, Reader, check_writable, source_name

@@ -21,7 +21,7 @@ import queue
 import shutil
 import threading
 
-from ndfs.errors import NdfsError
+from ndfs.core.errors import NdfsError
 from ndfs.fs.session import Caller, FileSystem
 
 log = logging.getLogger("ndfs.fuse")

@@ -21,20 +21,21 @@ import re
 
 import numpy as np
 
-from ndfs.backends.base import AnnotationStore
-from ndfs.errors import InvalidAnnotation, NotFound, ReadOnly, TooLarge
-from ndfs.fs.tree import DirNode, FileNode, Node, RenderedFile, VolumeDir
+from ndfs.stores.base import AnnotationStore
+from ndfs.core.errors import InvalidAnnotation, NotFound, ReadOnly, TooLarge
+from ndfs.fs.nodes import DirNode, FileNode, Node, RenderedFile
 
 NAME = re.compile(r"^([1-9][0-9]*)\.(json|tif|obj|ply)$")
 BY_TYPE = "by-type"
 
 
-def has_ramon(vol: VolumeDir) -> bool:
+def has_ramon(vol) -> bool:
+    """Whether a channel folder (a tree VolumeDir) gets ramon/: an annotation channel of an AnnotationStore."""
     return vol.info.kind == "annotation" and isinstance(vol.tree.backend(vol.remote), AnnotationStore)
 
 
 class RamonDir(DirNode):
-    def __init__(self, vol: VolumeDir):
+    def __init__(self, vol):  # the channel folder (a tree VolumeDir)
         self.vol, self.mtime = vol, vol.mtime
 
     @property
@@ -186,7 +187,7 @@ class RamonRendered(RenderedFile):
         if self.ext == "tif":
             own = np.where(np.isin(labels, np.array(ids, dtype=labels.dtype)), labels, 0).astype(labels.dtype)
             return registry.render(own, "tif", voxel_size_nm=v.info.level(0).voxel_size_nm, offset=box.start)
-        from ndfs.mesh import Mesh, mesh_cache, to_obj, to_ply
+        from ndfs.tools.mesh import Mesh, mesh_cache, to_obj, to_ply
 
         mask = np.isin(labels, np.array(ids, dtype=labels.dtype)).astype(np.uint8)
         # the process-wide mesh cache: memory, and on disk (<cache dir>/meshes) keyed by the mask's content

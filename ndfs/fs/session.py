@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ndfs.errors import NdfsError, NotFound, ReadOnly, TooLarge, disk_error
+from ndfs.core.errors import NdfsError, NotFound, ReadOnly, TooLarge, disk_error
 from ndfs.fs.tree import FileNode, Node, Tree
 
 log = logging.getLogger("ndfs.session")

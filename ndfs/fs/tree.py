@@ -27,7 +27,6 @@ tells the listeners, which evict the kernel's pages of that volume.
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -35,33 +34,30 @@ import re
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
 from typing import BinaryIO, Callable, Mapping
 
 import cachetools
 import numpy as np
 
-from ndfs.backends.base import Backend, KeyValueStore, VolumeRef
-from ndfs.errors import BadInput, NdfsError, NotFound, ReadOnly, TooLarge, disk_error
+from ndfs.stores.base import Backend, KeyValueStore, VolumeRef
+from ndfs.core.errors import BadInput, NdfsError, NotFound, ReadOnly, TooLarge, disk_error
 from ndfs.formats import registry
-from ndfs.formats.complete import complete
-from ndfs.geometry import Box
+from ndfs.fs import views
+from ndfs.fs.ramon_dir import RamonDir, has_ramon
+from ndfs.fs.nodes import (AXES, SNAPSHOT_BYTES, WRITE_SLACK, BytesFile, DirNode, DynamicFile, FileNode, Node,
+                            Plane, RenderedFile, TiffFile)
+from ndfs.core.geometry import Box
 from ndfs.formats.tiff import TiffLayout
-from ndfs.info import VolumeInfo
+from ndfs.core.info import VolumeInfo
 
 log = logging.getLogger("ndfs.tree")
 
-AXES = ("z", "y", "x")
 #: a number in a file name: ASCII digits, no sign but "-", no leading zeros (one spelling per number)
 NUMBER = "(0|-?[1-9][0-9]*)"
 SLICE_NAME = re.compile(rf"{NUMBER}\.tif")
 LEVEL_NAME = re.compile("0|[1-9][0-9]*")
 #: cutout/ files: one box in any of the registry's one-file formats (tif, npy, npz, h5)
 CUTOUT_NAME = re.compile(rf"{NUMBER}-{NUMBER}_{NUMBER}-{NUMBER}_{NUMBER}-{NUMBER}\.({'|'.join(registry.FILE_FORMATS)})")
-#: a plane file is read whole on its first read (so a concurrent write is never seen half-done) up to this size
-SNAPSHOT_BYTES = 64 * 2**20
-#: bytes a written file may have beyond twice its voxels (headers, metadata of other tools)
-WRITE_SLACK = 16 * 2**20
 
 
 def _dumps(doc) -> str:
@@ -69,217 +65,6 @@ def _dumps(doc) -> str:
     text = json.dumps(doc, indent=2)
     return re.sub(r"\[\s+([-0-9., \n]+?)\s+\]", lambda m: "[" + ", ".join(
         v.strip() for v in m.group(1).split(",")) + "]", text)
-
-
-class Node:
-    """Base of tree nodes. ``mtime`` is seconds since the epoch."""
-
-    is_dir = False
-    mtime: float = 0.0
-
-
-class DirNode(Node):
-    is_dir = True
-    #: new files can be created here
-    writable = False
-
-    def names(self) -> list[str]:
-        raise NotImplementedError
-
-    def child(self, name: str) -> Node:
-        raise NotImplementedError
-
-    def create(self, name: str) -> "FileNode":
-        """A new, empty, writable file named `name` (its content arrives in ``commit``)."""
-        raise ReadOnly(f"new files cannot be made here ({name!r})")
-
-    def unlink(self, name: str) -> None:
-        raise NdfsError(f"{name!r} is a view of a volume and cannot be removed", errno=errno.EPERM)
-
-
-class FileNode(Node):
-    size: int = 0
-    writable = False
-    #: bypass the page cache (only for files whose content changes while open)
-    direct_io = False
-    #: the format of the file's content, for :meth:`complete` ("tif", "npy", "npz", "h5", "json")
-    fmt: str | None = None
-    #: the most bytes a new content may have (writes past it are EFBIG); None: no bound
-    max_bytes: int | None = None
-
-    def open(self) -> "FileNode":
-        """Called when a file is opened; returns the node that serves the handle's reads."""
-        return self
-
-    def read(self, offset: int, size: int) -> bytes:
-        raise NotImplementedError
-
-    def commit(self, data: bytes) -> None:
-        """Store the file's whole new content (writable files only); raise an NdfsError to refuse it."""
-        raise ReadOnly("this file cannot be written")
-
-    def complete(self, fh: BinaryIO) -> bool:
-        """Whether a spooled new content is a whole file yet (its structure all there, nothing past
-        its end); False while a writer is still filling it in. The file may still be invalid."""
-        return complete(fh, self.fmt, self.max_bytes) if self.fmt else True
-
-    def commit_file(self, fh: BinaryIO) -> None:
-        """Like ``commit`` with the content in a seekable file; nodes with large files read it in parts."""
-        fh.seek(0)
-        self.commit(fh.read())
-
-
-class BytesFile(FileNode):
-    """A small file whose whole content is known (info.json)."""
-
-    def __init__(self, data: bytes, mtime: float):
-        self.data, self.size, self.mtime = data, len(data), mtime
-
-    def read(self, offset: int, size: int) -> bytes:
-        return self.data[offset:offset + size]
-
-
-class RenderedFile(FileNode):
-    """A file whose bytes are made whole when first needed (``_bytes``): cutouts, RAMON files."""
-
-    def _bytes(self) -> bytes:
-        raise NotImplementedError
-
-    @property
-    def size(self) -> int:  # type: ignore[override]
-        return len(self._bytes())
-
-    def open(self) -> FileNode:
-        return BytesFile(self._bytes(), self.mtime)
-
-    def read(self, offset: int, size: int) -> bytes:
-        return self._bytes()[offset:offset + size]
-
-
-class DynamicFile(FileNode):
-    """A small file rendered anew on each open (status files); served with direct_io."""
-
-    direct_io = True
-
-    def __init__(self, render: Callable[[], bytes], mtime: float):
-        self.render, self.mtime = render, mtime
-        self.size = len(render())
-
-    def open(self) -> FileNode:
-        return BytesFile(self.render(), self.mtime)
-
-
-class BlobFile(FileNode):
-    """A file a backend keeps whole (a DVID key): read with ``read_file`` at each open, committed with ``write_file``.
-
-    Served with direct_io, since the service may change it; the size is the
-    content's length, memoised like other backend answers.
-    """
-
-    direct_io = True
-
-    def __init__(self, tree: "Tree", remote: str, path: VolumeRef, data: bytes | None = None):
-        self.tree, self.remote, self.path, self.mtime = tree, remote, path, tree.started
-        self.writable = "write" in tree.backend(remote).capabilities
-        self._data = data
-
-    @property
-    def size(self) -> int:
-        if self._data is not None:
-            return len(self._data)
-        return self.tree._memoised(("file_size", self.remote, self.path),
-                                   lambda: len(self.tree.backend(self.remote).read_file(self.path)), self.tree.ttl_s)
-
-    def open(self) -> FileNode:
-        return BytesFile(self.tree.backend(self.remote).read_file(self.path), self.mtime)
-
-    def read(self, offset: int, size: int) -> bytes:
-        return self.open().read(offset, size)
-
-    def commit(self, data: bytes) -> None:
-        try:
-            self.tree.backend(self.remote).write_file(self.path, bytes(data))
-        finally:
-            self.tree.forget_file(self.remote, self.path)
-
-
-class TiffFile(FileNode):
-    """A virtual TIFF: header/IFD bytes computed, pixel rows read as boxes through the backend.
-
-    ``on_open`` (optional) runs when the file is opened, e.g. a prefetch hint for the cache.
-    """
-
-    def __init__(self, layout: TiffLayout, get_rows: Callable[[int, int, int], np.ndarray], mtime: float,
-                 on_open: Callable[[], None] | None = None, store: Callable[[BinaryIO], None] | None = None,
-                 snapshot: Callable[[], np.ndarray] | None = None):
-        self.layout, self.get_rows, self.mtime, self.on_open = layout, get_rows, mtime, on_open
-        self.size = layout.size
-        self.store, self.snapshot = store, snapshot
-        self.writable = store is not None
-        self.fmt = "tif"
-        self.max_bytes = 2 * layout.size + WRITE_SLACK  # another tool's TIFF of the same pixels, with room
-
-    def open(self) -> FileNode:
-        if self.on_open is not None:
-            self.on_open()
-        if self.snapshot is not None and self.layout.height * self.layout.width * self.layout.dtype.itemsize \
-                <= SNAPSHOT_BYTES:
-            return _SnapshotTiff(self)
-        return self
-
-    def read(self, offset: int, size: int) -> bytes:
-        return self.layout.read(offset, size, self.get_rows)
-
-    def commit_file(self, fh: BinaryIO) -> None:
-        if self.store is None:
-            raise ReadOnly("this file cannot be written")
-        self.store(fh)
-
-
-class _SnapshotTiff(FileNode):
-    """An open plane file: the plane is read whole when the file is opened (one read, never half of a
-    write), so every page this handle serves is of that one version; the session compares the
-    volume's token before and after, so a handle whose snapshot may be newer than its token bypasses
-    the page cache."""
-
-    def __init__(self, node: TiffFile):
-        self.node, self.size, self.mtime = node, node.size, node.mtime
-        self._plane = node.snapshot()
-
-    def read(self, offset: int, size: int) -> bytes:
-        layout = self.node.layout
-        if offset + size <= layout.data_start or offset >= layout.data_end:
-            return self.node.read(offset, size)  # header or trailer: no pixels
-        plane = self._plane
-        return self.node.layout.read(offset, size, lambda p, r0, r1: plane[r0:r1])
-
-
-@dataclass(frozen=True)
-class Plane:
-    """How a 2-D file maps onto a volume: which axis is fixed and how image rows map to the volume."""
-
-    axis: str  # "z", "y" or "x": the axis held at one index
-
-    def shape(self, vshape) -> tuple[int, int]:
-        z, y, x = vshape
-        return {"z": (y, x), "y": (z, x), "x": (z, y)}[self.axis]
-
-    def voxel_size(self, vs) -> tuple[float, float, float]:
-        """(spacing, row size, column size) for the TIFF's calibration."""
-        z, y, x = vs
-        return {"z": (z, y, x), "y": (y, z, x), "x": (x, z, y)}[self.axis]
-
-    def box(self, lbox: Box, index: int, r0: int, r1: int) -> Box:
-        """The volume box of rows [r0, r1) (counted from the level's start) of plane `index`."""
-        (z0, y0, x0), (_, y1, x1) = lbox.start, lbox.stop
-        if self.axis == "z":
-            return Box((index, y0 + r0, x0), (index + 1, y0 + r1, x1))
-        if self.axis == "y":
-            return Box((z0 + r0, index, x0), (z0 + r1, index + 1, x1))
-        return Box((z0 + r0, y0, index), (z0 + r1, y1, index + 1))
-
-    def rows(self, arr: np.ndarray) -> np.ndarray:
-        return {"z": lambda a: a[0], "y": lambda a: a[:, 0, :], "x": lambda a: a[:, :, 0]}[self.axis](arr)
 
 
 class Tree:
@@ -324,9 +109,9 @@ class Tree:
 
     def stats(self) -> dict:
         """Per remote: reads served, and the cache's hits, sizes and backend request counts."""
-        from ndfs.backends.wrap import layers
+        from ndfs.stores.wrap import layers
         from ndfs.cache import CachedBackend
-        from ndfs.journal.store import JournaledStore
+        from ndfs.journal.outbox import JournaledStore
 
         out = {}
         for name, backend in self.remotes.items():
@@ -467,7 +252,6 @@ class Tree:
             else:
                 plane = Plane(what)
                 n, (h, w), vs = 1, plane.shape(lv.shape), plane.voxel_size(lv.voxel_size_nm)
-            from ndfs.fs import views  # calibration unit and 16-bit display range (issue 11)
 
             vs, unit = views.calibration(vs)
             try:
@@ -477,6 +261,40 @@ class Tree:
                 raise TooLarge(f"{'/'.join(ref)} level {level}: {exc}") from exc
 
         return self._memoised(("layout", remote, ref, level, what), build, self.ttl_s)
+
+
+class BlobFile(FileNode):
+    """A file a backend keeps whole (a DVID key): read with ``read_file`` at each open, committed with ``write_file``.
+
+    Served with direct_io, since the service may change it; the size is the
+    content's length, memoised like other backend answers.
+    """
+
+    direct_io = True
+
+    def __init__(self, tree: "Tree", remote: str, path: VolumeRef, data: bytes | None = None):
+        self.tree, self.remote, self.path, self.mtime = tree, remote, path, tree.started
+        self.writable = "write" in tree.backend(remote).capabilities
+        self._data = data
+
+    @property
+    def size(self) -> int:
+        if self._data is not None:
+            return len(self._data)
+        return self.tree._memoised(("file_size", self.remote, self.path),
+                                   lambda: len(self.tree.backend(self.remote).read_file(self.path)), self.tree.ttl_s)
+
+    def open(self) -> FileNode:
+        return BytesFile(self.tree.backend(self.remote).read_file(self.path), self.mtime)
+
+    def read(self, offset: int, size: int) -> bytes:
+        return self.open().read(offset, size)
+
+    def commit(self, data: bytes) -> None:
+        try:
+            self.tree.backend(self.remote).write_file(self.path, bytes(data))
+        finally:
+            self.tree.forget_file(self.remote, self.path)
 
 
 STATUS_DIR = ".ndfs"
@@ -582,14 +400,12 @@ class VolumeDir(DirNode):
         return f"{self.remote}/{'/'.join(self.ref)}/{level}/{rest}"
 
     def names(self) -> list[str]:
-        from ndfs.fs.ramon_dir import has_ramon
 
         levels = [str(i) for i in range(len(self.info.levels))]
         return ["info.json"] + levels + (["ramon"] if has_ramon(self) else [])
 
     def child(self, name: str) -> Node:
         if name == "ramon":
-            from ndfs.fs.ramon_dir import RamonDir, has_ramon
 
             if has_ramon(self):
                 return RamonDir(self)
@@ -606,7 +422,6 @@ class LevelDir(DirNode):
         self.vol, self.level, self.mtime = vol, level, vol.mtime
 
     def names(self) -> list[str]:
-        from ndfs.fs import views
 
         return list(AXES) + ["stack.tif", "cutout"] + views.level_names(self)
 
@@ -626,7 +441,6 @@ class LevelDir(DirNode):
                 return plane.rows(backend.read(v.ref, plane.box(lv.box, lv.offset[0] + p, r0, r1), self.level))
 
             return TiffFile(layout, get_rows, self.mtime, store=self._store_stack if v.writable else None)
-        from ndfs.fs import views  # volume.npy, labels16/, labels32/
 
         return views.level_child(self, name)
 
@@ -684,7 +498,6 @@ class AxisDir(DirNode):
 
     def child(self, name: str) -> Node:
         if name.endswith(".png"):
-            from ndfs.fs import views
 
             return views.axis_child(self, name)
         m = SLICE_NAME.fullmatch(name)

@@ -40,14 +40,14 @@ from typing import Callable
 import cachetools
 import numpy as np
 
-from ndfs.backends.base import VolumeRef
-from ndfs.errors import NdfsError, NotFound, TooLarge
+from ndfs.stores.base import VolumeRef
+from ndfs.core.errors import NdfsError, NotFound, TooLarge
 from ndfs.formats.npy import NpyLayout
 from ndfs.formats.png import PngLayout
 from ndfs.formats.tiff import TiffLayout
-from ndfs.fs.tree import AXES, BytesFile, DirNode, FileNode, Plane, TiffFile
-from ndfs.geometry import Box
-from ndfs.info import LevelInfo, VolumeInfo
+from ndfs.fs.nodes import AXES, BytesFile, DirNode, FileNode, Plane, TiffFile
+from ndfs.core.geometry import Box
+from ndfs.core.info import LevelInfo, VolumeInfo
 
 log = logging.getLogger("ndfs.views")
 

@@ -30,14 +30,7 @@ from ndfs.ramon.types import (
     RamonSegment, RamonSkeleton, RamonSynapse, RamonVolume, Voxels, enum_value, make, type_name,
 )
 
-from ndfs.errors import InvalidAnnotation  # noqa: E402
-
-
-def from_labels(backend, ref, **kwargs):
-    """RAMON objects from a label channel or a thresholded image: see :func:`ndfs.annotate.from_labels`."""
-    from ndfs.annotate import from_labels as _from_labels
-
-    return _from_labels(backend, ref, **kwargs)
+from ndfs.core.errors import InvalidAnnotation  # noqa: E402
 
 __all__ = [
     "RamonObject", "RamonGeneric", "RamonSynapse", "RamonSeed", "RamonSegment", "RamonNeuron", "RamonOrganelle",
@@ -45,5 +38,5 @@ __all__ = [
     "TYPES", "FIELDS", "ENUMS", "CLASSES", "CAJAL_TYPES", "NDSTORE_TYPES", "OWN_VOXELS", "NOT_STORED",
     "MAX_ID", "MAX_UINT32", "make", "type_name", "enum_value", "to_json", "from_json", "to_dict", "from_dict",
     "bbox_from_dict", "check_field", "to_legacy", "to_flat", "from_legacy", "from_flat", "to_hdf5", "from_hdf5",
-    "ids_hdf5", "read_ids_hdf5", "InvalidAnnotation", "Filters", "query_filters", "check_ids", "check_objects", "from_labels",
+    "ids_hdf5", "read_ids_hdf5", "InvalidAnnotation", "Filters", "query_filters", "check_ids", "check_objects",
 ]

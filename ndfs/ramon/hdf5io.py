@@ -32,10 +32,10 @@ from typing import Iterable
 
 import numpy as np
 
-from ndfs.errors import BadInput, InvalidAnnotation
-from ndfs.geometry import Box
+from ndfs.core.errors import BadInput, InvalidAnnotation
+from ndfs.core.geometry import Box
 from ndfs.ramon.jsonio import LEGACY_KEYS
-from ndfs.ramon.types import CLASSES, MAX_ID, MAX_UINT32, NDSTORE_TYPES, RamonObject, Voxels
+from ndfs.ramon.types import CLASSES, CODECS, MAX_ID, MAX_UINT32, NDSTORE_TYPES, RamonObject, Voxels
 
 NDSTORE_NAMES = {v: k for k, v in NDSTORE_TYPES.items()}
 LAYOUTS = ("legacy", "ndfs")
@@ -328,3 +328,6 @@ def read_ids_hdf5(data: bytes, max_bytes: int = MAX_HDF5_BYTES) -> list[int]:
         if "ANNOIDS" not in f:
             return []
         return [int(v) for v in np.asarray(f["ANNOIDS"][()]).reshape(-1)]
+
+
+CODECS.update(to_hdf5=to_hdf5, from_hdf5=from_hdf5)  # RamonObject's methods find these here

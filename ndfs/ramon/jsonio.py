@@ -20,10 +20,10 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable
 
-from ndfs.errors import BadInput, InvalidAnnotation, TooLarge
-from ndfs.geometry import Box
+from ndfs.core.errors import BadInput, InvalidAnnotation, TooLarge
+from ndfs.core.geometry import Box
 from ndfs.ramon.types import (
-    CLASSES, MAX_ID, NDSTORE_TYPES, RamonObject, check_value, type_name,
+    CLASSES, CODECS, MAX_ID, NDSTORE_TYPES, RamonObject, check_value, type_name,
 )
 
 # ---- legacy key names (layout A and HDF5 differ from ndfs names only here) ----
@@ -251,3 +251,6 @@ def check_field(type_: str, name: str, value, max_id: int = MAX_ID):
     if name not in kinds or name == "id":
         raise InvalidAnnotation(f"RAMON {cls.TYPE} has no settable field {name!r}")
     return check_value(cls.TYPE, name, kinds[name], value, max_id)
+
+
+CODECS.update(to_dict=to_dict, to_json=to_json, from_json=from_json)  # RamonObject's methods find these here

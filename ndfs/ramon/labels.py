@@ -17,8 +17,8 @@ from typing import Iterable
 
 import numpy as np
 
-from ndfs.errors import InvalidAnnotation
-from ndfs.geometry import Box
+from ndfs.core.errors import InvalidAnnotation
+from ndfs.core.geometry import Box
 from ndfs.ramon.types import Voxels
 
 MODES = ("overwrite", "preserve", "exception", "reduce")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ndfs.errors import InvalidAnnotation
+from ndfs.core.errors import InvalidAnnotation
 from ndfs.ramon.types import NOT_STORED, RamonObject, _check_kv, enum_value, type_name
 
 

@@ -21,12 +21,12 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 
-from ndfs.errors import InvalidAnnotation
-from ndfs.geometry import Box
+from ndfs.core.errors import InvalidAnnotation
+from ndfs.core.geometry import Box
 
 MAX_UINT32 = 2**32 - 1
 #: the largest id a store keeps (the local store's SQLite keys are signed 64-bit)
@@ -111,6 +111,18 @@ class Voxels:
         return Box.from_shape(self.array.shape, self.offset)
 
 
+#: the conversions RamonObject's methods call, by name: ndfs.ramon.jsonio and ndfs.ramon.hdf5io register
+#: theirs when they are imported (the package ndfs.ramon imports both), so this module imports neither
+CODECS: dict[str, Callable] = {}
+
+
+def _codec(name: str) -> Callable:
+    try:
+        return CODECS[name]
+    except KeyError:
+        raise RuntimeError(f"the RAMON conversion {name!r} is not loaded; import ndfs.ramon") from None
+
+
 @dataclass
 class RamonObject:
     """Fields every RAMON type has. Use a subclass (``RamonSegment(...)``) or :func:`make`."""
@@ -147,38 +159,28 @@ class RamonObject:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(id={self.id}, author={self.author!r}, status={self.status})"
 
-    # ---- conversions (the functions of ndfs.ramon.jsonio / hdf5io) ----------
+    # ---- conversions (the functions of ndfs.ramon.jsonio / hdf5io, found in CODECS) ----------
     def to_dict(self) -> dict[str, Any]:
         """This object as the ndfs file form's dict."""
-        from ndfs.ramon.jsonio import to_dict
-
-        return to_dict(self)
+        return _codec("to_dict")(self)
 
     def to_json(self) -> str:
         """This object in the ndfs file form (``ramon/<id>.json``)."""
-        from ndfs.ramon.jsonio import to_json
-
-        return to_json(self)
+        return _codec("to_json")(self)
 
     def to_hdf5(self, layout: str = "ndfs") -> bytes:
         """This object alone in an HDF5 file (bytes); ``layout`` is ``"ndfs"`` or ``"legacy"``."""
-        from ndfs.ramon.hdf5io import to_hdf5
-
-        return to_hdf5([self], layout=layout)
+        return _codec("to_hdf5")([self], layout=layout)
 
     @classmethod
     def from_json(cls, text: str | bytes, **kwargs) -> "RamonObject":
         """An object from the ndfs file form; InvalidAnnotation if it is not of this class."""
-        from ndfs.ramon.jsonio import from_json
-
-        return cls._same_type(from_json(text, **kwargs))
+        return cls._same_type(_codec("from_json")(text, **kwargs))
 
     @classmethod
     def from_hdf5(cls, data: bytes, layout: str | None = None) -> "RamonObject":
         """The one object in an HDF5 file (bytes); InvalidAnnotation if there are more or it is another type."""
-        from ndfs.ramon.hdf5io import from_hdf5
-
-        objs = from_hdf5(data, layout=layout)
+        objs = _codec("from_hdf5")(data, layout=layout)
         if len(objs) != 1:
             raise InvalidAnnotation(f"the HDF5 file holds {len(objs)} RAMON objects, not one")
         return cls._same_type(objs[0])

@@ -51,11 +51,11 @@ from urllib.parse import parse_qs
 
 import numpy as np
 
-from ndfs.backends.base import AnnotationStore, Backend
-from ndfs.backends.boss import CUBOID_ZYX
-from ndfs.errors import NdfsError, NotFound
+from ndfs.stores.base import AnnotationStore, Backend
+from ndfs.stores.boss_grid import CUBOID_ZYX
+from ndfs.core.errors import NdfsError, NotFound
 from ndfs.formats import safe
-from ndfs.geometry import Box
+from ndfs.core.geometry import Box
 from ndfs.serve.boss_model import BossError, BossModel, Channel, can_create, time_ref
 from ndfs.serve.common import TokenAuth
 from ndfs.serve.limits import (
@@ -716,7 +716,7 @@ class BossApp:
 def _halve3(a: np.ndarray, kind: str) -> np.ndarray:
     """Halve x, y and z of a ZYX array whose start is even: x and y as the local store's pyramid, then z
     pairs (odd ends repeated): their rounded mean for images, the first non-zero label for annotations. Pure."""
-    from ndfs.downsample import downsample
+    from ndfs.core.downsample import downsample
 
     a = downsample(a, kind)
     if a.shape[0] % 2:
@@ -743,7 +743,7 @@ def _body(environ, limit: int = 2**62) -> bytes:
 
 def _decode(body: bytes, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
     """The posted blosc frame as an array of shape: 400/2001 if it is no blosc, 400/2002 if it does not fit."""
-    from ndfs.backends.boss import BloscFrameError, BloscSizeError, blosc_decode
+    from ndfs.stores.boss import BloscFrameError, BloscSizeError, blosc_decode
 
     try:
         return blosc_decode(body, dtype, shape)
@@ -756,7 +756,7 @@ def _decode(body: bytes, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
 def _encode(start_response, environ, data: np.ndarray):
     accept = environ.get("HTTP_ACCEPT", "") or "*/*"
     if "application/blosc" in accept or "*/*" in accept:
-        from ndfs.backends.boss import blosc_encode
+        from ndfs.stores.boss import blosc_encode
 
         return _reply(start_response, 200, blosc_encode(data), "application/blosc")
     if "application/npygz" in accept:  # the .npy bytes compressed as they are, without copies of the voxels

@@ -43,9 +43,9 @@ import re
 import threading
 from dataclasses import dataclass, field
 
-from ndfs.backends.base import AdminStore, Backend
-from ndfs.errors import NdfsError, NotFound
-from ndfs.info import VolumeInfo
+from ndfs.stores.base import AdminStore, Backend
+from ndfs.core.errors import NdfsError, NotFound
+from ndfs.core.info import VolumeInfo
 
 NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,255}")
 BOSS_DTYPES = {"image": ("uint8", "uint16"), "annotation": ("uint64",)}

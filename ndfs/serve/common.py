@@ -39,7 +39,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from ndfs.errors import MissingExtra, NdfsError
+from ndfs.core.errors import MissingExtra, NdfsError
 from ndfs.serve.limits import Limits, guarded_server_class
 
 log = logging.getLogger("ndfs.serve")

@@ -65,11 +65,11 @@ from urllib.parse import parse_qs
 
 import numpy as np
 
-from ndfs.backends.base import Backend
-from ndfs.errors import BadInput, NdfsError
+from ndfs.stores.base import Backend
+from ndfs.core.errors import BadInput, NdfsError
 from ndfs.formats import safe
 from ndfs.formats.safe import json_loads as safe_json
-from ndfs.geometry import Box
+from ndfs.core.geometry import Box
 from ndfs.serve.common import TokenAuth
 from ndfs.serve.dvid_model import (
     LABEL_TYPES, MAX_DOWNRES, TYPES, DvidError, DvidModel, Instance, Node, Repo, bad, type_url)

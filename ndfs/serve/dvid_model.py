@@ -40,9 +40,9 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from ndfs.backends.base import Backend
-from ndfs.errors import NdfsError, NotFound
-from ndfs.geometry import Box
+from ndfs.stores.base import Backend
+from ndfs.core.errors import NdfsError, NotFound
+from ndfs.core.geometry import Box
 
 VOXEL_TYPES = {"uint8blk": "uint8", "uint16blk": "uint16", "uint32blk": "uint32", "uint64blk": "uint64",
                "float32blk": "float32", "labelblk": "uint64", "labelmap": "uint64"}

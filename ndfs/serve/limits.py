@@ -45,8 +45,8 @@ import time
 from dataclasses import dataclass, fields
 from typing import Callable, Iterable, Iterator
 
-from ndfs.errors import NdfsError
-from ndfs.geometry import Box
+from ndfs.core.errors import NdfsError
+from ndfs.core.geometry import Box
 
 log = logging.getLogger("ndfs.serve")
 

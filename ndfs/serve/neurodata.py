@@ -54,11 +54,11 @@ from http import HTTPStatus
 
 import numpy as np
 
-from ndfs.backends.base import Backend
-from ndfs.backends.neurodata import (
+from ndfs.stores.base import Backend
+from ndfs.stores.neurodata import (
     NPY_HEADER_BYTES, hdf5_cutout_decode, hdf5_cutout_encode, npz_decode, npz_encode)
-from ndfs.errors import InvalidAnnotation, NdfsError, NotFound, ReadOnly, TooLarge
-from ndfs.geometry import Box
+from ndfs.core.errors import InvalidAnnotation, NdfsError, NotFound, ReadOnly, TooLarge
+from ndfs.core.geometry import Box
 from ndfs.serve.common import TokenAuth
 from ndfs.serve.limits import (
     DEFAULT_SCAN_BYTES, JSON_BODY_BYTES, MAX_LIST_ITEMS, UINT64_MAX, HeldAnswer, MemoryBudget,

@@ -25,10 +25,10 @@ import re
 import threading
 from dataclasses import dataclass
 
-from ndfs.backends.base import Backend
-from ndfs.errors import NdfsError, NotFound
-from ndfs.geometry import Box
-from ndfs.info import VolumeInfo
+from ndfs.stores.base import Backend
+from ndfs.core.errors import NdfsError, NotFound
+from ndfs.core.geometry import Box
+from ndfs.core.info import VolumeInfo
 
 NAME_RE = re.compile(r"\w+", re.ASCII)
 DTYPES = ("uint8", "uint16", "uint32", "uint64", "float32")

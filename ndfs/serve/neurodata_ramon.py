@@ -24,9 +24,9 @@ import math
 
 import numpy as np
 
-from ndfs.backends.base import AnnotationStore
-from ndfs.errors import InvalidAnnotation, NdfsError, NotFound
-from ndfs.geometry import Box
+from ndfs.stores.base import AnnotationStore
+from ndfs.core.errors import InvalidAnnotation, NdfsError, NotFound
+from ndfs.core.geometry import Box
 from ndfs.serve.limits import UINT64_MAX, parse_int
 from ndfs.serve.neurodata_model import NdError, Project
 

@@ -6,7 +6,7 @@ conformance module's ``conformance_case`` fixture returns. Names are
 (the last three through ``ndfs serve``'s WSGI apps on 127.0.0.1 over the
 reference store); layers ``raw`` (the driver), ``read-only``, ``cached`` (the
 chunk cache) or ``journaled`` (the outbox journal over the cache, as a mount
-and ``ndfs.remote()`` stack a remote service: :func:`ndfs.config.open_store`).
+and ``ndfs.remote()`` stack a remote service: :func:`ndfs.stack.open_store`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from ndfs.backends.local import LocalBackend
+from ndfs.stores.local import LocalBackend
 from ndfs.testing.conformance import Case
 from ndfs.testing.reference import ReferenceData
 
@@ -35,7 +35,7 @@ def reference_servers(path: Path):
 
 def make_case(name: str, path: Path, oracle: ReferenceData, servers: dict, tmp_path: Path, closers: list) -> Case:
     """The case ``name`` over the reference store at ``path``; backends to close go to ``closers``."""
-    from ndfs.config import RemoteConfig
+    from ndfs.core.config import RemoteConfig
 
     kind, layers = name.split("-", 1)
     read_only = layers == "read-only"
@@ -44,15 +44,15 @@ def make_case(name: str, path: Path, oracle: ReferenceData, servers: dict, tmp_p
     else:
         server = servers[kind]
         if kind == "boss":
-            from ndfs.backends.boss import BossBackend
+            from ndfs.stores.boss import BossBackend
 
             store, prefix = BossBackend(server.url, "x", read_only=read_only), (path.name,)
         elif kind == "dvid":
-            from ndfs.backends.dvid import DvidBackend
+            from ndfs.stores.dvid import DvidBackend
 
             store, prefix = DvidBackend(server.url, branch="master", backoff_s=0.01, read_only=read_only), ()
         else:
-            from ndfs.backends.neurodata import NeuroDataBackend
+            from ndfs.stores.neurodata import NeuroDataBackend
 
             store, prefix = NeuroDataBackend(server.url, read_only=read_only), ()
         rc = RemoteConfig("c", kind, url=server.url)
@@ -71,8 +71,9 @@ def make_case(name: str, path: Path, oracle: ReferenceData, servers: dict, tmp_p
 
 
 def journaled(store, kind: str, url: str, tmp_path):
-    """``store`` layered as every entry point layers a service (ndfs.config.open_store): cache, then outbox."""
-    from ndfs.config import CacheConfig, Config, RemoteConfig, WriteConfig, open_store
+    """``store`` layered as every entry point layers a service (ndfs.stack.open_store): cache, then outbox."""
+    from ndfs.core.config import CacheConfig, Config, RemoteConfig, WriteConfig
+    from ndfs.stack import open_store
 
     rc = RemoteConfig("c", kind, url=url)
     return open_store(Config(remotes={"c": rc}, write=WriteConfig(outbox_dir=tmp_path / "outbox")), rc,

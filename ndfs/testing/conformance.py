@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from ndfs.backends.base import Backend
-from ndfs.errors import BadRegion, NotFound, ReadOnly
-from ndfs.geometry import Box
+from ndfs.stores.base import Backend
+from ndfs.core.errors import BadRegion, NotFound, ReadOnly
+from ndfs.core.geometry import Box
 from ndfs.testing.reference import CHANNELS, LEVELS, PROJECT, ReferenceData
 
 

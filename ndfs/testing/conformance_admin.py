@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ndfs.backends.base import AdminStore
-from ndfs.errors import BadRegion, NotFound, ReadOnly
-from ndfs.geometry import Box
+from ndfs.stores.base import AdminStore
+from ndfs.core.errors import BadRegion, NotFound, ReadOnly
+from ndfs.core.geometry import Box
 from ndfs.testing.conformance import Case
 
 

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from ndfs import ramon
-from ndfs.backends.base import AnnotationStore
-from ndfs.errors import InvalidAnnotation, NotFound, ReadOnly
-from ndfs.geometry import Box
+from ndfs.stores.base import AnnotationStore
+from ndfs.core.errors import InvalidAnnotation, NotFound, ReadOnly
+from ndfs.core.geometry import Box
 from ndfs.testing.conformance import Case
 
 NOTES = "notes"

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from ndfs.backends.base import KeyValueStore
-from ndfs.errors import NotFound, ReadOnly
+from ndfs.stores.base import KeyValueStore
+from ndfs.core.errors import NotFound, ReadOnly
 
 
 def test_a_file_written_is_read_listed_replaced_and_removed(files_case):

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ndfs.backends.local import LocalBackend
-from ndfs.downsample import downsample
-from ndfs.geometry import Box
+from ndfs.stores.local import LocalBackend
+from ndfs.core.downsample import downsample
+from ndfs.core.geometry import Box
 
 PROJECT = "conf"
 SHAPE = (20, 70, 90)

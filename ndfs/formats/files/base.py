@@ -19,7 +19,7 @@ from typing import BinaryIO, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ndfs.errors import BadInput
+from ndfs.core.errors import BadInput
 from ndfs.formats.safe.common import nbytes_of, shape_text
 
 Vector = tuple[float, float, float]

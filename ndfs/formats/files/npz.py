@@ -17,7 +17,7 @@ from typing import Iterable
 
 import numpy as np
 
-from ndfs.errors import BadInput
+from ndfs.core.errors import BadInput
 from ndfs.formats.files import npy
 from ndfs.formats.files.base import FileInfo, Reader, limit_of, triple
 

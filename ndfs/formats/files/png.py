@@ -18,7 +18,7 @@ from typing import Iterable
 
 import numpy as np
 
-from ndfs.errors import BadInput, MissingExtra
+from ndfs.core.errors import BadInput, MissingExtra
 from ndfs.formats.files.base import FileInfo, Reader, checked_slabs, limit_of, triple, volume_shape
 
 NAME = "png"

@@ -20,7 +20,7 @@ from typing import Iterable
 
 import numpy as np
 
-from ndfs.errors import BadInput
+from ndfs.core.errors import BadInput
 from ndfs.formats.files.base import FileInfo, Reader, checked_slabs, limit_of, open_binary, triple, volume_shape
 
 NAME = "tif"

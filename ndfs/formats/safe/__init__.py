@@ -16,7 +16,7 @@ the servers answer it with a 400-class status, the mount with EINVAL at ``close(
   checked before decoding, JSON bounded in bytes, depth and integer digits.
 
 Who uses it: the volume file formats of :mod:`ndfs.formats.registry` (the mount's writable
-files, export/import and load in :mod:`ndfs.convert`, the NeuroData server's hdf5 bodies), the
+files, export/import and load in :mod:`ndfs.tools.convert`, the NeuroData server's hdf5 bodies), the
 protocol servers' other request bodies, the RAMON HDF5 and JSON readers,
 and the BOSS, DVID and NeuroData drivers' reply decoding.
 """

@@ -18,7 +18,7 @@ import zlib
 
 import numpy as np
 
-from ndfs.errors import BadInput, TooLarge
+from ndfs.core.errors import BadInput, TooLarge
 from ndfs.formats.safe.common import MAX_RATIO, MiB
 
 #: JSON that people and clients write (RAMON objects, request bodies)

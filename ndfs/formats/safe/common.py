@@ -11,7 +11,7 @@ from typing import BinaryIO, Sequence
 
 import numpy as np
 
-from ndfs.errors import BadInput
+from ndfs.core.errors import BadInput
 
 MiB = 2**20
 #: deflate cannot compress better than about 1032:1 (LZW about 1400:1 past its dictionary resets);

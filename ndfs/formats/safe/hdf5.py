@@ -37,7 +37,7 @@ from typing import Iterator
 
 import numpy as np
 
-from ndfs.errors import BadInput, MissingExtra
+from ndfs.core.errors import BadInput, MissingExtra
 from ndfs.formats.safe.common import check_declared, nbytes_of, stream_length, voxel_dtype
 
 # filter ids built into HDF5 (1 deflate, 2 shuffle, 3 fletcher32, 4 szip, 5 n-bit, 6 scale-offset) or h5py (lzf)

@@ -17,7 +17,7 @@ from typing import BinaryIO, Sequence
 
 import numpy as np
 
-from ndfs.errors import BadInput
+from ndfs.core.errors import BadInput
 from ndfs.formats.safe.common import (
     MAX_RATIO, check_declared, read_exactly, stream_length, voxel_dtype,
 )

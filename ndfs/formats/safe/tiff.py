@@ -21,7 +21,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from ndfs.errors import BadInput
+from ndfs.core.errors import BadInput
 from ndfs.formats.safe.common import (
     MAX_RATIO, check_declared, read_exactly, shape_text, stream_length,
 )
