@@ -44,6 +44,7 @@ from ndfs.core.errors import BadInput, NdfsError, NotFound, ReadOnly, TooLarge, 
 from ndfs.formats import registry
 from ndfs.fs import views
 from ndfs.fs.ramon_dir import RamonDir, has_ramon
+from ndfs.volume import Volume
 from ndfs.fs.nodes import (AXES, SNAPSHOT_BYTES, WRITE_SLACK, BytesFile, DirNode, DynamicFile, FileNode, Node,
                             Plane, RenderedFile, TiffFile)
 from ndfs.core.geometry import Box
@@ -173,11 +174,7 @@ class Tree:
             self._notify(remote, ref)
         return token
 
-    # ---- reads and writes -------------------------------------------------------
-    def read(self, remote: str, ref: VolumeRef, box: Box, level: int) -> np.ndarray:
-        """A box as one unit: the layers below never return half of a write (see ndfs.locks)."""
-        return self.backend(remote).read(ref, box, level)
-
+    # ---- writes -------------------------------------------------------------------
     def write(self, remote: str, ref: VolumeRef, box: Box, level: int, array: np.ndarray) -> None:
         """Store voxels through the remote's backend (the one write path of the mount), then tell listeners."""
         try:
@@ -388,6 +385,11 @@ class VolumeDir(DirNode):
         self.tree, self.remote, self.ref = tree, remote, ref
         self.token, self.mtime = tree.token(remote, ref), tree.mtime(remote, ref)  # both move with every change
 
+    def volume(self, level: int) -> Volume:
+        """The channel at ``level`` as an :class:`ndfs.volume.Volume`: what every file of it reads through
+        (a read never returns half of a write, see ndfs.core.locks)."""
+        return Volume(self.tree.backend(self.remote), self.ref, level)
+
     @property
     def info(self) -> VolumeInfo:
         return self.tree.info(self.remote, self.ref)
@@ -418,11 +420,13 @@ class VolumeDir(DirNode):
 
 
 class LevelDir(DirNode):
+    """One level of a channel: its files read voxels through ``volume``, an :class:`ndfs.volume.Volume`."""
+
     def __init__(self, vol: VolumeDir, level: int):
         self.vol, self.level, self.mtime = vol, level, vol.mtime
+        self.volume = vol.volume(level)
 
     def names(self) -> list[str]:
-
         return list(AXES) + ["stack.tif", "cutout"] + views.level_names(self)
 
     def child(self, name: str) -> Node:
@@ -434,11 +438,10 @@ class LevelDir(DirNode):
         if name == "stack.tif":
             lv = v.info.level(self.level)
             layout = t.layout(v.remote, v.ref, self.level, "stack")
-            backend = t.backend(v.remote)
             plane = Plane("z")
 
             def get_rows(p: int, r0: int, r1: int) -> np.ndarray:
-                return plane.rows(backend.read(v.ref, plane.box(lv.box, lv.offset[0] + p, r0, r1), self.level))
+                return plane.rows(self.volume.read(plane.box(lv.box, lv.offset[0] + p, r0, r1)))
 
             return TiffFile(layout, get_rows, self.mtime, store=self._store_stack if v.writable else None)
 
@@ -498,7 +501,6 @@ class AxisDir(DirNode):
 
     def child(self, name: str) -> Node:
         if name.endswith(".png"):
-
             return views.axis_child(self, name)
         m = SLICE_NAME.fullmatch(name)
         if not m or int(m.group(1)) not in self._range():
@@ -509,10 +511,10 @@ class AxisDir(DirNode):
         t = v.tree
         lv = v.info.level(level)
         layout = t.layout(v.remote, v.ref, level, self.plane.axis)
-        backend, plane = t.backend(v.remote), self.plane
+        plane, volume = self.plane, self.leveldir.volume
 
         def get_rows(p: int, r0: int, r1: int) -> np.ndarray:
-            return plane.rows(backend.read(v.ref, plane.box(lv.box, index, r0, r1), level))
+            return plane.rows(volume.read(plane.box(lv.box, index, r0, r1)))
 
         whole = plane.box(lv.box, index, 0, layout.height)
 
@@ -521,9 +523,9 @@ class AxisDir(DirNode):
             t.write(v.remote, v.ref, whole, level,
                     registry.read_array(fh, "tif", fname, shape=whole.shape, dtype=v.info.dtype))
 
-        return TiffFile(layout, get_rows, self.mtime, on_open=lambda: backend.prefetch(v.ref, whole, level),
+        return TiffFile(layout, get_rows, self.mtime, on_open=lambda: volume.backend.prefetch(v.ref, whole, level),
                         store=store if v.writable else None,
-                        snapshot=lambda: plane.rows(t.read(v.remote, v.ref, whole, level)))
+                        snapshot=lambda: plane.rows(volume.read(whole)))
 
 
 class CutoutDir(DirNode):
@@ -585,7 +587,7 @@ class CutoutFile(RenderedFile):
         v, level = self.leveldir.vol, self.leveldir.level
         t = v.tree
         key = (v.remote, v.ref, level, self.box, self.fmt, v.token)
-        return t.render(key, lambda: registry.render(t.read(v.remote, v.ref, self.box, level), self.fmt,
+        return t.render(key, lambda: registry.render(self.leveldir.volume.read(self.box), self.fmt,
                                                      voxel_size_nm=v.info.level(level).voxel_size_nm,
                                                      offset=self.box.start))
 
