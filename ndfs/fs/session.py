@@ -17,7 +17,9 @@ When a written file is committed (stored in the datastore):
   A flush from another process (a child that inherited the descriptor, a
   subprocess given it), or of a file still being filled in (numpy's
   ``tofile`` closes a duplicate descriptor in the middle of tifffile's
-  write), commits nothing and is not an error. A refused commit (bad format,
+  write), commits nothing and is not an error. Nor does the flush of a
+  writer killed by a signal (the kernel closing its descriptors): its file
+  is never committed, and is kept in the outbox as failed at release. A refused commit (bad format,
   shape, dtype...) is the error of that ``close()``.
 - ``fsync`` commits what the handle holds, whatever its state; errors go to
   the caller.
@@ -86,6 +88,34 @@ class Caller:
     def of_thread(cls, tid: int) -> "Caller":
         """The caller behind a thread id (what the kernel sends with a FUSE request)."""
         return cls(None, tid)
+
+    @property
+    def killed(self) -> bool:
+        """Whether the calling thread is exiting because a signal killed its process (``kill -9``, a crash):
+        its descriptors are being closed by the kernel, not by the program. Looked up in /proc."""
+        return killed_by_signal(self.tid)
+
+
+#: PF_EXITING in a task's flags: the task is in exit
+_PF_EXITING = 0x4
+
+
+def killed_by_signal(tid: int) -> bool:
+    """True while thread ``tid`` exits because a signal ended its process (fields 9 and 52 of
+    /proc/<tid>/stat: the flags, and the exit code in waitpid's form, whose low 7 bits are the signal)."""
+    if tid <= 0:
+        return False
+    try:
+        with open(f"/proc/{tid}/stat", "rb") as fh:
+            text = fh.read()
+    except OSError:
+        return False
+    fields = text[text.rindex(b")") + 2:].split()
+    try:
+        flags, exit_code = int(fields[6]), int(fields[49])
+    except (IndexError, ValueError):
+        return False
+    return bool(flags & _PF_EXITING) and exit_code & 0x7F != 0
 
 
 def process_of(tid: int) -> int:
@@ -176,6 +206,7 @@ class WriteHandle:
         self.lock = threading.Lock()
         self.closed = False
         self.broken = False  # a write could not be spooled (a full disk): nothing will be committed
+        self.abandoned = False  # its writer was killed while it was open: nothing will be committed
 
     def _load(self) -> None:
         """Copy the current content in before the first partial change (open without O_TRUNC)."""
@@ -498,6 +529,11 @@ class FileSystem:
             log.debug("%s: flush from process %d, opened by %d: not committing", handle.path, caller.pid,
                       handle.opener)
             return
+        if caller.killed:  # the kernel closes the descriptors of a writer killed mid-write: it never finished
+            handle.abandoned = True
+            log.warning("%s: its writer (process %d) was killed before closing it; nothing of it is stored",
+                        handle.path, caller.pid)
+            return
         if not handle.complete():
             log.debug("%s: flushed before it is complete: not committing yet", handle.path)
             return
@@ -519,6 +555,8 @@ class FileSystem:
         try:
             if handle.broken:
                 log.error("%s: a write to it failed, so nothing of it is stored", handle.path)
+            elif handle.abandoned and handle.dirty:  # kept for the user, as a failed commit is
+                self._keep_failed(handle, NdfsError("its writer was killed before closing it", errno=errno.EIO))
             elif handle.dirty:  # written after the last commit (the kernel ignores release's result)
                 try:
                     self._commit(handle)
