@@ -2,7 +2,7 @@
 """Bounded soak: mixed reads and writes through a real mount with faults on, then count what was lost.
 
     python scripts/soak.py [--seconds 120] [--workers 8] [--protocol local|boss|dvid|neurodata]
-                           [--child-flushes] [--api-writer] [--levels 3]
+                           [--kill-daemon SECONDS|off] [--child-flushes] [--api-writer] [--levels 3]
                            [--fault-rate 0.1] [--fault-modes 503,drop,reset,...] [--mode sync|async]
 
 What runs (everything on 127.0.0.1 and in a temporary folder, cleaned up at the end):
@@ -33,13 +33,24 @@ What runs (everything on 127.0.0.1 and in a temporary folder, cleaned up at the 
   API (``ndfs.remote``: the store folder, or the server's URL with the soak's
   cache folder) with values of its own range, and reads planes of every
   level back, checking each is uniform;
+* ``--kill-daemon S``: every S seconds or so (at random instants) the mount's
+  daemon gets SIGKILL while the workers go on; once ``auto_unmount`` has
+  released the mount point it is mounted again. Errors of operations that
+  overlap such a dead period (ENOTCONN, ECONNABORTED, ENOENT of the empty
+  mount point...) are counted apart. On the local store, before each remount,
+  the store itself is checked as at the end (below): a write whose
+  ``close()`` returned is there, nothing is half applied, the levels agree
+  (the check's first read completes what the dead daemon left in the
+  journal, as any next reader does). A mount point still taken 20 s after a
+  kill is a failure of its own: the FUSE connection is then aborted (as
+  ``umount -f`` does) so the soak can go on.
 
 What a read may show: every write (mount or API) joins the plane's history
 when it starts and is settled when it ends. A write whose ``close()``
 succeeded is *done* and must land; one whose ``close()`` failed with EIO on a
-remote is kept in the outbox and must land too; an API write that failed
-may land, whole, or not at all; one whose open or write failed before
-``close()`` (nothing committed) must not land. A
+remote is kept in the outbox and must land too; one interrupted by a kill
+(or an API write that failed) may land, whole, or not at all; one whose
+open or write failed before ``close()`` (nothing committed) must not land. A
 plane read must hold a single value (else it is torn) that one of its writes
 may have left: a write not yet superseded when the read began (by a done
 write that began after it had ended, and is surely applied after it), or one
@@ -52,14 +63,16 @@ processes", and are no failure.
 
 At the end the mount is unmounted with ``ndfs umount`` (which waits for the
 outbox), the outbox is retried if anything is left, and every plane of the
-store must hold a value its history allows: the newest done write, or
+store (read through the store, so a write a dead daemon left in the journal
+is completed) must hold a value its history allows: the newest done write, or
 a later one that may have landed (else the plane is lost); each lower-level
 plane must equal the downsampling of the plane above it (else it is mixed
-across levels). The table shows operations, errors by errno, faults,
+across levels). The table shows operations, errors by errno, faults, kills,
 child flushes, API writes, bytes verified, and the verdict rows torn reads,
-wrong reads, planes lost and planes mixed across levels; the exit status is
-1 if any of them is non-zero or the soak itself failed (the API process
-crashing).
+wrong reads, planes lost, planes mixed across levels and mount points not
+released after a kill; the exit status is 1 if any of them is non-zero or
+the soak itself failed (the API process crashing, a mount that cannot be
+had back).
 """
 
 from __future__ import annotations
@@ -73,6 +86,7 @@ import json
 import os
 import random
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -136,7 +150,7 @@ class Write:
     start: int
     end: int | None = None
     #: pending; done (close() or the API call returned: it lands); kept (EIO at close(): the outbox has it,
-    #: it lands); maybe (an API call that failed: whole or not at all); refused (nothing
+    #: it lands); maybe (cut by a kill, or an API call that failed: whole or not at all); refused (nothing
     #: was committed: it never lands)
     status: str = "pending"
 
@@ -223,14 +237,20 @@ class History:
 
 # ---- the mount's daemon ------------------------------------------------------------------------------
 class Daemon:
-    """The mount's daemon: started with ``ndfs mount``, unmounted with ``ndfs umount``."""
+    """The mount's daemon: started with ``ndfs mount``, killed with SIGKILL, started again.
+
+    ``epoch`` moves when a kill begins and when the mount is back, so an operation can tell whether it
+    overlapped a dead period; ``up`` is set while the mount serves.
+    """
 
     def __init__(self, config: Path, mountpoint: Path, log: Path):
         self.config, self.mountpoint, self.log = config, mountpoint, log
         mountpoint.mkdir(exist_ok=True)
-        #: resolved once, before mounting: resolving a mount point asks its daemon
+        #: resolved once, before mounting: resolving a mount point asks its daemon, which may be stuck
         self.target = os.path.realpath(mountpoint)
         self.pid: int | None = None
+        self.epoch, self.kills = 0, 0
+        self.up = threading.Event()
 
     def start(self) -> None:
         from ndfs.testing.mount import ndfs
@@ -241,10 +261,70 @@ class Daemon:
         if done.returncode or m is None:
             raise RuntimeError(f"ndfs mount failed ({done.returncode}): {done.stdout}{done.stderr}")
         self.pid = int(m.group(1))
+        self.up.set()
 
     def mounted(self) -> bool:
         with open("/proc/self/mountinfo") as fh:
             return any(line.split()[4] == self.target for line in fh)
+
+    def dead_since(self, epoch: int) -> bool:
+        return epoch != self.epoch or not self.up.is_set()
+
+    def wait_up(self, deadline: float) -> None:
+        """Wait (until the soak's deadline at most) for the mount to be back."""
+        self.up.wait(max(0.0, deadline - time.monotonic()))
+
+    def kill(self, between=None) -> str | None:
+        """SIGKILL the daemon, wait for auto_unmount to release the mount point, call ``between()``,
+        mount again.
+
+        None, or what went wrong: a mount point not released (a daemon that does not die keeps it, and
+        every request in flight, forever; fusermount3 unmounts only if its own open of the mount point
+        fails with ENOTCONN); then the FUSE connection is aborted so the soak can go on, and it is
+        reported. RuntimeError if the mount cannot be had back.
+        """
+        from ndfs.testing.mount import wait_until
+
+        self.up.clear()
+        self.epoch += 1
+        pid = self.pid
+        os.kill(pid, signal.SIGKILL)
+        self.kills += 1
+        released = lambda: not self.mounted()  # noqa: E731
+        problem = None
+        if not wait_until(released, timeout=20):
+            problem = (f"the mount point was not released within 20 s of SIGKILL to the daemon (pid {pid}), "
+                       f"requests in flight hung: {stuck_threads(pid)}; {unmounters(pid)}; "
+                       "the FUSE connection was aborted")
+            self.abort()
+            if not wait_until(released, timeout=20):
+                subprocess.run(["fusermount3", "-u", "-z", str(self.mountpoint)], capture_output=True)
+                if not wait_until(released, timeout=10):
+                    raise RuntimeError(problem + ", and still the mount point was not released")
+        if between is not None:
+            between()
+        self.start()
+        self.epoch += 1
+        return problem
+
+    def abort(self) -> None:
+        """Abort the mount's FUSE connection: every request in it fails, and its daemon can die.
+
+        No process is started for it: a child would inherit the workers' descriptors of the mount
+        and hang closing them (each close is a request to the daemon that never answers).
+        """
+        if os.geteuid() == 0:  # umount2(MNT_FORCE) aborts a FUSE connection (the unmount itself may be EBUSY)
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.umount2(os.fsencode(self.target), 1)
+        with open("/proc/self/mountinfo") as fh:
+            for line in fh:
+                fields = line.split()
+                if fields[4] == self.target:
+                    abort = Path("/sys/fs/fuse/connections") / fields[2].split(":")[1] / "abort"
+                    with contextlib.suppress(OSError):  # fusectl not mounted, or not ours to write
+                        abort.write_text("1")
 
     def stop(self) -> None:
         from ndfs.testing.mount import ndfs
@@ -253,6 +333,37 @@ class Daemon:
             ndfs("umount", "--wait", "120", self.mountpoint, check=False, timeout=300)
         if self.mounted():  # a soak that failed: let go of the mount point anyway
             subprocess.run(["fusermount3", "-u", "-z", str(self.mountpoint)], capture_output=True)
+
+
+def stuck_threads(pid: int, name: str = "the daemon") -> str:
+    """Where the threads of a process that does not die are waiting in the kernel (from /proc)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return f"{name} is gone"
+    out = [f"{name} is in state {state}"]
+    for task in sorted(Path(f"/proc/{pid}/task").glob("*")):
+        with contextlib.suppress(OSError):
+            state = (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            if state == "Z":
+                continue
+            where = (task / "wchan").read_text().strip()
+            with contextlib.suppress(OSError):  # the kernel stack, for root
+                frames = [ln.split()[-1].split("+")[0] for ln in (task / "stack").read_text().splitlines()]
+                where = " < ".join(frames[:5]) or where
+            out.append(f"thread {task.name} ({state}) in {where}")
+    return "; ".join(out)
+
+
+def unmounters(daemon: int) -> str:
+    """Where the daemon's fusermount3 (auto_unmount's helper, its child) is waiting."""
+    out = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):  # (stat, not cmdline: reading a command line can block)
+            name, _, rest = (proc / "stat").read_text().partition(" (")[2].rpartition(")")
+            if name == "fusermount3" and int(rest.split()[1]) == daemon:
+                out.append(stuck_threads(int(proc.name), f"fusermount3 (pid {proc.name})"))
+    return "; ".join(out) or "no fusermount3 left"
 
 
 # ---- the second writer: a Python process --------------------------------------------------------------
@@ -409,6 +520,7 @@ def run(args) -> int:
     failures: list[str] = []  # the soak itself could not go on as planned
     counts = collections.Counter()  # planes lost / mixed across levels, at the store checks
     notes: list[str] = []  # what the store checks found
+    stuck: list[str] = []  # kills after which the mount point stayed taken
     lock = threading.Lock()
     injected: dict[str, int] = {}
     pixels = tifffile.TiffFile(io.BytesIO(tiff_bytes(np.ones(SHAPE[1:], np.uint8)))).pages[0].dataoffsets[0]
@@ -440,11 +552,17 @@ def run(args) -> int:
         deadline = time.monotonic() + args.seconds
         owned = {w: [z for z in range(SHAPE[0]) if z % args.workers == w] for w in range(args.workers)}
 
-        def failed(op: str, exc: OSError) -> None:
+        def failed(op: str, exc: OSError, epoch: int) -> None:
+            name = errno.errorcode.get(exc.errno, exc.errno)
             with lock:
-                errors[f"{op} {errno.errorcode.get(exc.errno, exc.errno)}"] += 1
+                if daemon.dead_since(epoch):
+                    errors[f"{op} {name} (daemon killed)"] += 1
+                else:
+                    errors[f"{op} {name}"] += 1
+            if daemon.dead_since(epoch):
+                daemon.wait_up(deadline)  # the mount is coming back: no point hammering the empty mount point
 
-        def check_read(level: int, axis: str, i: int, what: str = "") -> None:
+        def check_read(level: int, axis: str, i: int, epoch: int, what: str = "") -> None:
             """Read one plane file through the mount and check it against the history; OSError goes up."""
             mark = history.mark()
             with lock:
@@ -455,10 +573,10 @@ def run(args) -> int:
                 plane = np.zeros((0,), np.uint8)
             with lock:  # odd count, or moved: a writer had the file open meanwhile
                 rewritten = axis == "z" and level == 0 and (before % 2 or rewrites[i] != before)
-            if plane.size == 0 and rewritten:
-                # opened while its writer had just truncated it: short, as on a local disk
+            if plane.size == 0 and (rewritten or daemon.dead_since(epoch)):
+                # opened while its writer had just truncated it (short, as on a local disk), or cut by a kill
                 with lock:
-                    stats["short reads of a file being rewritten"] += 1
+                    stats["short reads of a file being rewritten" if rewritten else "reads cut by a kill"] += 1
                 return
             name = f"{level}/{axis}/{i}.tif{what}"
             rows = [(i, plane)] if axis == "z" else list(enumerate(plane))  # a y or x plane: a row per z-plane
@@ -501,7 +619,14 @@ def run(args) -> int:
                         notes.append(f"{when}: level {level} plane {z} is not the downsampling of level {level - 1}")
             stats["store checks"] += 1
 
-        def from_child(fd: int, rng: random.Random) -> None:
+        def after_kill() -> None:
+            """Local store, while the mount is down: a write whose close() returned is in the store, nothing
+            is half applied, the levels agree. (A remote service may hold part of a post the dead daemon
+            made: its outbox posts it whole again once mounted, so there only the end is checked.)"""
+            mark = history.mark()
+            check_store(lambda z: history.allowed(mark, z), f"after kill {daemon.kills}")
+
+        def from_child(fd: int, rng: random.Random, epoch: int) -> None:
             """Another process closes a duplicate of the descriptor: a forked child exiting, or a program given it."""
             if rng.random() < 0.5:
                 pid = os.fork()
@@ -510,24 +635,29 @@ def run(args) -> int:
                 os.waitpid(pid, 0)
             else:
                 done = subprocess.run([sys.executable, "-I", "-S", "-c", CLOSE, str(fd)], pass_fds=[fd])
-                if done.returncode:
+                if done.returncode and daemon.dead_since(epoch):  # its close() failed: the daemon was killed
+                    with lock:
+                        errors[f"child close {errno.errorcode.get(done.returncode, done.returncode)} "
+                               "(daemon killed)"] += 1
+                elif done.returncode:
                     failures.append(f"the child closing a descriptor exited with status {done.returncode}")
             with lock:
                 stats["child flushes"] += 1
 
-        def peek(z: int) -> None:
+        def peek(z: int, epoch: int) -> None:
             """Read plane z from another thread (not the writer's): a child's flush must have committed nothing."""
             def read():
                 try:
-                    check_read(0, "z", z, " (after a child's flush)")
+                    check_read(0, "z", z, epoch, " (after a child's flush)")
                 except OSError as exc:
-                    failed("read", exc)
+                    failed("read", exc, epoch)
             t = threading.Thread(target=read)
             t.start()
             t.join()
 
         def write_plane(z: int, rng: random.Random) -> None:
             value = rng.randint(*MOUNT_VALUES)
+            epoch = daemon.epoch
             with lock:
                 rewrites[z] += 1
             w = history.begin(z, value, "mount")
@@ -541,8 +671,8 @@ def run(args) -> int:
                         if child:  # whole by its structure, but only half the rows written: the rest zero
                             half = pixels + (len(data) - pixels) // 2
                             put(fh, data[:half] + bytes(len(data) - half))
-                            from_child(fh.fileno(), rng)
-                            peek(z)
+                            from_child(fh.fileno(), rng, epoch)
+                            peek(z, epoch)
                             fh.seek(half)
                             put(fh, data[half:])
                         else:
@@ -552,12 +682,15 @@ def run(args) -> int:
                             fh.close()  # a partial file is never committed
                         raise
                 except OSError as exc:
-                    failed(f"write{' (child flush)' if child else ''} before close (nothing committed)", exc)
+                    failed(f"write{' (child flush)' if child else ''} before close (nothing committed)", exc, epoch)
                     return
                 try:  # close commits the plane
                     fh.close()
                 except OSError as exc:
-                    if exc.errno == errno.EIO:
+                    if daemon.dead_since(epoch):
+                        status = "maybe"  # the daemon died in the commit: whole or not at all
+                        failed("write at close", exc, epoch)
+                    elif exc.errno == errno.EIO:
                         status = "maybe" if local else "kept"  # kept in the journal / the outbox
                         with lock:
                             errors[f"write EIO at close ({'kept in the journal' if local else 'kept in outbox'})"] += 1
@@ -577,16 +710,20 @@ def run(args) -> int:
         def worker(w: int) -> None:
             rng = random.Random(args.seed * 1000 + w)
             while time.monotonic() < deadline:
+                if not daemon.up.is_set():
+                    daemon.wait_up(deadline)
+                    continue
                 if rng.random() < 0.35 and owned[w]:
                     write_plane(rng.choice(owned[w]), rng)
                     continue
                 level = rng.choice(levels)
                 axis = rng.choice("zyx")
                 i = rng.randrange(shapes[level]["zyx".index(axis)])
+                epoch = daemon.epoch
                 try:
-                    check_read(level, axis, i)
+                    check_read(level, axis, i, epoch)
                 except OSError as exc:
-                    failed("read", exc)
+                    failed("read", exc, epoch)
 
         def outages() -> None:
             rng = random.Random(args.seed)
@@ -596,6 +733,22 @@ def run(args) -> int:
                 stats["outages"] += 1
                 time.sleep(1.0)
                 switch.down = False
+
+        def killer() -> None:
+            rng = random.Random(args.seed + 17)
+            while True:
+                pause = rng.uniform(0.3, 1.7) * args.kill_daemon
+                if time.monotonic() + pause > deadline - 1:
+                    return
+                time.sleep(pause)
+                try:
+                    problem = daemon.kill(between=after_kill if local else None)
+                except RuntimeError as exc:  # the mount could not be had back
+                    failures.append(str(exc))
+                    return
+                if problem:
+                    with lock:
+                        stuck.append(problem)
 
         api = None
         if args.api_writer:
@@ -609,6 +762,8 @@ def run(args) -> int:
         threads = [threading.Thread(target=worker, args=(w,)) for w in range(args.workers)]
         if switch is not None and args.outages:
             threads.append(threading.Thread(target=outages))
+        if args.kill_daemon:
+            threads.append(threading.Thread(target=killer))
         for t in threads:
             t.start()
         for t in threads:
@@ -617,6 +772,8 @@ def run(args) -> int:
             problem = api.join()
             if problem:
                 failures.append(problem)
+        if not daemon.up.is_set():
+            failures.append("the mount was not back after the last kill")
         if server is not None:
             switch.down = False
             injected = dict(server.faults.injected)
@@ -644,6 +801,7 @@ def run(args) -> int:
         errors.update({"API read errors": api.result["read errors"]} if api.result["read errors"] else {})
         errors.update(api.failures)
     stats["API writes"] = 0 if api is None else api.writes
+    stats["daemon kills"] = daemon.kills
     stats["child flushes"] += 0  # a row also when there were none
     spool = work / "outbox" / "spool"
     stats["spool files left"] = len(list(spool.iterdir())) if spool.exists() else 0
@@ -652,18 +810,20 @@ def run(args) -> int:
     rows = [("protocol", args.protocol), ("seconds", args.seconds), ("workers", args.workers),
             ("levels", len(shapes)), ("levels shown by the mount", len(levels)),
             *([] if local else [("fault rate", args.fault_rate), ("write-back mode", args.mode)]),
+            ("kill the daemon every (s)", args.kill_daemon or "off"),
             *[(f"faults injected: {m}", n) for m, n in sorted(injected.items())], *sorted(stats.items()),
             *sorted(errors.items()),
             ("operations", stats["reads"] + stats["writes"] + sum(v for k, v in errors.items() if "API" not in k)),
             ("errors returned", sum(v for k, v in errors.items() if "API" not in k)),
             *([] if local else [("torn reads across processes (remote)", len(across))]),
             ("torn reads (API process)", api_torn), ("torn reads", len(torn)), ("wrong reads", len(wrong)),
-            ("planes lost", lost), ("planes mixed across levels", mixed)]
+            ("planes lost", lost), ("planes mixed across levels", mixed),
+            ("mount points not released after a kill", len(stuck))]
     width = max(len(str(k)) for k, _ in rows)
     print(f"\n{'ndfs soak':<{width}}  value")
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
-    for p in (torn[:10] + wrong[:10] + notes[:10] + failures):
+    for p in (torn[:10] + wrong[:10] + notes[:10] + stuck[:3] + failures):
         print("  problem:", p)
     for p in across[:5]:
         print("  across processes (a remote service has no lock that processes share):", p)
@@ -673,13 +833,25 @@ def run(args) -> int:
         import shutil
 
         shutil.rmtree(work, ignore_errors=True)
-    return 1 if lost or mixed or torn or wrong or failures else 0
+    return 1 if lost or mixed or torn or wrong or stuck or failures else 0
 
 
 def put(fh, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[fh.write(view):]
+
+
+def _interval(text: str) -> float | None:
+    if text == "off":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"not a positive number of seconds or 'off': {text!r}")
+    return value
 
 
 def main(argv=None) -> int:
@@ -690,6 +862,9 @@ def main(argv=None) -> int:
     p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="boss",
                    help="what to mount: the local store itself, or a server of that protocol (default boss)")
     p.add_argument("--levels", type=int, default=3, help="levels of the volume (default 3)")
+    p.add_argument("--kill-daemon", metavar="SECONDS|off", type=_interval, nargs="?", const=3.0, default=None,
+                   help="SIGKILL the mount's daemon about every SECONDS (3 if not given) and mount again "
+                        "(default off)")
     p.add_argument("--child-flushes", action=argparse.BooleanOptionalAction, default=True,
                    help="have other processes close a third of the written files' descriptors mid-write "
                         "(default on)")
