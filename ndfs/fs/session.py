@@ -49,7 +49,6 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from ndfs.core.errors import NdfsError, NotFound, ReadOnly, TooLarge, disk_error
 from ndfs.fs.tree import FileNode, Node, Tree
@@ -316,17 +315,15 @@ class FileSystem:
 
     ``spool_dir`` holds written files until they are committed (default: the temp directory);
     ``journal`` (an :class:`ndfs.journal.Journal`, the outbox) keeps files whose commit at release
-    failed; ``evict(paths)`` asks the kernel to drop its cached pages of those paths (the FUSE
-    adapter gives it; it must not block on the calling request).
+    failed.
     """
 
     def __init__(self, tree: Tree, *, spool_dir: str | os.PathLike | None = None, journal=None,
-                 entry_timeout_s: float = 60.0, evict: Callable[[list[str]], None] | None = None):
+                 entry_timeout_s: float = 60.0):
         self.tree = tree
         self.spool_dir = None if spool_dir is None else str(spool_dir)
         self.journal = journal
         self.entry_timeout_s = entry_timeout_s
-        self.evict = evict
         self.uid, self.gid = os.getuid(), os.getgid()
         self.handles: dict[int, object] = {}
         self._next = itertools.count(1)
@@ -336,21 +333,8 @@ class FileSystem:
         self._writers: dict[str, WriteHandle] = {}  # path -> latest handle writing it (for stat by path)
         self._hidden: dict[str, float] = {}  # removed views -> until when they read as absent
         self._created: dict[str, float] = {}  # made by create() -> until when the kernel may reuse the name
-        self._local = threading.local()
         if self.spool_dir is not None and (n := Spool.clean(self.spool_dir)):
             log.info("removed %d spool file(s) left by processes that are gone", n)
-        tree.listeners.append(self._volume_changed)
-
-    # ---- kernel page cache ------------------------------------------------------
-    def _volume_changed(self, remote: str, ref) -> None:
-        """A volume's token moved: have the kernel drop its pages of every file of it we handed out."""
-        if self.evict is None:
-            return
-        prefix = "/" + "/".join((remote, *ref)) + "/"
-        own = getattr(self._local, "path", None)
-        with self._lock:
-            paths = [p for p in self._seen if p.startswith(prefix) and p != own]
-        self.evict(paths)
 
     # ---- handles --------------------------------------------------------------------
     def _handle(self, fh: int):
@@ -425,7 +409,6 @@ class FileSystem:
         _check_name(path)
         caller = caller or Caller.here()
         self._check_hidden(path)
-        self._local.path = path  # a change found while opening evicts pages of the other files
         try:
             node, volume = self.tree.locate(path, fresh=True)
         except NotFound:
@@ -434,8 +417,6 @@ class FileSystem:
             if self._recently_created(path) and flags & WRITE_FLAGS:
                 return self.create(path, 0o644, flags, caller)
             raise
-        finally:
-            self._local.path = None
         if node.is_dir:
             raise NdfsError(f"{path} is a folder", errno=errno.EISDIR)
         if flags & WRITE_FLAGS:
@@ -446,14 +427,10 @@ class FileSystem:
                 self._truncated.discard(path)
             handle = WriteHandle(node, path, truncate, self.spool_dir, caller)
             return Opened(self._new_handle(handle, path), direct_io=True)
-        self._local.path = path
-        try:
-            handle = node.open()  # plane files read their snapshot here
-            # the token after the snapshot: if it moved meanwhile, the snapshot may be of a newer version than
-            # the pages other handles put in the page cache, so the volume goes past the page cache from now on
-            token = None if volume is None else self.tree.refresh(*volume)
-        finally:
-            self._local.path = None
+        handle = node.open()  # plane files read their snapshot here
+        # the token after the snapshot: if it moved meanwhile, the snapshot may be of a newer version than
+        # the pages other handles put in the page cache, so the volume goes past the page cache from now on
+        token = None if volume is None else self.tree.refresh(*volume)
         with self._lock:
             if len(self._seen) > 1_000_000:
                 self._seen.clear()
@@ -494,9 +471,17 @@ class FileSystem:
             raise NdfsError("the file was not opened for writing", errno=errno.EBADF)
         return handle.write(data, offset)
 
-    def truncate(self, path: str, length: int, fh: int | None = None) -> None:
+    def truncate(self, path: str, length: int, fh: int | None = None, caller: Caller | None = None) -> None:
+        """Truncate an open file (``fh``, or the caller's own write handle of ``path``: the FUSE binding
+        drops the handle of an ``ftruncate``) or, with none, empty ``path`` for its next open."""
         _check_name(path)
-        if fh is not None:
+        if fh is None:
+            with self._lock:
+                mine = self._writers.get(path)
+            if mine is not None and _same_process((caller or Caller.here()).pid, mine.opener):
+                mine.truncate(length)
+                return
+        else:
             handle = self._handle(fh)
             if isinstance(handle, WriteHandle):
                 handle.truncate(length)
@@ -513,11 +498,7 @@ class FileSystem:
 
     # ---- commits ------------------------------------------------------------------------------
     def _commit(self, handle: WriteHandle) -> bool:
-        self._local.path = handle.path
-        try:
-            return handle.commit()
-        finally:
-            self._local.path = None
+        return handle.commit()
 
     def flush(self, fh: int, caller: Caller | None = None) -> None:
         """A ``close()`` of one descriptor: commit if it is the opener's and the file is complete."""
@@ -564,8 +545,6 @@ class FileSystem:
                     self._keep_failed(handle, exc)
         finally:
             handle.close()
-            if self.evict is not None:  # its own pages: safe to evict now that the handle is gone
-                self.evict([handle.path])
 
     def _keep_failed(self, handle: WriteHandle, exc: Exception) -> None:
         """A commit at release failed: nobody can be told but the log and ``ndfs outbox``."""
