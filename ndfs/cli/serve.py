@@ -18,7 +18,7 @@ from ndfs.core.units import parse_size, positive_size
 from ndfs.core.errors import NdfsError
 from ndfs.serve.limits import DEFAULT_REQUEST_MEMORY, DEFAULT_SCAN_BYTES, Limits
 
-PROTOCOLS = ("boss", "dvid", "neurodata", "precomputed")
+PROTOCOLS = ("boss", "dvid", "neurodata", "precomputed", "zarr")
 
 
 def add_serve_parser(subparsers) -> None:
@@ -33,7 +33,9 @@ def add_serve_parser(subparsers) -> None:
                     "locks, key-value data and instances created by clients are kept in memory only and "
                     "are lost when the server stops. NeuroData (ndio): each top-level folder is a token whose "
                     "volumes are its channels, with RAMON objects of annotation channels. Precomputed: each volume "
-                    "is a neuroglancer layer at its path (info, chunks, meshes of labels, segment properties). The viewer protocols are read-only "
+                    "is a neuroglancer layer at its path (info, chunks, meshes of labels, segment properties). Zarr: "
+                    "each volume is an OME-Zarr image at its path (0.4 on zarr v2 and 0.5 on zarr v3 side by side), "
+                    "with the annotation channels of its folder under labels/. The viewer protocols are read-only "
                     "and answer browsers (CORS, ranges). Stop with Ctrl-C.")
     s.add_argument("--protocol", choices=PROTOCOLS, required=True, help="protocol to speak")
     source = s.add_mutually_exclusive_group()
@@ -195,14 +197,18 @@ def cmd_serve(args) -> int:
         _viewer_meshes(args)
         app = PrecomputedApp(backend, tokens=args.token, budget=work["budget"], max_scan_bytes=args.max_scan_bytes,
                              mesh_level_index=args.mesh_level)
+    elif args.protocol == "zarr":
+        from ndfs.serve.zarr import ZarrApp
+
+        app = ZarrApp(backend, tokens=args.token, budget=work["budget"])
     else:  # pragma: no cover - argparse limits the choices
         raise NdfsError(f"unknown protocol {args.protocol}")
     server = WsgiServer(app, args.host, args.port, options=options, threads=args.threads, limits=limits)
     if not args.token and not _loopback(args.host):
-        what_they_can = "read" if args.protocol in ("precomputed",) else "read and write"
+        what_they_can = "read" if args.protocol in ("precomputed", "zarr") else "read and write"
         print(f"ndfs serve: warning: no --token given, so anyone who reaches {args.host} can {what_they_can} "
               "this store", file=sys.stderr)
-    api = {"dvid": "/api/", "neurodata": "/ocp/ca/", "precomputed": "/"}.get(args.protocol, "/v1/")
+    api = {"dvid": "/api/", "neurodata": "/ocp/ca/", "precomputed": "/", "zarr": "/"}.get(args.protocol, "/v1/")
     signal.signal(signal.SIGTERM, lambda *_: server.stop())  # before the start line: a client may stop it at once
     print(f"ndfs serve: {args.protocol} protocol for {what} at {server.url}{api} (Ctrl-C stops)", flush=True)
     try:
