@@ -1,6 +1,8 @@
 """OME-Zarr: ``ndfs serve --protocol zarr`` and the mount's ``<channel>.ome.zarr/`` folders, read by tensorstore,
 zarr-python and ome-zarr-py equal to the store, each fetching only the chunks it touches."""
 
+import json
+import os
 
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ import requests
 from ndfs.core.geometry import Box
 from ndfs.serve.common import WsgiServer
 from ndfs.serve.zarr import ZarrApp
+from ndfs.testing.mount import fuse_unavailable, mounted
 from ndfs.testing.serve import served
 from ndfs.tools.demo import make_demo
 
@@ -118,3 +121,61 @@ def test_the_cli_serves_zarr(store):
     with served("zarr", store[0] / "store") as srv:
         meta = requests.get(f"{srv.url}/demo/em/0/.zarray").json()
         assert meta["compressor"] is None and meta["chunks"] == list(CHUNK) and meta["dimension_separator"] == "/"
+
+
+# ---- the mount ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def mnt(store):
+    why = fuse_unavailable()
+    if why:
+        pytest.skip(why)
+    root = store[0]
+    (root / "ndfs.toml").write_text('[remotes.local]\nkind = "local"\npath = "store"\n')
+    with mounted(root / "ndfs.toml", root / "mnt"):
+        yield root / "mnt"
+
+
+def served_reads(mnt) -> int:
+    return json.loads((mnt / ".ndfs" / "stats.json").read_text())["local"]["served"]["reads"]
+
+
+def test_the_mount_lists_ome_zarr_folders_with_exact_sizes_and_reads_nothing_to_list_them(mnt, store):
+    demo = mnt / "local" / "demo"
+    before = served_reads(mnt)
+    assert sorted(os.listdir(demo)) == ["cells", "cells.ome.zarr", "em", "em.ome.zarr"]
+    folder = demo / "em.ome.zarr"
+    assert sorted(os.listdir(folder)) == [".zattrs", ".zgroup", "0", "1", "2", "3", "labels", "zarr.json"]
+    assert sorted(os.listdir(folder / "0")) == [".zarray", "0", "1", "2", "c", "zarr.json"]
+    sizes = {os.stat(folder / "0" / "2" / "1" / x).st_size for x in os.listdir(folder / "0" / "2" / "1")}
+    assert sizes == {int(np.prod(CHUNK))}  # edge chunks too: full-size, uncompressed
+    assert os.stat(folder / "labels" / "cells" / "0" / "c" / "0" / "0" / "0").st_size == int(np.prod(CHUNK)) * 8
+    assert served_reads(mnt) == before
+    with pytest.raises(OSError):
+        (folder / "0" / "c" / "0" / "0" / "0").write_bytes(b"x")
+
+
+def test_readers_open_the_mounts_ome_zarr_equal_to_the_store_fetching_only_what_they_touch(mnt, store):
+    backend = store[1]
+    folder = mnt / "local" / "demo" / "em.ome.zarr"
+    z, y, x = slice(10, 20), slice(100, 150), slice(0, 60)
+    want = backend.read(EM, Box((10, 100, 0), (20, 150, 60)), 0)
+    for fmt in (2, 3):
+        group = zarr.open_group(str(folder), mode="r", zarr_format=fmt)
+        before = served_reads(mnt)
+        np.testing.assert_array_equal(group["0"][z, y, x], want)
+        assert served_reads(mnt) - before == chunks_touched(z, y, x) == 4
+        np.testing.assert_array_equal(group["labels"]["cells"]["2"][:], whole(backend, CELLS, 2))
+    arr = ts.open({"driver": "zarr3", "kvstore": f"file://{folder}/1/"}).result()
+    before = served_reads(mnt)
+    np.testing.assert_array_equal(arr[0:16, 0:100, 0:116].read().result(),
+                                  backend.read(EM, Box((0, 0, 0), (16, 100, 116)), 1))
+    assert served_reads(mnt) - before == 1  # level 1 is 100 x 116: one chunk in y and x
+    pytest.importorskip("ome_zarr")
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Label, Reader
+
+    nodes = list(Reader(parse_url(str(folder)))())
+    assert len(nodes[0].data) == 4
+    np.testing.assert_array_equal(np.asarray(nodes[0].data[3]), whole(backend, EM, 3))
+    label = [n for n in nodes if any(isinstance(s, Label) for s in n.specs)][0]
+    np.testing.assert_array_equal(np.asarray(label.data[1]), whole(backend, CELLS, 1))
