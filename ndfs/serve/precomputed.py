@@ -36,7 +36,8 @@ keeps RAMON objects), at most ``MAX_LIST_ITEMS``.
 HTTP is that of :class:`ndfs.serve.browser.FileTreeApp` (CORS, preflight,
 ranges, HEAD, gzip as Content-Encoding only, tokens); chunks hold the memory
 budget while they are made and sent; the index scan is bounded by
-``max_scan_bytes``. Read-only. Thread-safe.
+``max_scan_bytes``. ``volumes`` limits what is served to those volumes
+(``ndfs view`` serves only the channels it shows). Read-only. Thread-safe.
 """
 
 from __future__ import annotations
@@ -142,9 +143,11 @@ class PrecomputedApp(FileTreeApp):
 
     def __init__(self, backend: Backend, tokens=None, *, budget: MemoryBudget | None = None,
                  max_scan_bytes: int = DEFAULT_SCAN_BYTES, mesh_level_bytes: int = MESH_LEVEL_BYTES,
-                 mesh_level_index: int | None = None, mesh_cache=None):
+                 mesh_level_index: int | None = None, mesh_cache=None, volumes=None):
         super().__init__(tokens, budget=budget)
         self.backend = backend
+        #: the only volumes served (None: every volume of the store)
+        self.volumes = None if volumes is None else {tuple(v) for v in volumes}
         self.max_scan_bytes = int(max_scan_bytes)
         self.mesh_level_bytes = int(mesh_level_bytes)
         self.mesh_level_index = mesh_level_index
@@ -171,9 +174,12 @@ class PrecomputedApp(FileTreeApp):
         """(the volume a path is in, the rest of the path); NotFound when it is in none."""
         parts = [p for p in path.split("/") if p]
         for i in range(1, len(parts) + 1):
-            if self._is_volume(tuple(parts[:i])):
+            if self.volumes is not None:
+                if tuple(parts[:i]) in self.volumes:
+                    return tuple(parts[:i]), parts[i:]
+            elif self._is_volume(tuple(parts[:i])):
                 return tuple(parts[:i]), parts[i:]
-        raise NotFound(f"/{path} is not inside a volume of this store")
+        raise NotFound(f"/{path} is not inside a volume {'served here' if self.volumes is not None else 'of this store'}")
 
     def mesh_level(self, info: VolumeInfo) -> int:
         if self.mesh_level_index is not None:
