@@ -124,6 +124,8 @@ def test_meshes_are_made_once_and_again_after_a_write(store, tmp_path):
             assert grown != first and cache.misses == 2 and app.index.scans == 2
         finally:
             backend.write(CELLS, box, 0, old)
+        back = requests.get(f"{srv.url}/demo/cells/mesh/{label}:0:0").content
+        assert back == first and cache.misses == 2  # the same voxels again: the mesh kept for them
 
 
 def test_segment_properties_name_type_and_tag_the_ramon_objects(server, store):

@@ -28,8 +28,10 @@ from its bounding box there, which one scan of that level finds for every
 label at once (:class:`ndfs.serve.segments.LabelIndex`, again after each
 write). Vertices are in nanometres, the voxel ``[i, i+1)`` spanning ``i *
 resolution`` to ``(i + 1) * resolution``. Meshes are kept by
-:data:`ndfs.tools.mesh.mesh_cache` (memory, and the configured disk tier). An
-id without voxels at the mesh level has no manifest (404).
+:data:`ndfs.tools.mesh.mesh_cache` (memory, and the configured disk tier),
+keyed by the content of the object's mask, which each fragment request reads
+(so no write can leave an old mesh served). An id without voxels at the mesh
+level has no manifest (404).
 ``segment_properties`` lists every RAMON object of the channel (a store that
 keeps RAMON objects), at most ``MAX_LIST_ITEMS``.
 
@@ -235,17 +237,18 @@ class PrecomputedApp(FileTreeApp):
         return self._fragment(ref, info, label, level)
 
     def _fragment(self, ref, info: VolumeInfo, label: int, level: int) -> Answer:
-        from ndfs.tools.mesh import cached_mesh, mesh_cache
-        from ndfs.volume import Volume
+        from ndfs.tools.mesh import mesh_cache
 
         box = self.index.box(self.backend, ref, label, level)
         nbytes = box.size * info.dtype.itemsize
         if nbytes > self.max_scan_bytes:
             raise RequestRefused(413, f"the mesh of label {label} would read {nbytes} bytes of labels, more than "
                                       f"this server's limit of {self.max_scan_bytes}")
+        cache = self.mesh_cache if self.mesh_cache is not None else mesh_cache
         with self.hold(2 * nbytes, f"the mesh of {label}"):  # the labels read and the object's mask
-            mesh = cached_mesh(Volume(self.backend, ref, level), label, box,
-                               cache=self.mesh_cache if self.mesh_cache is not None else mesh_cache)
+            mask = self.backend.read(ref, box, level) == label
+            # keyed by the mask's content (memory and disk): a write anywhere can never serve an old mesh
+            mesh = cache.mesh_of_mask(mask, box.start, info.level(level).voxel_size_nm, label=label)
         return Answer(legacy_fragment(mesh.vertices, mesh.faces), "application/octet-stream")
 
     # ---- segment properties ----------------------------------------------------------
