@@ -43,7 +43,7 @@ import numpy as np
 from ndfs.stores.base import Backend, KeyValueStore, VolumeRef
 from ndfs.core.errors import BadInput, NdfsError, NotFound, ReadOnly, TooLarge, disk_error
 from ndfs.formats import registry
-from ndfs.fs import views
+from ndfs.fs import omezarr, views
 from ndfs.fs.ramon_dir import RamonDir, has_ramon
 from ndfs.volume import Volume
 from ndfs.fs.nodes import (AXES, SNAPSHOT_BYTES, WRITE_SLACK, BytesFile, DirNode, DynamicFile, FileNode, Node,
@@ -326,8 +326,9 @@ class FolderDir(DirNode):
 
     def names(self) -> list[str]:
         backend = self.tree.backend(self.remote)
-        return self.tree._memoised(("children", self.remote, self.path),
-                                   lambda: backend.children(self.path), self.tree.ttl_s)
+        names = self.tree._memoised(("children", self.remote, self.path),
+                                    lambda: backend.children(self.path), self.tree.ttl_s)
+        return names + omezarr.extra_names(self, names)  # <channel>.ome.zarr beside each channel
 
     @property
     def writable(self) -> bool:
@@ -338,6 +339,9 @@ class FolderDir(DirNode):
     def child(self, name: str) -> Node:
         path = self.path + (name,)
         backend = self.tree.backend(self.remote)
+        found = omezarr.child(self, name)
+        if found is not None:
+            return found
         if isinstance(backend, KeyValueStore) and self.tree._memoised(
                 ("is_file", self.remote, path), lambda: backend.is_file(path), self.tree.ttl_s):
             return BlobFile(self.tree, self.remote, path)
