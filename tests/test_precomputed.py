@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import requests
 
-from ndfs import ramon
 from ndfs.core.geometry import Box
 from ndfs.serve.common import WsgiServer
 from ndfs.serve.limits import MemoryBudget

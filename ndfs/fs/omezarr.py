@@ -12,8 +12,8 @@ ome-zarr-py, tensorstore, napari and Fiji's N5/Zarr importer fetch only the
 chunks they touch.
 
 The folder is read-only (``EROFS``) and its files are served past the kernel's
-page cache (each open reads the chunk as the store has it now), since they
-sit outside the channel folder whose pages a write evicts.
+page cache (each open reads the chunk as the store has it now), so a write
+to the channel shows in them at once.
 
 Hooked into :mod:`ndfs.fs.tree` by ``FolderDir``: :func:`extra_names` adds
 the names to a folder's listing, :func:`child` resolves them. Thread-safe.
