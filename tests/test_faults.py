@@ -36,6 +36,7 @@ garbled LZ4 label bodies; NeuroData's zlib stream has a checksum.
 
 import errno
 import json
+import fcntl
 import os
 import shutil
 import subprocess
@@ -412,6 +413,24 @@ def test_sync_writes_after_a_failed_one_post_in_order(outbox_site):
             assert inner.log == [first, first, second], f"round {round_}: posted {inner.log}"
             assert (LocalBackend(inner.root).read(("p", "v"), PLANE, 0) == second).all()
             assert not ob.pending()
+    finally:
+        ob.close()
+
+
+def test_a_sync_writer_waits_out_another_writer_finishing_an_older_entrys_file(outbox_site):
+    """Another process's writer holds its entry's file locked for a moment after naming it (its temporary
+    file's lock); a sync writer posting that older entry first waits that moment out instead of failing."""
+    inner, box = outbox_site
+    ob = OutboxBackend(inner, box, "r", "local:test", mode="sync", retry_min_s=30.0)
+    try:
+        older = Outbox(box.root).put("r", "local:test", ("p", "v"), 0, PLANE, np.full(PLANE.shape, 1, np.uint8))
+        meta = os.open(box.root / f"{older.id}.json", os.O_RDONLY)
+        fcntl.flock(meta, fcntl.LOCK_EX)  # the other writer, between its rename and its close
+        threading.Timer(0.5, os.close, (meta,)).start()
+        ob.write(("p", "v"), PLANE, 0, np.full(PLANE.shape, 2, np.uint8))
+        assert inner.log == [1, 2], f"posted {inner.log}"
+        assert (LocalBackend(inner.root).read(("p", "v"), PLANE, 0) == 2).all()
+        assert not ob.pending() and not box.entries()
     finally:
         ob.close()
 

@@ -163,7 +163,9 @@ class JournaledStore(WrappingBackend):
 
     def _post(self, entry: Entry) -> NdfsError | None:
         """Post one entry (caller holds its volume's writer mutex). None on success or if it is gone."""
-        with self.journal.claim(entry) as mine:
+        # every poster holds the writer mutex, so a claim held here is only the entry's writer finishing
+        # its file: wait for it rather than fail the post
+        with self.journal.claim(entry, wait=True) as mine:
             if not mine:
                 if not self.journal.exists(entry):
                     with self._cond:

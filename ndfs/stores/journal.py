@@ -278,8 +278,14 @@ class Journal:
         return existed
 
     @contextmanager
-    def claim(self, entry: Entry) -> Iterator[bool]:
-        """Exclusive right to apply an entry: yields False if another process holds it or it is gone."""
+    def claim(self, entry: Entry, wait: bool = False) -> Iterator[bool]:
+        """Exclusive right to apply an entry: yields False if it is gone, or (without ``wait``) if another
+        process holds it.
+
+        The writer of an entry's file holds the same lock for a moment after the file gets its name (its
+        temporary file's lock, released when it is closed); a caller that knows no other applier can
+        hold the entry (the outbox's posters all hold the volume's writer mutex) waits that moment out.
+        """
         _, meta = self._paths(entry)
         try:
             fd = os.open(meta, os.O_RDONLY | os.O_CLOEXEC)
@@ -288,7 +294,7 @@ class Journal:
             return
         try:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 yield False
                 return
