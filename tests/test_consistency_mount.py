@@ -25,7 +25,7 @@ from ndfs.serve.boss import BossApp
 from ndfs.serve.common import WsgiServer
 from ndfs.serve.dvid import DvidApp
 from ndfs.stores.local import LocalBackend
-from ndfs.testing.mount import fuse_unavailable, mounted, wait_until
+from ndfs.testing.mount import fuse_unavailable, mounted, ndfs, wait_until
 
 pytestmark = pytest.mark.skipif(fuse_unavailable() is not None, reason=str(fuse_unavailable()))
 
@@ -204,6 +204,12 @@ def test_a_writable_boss_channel_shows_what_intern_wrote_once_its_max_age_window
         assert volumes["public"]["policy"] == "kept"  # read-only and anonymous: cached until written through ndfs
         np.testing.assert_array_equal(tifffile.imread(mnt / "public" / "coll" / "exp" / "em" / "0" / "z" / "5.tif"),
                                       data[5])
+        report = ndfs("--config", config, "cache", "info", "--mount", mnt).stdout
+        rows = {tuple(line.split()[:4]) for line in report.splitlines()}
+        assert ("REMOTE", "VOLUME", "FRESHNESS", "MAX") in rows
+        assert {("boss", "coll/exp/em", "max-age", "4"), ("writer", "coll/exp/em", "max-age", "60"),
+                ("public", "coll/exp/em", "kept", "-")} <= rows
+        assert "s ago)" in report  # when each max-age volume was last validated
 
 
 def test_a_channel_created_resized_and_deleted_by_intern_appears_changes_and_disappears(boss, tmp_path):
