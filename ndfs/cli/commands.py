@@ -704,7 +704,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("cache", help="show or clear the chunk cache",
                        description="info: budgets, the disk cache's entries and bytes, and with --mount the "
-                                   "live hit rates and backend request counts of a running mount. "
+                                   "live hit rates and backend request counts of a running mount, and how "
+                                   "fresh each volume it read is kept and when it was last validated. "
                                    "clear: empty the disk cache (chunks and meshes).")
     s.add_argument("action", choices=["info", "clear"], help="info: show sizes and budgets; clear: empty it")
     s.add_argument("--mount", metavar="MOUNTPOINT", help="also show the statistics of the mount there")
@@ -805,7 +806,7 @@ EXAMPLES = {
   ndfs cat local/demo/em/1/stack.tif > em1.tif""",
     "cache": """
   ndfs cache info                   # budgets, and what the disk cache holds
-  ndfs cache info --mount mnt       # plus that mount's hit rate and request counts
+  ndfs cache info --mount mnt       # plus that mount's hit rates, request counts and freshness
   ndfs cache info --json            # the same as JSON
   ndfs cache clear""",
     "outbox": """
