@@ -219,11 +219,12 @@ def test_a_channel_created_resized_and_deleted_by_intern_appears_changes_and_dis
     mnt = tmp_path / "mnt"
     with mounted(config, mnt):
         exp = mnt / "boss" / "coll" / "exp"
-        assert os.listdir(exp) == ["em"]
+        assert sorted(os.listdir(exp)) == ["em", "em.ome.zarr"]  # each channel also as OME-Zarr
         chan = remote.create_project(ChannelResource("fresh", "coll", "exp", type="image", datatype="uint8"))
         data = np.full((1, 600, 600), 77, np.uint8)
         remote.create_cutout(chan, 0, [0, 600], [0, 600], [3, 4], data)
         assert wait_until(lambda: "fresh" in os.listdir(exp), timeout=120, interval=0.3)
+        assert "fresh.ome.zarr" in os.listdir(exp)
         assert (tifffile.imread(exp / "fresh" / "0" / "z" / "3.tif") == 77).all()
         assert sorted(os.listdir(exp / "fresh")) == ["0", "info.json"]
         experiment = remote.get_experiment("coll", "exp")
@@ -232,6 +233,7 @@ def test_a_channel_created_resized_and_deleted_by_intern_appears_changes_and_dis
         assert wait_until(lambda: "1" in os.listdir(exp / "fresh"), timeout=120, interval=0.3)
         remote.delete_project(chan)
         assert wait_until(lambda: "fresh" not in os.listdir(exp), timeout=120, interval=0.3)
+        assert "fresh.ome.zarr" not in os.listdir(exp)
 
         def gone() -> bool:
             try:
