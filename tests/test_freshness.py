@@ -305,3 +305,58 @@ def test_the_command_line_flag_wins_over_every_remote_s_own_max_age(tmp_path):
     assert max_age_of(cfg.remotes["d"], cfg.cache, False) is None
     cfg = _config(argparse.Namespace(config=str(config)))
     assert max_age_of(cfg.remotes["d"], cfg.cache, False) == 2.0
+
+
+# ---- the DVID driver's change signal, against the DVID server, written to over its own HTTP API --------
+def test_the_dvid_driver_asks_once_per_repo_follows_a_branch_to_its_new_leaf_and_keeps_locked_nodes(tmp_path):
+    import json
+
+    import requests
+
+    from ndfs.serve.common import WsgiServer
+    from ndfs.serve.dvid import DvidApp
+    from ndfs.stores.dvid import DvidBackend
+    from ndfs.stores.local import LocalBackend
+
+    def call(method, path, **kw):
+        resp = requests.request(method, srv.url + path, timeout=30, **kw)
+        assert resp.status_code == 200, resp.text
+        return resp
+
+    LocalBackend(tmp_path / "store", create=True)
+    with WsgiServer(DvidApp(LocalBackend(tmp_path / "store"))) as srv:
+        root = call("POST", "/api/repos", data=json.dumps({"alias": "r", "description": "t"})).json()["root"]
+        for name in ("a", "b"):
+            call("POST", f"/api/repo/{root}/instance", data=json.dumps({"typename": "uint8blk", "dataname": name}))
+        call("POST", f"/api/repo/{root}/instance", data=json.dumps({"typename": "uint8blk", "dataname": "u",
+                                                                    "versioned": False}))
+        dvid = DvidBackend(srv.url)
+        try:
+            def state_requests() -> int:
+                return srv.counter.count("GET", f"/api/repo/{root}/info") + srv.counter.count("GET", "/api/repos/info")
+
+            srv.counter.reset()
+            a, b = (dvid.validate(("r", "master", n), 60.0) for n in ("a", "b"))
+            assert state_requests() == 1  # the repo listing names both: one request for the two instances
+            assert not a.final and not b.final and a.token[0] == root
+            # another client writes b: the repo's mutation id moves, so a's token moves too (per repo)
+            call("POST", f"/api/node/{root}/b/raw/0_1_2/32_32_32/0_0_0", data=bytes(32**3))
+            moved = dvid.validate(("r", "master", "a"), 1e-9)
+            assert state_requests() == 2 and moved.token != a.token
+            assert dvid.validate(("r", "master", "b"), 60.0).token != b.token and state_requests() == 2
+            # the node is locked: final when named by its UUID; by the branch name, checked until it moves on
+            call("POST", f"/api/node/{root}/commit", data=json.dumps({"note": "v1"}))
+            locked = dvid.validate(("r", root, "a"), 1e-9)
+            assert locked.final and locked.token[1] == "locked"
+            # an unversioned instance is written at the root whatever the node: checked like an open one
+            assert not dvid.validate(("r", root, "u"), 1e-9).final
+            by_branch = dvid.validate(("r", "master", "a"), 1e-9)
+            assert not by_branch.final and by_branch.token == locked.token
+            child = call("POST", f"/api/node/{root}/newversion", data=json.dumps({"note": "v2"})).json()["child"]
+            moved_on = dvid.validate(("r", "master", "a"), 1e-9)
+            assert moved_on.token[0] == child and not moved_on.final
+            assert dvid.validate(("r", root, "a"), 1e-9).token == locked.token  # the locked node is as it was
+            with pytest.raises(NotFound):
+                dvid.validate(("r", "master", "nope"), 60.0)
+        finally:
+            dvid.close()
