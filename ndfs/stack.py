@@ -15,12 +15,12 @@ import os
 import pickle
 import threading
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from ndfs.core.config import (CacheConfig, Config, RemoteConfig, WriteConfig, check_local_store,
-                              check_remote_options, remote_target)
+                              check_remote_options, driver_options, max_age_of, remote_target)
 from ndfs.core.errors import BadRegion, ConfigError
 from ndfs.stores.base import Backend
 
@@ -33,18 +33,21 @@ def open_store(config: Config, remote: RemoteConfig | str | None = None, *, cach
     The store (``store``, or :func:`open_backend`), behind the chunk cache (``cache``, default the
     configuration's; off when not ``enabled``: remote services get both tiers, the local store, already
     on disk, the memory tier only; the namespace is :func:`remote_target`, so every process shares disk
-    entries and stamps), behind the outbox journal for remote services that can be written (the local
-    store journals its own writes). No I/O happens here.
+    entries and stamps; how old what it holds may be is :func:`~ndfs.core.config.max_age_of`, which
+    knows whether ndfs can write the remote: a token and not read_only), behind the outbox journal for
+    remote services that can be written (the local store journals its own writes). No I/O happens here.
     """
     from ndfs.cache import CachedBackend
+    from ndfs.stores.http import HttpDriver
 
     rc = remote if isinstance(remote, RemoteConfig) else config.remote(remote)
     cache = config.cache if cache is None else cache
     backend = open_backend(rc, config) if store is None else store
     if cache.enabled:
+        writable = "write" in backend.capabilities and (not isinstance(backend, HttpDriver) or backend.has_token)
         backend = CachedBackend(backend, namespace=remote_target(rc), memory_bytes=cache.memory_bytes,
                                 disk_dir=None if rc.kind == "local" else cache.dir, disk_bytes=cache.disk_bytes,
-                                prefetch=cache.prefetch, max_age_s=cache.max_age_s)
+                                prefetch=cache.prefetch, max_age_s=max_age_of(rc, cache, writable))
     if rc.kind != "local" and "write" in backend.capabilities:
         from ndfs.journal import Journal
         from ndfs.journal.outbox import JournaledStore
@@ -83,7 +86,8 @@ def open_backend(remote: RemoteConfig, config: Config | None = None):
     module, cls, example = HTTP_BACKENDS[remote.kind]
     if not remote.url:
         raise ConfigError(f"remote {remote.name!r}: a {remote.kind} remote needs url = \"{example}\"")
-    options = check_remote_options(remote.kind, remote.options, f"remote {remote.name!r}")
+    options = driver_options(replace(remote, options=check_remote_options(remote.kind, remote.options,
+                                                                        f"remote {remote.name!r}")))
     token = os.environ.get(remote.token_env) if remote.token_env else None
     if token is None and remote.kind == "boss":
         token = _intern_token(remote.url)

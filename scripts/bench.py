@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Benchmark of the ndfs chunk cache and mount against same-run baselines (issue 4, "Targets").
 
-One command builds the test volumes, starts what it needs, measures the six
+One command builds the test volumes, starts what it needs, measures the seven
 targets side by side and prints one table of ratios::
 
     python scripts/bench.py [--quick | --smoke] [--size-mib N] [--latency-ms 20]
@@ -38,7 +38,14 @@ The targets, each ndfs measurement next to its baseline from the same run:
    RSS (sampled VmRSS and VmHWM) vs budget + 150 MiB, and the disk cache
    directory's size (du, sampled) vs its budget;
 6. a second mount (new process) over the warm disk cache of target 1 scrolls
-   the same range: cutout requests (goal 0).
+   the same range: cutout requests (goal 0);
+7. revalidation (issue 25): a ``dvid`` remote on ``ndfs serve --protocol
+   dvid`` over the same store (repo ``dvidbench``, instance ``em``, an open
+   node, 32^3 blocks, the same latency and cap) scrolls 64 consecutive
+   z-slices cold at a viewer's pace (10 slices/s; unpaced with ``--smoke``),
+   once with the default max age (the node checked every 5 s) and once with
+   ``max_age_s = inf`` (never checked): all requests the server saw, checked
+   vs never (goal: under 5% more).
 
 Cold runs drop the kernel page cache first (``echo 3 >
 /proc/sys/vm/drop_caches``, best effort, reported when refused). ndfs and
@@ -87,7 +94,10 @@ MiB = 2**20
 CUBOID = (16, 512, 512)  # BOSS cuboid, z y x: the chunk grid ndfs sees through a boss remote
 COLL = "bench"
 STACK, LS, STREAM = ("bench", "stack", "em"), ("bench", "ls", "em"), ("bench", "stream", "em")
+DVID_VOL = ("dvidbench", "em")  # a repo and its instance when served over the DVID protocol (target 7)
+DVID_BLOCK = 32  # the served instance's block side (DVID's default for uint8blk)
 SCROLL = 64
+PACE_S = 0.1  # target 7: seconds per slice, a viewer's scroll
 RSS_SLACK = 150 * MiB
 
 
@@ -137,7 +147,7 @@ def make_plan(args) -> Plan:
                 only=frozenset(getattr(args, "only", None) or ()))
 
 
-TARGETS = ("1", "2", "3", "4", "5", "6")
+TARGETS = ("1", "2", "3", "4", "5", "6", "7")
 
 
 # ---- data ---------------------------------------------------------------------
@@ -170,6 +180,13 @@ def build_store(store: Path, plan: Plan, log) -> None:
             backend.write(ref, box, 0, smooth_noise(rng, box.shape))
     backend.create_volume(LS, (plan.ls_n, 16, 16), "uint8", voxel_size_nm=(40.0, 4.0, 4.0), levels=1,
                           chunk_shape=(16, 16, 16))  # all zeros: never read
+    if plan.runs("7"):  # the scroll and a block slab on each side, on the DVID block grid
+        shape = (SCROLL + 2 * DVID_BLOCK, plan.xy, plan.xy)
+        backend.create_volume(DVID_VOL, shape, "uint8", voxel_size_nm=(40.0, 4.0, 4.0), levels=1,
+                              chunk_shape=(DVID_BLOCK, 256, 256))
+        for z0 in range(0, shape[0], DVID_BLOCK):
+            box = Box((z0, 0, 0), (z0 + DVID_BLOCK, shape[1], shape[2]))
+            backend.write(DVID_VOL, box, 0, smooth_noise(rng, box.shape))
     backend.close()
     log(f"built the store ({plan.stack_bytes / MiB:.0f} MiB stack, {plan.stream_z * plan.xy**2 / MiB:.0f} MiB "
         f"stream, {plan.ls_n} ls slices) in {time.monotonic() - started:.1f} s")
@@ -177,15 +194,17 @@ def build_store(store: Path, plan: Plan, log) -> None:
 
 # ---- the server, in a child process -------------------------------------------
 def serve_child(args) -> int:
-    """``--serve-child``: a BOSS server over --store; prints ``PORT n``; stops on SIGTERM or stdin EOF."""
+    """``--serve-child``: a BOSS (``--protocol dvid``: DVID) server over --store; prints ``PORT n``; stops on
+    SIGTERM or stdin EOF."""
     from urllib.parse import parse_qs
 
     from ndfs.stores.local import LocalBackend
     from ndfs.serve.boss import BossApp
     from ndfs.serve.common import ServeOptions, WsgiServer
+    from ndfs.serve.dvid import DvidApp
 
     backend = LocalBackend(args.store, read_only=True)
-    app = BossApp(backend)
+    app = DvidApp(backend) if args.protocol == "dvid" else BossApp(backend)
     seen: list[str] = []  # paths of the cutout GETs that reached the app, in order
     lock = threading.Lock()
     holder: dict = {}
@@ -198,7 +217,8 @@ def serve_child(args) -> int:
                 since = int(parse_qs(environ.get("QUERY_STRING", "")).get("since", ["-1"])[0])
                 doc = {"totals": counter.snapshot(), "cutouts": counter.count("GET", "/cutout/"),
                        "bench": counter.count(None, "/_bench/"), "seen": len(seen),
-                       "paths": seen[since:] if since >= 0 else []}
+                       "paths": seen[since:] if since >= 0 else [],
+                       "checks": counter.count("GET", "/api/repo/") + counter.count("GET", "/api/repos/info")}
             body = json.dumps(doc).encode()
             start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
             return [body]
@@ -229,11 +249,12 @@ def serve_child(args) -> int:
 class Server:
     """The child server process, and its request counter as seen from here."""
 
-    def __init__(self, store: Path, plan: Plan, log_path: Path):
+    def __init__(self, store: Path, plan: Plan, log_path: Path, protocol: str = "boss"):
         import requests
 
         cmd = [sys.executable, str(Path(__file__).resolve()), "--serve-child", "--store", str(store),
-               "--latency-ms", str(plan.latency_ms), "--bandwidth-mbps", str(plan.bandwidth_mbps)]
+               "--latency-ms", str(plan.latency_ms), "--bandwidth-mbps", str(plan.bandwidth_mbps),
+               "--protocol", protocol]
         self._log = open(log_path, "w")
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
                                      text=True)
@@ -247,7 +268,7 @@ class Server:
         if not m:
             self.stop()
             tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] if log_path.exists() else []
-            raise RuntimeError(f"the BOSS server did not start: {tail[0] if tail else 'no output'}")
+            raise RuntimeError(f"the {protocol} server did not start: {tail[0] if tail else 'no output'}")
         self.port = int(m.group(1))
         self.url = f"http://127.0.0.1:{self.port}"
         self.session = requests.Session()
@@ -259,6 +280,24 @@ class Server:
 
     def cutouts(self) -> int:
         return self.state()["cutouts"]
+
+    def requests(self) -> int:
+        """Every request the server saw, but the benchmark's own."""
+        state = self.state()
+        return state["totals"]["requests"] - state["bench"]
+
+    def quiet(self, quiet_s: float = 0.8, timeout_s: float = 30.0) -> int:
+        """Wait (bounded) until no request of any kind arrived for quiet_s; return the count."""
+        last, since = self.requests(), time.monotonic()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            now = self.requests()  # each count includes the state request asking for it, as `last` does
+            if now != last:
+                last, since = now, time.monotonic()
+            elif time.monotonic() - since >= quiet_s:
+                break
+        return last
 
     def settle(self, quiet_s: float = 0.8, timeout_s: float = 30.0) -> int:
         """Wait (bounded) until no cutout request arrived for quiet_s (prefetches done); return the count."""
@@ -333,13 +372,14 @@ class Env:
             self.note(f"drop_caches refused ({exc.strerror}): cold runs rely on fresh mounts and cache dirs")
 
     @contextlib.contextmanager
-    def mount(self, cache_dir: Path, *, memory: int = 512 * MiB, disk: int = 4 * 2**30):
-        """An ``ndfs mount`` daemon over the boss remote; yields (mountpoint, pid); always unmounts."""
+    def mount(self, cache_dir: Path, *, memory: int = 512 * MiB, disk: int = 4 * 2**30, config: Path | None = None):
+        """An ``ndfs mount`` daemon over the boss remote (or ``config``'s); yields (mountpoint, pid); always
+        unmounts."""
         from ndfs.testing.mount import mounted
 
         mnt = self.fresh("mnt")
         log_file = self.work / f"{mnt.name}.log"
-        with mounted(self.config, mnt, "--log-file", log_file, "--cache-dir", cache_dir,
+        with mounted(config or self.config, mnt, "--log-file", log_file, "--cache-dir", cache_dir,
                      "--cache-memory", str(memory), "--cache-disk", str(disk)) as pid:
             if pid is None:
                 raise RuntimeError(f"ndfs mount printed no pid (log {log_file})")
@@ -789,6 +829,57 @@ def target_stream(env: Env, res: Results) -> None:
              f"({du.n} samples), {du_after / MiB:.1f} MiB after unmount")
 
 
+def target_revalidation(env: Env, res: Results) -> None:
+    """Target 7: a 64-slice scroll of an open DVID node, checked for changes (the default) vs never checked."""
+    plan = env.plan
+    srv = Server(env.fast / "store", plan, env.work / "dvid-server.log", protocol="dvid")
+    try:
+        configs = {}
+        for name, extra in (("checked", ""), ("never", "max_age_s = inf\n")):
+            configs[name] = env.work / f"dvid-{name}.toml"
+            configs[name].write_text(f'[remotes.dvid]\nkind = "dvid"\nurl = "{srv.url}"\nworkers = {plan.workers}\n'
+                                     f'read_only = true\n{extra}')
+        z0 = DVID_BLOCK
+        zs = list(range(z0, z0 + SCROLL))
+        pace = 0.0 if plan.mode == "smoke" else PACE_S
+        buf = memoryview(bytearray(MiB))
+        reqs: dict[str, list[int]] = {"checked": [], "never": []}
+        checks: dict[str, list[int]] = {"checked": [], "never": []}
+        secs: dict[str, list[float]] = {"checked": [], "never": []}
+
+        def one(name: str, keep: bool) -> None:
+            with env.mount(env.fresh("cache"), config=configs[name]) as (mnt, _pid):
+                zdir = mnt.joinpath("dvid", *DVID_VOL[:1], "master", *DVID_VOL[1:], "0", "z")
+                env.drop_caches()
+                before, c0 = srv.requests(), srv.state()["checks"]
+                t = time.perf_counter()
+                for i, z in enumerate(zs):
+                    read_file(zdir / f"{z}.tif", buf)
+                    time.sleep(max(0.0, t + (i + 1) * pace - time.perf_counter()))
+                t = time.perf_counter() - t
+                n = srv.quiet() - before
+                if keep:
+                    reqs[name].append(n)
+                    checks[name].append(srv.state()["checks"] - c0)
+                    secs[name].append(t)
+
+        if plan.warmup:
+            one("checked", False)
+        for i in range(plan.repeats):
+            for name in (("checked", "never") if i % 2 == 0 else ("never", "checked")):
+                one(name, True)
+        rc, rn = median(reqs["checked"]), median(reqs["never"])
+        ratio = rc / rn if rn else None
+        res.add(Row("7", f"scroll {SCROLL} z-slices of an open DVID node: requests, checked vs never",
+                    f"{rc:g} req", f"{rn:g} req never checked", ratio, "<= 1.05",
+                    ratio is not None and ratio <= 1.05))
+        env.note(f"7: {plan.xy}x{plan.xy} slices z={zs[0]}..{zs[-1]} at {pace * 1e3:.0f} ms per slice "
+                 f"({median(secs['checked']):.1f} s checked, {median(secs['never']):.1f} s never); all requests "
+                 f"per run {reqs}; of them repo state requests (repo info and repo listings) {checks}")
+    finally:
+        srv.stop()
+
+
 # ---- main ---------------------------------------------------------------------
 def run(plan: Plan) -> int:
     from ndfs.testing.mount import fuse_unavailable
@@ -850,6 +941,8 @@ def run(plan: Plan) -> int:
                 kept.close()
             if plan.runs("5"):
                 failed |= _step(env, res, "5", "stream", lambda: target_stream(env, res))
+            if plan.runs("7"):
+                failed |= _step(env, res, "7", "revalidation", lambda: target_revalidation(env, res))
         res.rows.sort(key=lambda r: r.target)
         print_table(plan, res, env, time.monotonic() - started)
         for e in res.errors:
@@ -1125,6 +1218,7 @@ def main(argv=None) -> int:
     p.add_argument("--api", action="store_true", help="run the API section instead (rows A1-A5, see run_api)")
     p.add_argument("--serve-child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--store", help=argparse.SUPPRESS)
+    p.add_argument("--protocol", default="boss", choices=("boss", "dvid"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.serve_child:
         return serve_child(args)

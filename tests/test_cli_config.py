@@ -81,7 +81,9 @@ def test_config_resolves_paths_relative_to_the_file(tmp_path, monkeypatch):
     ({"cache": {"memory_bytes": "lots"}}, "must be a int"),
     ({"caches": {}}, "unknown section"),
     ({"cache": {"max_age_s": 0}}, "positive number of seconds"),
-    ({"cache": {"max_age_s": float("inf")}}, "positive number of seconds"),
+    ({"cache": {"max_age_s": float("nan")}}, "positive number of seconds"),
+    ({"remotes": {"x": {"kind": "dvid", "url": "http://h", "max_age_s": -5}}}, "positive number of seconds"),
+    ({"remotes": {"x": {"kind": "local", "path": ".", "max_age_s": "5"}}}, "must be a float"),
     ({"cache": {"max_age_s": "1h"}}, "must be a float"),
 ])
 def test_bad_configs_are_refused_with_a_reason(tmp_path, data, words):
@@ -95,7 +97,7 @@ def test_cache_max_age_from_the_config_and_the_command_line(tmp_path):
     config = tmp_path / "ndfs.toml"
     config.write_text('[cache]\nmax_age_s = 30\n')
     assert json.loads(ndfs("--config", config, "cache", "info", "--json").stdout)["config"]["max_age_s"] == 30.0
-    assert "chunks are fetched again after 30 s" in ndfs("--config", config, "cache", "info").stdout
+    assert "at most 30 s old" in ndfs("--config", config, "cache", "info").stdout
     done = ndfs("--config", config, "mount", tmp_path / "mnt", "--cache-max-age", "-1", check=False)
     assert done.returncode == 2 and "not a positive number of seconds" in done.stderr
 
@@ -290,7 +292,7 @@ def test_the_config_knows_every_setting_of_every_driver():
     import importlib
     import inspect
 
-    from ndfs.core.config import DRIVER_OPTIONS, OPTION_RULES
+    from ndfs.core.config import DRIVER_OPTIONS, LAYER_OPTIONS, OPTION_RULES
 
     from ndfs.stack import HTTP_BACKENDS
 
@@ -298,7 +300,7 @@ def test_the_config_knows_every_setting_of_every_driver():
         params = inspect.signature(getattr(importlib.import_module(module), cls).__init__).parameters
         settings = {n for n, p in params.items() if p.kind == p.KEYWORD_ONLY} - {"read_only"}
         assert set(DRIVER_OPTIONS[kind]) == settings, kind
-    assert set(OPTION_RULES) == {k for keys in DRIVER_OPTIONS.values() for k in keys}
+    assert set(OPTION_RULES) == {k for keys in DRIVER_OPTIONS.values() for k in keys} | set(LAYER_OPTIONS)
 
 
 def test_a_token_over_plain_http_to_another_host_is_warned_about_once(caplog):

@@ -759,9 +759,12 @@ def test_labelmaps_answer_as_a_dvid_without_merges_identity_mappings_and_last_wr
     block = Box((0, 0, 0), (64, 64, 64))
     seg = np.zeros(block.shape, np.uint64)
     seg[1, 2, 3] = 77
+    first = call(url, "GET", f"/api/repo/{made}/info").json()["MutationID"]
     assert post_voxels(url, made, "seg", block, seg, u="ann", app="tests").status_code == 200
     mod = call(url, "GET", f"/api/node/{made}/seg/lastmod/77").json()
-    assert (mod["mutation id"], mod["last mod user"], mod["last mod app"]) == (1, "ann", "tests")
+    # the write drew the repo's next mutation id, as in DVID (which starts a repo's ids at a billion)
+    assert (first, mod["mutation id"], mod["last mod user"], mod["last mod app"]) == (10**9, 10**9, "ann", "tests")
+    assert call(url, "GET", f"/api/repo/{made}/info").json()["MutationID"] == first + 1
     assert call(url, "GET", f"/api/node/{made}/seg/lastmod/78").status_code == 404
     assert call(url, "POST", f"/api/node/{made}/seg/set-nextlabel/500").status_code == 200
     assert call(url, "POST", f"/api/node/{made}/seg/nextlabel/2").json() == {"start": 500, "end": 501}

@@ -33,10 +33,11 @@ with the last one seen and, when it moved, drops the volume from memory
 (the volume's version token, :meth:`version`, moves with it, so a mount drops
 its files too). A fetch that spans another process's write takes its disk
 entry back out, as for an epoch change. Writes made outside ndfs are seen
-only once ``max_age_s`` (when set) has passed: time is cut into windows of
-that length, aligned to the clock so every process agrees, and nothing
-cached in one window is served in the next (memory is dropped, disk entries
-expire, and the version token moves).
+within ``max_age_s`` (when set): volumes whose store has a change signal
+(DVID) are checked that often and dropped when they changed, volumes of a
+locked DVID node are kept for good, and the rest expire in clock-aligned
+windows of that length (see :mod:`ndfs.cache.fresh`). The volume's info
+follows the same rule, so a channel resized or deleted elsewhere is seen too.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ from ndfs.core import stamp
 from ndfs.stores.base import Backend, VolumeRef, as_ref
 from ndfs.stores.wrap import WrappingBackend
 from ndfs.cache.disk import decode_chunk, encode_chunk, open_disk_cache
+from ndfs.cache.fresh import Freshness
 from ndfs.cache.plan import Index, affected_regions, group_chunks
 from ndfs.core.errors import BackendError, ConfigError, NdfsError
 from ndfs.core.geometry import Box, ChunkGrid
@@ -81,7 +83,7 @@ class _Flight:
         self.epoch, self.prefetch, self.gen = epoch, prefetch, gen
 
 
-class CachedBackend(WrappingBackend):
+class CachedBackend(Freshness, WrappingBackend):
     """A chunk cache in front of ``inner``; same contract, so layers above see one type.
 
     ``namespace`` names the remote (e.g. ``"local:/abs/store"`` or a URL).
@@ -112,15 +114,20 @@ class CachedBackend(WrappingBackend):
         self._lock = threading.Lock()  # guards _mem, _inflight, _writing, _seen, _recent, _counts
         if max_age_s is not None and not 0 < float(max_age_s) < float("inf"):
             raise ConfigError(f"max_age_s must be a positive number of seconds, got {max_age_s!r}")
-        #: chunks are reused at most this long after they were fetched, in both tiers (None: no limit)
+        #: what is cached of a volume is at most this old: checked that often where the store can tell
+        #: whether the volume changed, else fetched again (both tiers, info too); None: kept until a write
+        #: through ndfs drops it
         self.max_age_s = None if max_age_s is None else float(max_age_s)
         self._mem = cachetools.LRUCache(maxsize=max(0, int(memory_bytes)), getsizeof=lambda a: a.nbytes)
         self._writing: dict[VolumeRef, list[dict]] = {}  # regions of writes under way: level -> index range
         self._inflight: dict[tuple, _Flight] = {}
         self._recent: dict[tuple, dict] = {}
-        self._counts = dict.fromkeys(("memory_hits", "disk_hits", "misses", "prefetched",
-                                      "prefetch_dropped", "corrupt", "disk_errors", "changed_elsewhere"), 0)
-        self._seen: dict[VolumeRef, tuple] = {}  # (generation, max-age window) of each volume when last looked at
+        self._counts = dict.fromkeys(("memory_hits", "disk_hits", "misses", "prefetched", "prefetch_dropped",
+                                      "corrupt", "disk_errors", "changed_elsewhere", "changed_remotely"), 0)
+        #: (generation, max-age window, token on the service) of each volume when last looked at
+        self._seen: dict[VolumeRef, tuple] = {}
+        self._init_freshness()
+        self._info_seen: dict[VolumeRef, tuple] = {}  # (token, window) when each volume's info was asked
         self._pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="ndfs-fetch")
         #: sequential readers get enough slabs read ahead to keep this many chunks in flight
         self.readahead_chunks = max(1, workers)
@@ -166,6 +173,20 @@ class CachedBackend(WrappingBackend):
     def forget_volume(self, ref) -> None:
         super().forget_volume(ref)
         self.invalidate(ref)  # both tiers: a channel made anew under the same name starts empty
+        with self._lock:
+            self._checks.pop(as_ref(ref), None)
+
+    def info(self, ref):
+        """The store's info, forgotten when the volume is seen to change on the service (checked
+        volumes) or when a max-age window ends, so a resize or a deletion elsewhere shows too."""
+        ref = as_ref(ref)
+        key = (self._remote(ref), self._window(ref))
+        with self._lock:
+            prev = self._info_seen.get(ref, key)
+            self._info_seen[ref] = key
+        if prev != key:
+            self.forget_info(ref)
+        return self.inner.info(ref)
 
     # ---- keys and small helpers -----------------------------------------
     def disk_key(self, ref: Sequence[str], level: int, index: Sequence[int]) -> str:
@@ -226,13 +247,23 @@ class CachedBackend(WrappingBackend):
         return out
 
     def _disk_lookup(self, disk, ref, level, grid, dtype, idxs, epoch, out, box) -> list[Index]:
-        """Serve what the disk tier holds (checked) into ``out``; return the rest."""
+        """Serve what the disk tier holds (checked) into ``out``; return the rest.
+
+        In a max-age window, only entries stored in this window are served: those that expire at its end.
+        An entry that expires later, or never, was stored by a cache with another max age (another remote
+        on the same service, another process) and may be older than the window.
+        """
         rest, hits = [], []
+        window = self._window(ref)
+        window_end = None if window is None else (window + 1) * self.max_age_s
         for idx in idxs:
             key, cbox = self.disk_key(ref, level, idx), grid.chunk_box(idx)
             with self._lock:
                 writing = self._being_written(ref, level, idx)
-            payload = None if writing else self._disk_op("get", lambda: disk.get(key))
+            payload, expires = (None, None) if writing else self._disk_op(
+                "get", lambda: disk.get(key, expire_time=True), (None, None))
+            if payload is not None and window_end is not None and (expires is None or abs(expires - window_end) > 1):
+                payload = None
             if payload is None:
                 rest.append(idx)
                 continue
@@ -417,7 +448,8 @@ class CachedBackend(WrappingBackend):
         deletes its chunks from the disk tier: looking after our store closes the race.
         """
         key = self.disk_key(ref, level, idx)
-        expire = None if self.max_age_s is None else (self._window() + 1) * self.max_age_s - time.time()
+        window = self._window(ref)
+        expire = None if window is None else (window + 1) * self.max_age_s - time.time()
         if expire is not None and expire <= 0:
             return  # its window is over: it would never be served
         self._disk_op("set", lambda: disk.set(key, encode_chunk(chunk), tag=self._tag(ref), expire=expire))
@@ -462,6 +494,7 @@ class CachedBackend(WrappingBackend):
     def _prefetch_task(self, ref: VolumeRef, box: Box, level: int) -> None:
         """Runs on the prefetch pool: claims only chunks nobody has or fetches, never waits."""
         try:
+            self._sync(ref)  # what it fetches is of the volume's state now
             info = self.info(ref)
             grid, budget, want = info.level(level).grid, self.max_prefetch_bytes, []
             for idx in grid.chunks(box):
@@ -582,7 +615,7 @@ class CachedBackend(WrappingBackend):
                     seen = self._seen.get(ref, _UNSEEN)
                     # the stamp moved by our write alone: what we hold of the volume is current
                     if seen is not _UNSEEN and seen[0] == before and stamp.only_one_more(before, after):
-                        self._seen[ref] = (after, seen[1])
+                        self._seen[ref] = (after, *seen[1:])
 
     # ---- other processes ---------------------------------------------------
     def _stamp_path(self, ref: VolumeRef) -> Path:
@@ -597,22 +630,22 @@ class CachedBackend(WrappingBackend):
             gen = stamp.read(self._stamp_path(ref))
         return gen
 
-    def _window(self) -> int | None:
-        """The max_age_s window now (None without max_age_s); clock-aligned, the same in every process."""
-        return None if self.max_age_s is None else int(time.time() // self.max_age_s)
-
     def _inner_version(self, ref: VolumeRef):
+        remote = self._remote(ref)  # first: it may drop the volume and move the stamp
         shared = None
         if self._stamps is not None and self.inner.generation(ref) is None:
             shared = stamp.read(self._stamp_path(ref))
-        return (shared, self._window(), self.inner.version(ref))
+        return (shared, self._window(ref), remote, self.inner.version(ref))
 
     def _sync(self, ref: VolumeRef) -> bool:
-        """Look at the volume's generation and max-age window; if another process (or another cache)
-        wrote it since the last look, or the window moved, forget its chunks in memory (the writer
-        cleared the shared disk tier; disk entries expire with their window). True if it did."""
+        """Look at the volume's generation, max-age window and state on the service (checked when due,
+        :mod:`ndfs.cache.fresh`); if another process (or another cache) wrote it since the last look, or
+        the window moved, forget its chunks in memory (the writer cleared the shared disk tier; disk
+        entries expire with their window; a change on the service was dropped by the check). True if it
+        did. NotFound when the service says the volume is gone."""
+        remote = self._remote(ref)
         try:
-            now = (self.generation(ref), self._window())
+            now = (self.generation(ref), self._window(ref), remote)
         except NdfsError:
             return False
         with self._lock:
@@ -701,6 +734,8 @@ class CachedBackend(WrappingBackend):
         with self._lock:
             s = dict(self._counts, memory_bytes=self._mem.currsize, memory_entries=len(self._mem),
                      memory_limit=self._mem.maxsize)
+        s["max_age_s"] = self.max_age_s
+        s["volumes"] = self.freshness_stats()
         disk = self._disk
         s["disk_bytes"] = self._disk_op("volume", disk.volume, 0) if disk is not None else 0
         s["disk_entries"] = self._disk_op("len", lambda: len(disk), 0) if disk is not None else 0

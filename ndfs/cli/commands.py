@@ -50,9 +50,12 @@ def _config(args):
         cache = replace(cache, memory_bytes=args.cache_memory)
     if getattr(args, "cache_disk", None) is not None:
         cache = replace(cache, disk_bytes=args.cache_disk)
-    if getattr(args, "cache_max_age", None) is not None:
+    remotes = cfg.remotes
+    if getattr(args, "cache_max_age", None) is not None:  # the flag wins over every remote's own max_age_s
         cache = replace(cache, max_age_s=args.cache_max_age)
-    return replace(cfg, cache=cache)
+        remotes = {name: replace(rc, options={k: v for k, v in rc.options.items() if k != "max_age_s"})
+                   for name, rc in remotes.items()}
+    return replace(cfg, cache=cache, remotes=remotes)
 
 
 def _session(args, mount: bool = False):
@@ -75,6 +78,17 @@ def _session(args, mount: bool = False):
         return FileSystem(tree)
     return FileSystem(tree, spool_dir=cfg.write.outbox_dir / "spool", journal=Journal(cfg.write.outbox_dir),
                       entry_timeout_s=cfg.mount.entry_timeout_s)
+
+
+def _max_age(text: str) -> float:
+    """``--cache-max-age``: a positive number of seconds, or ``inf`` (kept until a write through ndfs)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"not a positive number of seconds (or inf): {text!r}")
+    return value
 
 
 def _seconds(text: str) -> float:
@@ -524,11 +538,39 @@ def _tree_path(path: str | None) -> str:
     return "/" + (path or "").strip("/")
 
 
+def _max_age_words(max_age_s) -> str:
+    from ndfs.core.config import DVID_MAX_AGE_S, WRITABLE_MAX_AGE_S
+
+    if max_age_s is None:
+        return (f"each remote's own max age (DVID: checked every {DVID_MAX_AGE_S:g} s; BOSS and NeuroData ndfs "
+                f"can write: fetched again after {WRITABLE_MAX_AGE_S:g} s; the rest kept until written)")
+    if max_age_s == float("inf"):
+        return "kept until written through ndfs"
+    return f"at most {max_age_s:g} s old (checked or fetched again after {max_age_s:g} s)"
+
+
+def _since(when, now: float) -> str:
+    """A time as the clock shows it and how long ago, e.g. '14:02:11 (3 s ago)'; '-' for None."""
+    if when is None:
+        return "-"
+    return f"{time.strftime('%H:%M:%S', time.localtime(when))} ({max(0.0, now - when):.0f} s ago)"
+
+
+def _volume_rows(mount: dict, now: float) -> list[list[str]]:
+    """One row per volume a mount has looked at: how fresh it is kept, and when it was last validated."""
+    rows = []
+    for name, r in mount.items():
+        for path, v in (r.get("cache") or {}).get("volumes", {}).items():
+            age = v.get("max_age_s")
+            rows.append([name, path, v.get("policy", "-"), "-" if age is None else f"{age:g} s",
+                         _since(v.get("validated"), now), str(v.get("changes", 0)), v.get("error", "")])
+    return rows
+
+
 def _cache_report(info: dict, mountpoint: str | None) -> str:
     c = info["config"]
-    age = "kept until written" if c["max_age_s"] is None else f"fetched again after {c['max_age_s']:g} s"
     lines = [f"cache {'on' if c['enabled'] else 'off'}, prefetch {'on' if c['prefetch'] else 'off'}; "
-             f"chunks are {age}",
+             f"what is cached is {_max_age_words(c['max_age_s'])}",
              f"budgets: {human_size(c['memory_bytes'])} in memory per process, {human_size(c['disk_bytes'])} "
              "on disk", ""]
     rows = [[name, str(d.get("entries", "-")), human_size(d.get("bytes")), human_size(d.get("size_limit")),
@@ -547,6 +589,10 @@ def _cache_report(info: dict, mountpoint: str | None) -> str:
                          str(served.get("writes", "-")), str(r.get("outbox_pending", "-"))])
         lines.append(format_table(["REMOTE", "KIND", "READS", "READ", "CACHE HITS", "BACKEND READS",
                                    "BACKEND READ", "WRITES", "OUTBOX"], rows))
+        volumes = _volume_rows(info["mount"], time.time())
+        if volumes:
+            lines += ["", format_table(["REMOTE", "VOLUME", "FRESHNESS", "MAX AGE", "LAST VALIDATED", "CHANGES",
+                                        "ERROR"], volumes)]
     return "\n".join(lines)
 
 
@@ -608,8 +654,10 @@ def _cache_flags(s) -> None:
     s.add_argument("--cache-dir", help="disk cache directory, shared by mounts and Python")
     s.add_argument("--cache-memory", type=parse_size, metavar="SIZE", help="memory budget, e.g. 512M")
     s.add_argument("--cache-disk", type=parse_size, metavar="SIZE", help="disk budget, e.g. 4G")
-    s.add_argument("--cache-max-age", type=_seconds, metavar="SECONDS",
-                   help="fetch data again once cached this long (for data others change; default: never)")
+    s.add_argument("--cache-max-age", type=_max_age, metavar="SECONDS",
+                   help="show nothing cached longer than this without checking it or fetching it again, for "
+                        "every remote (inf: keep until written through ndfs; default: each remote's own, see "
+                        "the README's Consistency section)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -656,7 +704,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("cache", help="show or clear the chunk cache",
                        description="info: budgets, the disk cache's entries and bytes, and with --mount the "
-                                   "live hit rates and backend request counts of a running mount. "
+                                   "live hit rates and backend request counts of a running mount, and how "
+                                   "fresh each volume it read is kept and when it was last validated. "
                                    "clear: empty the disk cache (chunks and meshes).")
     s.add_argument("action", choices=["info", "clear"], help="info: show sizes and budgets; clear: empty it")
     s.add_argument("--mount", metavar="MOUNTPOINT", help="also show the statistics of the mount there")
@@ -759,7 +808,7 @@ EXAMPLES = {
   ndfs cat local/demo/em/1/stack.tif > em1.tif""",
     "cache": """
   ndfs cache info                   # budgets, and what the disk cache holds
-  ndfs cache info --mount mnt       # plus that mount's hit rate and request counts
+  ndfs cache info --mount mnt       # plus that mount's hit rates, request counts and freshness
   ndfs cache info --json            # the same as JSON
   ndfs cache clear""",
     "outbox": """

@@ -52,16 +52,24 @@ _DRIVER_COMMON = ("timeout_s", "connect_timeout_s", "retries", "backoff_s", "bac
 DRIVER_OPTIONS = {
     "boss": _DRIVER_COMMON + ("max_meta_bytes",),
     "dvid": _DRIVER_COMMON + ("branch", "max_request_voxels", "ttl_s", "label_compression"),
-    "neurodata": _DRIVER_COMMON + ("tokens", "api"),
+    "neurodata": _DRIVER_COMMON + ("tokens", "api", "ttl_s"),
 }
+#: settings every remote takes besides its driver's: they go to the layers ndfs stacks on the driver
+LAYER_OPTIONS = ("max_age_s",)
 #: how each driver setting is checked: (type, smallest value allowed) or (type, the values allowed)
 OPTION_RULES: dict[str, tuple] = {
     "timeout_s": (float, "positive"), "connect_timeout_s": (float, "positive"), "retries": (int, 0),
     "backoff_s": (float, 0), "backoff_cap_s": (float, 0), "workers": (int, 1), "max_request_bytes": (int, 1),
     "max_meta_bytes": (int, 64), "max_request_voxels": (int, 1), "ttl_s": (float, 0),
     "branch": (str, None), "label_compression": (str, ("auto", "lz4", "gzip", "none")),
-    "tokens": (list, None), "api": (str, None),
+    "tokens": (list, None), "api": (str, None), "max_age_s": (float, "max-age"),
 }
+#: what is cached of an open DVID node is checked this often for changes made by other clients (seconds;
+#: one small request per repo), when no max_age_s is configured
+DVID_MAX_AGE_S = 5.0
+#: what is cached of a BOSS or NeuroData channel ndfs can write (a token and not read_only) is fetched
+#: again after this long (seconds), when no max_age_s is configured: these services tell nobody of changes
+WRITABLE_MAX_AGE_S = 60.0
 
 
 def user_config_dir() -> Path:
@@ -104,8 +112,9 @@ class CacheConfig:
     memory_bytes: int = 512 * 2**20
     disk_bytes: int = 4 * 2**30
     prefetch: bool = True
-    #: reuse a cached chunk at most this long after it was fetched (None: until a write through ndfs
-    #: drops it); for data that other clients of a service change, e.g. an unlocked DVID node
+    #: what is cached of a volume is at most this old (checked, or fetched again, see README "Consistency")
+    #: for every remote without a max_age_s of its own; inf: kept until a write through ndfs drops it;
+    #: None: each remote's default (:func:`max_age_of`)
     max_age_s: float | None = None
 
 
@@ -232,10 +241,18 @@ def check_number(key: str, value, minimum, where: str):
     return value
 
 
+def check_max_age(value, where: str, key: str = "max_age_s") -> float:
+    """A max age: a positive number of seconds, or inf (never expire). Pure."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or not value > 0:
+        raise ConfigError(f"{where}: {key} must be a positive number of seconds (or inf: kept until a write "
+                          f"through ndfs), not {value!r}")
+    return float(value)
+
+
 def check_remote_options(kind: str, options: dict, where: str) -> dict:
-    """The driver settings of a remote of ``kind``, checked: known keys (nearest valid one suggested),
-    types, finite numbers in range; returns them with ints given for floats made floats. Pure."""
-    _known(options, DRIVER_OPTIONS.get(kind, ()), where,
+    """The driver and layer settings of a remote of ``kind``, checked: known keys (nearest valid one
+    suggested), types, finite numbers in range; returns them with ints given for floats made floats. Pure."""
+    _known(options, DRIVER_OPTIONS.get(kind, ()) + LAYER_OPTIONS, where,
            others=REMOTE_KEYS["local"] if kind == "local" else REMOTE_KEYS["http"])
     out = {}
     for key, value in options.items():
@@ -243,7 +260,9 @@ def check_remote_options(kind: str, options: dict, where: str) -> dict:
         if kind_ is list and isinstance(value, tuple):
             value = list(value)
         value = _typed({key: value}, key, kind_, None, where)
-        if kind_ in (int, float):
+        if rule == "max-age":
+            value = check_max_age(value, where, key)
+        elif kind_ in (int, float):
             check_number(key, value, rule, where)
         elif isinstance(rule, tuple) and value not in rule:
             raise ConfigError(f"{where}: {key} must be one of {', '.join(rule)}, not {value!r}")
@@ -301,8 +320,8 @@ def parse_config(data: dict[str, Any], base_dir: Path, where: str = "config") ->
         prefetch=_typed(c, "prefetch", bool, defaults.prefetch, here),
         max_age_s=_typed(c, "max_age_s", float, defaults.max_age_s, here),
     )
-    if cache.max_age_s is not None and not 0 < cache.max_age_s < float("inf"):
-        raise ConfigError(f"{here}: max_age_s must be a positive number of seconds, got {cache.max_age_s!r}")
+    if cache.max_age_s is not None:
+        check_max_age(cache.max_age_s, here)
     m = _section(data, "mount", where)
     here = f"{where} [mount]"
     _known(m, ("attr_timeout_s", "entry_timeout_s", "negative_timeout_s", "max_cutout_bytes", "max_ramon_bytes"),
@@ -371,6 +390,26 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
         raise ConfigError(f"cannot read {found}: {exc}") from exc
     cfg = parse_config(data, found.parent, where=found.name)
     return _apply_env(replace(cfg, source=found))
+
+
+def driver_options(rc: RemoteConfig) -> dict:
+    """A remote's settings for its driver: its options without those of the layers above it."""
+    return {k: v for k, v in rc.options.items() if k not in LAYER_OPTIONS}
+
+
+def max_age_of(rc: RemoteConfig, cache: CacheConfig, writable: bool) -> float | None:
+    """How old what is cached of the remote may be, in seconds (None: kept until a write through ndfs):
+    the remote's own ``max_age_s``, else ``[cache] max_age_s``, else its kind's default: DVID
+    ``DVID_MAX_AGE_S`` (open nodes are checked that often; locked ones are kept for good), the BOSS and
+    NeuroData ``WRITABLE_MAX_AGE_S`` for a remote ndfs can write (``writable``: a token and not read_only),
+    None otherwise (read-only and anonymous data, the local store). ``inf`` means None. Pure."""
+    value = rc.options.get("max_age_s", cache.max_age_s)
+    if value is None:
+        if rc.kind == "dvid":
+            value = DVID_MAX_AGE_S
+        elif rc.kind in ("boss", "neurodata") and writable:
+            value = WRITABLE_MAX_AGE_S
+    return None if value is None or value == math.inf else float(value)
 
 
 def remote_target(rc: RemoteConfig) -> str:

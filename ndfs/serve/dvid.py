@@ -468,9 +468,10 @@ class DvidApp:
                     with self._lock:
                         lock = self._write_locks.setdefault(id(inst), threading.Lock())
                     with lock:
+                        mutation = inst.repo.new_mutation_id()  # drawn before the write, as DVID does
                         self.model.write(inst, node, box, data)
                     with inst.lock:
-                        inst.last_mod = (inst.last_mod[0] + 1, r.arg("u"), r.arg("app"),
+                        inst.last_mod = (mutation, r.arg("u"), r.arg("app"),
                                          datetime.now(timezone.utc).isoformat(timespec="seconds"))
                 return _text(start_response, 200, "", content_type="text/plain")
             raise bad(f"cannot {r.method} raw voxels")

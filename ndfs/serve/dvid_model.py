@@ -59,6 +59,9 @@ LEVEL_NAME = re.compile(r"(.+)_([1-9][0-9]*)")
 MAX_DOWNRES = 7
 #: the longest side of a client-made instance's blocks
 MAX_BLOCK_SIDE = 1024
+#: DVID's first mutation id of a repo, and how far ahead of it the saved id runs (datastore/repo_local.go)
+INITIAL_MUTATION_ID = 1_000_000_000
+MUTATION_ID_STRIDE = 100
 
 
 class DvidError(Exception):
@@ -184,6 +187,17 @@ class Repo:
         self.nodes: dict[int, Node] = {}
         self.instances: dict[str, Instance] = {}
         self.created = self.updated = _now()
+        #: the repo's mutation counter: every voxel write of any instance, at any node, draws the next id
+        #: before it is applied, as DVID's does (the repo info's ``MutationID``; clients watch it for changes)
+        self.mutation_id = INITIAL_MUTATION_ID
+        self._mutation_lock = threading.Lock()
+
+    def new_mutation_id(self) -> int:
+        """Draw the id of one write (DVID: ``repoT.newMutationID``). Thread-safe."""
+        with self._mutation_lock:
+            drawn = self.mutation_id
+            self.mutation_id += 1
+        return drawn
 
     @property
     def root_vid(self) -> int:
@@ -193,7 +207,9 @@ class Repo:
         return {"Root": self.root, "Alias": self.alias, "Description": self.description, "Log": list(self.log),
                 "Properties": {}, "DataInstances": {n: i.info() for n, i in sorted(self.instances.items())},
                 "DAG": {"Root": self.root, "Nodes": {n.uuid: n.to_json() for n in self.nodes.values()}},
-                "MutationID": 0, "SavedMutationID": 0, "Created": self.created, "Updated": self.updated}
+                "MutationID": self.mutation_id,
+                "SavedMutationID": (self.mutation_id // MUTATION_ID_STRIDE + 1) * MUTATION_ID_STRIDE,
+                "Created": self.created, "Updated": self.updated}
 
     def leaf(self, branch: str) -> Node | None:
         """The newest node of a branch ("" = master): the branch's node with no child on the same branch."""

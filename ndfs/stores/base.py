@@ -44,6 +44,21 @@ class RequestStats:
         return dict(self.__dict__)
 
 
+@dataclass(frozen=True)
+class Validation:
+    """What a service says about a volume's state, for a cache to tell whether what it holds is current.
+
+    ``token`` is a small hashable (JSON-able) value that moves whenever the volume's voxels or shape may
+    have changed, whoever changed them; ``at`` is when the service gave the answer it comes from
+    (``time.time()``); ``final`` means the volume can no longer change (a versioned instance of a locked
+    DVID node): a cache keeps it for good and never asks again.
+    """
+
+    token: tuple
+    at: float
+    final: bool = False
+
+
 def as_ref(path: Sequence[str] | str) -> VolumeRef:
     if isinstance(path, str):
         return tuple(p for p in path.split("/") if p)
@@ -81,7 +96,8 @@ class Backend:
 
     # ---- metadata --------------------------------------------------------
     def info(self, ref: Sequence[str]) -> VolumeInfo:
-        """The volume's VolumeInfo, memoised per backend instance."""
+        """The volume's VolumeInfo, memoised per store until :meth:`forget_info` (layers ask the store
+        below them; the chunk cache forgets it when it sees the volume change)."""
         ref = as_ref(ref)
         with self._info_lock:
             found = self._info_memo.get(ref)
@@ -153,6 +169,15 @@ class Backend:
         """The volume's cross-process write stamp: changes with every write to its voxels or
         annotations made through ndfs by any process (compare for equality); None when the
         backend cannot tell. Cheap (a stat). Part of :meth:`version`.
+        """
+        return None
+
+    def validate(self, ref: Sequence[str], max_age_s: float) -> Validation | None:
+        """The volume's state on the service (:class:`Validation`), from an answer at most ``max_age_s``
+        old: a store that offers a cheap change signal (DVID) asks for it when it holds no answer that
+        recent (one small request), else answers from what it holds. None: the service offers no change
+        signal (no I/O); a cache can then only expire what it holds (``max_age_s``). NotFound when the
+        volume is gone. Thread-safe.
         """
         return None
 
@@ -404,5 +429,5 @@ class AdminStore(metaclass=_Contract):
         """Remove a channel and everything in it."""
 
 
-__all__ = ["Backend", "AnnotationStore", "KeyValueStore", "AdminStore", "annotations", "RequestStats", "VolumeRef",
-           "as_ref", "NdfsError"]
+__all__ = ["Backend", "AnnotationStore", "KeyValueStore", "AdminStore", "annotations", "RequestStats", "Validation",
+           "VolumeRef", "as_ref", "NdfsError"]

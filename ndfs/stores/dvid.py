@@ -42,8 +42,14 @@ errors map to the NdfsError tree: 400 by its text (``locked node``,
 UUID`` -> NotFound; other 400s, e.g. ``non-block aligned`` -> BadRegion),
 401/403 PermissionDenied, 404 NotFound, 413 TooLarge, the rest BackendError.
 A token, if given, goes only into the Authorization header (``Token``) and never
-into logs or reprs. Repo listings and node resolutions are remembered for
-``ttl_s`` seconds.
+into logs or reprs. Repo listings are remembered for ``ttl_s`` seconds, a
+branch's leaf until the repo's version DAG gets a new node.
+
+Writes by other clients: :meth:`DvidBackend.validate` gives a cache the state
+of an instance from its repo's JSON, at most one ``GET /api/repo/{uuid}/info``
+per repo per max age (DVID counts every voxel write of a repo in its
+``MutationID``; a versioned instance of a locked node named by its UUID can no
+longer change).
 
 RAMON (capability ``ramon``, label instances): objects in the key-value instance
 ``<instance>_ramon``, ids through ``nextlabel``, boxes from ``sparsevol-size``;
@@ -54,6 +60,8 @@ Thread-safe: the session, the pool, the memos and the counters are shared.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import re
 import threading
@@ -64,7 +72,7 @@ from urllib.parse import quote
 
 import numpy as np
 
-from ndfs.stores.base import AnnotationStore, Backend, KeyValueStore, VolumeRef, as_ref
+from ndfs.stores.base import AnnotationStore, Backend, KeyValueStore, Validation, VolumeRef, as_ref
 from ndfs.stores.dvid_ramon import DvidRamon
 from ndfs.stores.http import HttpClient, HttpDriver, mask_url, run_parallel, status_error
 from ndfs.core.errors import BackendError, BadInput, BadRegion, NdfsError, NotFound, ReadOnly
@@ -204,9 +212,12 @@ class DvidBackend(DvidRamon, HttpDriver, Backend, AnnotationStore, KeyValueStore
                                   connect_timeout_s=connect_timeout_s, retries=retries, backoff_s=backoff_s,
                                   backoff_cap_s=backoff_cap_s, workers=self.workers)
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="ndfs-dvid")
-        self._lock = threading.Lock()  # guards _memo and _rmw
+        self._lock = threading.Lock()  # guards _memo, _rmw, _docs, _dags and _doc_locks
         self._memo: dict[tuple, tuple[float, object]] = {}
         self._rmw: dict[tuple, threading.Lock] = {}
+        self._docs: dict[str, tuple[float, float, dict]] = {}  # root -> (monotonic, wall time, newest repo JSON)
+        self._dags: dict[str, frozenset] = {}  # root -> the node UUIDs of its version DAG when last seen
+        self._doc_locks: dict[str, threading.Lock] = {}  # one repo info request per repo at a time
 
     # ---- HTTP ------------------------------------------------------------
     def _request(self, method: str, path: str, **kwargs):
@@ -230,11 +241,12 @@ class DvidBackend(DvidRamon, HttpDriver, Backend, AnnotationStore, KeyValueStore
 
         return self._request("GET", path, decode=decode)
 
-    def _memoised(self, key: tuple, compute: Callable[[], object], fresh: bool = False):
+    def _memoised(self, key: tuple, compute: Callable[[], object], fresh: bool = False, expires: bool = True):
+        """``compute()``, remembered for ``ttl_s`` (without ``expires``: until dropped, see :meth:`_note_repo`)."""
         now = time.monotonic()
         with self._lock:
             hit = self._memo.get(key)
-        if hit is not None and not fresh and now - hit[0] < self.ttl_s:
+        if hit is not None and not fresh and (not expires or now - hit[0] < self.ttl_s):
             return hit[1]
         value = compute()
         with self._lock:
@@ -246,6 +258,7 @@ class DvidBackend(DvidRamon, HttpDriver, Backend, AnnotationStore, KeyValueStore
         """Repo JSON by folder name (alias, or root UUID) and by root UUID."""
 
         def load():
+            mono, wall = time.monotonic(), time.time()  # taken before the request: the answer is at least this new
             repos = self._get_json("/api/repos/info")
             counts: dict[str, int] = {}
             for repo in repos.values():
@@ -259,6 +272,7 @@ class DvidBackend(DvidRamon, HttpDriver, Backend, AnnotationStore, KeyValueStore
                 name = alias if usable_name(alias) and counts[alias] == 1 and not UUID_RE.fullmatch(alias) else root
                 names[name] = repo
                 by_name[root] = repo
+                self._note_repo(root, repo, mono, wall, patch=False)
             return {"names": names, "all": {**by_name, **names}}
 
         return self._memoised(("repos",), load, fresh)
@@ -288,8 +302,9 @@ class DvidBackend(DvidRamon, HttpDriver, Backend, AnnotationStore, KeyValueStore
         if name != "master" and name not in branches:
             raise NotFound(f"repo {repo.get('Alias') or repo.get('Root')} has no node or branch {name!r}")
         root = str(repo.get("Root"))
+        # a branch's leaf moves only when a node is added, which _note_repo sees in the DAG: no ttl here
         versions = self._memoised(("branch", root, name), lambda: self._get_json(
-            f"/api/repo/{root}/branch-versions/{quote(name, safe='')}", kind=list))
+            f"/api/repo/{root}/branch-versions/{quote(name, safe='')}", kind=list), expires=False)
         if not versions:
             raise NotFound(f"branch {name!r} of repo {root} has no nodes")
         return str(versions[0])
@@ -350,6 +365,85 @@ class DvidBackend(DvidRamon, HttpDriver, Backend, AnnotationStore, KeyValueStore
         if repo is None:
             raise NotFound(f"no DVID repo named {name!r}")
         return repo
+
+    # ---- what other clients change: repo state, the change signal ---------------
+    def _note_repo(self, root: str, doc: dict, mono: float, wall: float, patch: bool = True) -> None:
+        """Keep the newest JSON of a repo (answered at ``mono``/``wall`` or later). A DAG with other nodes
+        than last seen drops the remembered branch leaves (a new version moves a branch on); with ``patch``,
+        the repo listing's memo gets this JSON too, so lookups see the instances and nodes it names."""
+        nodes = frozenset(self._dag(doc))
+        with self._lock:
+            old = self._docs.get(root)
+            if old is None or old[0] <= mono:
+                self._docs[root] = (mono, wall, doc)
+            if self._dags.get(root) != nodes:
+                self._dags[root] = nodes
+                for key in [k for k in self._memo if k[0] == "branch" and k[1] == root]:
+                    del self._memo[key]
+            hit = self._memo.get(("repos",))
+            if patch and hit is not None:
+                listing = {part: {k: doc if str(v.get("Root")) == root else v for k, v in hit[1][part].items()}
+                           for part in ("names", "all")}
+                self._memo[("repos",)] = (hit[0], listing)
+
+    def _repo_doc(self, root: str, max_age_s: float) -> tuple[dict, float]:
+        """A repo's JSON answered at most ``max_age_s`` ago, and when (``time.time()``): the newest one held
+        (from a listing or an earlier check), else one ``GET /api/repo/{root}/info``."""
+        with self._lock:
+            hit = self._docs.get(root)
+            lock = self._doc_locks.setdefault(root, threading.Lock())
+        if hit is not None and time.monotonic() - hit[0] < max_age_s:
+            return hit[2], hit[1]
+        with lock:  # one request per repo, however many volumes of it are checked at once
+            with self._lock:
+                hit = self._docs.get(root)
+            if hit is not None and time.monotonic() - hit[0] < max_age_s:
+                return hit[2], hit[1]
+            mono, wall = time.monotonic(), time.time()
+            doc = self._get_json(f"/api/repo/{root}/info")
+            self._note_repo(root, doc, mono, wall)
+            return doc, wall
+
+    def _root_of(self, name: str) -> str:
+        """The root UUID of a repo folder, from the listing already held when it names it (no request)."""
+        with self._lock:
+            hit = self._memo.get(("repos",))
+        repo = hit[1]["all"].get(name) if hit is not None else None
+        return str((repo if repo is not None else self._repo(name)).get("Root"))
+
+    def validate(self, ref: Sequence[str], max_age_s: float) -> Validation:
+        """The instance's state from its repo's JSON (``GET /api/repo/{root}/info``, at most one request per
+        repo per ``max_age_s``; none while a listing or another instance's check is that recent).
+
+        DVID has no change signal per instance: every voxel write to any instance of a repo, at any node,
+        draws the repo's next ``MutationID`` (labelmap ``lastmod`` is per label, ``mutations`` the whole
+        log). The token of an instance at an open node is (node UUID, ``MutationID``, a digest of the
+        instance's and its level instances' JSON: extents, identity); at a locked node it is (node UUID,
+        ``locked``, the instance's ``DataUUID``), and final when the node was named by its UUID and the
+        instance is versioned (an unversioned instance is written at the root whatever the node). A
+        branch name's token moves when the branch gets a new leaf. NotFound when the repo, node or
+        instance is gone.
+        """
+        ref = as_ref(ref)
+        repo_name, node_name, rest = self._split(ref)
+        if repo_name is None or node_name is None or len(rest) != 1:
+            raise NotFound(f"{'/'.join(ref) or '/'} is not a DVID data instance")
+        root = self._root_of(repo_name)
+        doc, at = self._repo_doc(root, max_age_s)
+        name, instances = rest[0], self._instances(doc)
+        if name not in instances or name not in self._visible(instances) \
+                or self._typename(instances[name]) not in DTYPES:
+            raise NotFound(f"repo {repo_name} has no voxel instance {name!r}")
+        uuid = self._node(doc, node_name)
+        base = instances[name].get("Base") or {}
+        locked = bool((self._dag(doc).get(uuid) or {}).get("Locked"))
+        if locked and base.get("Versioned", True) is not False:
+            return Validation((uuid, "locked", str(base.get("DataUUID") or "")), at, final=uuid == node_name)
+        scales = int(((instances[name].get("Extended") or {}).get("MaxDownresLevel")) or 0)
+        names = [name] + ([] if self._typename(instances[name]) == "labelmap" and scales
+                          else self._level_names(instances, name))
+        digest = hashlib.sha1(json.dumps([instances[n] for n in names], sort_keys=True, default=str).encode())
+        return Validation((uuid, int(doc.get("MutationID") or 0), digest.hexdigest()[:16]), at)
 
     # ---- hierarchy -------------------------------------------------------
     def _children(self, path: VolumeRef) -> list[str]:

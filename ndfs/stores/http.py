@@ -182,6 +182,11 @@ class HttpDriver:
         return f"{type(self).__name__}({mask_url(self.url)!r}, token={'***' if self._token else None})"
 
     @property
+    def has_token(self) -> bool:
+        """Whether requests carry a token (the token itself is never shown)."""
+        return bool(self._token)
+
+    @property
     def http_stats(self) -> dict[str, int]:
         """HTTP requests sent and retried by this backend (a snapshot)."""
         return self._client.stats

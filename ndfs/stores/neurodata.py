@@ -2,7 +2,7 @@
 
 Hierarchy: ``children(())`` lists the service's ``public_tokens/`` plus the
 configured ``tokens``; ``children((tok,))`` the token's channels (from
-``{tok}/info/``, memoised per token until ``forget_info``); ``(tok, ch)`` is a
+``{tok}/info/``, memoised per token for ``ttl_s`` seconds or until ``forget_info``); ``(tok, ch)`` is a
 volume. ndfs level ``r`` is NeuroData resolution ``r``; each level's box is
 the dataset's ``offset``/``imagesize`` at r (absolute coordinates, the offset
 included), its voxel size ``voxelres`` and its chunk shape ``cube_dimension``
@@ -39,6 +39,7 @@ import io
 import logging
 import re
 import threading
+import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import quote
@@ -152,7 +153,8 @@ class NeuroDataBackend(HttpDriver, Backend, AnnotationStore):
     ``tokens``: project tokens to show besides the public ones; ``api_token``:
     sent as ``Authorization: Token`` (None: anonymous); ``api``: the URL style,
     ``"nd/sd"`` (ndstore 1.1, default) or ``"ocp/ca"`` (older servers, ndio 1.1.5).
-    Timeouts, retries and ``workers`` as for the BOSS driver. No I/O until first use.
+    Timeouts, retries and ``workers`` as for the BOSS driver; a token's project description (its channels)
+    is remembered for ``ttl_s`` seconds. No I/O until first use.
     """
 
     kind = "neurodata"
@@ -161,7 +163,7 @@ class NeuroDataBackend(HttpDriver, Backend, AnnotationStore):
     def __init__(self, url: str, api_token: str | None = None, *, tokens=(), api: str = "nd/sd",
                  timeout_s: float = 30.0, connect_timeout_s: float = 10.0, retries: int = 4,
                  backoff_s: float = 0.5, backoff_cap_s: float = 30.0, workers: int = 8,
-                 max_request_bytes: int = 16 * MiB, read_only: bool = False):
+                 max_request_bytes: int = 16 * MiB, ttl_s: float = 10.0, read_only: bool = False):
         super().__init__()
         if not re.match(r"https?://[^/]+", str(url)):
             raise BadRegion(f"a NeuroData url looks like https://host[:port], got {mask_url(str(url))!r}")
@@ -182,8 +184,9 @@ class NeuroDataBackend(HttpDriver, Backend, AnnotationStore):
                                timeout_s=timeout_s, connect_timeout_s=connect_timeout_s, retries=retries,
                                backoff_s=backoff_s, backoff_cap_s=backoff_cap_s, workers=self.workers)
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="ndfs-neurodata")
+        self.ttl_s = float(ttl_s)
         self._tok_lock = threading.Lock()
-        self._projects: dict[str, dict] = {}
+        self._projects: dict[str, tuple[float, dict]] = {}  # token -> (time.monotonic() fetched, description)
 
     def __repr__(self) -> str:  # HttpDriver's, with the URL style
         return f"NeuroDataBackend({mask_url(self.url)!r}, api={self.api!r}, token={'***' if self._token else None})"
@@ -201,14 +204,16 @@ class NeuroDataBackend(HttpDriver, Backend, AnnotationStore):
         if not NAME_RE.fullmatch(token):
             raise NotFound(f"{token!r} is not a NeuroData token (letters, digits and '_')")
         with self._tok_lock:
-            found = self._projects.get(token)
-        if found is None:
-            found = self._json(f"/{token}/info/")
-            if not isinstance(found, dict) or not isinstance(found.get("channels"), dict) \
-                    or not isinstance(found.get("dataset"), dict):
-                raise BackendError(f"NeuroData info of {token} is not a project description")
-            with self._tok_lock:
-                self._projects[token] = found
+            hit = self._projects.get(token)
+        if hit is not None and time.monotonic() - hit[0] < self.ttl_s:
+            return hit[1]
+        fetched = time.monotonic()
+        found = self._json(f"/{token}/info/")
+        if not isinstance(found, dict) or not isinstance(found.get("channels"), dict) \
+                or not isinstance(found.get("dataset"), dict):
+            raise BackendError(f"NeuroData info of {token} is not a project description")
+        with self._tok_lock:
+            self._projects[token] = (fetched, found)
         return found
 
     def _children(self, path: VolumeRef) -> list[str]:

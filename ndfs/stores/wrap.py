@@ -46,6 +46,11 @@ class WrappingBackend(Backend, AnnotationStore, KeyValueStore, AdminStore):
     def _is_volume(self, path):
         return self.inner.is_volume(path)
 
+    def info(self, ref):
+        """The store's answer, not memoised here: a layer that kept its own copy could not hear
+        that the store below forgot it (a volume resized or deleted elsewhere)."""
+        return self.inner.info(ref)
+
     def _info(self, ref):
         return self.inner.info(ref)
 
@@ -53,6 +58,9 @@ class WrappingBackend(Backend, AnnotationStore, KeyValueStore, AdminStore):
         """Drop memoised info here and in the inner backend."""
         super().forget_info(ref)
         self.inner.forget_info(ref)
+
+    def validate(self, ref, max_age_s):
+        return self.inner.validate(ref, max_age_s)
 
     def prefetch(self, ref, box, level=0):
         self.inner.prefetch(ref, box, level)
