@@ -31,10 +31,10 @@ from typing import Sequence
 
 import numpy as np
 
-from ndfs.core.errors import NotFound, ReadOnly, TooLarge
+from ndfs.core.errors import BadRegion, NotFound, ReadOnly, TooLarge
 from ndfs.core.geometry import Box
 from ndfs.core.info import VolumeInfo
-from ndfs.stores.base import AnnotationStore, Backend, ShapeStore, VolumeRef, as_ref
+from ndfs.stores.base import AdminStore, AnnotationStore, Backend, ShapeStore, VolumeRef, as_ref
 from ndfs.stores.tstore import ArrayLevel, Location
 
 log = logging.getLogger("ndfs.dataset")
@@ -83,7 +83,7 @@ def _layer_tree(layers: Sequence[str]) -> dict:
     return tree
 
 
-class DatasetBackend(Backend, AnnotationStore, ShapeStore):
+class DatasetBackend(Backend, AnnotationStore, ShapeStore, AdminStore):
     """Base of the precomputed and zarr remotes (see the module doc). ``url`` a path or URL; ``layers`` the
     datasets below a prefix that cannot be listed; ``max_scan_bytes`` the most voxels a bounding-box scan
     reads."""
@@ -110,6 +110,61 @@ class DatasetBackend(Backend, AnnotationStore, ShapeStore):
     def _probe(self, loc: Location, name: str) -> Found | None:
         """The dataset at ``loc`` (a volume, or a folder whose names its metadata gives), or None."""
         raise NotImplementedError
+
+    def _create(self, loc: Location, info: VolumeInfo) -> None:
+        """Write the metadata of a new, empty dataset at ``loc`` (its last file makes it exist)."""
+        raise NotImplementedError
+
+    # ---- channels made and removed -------------------------------------------------------
+    def create_volume(self, ref, shape, dtype="uint8", kind: str = "image", voxel_size_nm=(1.0, 1.0, 1.0),
+                      offset=(0, 0, 0), levels: int = 1, chunk_shape=(16, 256, 256), overwrite: bool = False):
+        """A new empty dataset whose lower levels halve x and y (the local store's pyramid)."""
+        from ndfs.stores.local import pyramid
+
+        if levels < 1 or any(int(s) <= 0 for s in shape):
+            raise BadRegion("a channel needs a positive shape and at least one level")
+        info = VolumeInfo(dtype=np.dtype(dtype), kind=kind,
+                          levels=pyramid(shape, offset, voxel_size_nm, levels, chunk_shape))
+        return self.create_volume_like(ref, info, overwrite=overwrite)
+
+    def create_volume_like(self, ref, info: VolumeInfo, overwrite: bool = False) -> VolumeInfo:
+        """A new empty dataset with exactly ``info``'s levels (sizes, offsets, voxel sizes, chunks): how
+        ``ndfs copy`` makes a destination from its source's metadata."""
+        ref = as_ref(ref)
+        if "write" not in self.capabilities:
+            raise ReadOnly(f"{self.format_name} remote {self.location!r} cannot be written "
+                           f"({self.read_only_reason})")
+        if not ref:
+            raise BadRegion("a channel needs a name")
+        if info.kind == "annotation" and info.dtype.name not in ("uint32", "uint64"):
+            raise BadRegion("annotation channels hold uint32 or uint64 ids")
+        root = self._root_is_dataset()
+        if root.is_volume or root.entries is not None:
+            raise BadRegion(f"{self.location!r} is one dataset; make new channels in a remote that names a folder")
+        if any(p in ("", ".", "..") or p.startswith(".") or "/" in p for p in ref):
+            raise BadRegion(f"{'/'.join(ref)!r} is not a usable channel name")
+        loc = self.location.join("/".join(ref))
+        if self._probe(loc, ref[-1]) is not None:
+            if not overwrite:
+                raise BadRegion(f"{'/'.join(ref)} already exists in the {self.format_name} remote")
+            self._remove(loc)
+        self._create(loc, info)
+        self.forget_volume(ref)
+        return self.info(ref)
+
+    def delete_volume(self, ref) -> None:
+        ref = as_ref(ref)
+        if "write" not in self.capabilities:
+            raise ReadOnly(f"{self.format_name} remote {self.location!r} cannot be written "
+                           f"({self.read_only_reason})")
+        found = self._volume(ref)
+        if found.location is None or found.location is self.location:
+            raise BadRegion(f"{'/'.join(ref)} is the remote's own dataset; remove it outside ndfs")
+        self._remove(found.location)
+        self.forget_volume(ref)
+
+    def _remove(self, loc: Location) -> None:
+        loc.remove_all()
 
     # ---- the tree ---------------------------------------------------------------------------
     def _root_is_dataset(self) -> Found | None:
@@ -199,6 +254,7 @@ class DatasetBackend(Backend, AnnotationStore, ShapeStore):
             for key in [k for k in self._found if k[:len(ref)] == ref or k == ("\0root",) or len(k) < len(ref)]:
                 del self._found[key]
         self.forget_info()
+        self.bump_version(ref)
 
     # ---- voxels ----------------------------------------------------------------------------
     def _read(self, ref: VolumeRef, box: Box, level: int) -> np.ndarray:

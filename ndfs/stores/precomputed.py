@@ -277,6 +277,39 @@ class PrecomputedBackend(DatasetBackend):
             return None
         return parse_info(doc, loc, name)
 
+    def _create(self, loc: Location, info: VolumeInfo) -> None:
+        loc.write("info", json.dumps(info_document(info), indent=1).encode())
 
-__all__ = ["PrecomputedBackend", "parse_info", "parse_segment_properties", "decode_legacy_fragment",
+
+#: data types a precomputed layer holds
+DATA_TYPES = ("uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64", "float32")
+
+
+def _number(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else f"{v:g}"
+
+
+def info_document(info: VolumeInfo) -> dict:
+    """The precomputed ``info`` of a new layer with ``info``'s levels: raw images, compressed_segmentation
+    annotation channels (8x8x8 blocks), one scale per level."""
+    if info.dtype.name not in DATA_TYPES:
+        raise BadRegion(f"a precomputed layer cannot hold {info.dtype}")
+    scales, keys = [], set()
+    for i, lv in enumerate(info.levels):
+        res = [float(v) for v in lv.voxel_size_nm[::-1]]
+        key = "_".join(_number(v) for v in res)
+        if key in keys:
+            key = f"{key}_{i}"
+        keys.add(key)
+        scale = {"key": key, "size": list(lv.shape[::-1]), "voxel_offset": list(lv.offset[::-1]), "resolution": res,
+                 "chunk_sizes": [[min(c, s) for c, s in zip(lv.chunk_shape[::-1], lv.shape[::-1])]],
+                 "encoding": "compressed_segmentation" if info.kind == "annotation" else "raw"}
+        if info.kind == "annotation":
+            scale["compressed_segmentation_block_size"] = [8, 8, 8]
+        scales.append(scale)
+    return {"@type": "neuroglancer_multiscale_volume", "type": "segmentation" if info.kind == "annotation" else "image",
+            "data_type": info.dtype.name, "num_channels": 1, "scales": scales}
+
+
+__all__ = ["PrecomputedBackend", "parse_info", "info_document", "parse_segment_properties", "decode_legacy_fragment",
            "decode_skeleton"]

@@ -185,6 +185,26 @@ class Location:
         except Exception as exc:
             raise ts_error(exc, f"writing {key} of {self!r}") from exc
 
+    def remove_all(self) -> None:
+        """Delete every key below the location (a local folder and everything in it)."""
+        if not self.writable:
+            raise ReadOnly(f"{self!r} cannot be written ({self.scheme}:// is read-only)")
+        if self.local:
+            import shutil
+
+            try:
+                shutil.rmtree(self.path)
+            except FileNotFoundError:
+                return
+            except OSError as exc:
+                raise disk_error(exc, f"removing {self.path}") from exc
+            return
+        ts = tensorstore()
+        try:
+            self._store().delete_range(ts.KvStore.KeyRange()).result()
+        except Exception as exc:
+            raise ts_error(exc, f"removing {self!r}") from exc
+
     def list_dirs(self) -> list[str] | None:
         """Sub-folders of a local location, sorted (None: this kind of location cannot be listed)."""
         if not self.local:
