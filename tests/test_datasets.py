@@ -282,3 +282,27 @@ def test_a_mount_shows_layers_images_labels_and_their_objects(field, tmp_path):
 
     written = CloudVolume(f"file://{tmp_path}/writable/raw16", progress=False)
     np.testing.assert_array_equal(cv_zyx(written, Box((3, 0, 0), (4, 50, 70)))[0], plane)
+
+
+def test_a_write_a_dead_writer_left_in_the_outbox_is_completed_whole(field, tmp_path, private_outbox):
+    """A process that died after journaling a write (before or while its chunks were stored) leaves the whole
+    write in the outbox; the next process that opens the remote stores all of it."""
+    from pathlib import Path
+
+    from cloudvolume import CloudVolume
+
+    from ndfs.core.config import RemoteConfig, remote_target
+    from ndfs.stores.journal import Journal
+    from ndfs.testing.mount import wait_until
+
+    root, made, _ = field
+    shutil.copytree(root / "pc" / "raw16", tmp_path / "pc" / "raw16")
+    url = f"file://{tmp_path}/pc"
+    rc = RemoteConfig("precomputed", "precomputed", url=url)
+    box = Box((2, 5, 10), (10, 45, 70))  # spans 3 x 2 x 2 chunks of (4, 32, 32)
+    data = np.random.default_rng(9).integers(0, 60000, size=box.shape, dtype=np.uint16)
+    Journal(Path(private_outbox)).put(rc.name, remote_target(rc), ("raw16",), 0, box, data)
+    remote = ndfs.remote(f"precomputed+{url}")  # resumes the outbox's pending entries for this target
+    cv = CloudVolume(f"{url}/raw16", progress=False)
+    assert wait_until(lambda: (cv_zyx(cv, box) == data).all(), timeout=30)
+    np.testing.assert_array_equal(remote.volume("", "raw16")[box.slices()], data)

@@ -315,21 +315,27 @@ class ArrayLevel:
                 parts.append(self.fixed.get(i, 0))
         return tuple(parts)
 
-    def _order(self) -> tuple[list[str], list[int]]:
+    def _view(self, arr, box: Box):
+        """The box of ``arr`` with its dimensions ordered z, y, x (tensorstore reads and writes in that order,
+        so a chunk stored x-fastest, as precomputed stores them, is copied without a transpose in numpy)."""
+        view = arr[self._index(box)]
         kept = [n for n in self.axes if n in "zyx"]
-        return kept, [kept.index(n) for n in "zyx" if n in kept]
+        order = [kept.index(n) for n in "zyx" if n in kept]
+        if order != list(range(len(order))):
+            ts = tensorstore()
+            view = view[ts.d[tuple(order)].transpose[:]]
+        return view, "z" in kept
 
     def read(self, box: Box, dtype: np.dtype) -> np.ndarray:
         if self.problem:
             raise BackendError(self.problem)
         arr = self._open(False)
         try:
-            data = arr[self._index(box)].read().result()
+            view, has_z = self._view(arr, box)
+            data = view.read(order="C").result()
         except Exception as exc:
             raise ts_error(exc, f"reading {box}") from exc
-        kept, perm = self._order()
-        data = np.transpose(data, perm)
-        if "z" not in kept:
+        if not has_z:
             data = data[np.newaxis]
         return np.ascontiguousarray(data, dtype=dtype)
 
@@ -337,11 +343,10 @@ class ArrayLevel:
         if self.read_only:
             raise ReadOnly(self.read_only)
         arr = self._open(True)
-        kept, perm = self._order()
-        data = array if "z" in kept else array[0]
-        data = np.transpose(data, np.argsort(perm))
         try:
-            arr[self._index(box)].write(np.ascontiguousarray(data, dtype=arr.dtype.numpy_dtype)).result()
+            view, has_z = self._view(arr, box)
+            data = array if has_z else array[0]
+            view.write(np.ascontiguousarray(data, dtype=arr.dtype.numpy_dtype)).result()
         except Exception as exc:
             raise ts_error(exc, f"writing {box}") from exc
 

@@ -105,8 +105,11 @@ class StaticServer:
 
             do_PUT = do_POST = do_DELETE = _refuse
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self._server.daemon_threads = True
+        class Server(ThreadingHTTPServer):
+            request_queue_size = 128  # clients open many connections at once: the default 5 drops some for 1 s
+            daemon_threads = True
+
+        self._server = Server(("127.0.0.1", port), Handler)
         self._thread: threading.Thread | None = None
 
     @property
