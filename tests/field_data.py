@@ -134,3 +134,81 @@ def write_omezarr(root: Path) -> dict:
     write_multiscale(pyramid, g5, fmt=FormatV05(), axes=axes, coordinate_transformations=transforms,
                      storage_options={"chunks": (4, 16, 16), "shards": (8, 32, 32)})
     return {"image": pyramid, "cells": cells}
+
+
+def _draco_fragments(bits: int):
+    """Two mesh fragments of quantised positions (integers in [0, 2**bits - 1]), Draco-encoded by DracoPy."""
+    import DracoPy
+
+    top = 2**bits - 1
+    tetra = np.array([[0, 0, 0], [top, 0, 0], [0, top, 0], [0, 0, top]], np.float32)
+    faces = np.array([[0, 1, 2], [0, 1, 3], [0, 2, 3], [1, 2, 3]], np.uint32)
+    half = np.array([[0, 0, 0], [top // 2, 0, 0], [0, top // 2, 0], [0, 0, top // 2]], np.float32)
+    encode = lambda pts: DracoPy.encode(pts, faces, quantization_bits=bits, quantization_range=top,  # noqa: E731
+                                        quantization_origin=[0, 0, 0])
+    return [encode(tetra), encode(half)], [(0, 0, 0), (1, 0, 1)]
+
+
+def write_multilod_and_sharded(root: Path) -> dict:
+    """Segmentation layers ``mlod`` (unsharded multi-resolution meshes, murmurhash-sharded skeletons) and
+    ``mlod_sharded`` (sharded multi-resolution meshes), by CloudVolume's writers (its manifest class and shard
+    synthesis) and DracoPy; the ids they keep are returned with the label volume."""
+    from cloudvolume import CloudVolume, Skeleton
+    from cloudvolume.datasource.precomputed.mesh.multilod import MultiLevelPrecomputedMeshManifest
+    from cloudvolume.datasource.precomputed.sharding import ShardingSpecification, synthesize_shard_files
+
+    root = Path(root)
+    lab = labels_volume()
+    ids = (9, 2**40 + 5)
+    bits = 10
+    fragments, positions = _draco_fragments(bits)
+    made = {"labels": lab, "ids": ids}
+    for name, sharded in (("mlod", False), ("mlod_sharded", True)):
+        info = CloudVolume.create_new_info(1, "segmentation", "uint64", "compressed_segmentation", [4, 4, 40],
+                                           [10, 20, 2], lab.shape, mesh="mesh", skeletons="skeletons",
+                                           chunk_size=[32, 32, 8])
+        cv = CloudVolume(f"file://{root}/{name}", info=info, progress=False, compress=False)
+        cv.commit_info()
+        cv[:, :, :] = lab
+        mesh_dir = root / name / "mesh"
+        mesh_dir.mkdir(parents=True)
+        mesh_info = {"@type": "neuroglancer_multilod_draco", "vertex_quantization_bits": bits,
+                     "transform": [4, 0, 0, 40, 0, 4, 0, 80, 0, 0, 40, 80], "lod_scale_multiplier": 1.0}
+        data, manifest_sizes = {}, {}
+        for segid in ids:
+            manifest = MultiLevelPrecomputedMeshManifest(
+                segment_id=segid, chunk_shape=np.array([16, 16, 4], np.float32),
+                grid_origin=np.array([2, 3, 1], np.float32), num_lods=2,
+                lod_scales=np.array([1, 2], np.float32), vertex_offsets=np.zeros((2, 3), np.float32),
+                num_fragments_per_lod=np.array([2, 2], np.uint32),  # CloudVolume writes equal counts only
+                fragment_positions=[np.array(positions, np.uint32).T, np.array([[0, 1], [0, 0], [0, 0]], np.uint32)],
+                fragment_offsets=[np.array([len(f) for f in fragments], np.uint32),
+                                  np.array([len(fragments[1]), 0], np.uint32)])  # an empty fragment too
+            blob = b"".join(fragments) + fragments[1]  # lod 0, then lod 1
+            if sharded:
+                data[segid] = blob + manifest.to_binary()
+                manifest_sizes[segid] = len(manifest.to_binary())  # the index entry names the manifest only
+            else:
+                (mesh_dir / f"{segid}.index").write_bytes(manifest.to_binary())
+                (mesh_dir / str(segid)).write_bytes(blob)
+        if sharded:
+            spec = ShardingSpecification("neuroglancer_uint64_sharded_v1", preshift_bits=0, hash="murmurhash3_x86_128",
+                                         minishard_bits=1, shard_bits=1, minishard_index_encoding="gzip",
+                                         data_encoding="raw")
+            mesh_info["sharding"] = spec.to_dict()
+            for fname, shard in synthesize_shard_files(spec, data, data_offset=manifest_sizes).items():
+                (mesh_dir / fname).write_bytes(shard)
+        (mesh_dir / "info").write_text(json.dumps({k: (v if not hasattr(v, "tolist") else v.tolist())
+                                                   for k, v in mesh_info.items()}, default=int))
+        # murmurhash-sharded skeletons
+        skel = Skeleton([[50, 60, 100], [70, 60, 100], [90, 80, 140]], edges=[[0, 1], [1, 2]], radii=[1, 2, 3],
+                        segid=ids[0])
+        cv.skeleton.meta.info["sharding"] = ShardingSpecification(
+            "neuroglancer_uint64_sharded_v1", preshift_bits=0, hash="murmurhash3_x86_128", minishard_bits=2,
+            shard_bits=1, minishard_index_encoding="gzip", data_encoding="gzip").to_dict()
+        cv.skeleton.meta.commit_info()
+        spec = ShardingSpecification.from_dict(cv.skeleton.meta.info["sharding"])
+        for fname, shard in synthesize_shard_files(spec, {ids[0]: skel.to_precomputed()}).items():
+            (root / name / "skeletons" / fname).write_bytes(shard)
+        made[f"{name}_skeleton"] = skel
+    return made

@@ -22,15 +22,16 @@ from ndfs.stores.base import ShapeStore
 from ndfs.testing.http_static import StaticServer
 from ndfs.testing.mount import fuse_unavailable, mounted
 
-from field_data import SEG_IDS, write_omezarr, write_precomputed
+from field_data import SEG_IDS, write_multilod_and_sharded, write_omezarr, write_precomputed
 
-LAYERS = ["em", "raw16", "seg", "shard"]
+LAYERS = ["em", "raw16", "seg", "shard", "mlod", "mlod_sharded"]
 
 
 @pytest.fixture(scope="module")
 def field(tmp_path_factory):
     root = tmp_path_factory.mktemp("field")
     made = write_precomputed(root / "pc")
+    made["multilod"] = write_multilod_and_sharded(root / "pc")
     made.update({f"oz_{k}": v for k, v in write_omezarr(root / "oz").items()})
     with StaticServer(root) as server:
         yield root, made, server
@@ -154,6 +155,30 @@ def test_meshes_and_skeletons_are_the_writers_own(field, where):
     np.testing.assert_array_equal(skel.radius, cv_skel.radii)
     assert pc.backend.object_mesh(("seg",), SEG_IDS[1]) is None  # no mesh of its own: the mount meshes its voxels
     assert pc.backend.object_skeleton(("seg",), SEG_IDS[1]) is None
+
+
+@pytest.mark.parametrize("where", ["dir", "http"])
+def test_multi_resolution_and_sharded_meshes_and_sharded_skeletons_equal_cloudvolume(field, where):
+    made = field[1]["multilod"]
+    pc, _ = remotes(field, where)
+    for layer in ("mlod", "mlod_sharded"):
+        for segid in made["ids"]:
+            verts, faces = pc.backend.object_mesh((layer,), segid)
+            want = cloudvolume(field, layer).mesh.get(segid, lod=0)
+            want = want[segid] if isinstance(want, dict) else want
+            assert len(faces) == len(want.faces) > 0
+            # the same triangles; float32 sums in another order differ in the last bit
+            np.testing.assert_allclose(verts[faces], want.vertices[want.faces], rtol=1e-6)
+        skel = pc.backend.object_skeleton((layer,), made["ids"][0])
+        want = cloudvolume(field, layer).skeleton.get(made["ids"][0])
+        np.testing.assert_array_equal(skel.vertices, want.vertices)
+        np.testing.assert_array_equal(skel.edges, want.edges)
+        np.testing.assert_array_equal(skel.radius, want.radii)
+        assert pc.backend.object_skeleton((layer,), made["ids"][1]) is None  # absent from its shard
+        assert pc.backend.object_mesh((layer,), 424242) is None
+        assert pc.get_ramon("", layer, [made["ids"][1]])[0].kvpairs == {}  # no properties, but a mesh
+        with pytest.raises(NotFound):
+            pc.get_ramon("", layer, [424242])
 
 
 def test_writes_reach_unsharded_layers_and_sharded_ones_refuse_with_erofs(field, tmp_path):

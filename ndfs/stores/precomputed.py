@@ -18,10 +18,11 @@ rewritten in part. jpeg scales are read-only too (lossy).
 
 Segmentation layers: ``ramon/<id>.json`` objects are the ids of ``segment_properties`` (inline ids
 with ``label``, ``description``, ``tags``, ``string`` and ``number`` properties, as kv pairs) and the
-ids that have a mesh or skeleton; meshes are the layer's legacy meshes (``<mesh>/<id>:0`` manifests
-and their fragments, unsharded), skeletons its unsharded skeletons (vertex attribute ``radius`` kept),
-both in nm. Layers whose meshes are multi-resolution or sharded have their objects meshed from the
-voxels by the mount (zmesh), as for any annotation channel.
+ids that have a mesh or skeleton; meshes are the layer's own, legacy (``<mesh>/<id>:0`` manifests and
+their fragments) or multi-resolution (``neuroglancer_multilod_draco``: the finest level of detail),
+unsharded or sharded (:mod:`ndfs.stores.precomputed_shards`); skeletons are its skeletons, unsharded
+or sharded (vertex attribute ``radius`` kept); all in nm. Objects without a mesh of their own are
+meshed from the voxels by the mount (zmesh), as for any annotation channel.
 
 Local layers that CloudVolume wrote with ``compress="gzip"`` store chunks as ``<name>.gz`` files, which
 tensorstore (and neuroglancer over plain HTTP) do not read: such a scale refuses reads with a message
@@ -41,11 +42,13 @@ from ndfs.core.errors import BackendError, BadRegion, ReadOnly
 from ndfs.core.info import LevelInfo, VolumeInfo
 from ndfs.formats.swc import Skeleton
 from ndfs.stores.dataset import DatasetBackend, Found, Segments
+from ndfs.stores.precomputed_shards import decode_multilod, locate, parse_manifest, read_sharded
 from ndfs.stores.tstore import ArrayLevel, Location
 
 log = logging.getLogger("ndfs.precomputed")
 
 LABEL_DTYPES = ("uint32", "uint64")
+MULTILOD = "neuroglancer_multilod_draco"
 
 
 def _zyx(values) -> tuple:
@@ -147,27 +150,54 @@ class PrecomputedSegments(Segments):
         found = self._properties().get(id)
         if found is not None:
             return dict(found)
-        if self._manifest(id) is not None or self._skeleton_bytes(id) is not None:
-            return {}
-        return None
+        return {} if self._has_shape(id) else None
 
-    # ---- meshes -------------------------------------------------------------------------
-    def _legacy(self) -> bool:
-        if not self.mesh_dir:
-            return False
-        info = self._sub_info(self.mesh_dir)
-        return info.get("@type", "neuroglancer_legacy_mesh") == "neuroglancer_legacy_mesh" and not info.get("sharding")
+    # ---- meshes ----------------------------------------------------------------------------
+    def _mesh_info(self) -> dict | None:
+        return self._sub_info(self.mesh_dir) if self.mesh_dir else None
 
-    def _manifest(self, id: int) -> dict | None:
-        if not self._legacy():
-            return None
-        return _json(self.loc.join(self.mesh_dir), f"{id}:0", f"the mesh manifest of {id}")
+    def _has_shape(self, id: int) -> bool:
+        """Whether the layer keeps a mesh or a skeleton of ``id`` (one small read each)."""
+        info = self._mesh_info()
+        if info is not None:
+            where = self.loc.join(self.mesh_dir)
+            if info.get("sharding"):
+                if locate(where, info["sharding"], id) is not None:
+                    return True
+            elif info.get("@type") == MULTILOD:
+                if where.read_range(f"{id}.index", 0, 1) is not None:
+                    return True
+            elif _json(where, f"{id}:0", f"the mesh manifest of {id}") is not None:
+                return True
+        return self._skeleton_bytes(id) is not None
 
     def mesh(self, id: int):
-        manifest = self._manifest(id)
-        if manifest is None:
+        info = self._mesh_info()
+        if info is None:
             return None
         where = self.loc.join(self.mesh_dir)
+        what = f"the mesh of object {id} in {where!r}"
+        multilod = info.get("@type") == MULTILOD
+        if info.get("sharding"):
+            found = locate(where, info["sharding"], id)
+            if found is None:
+                return None
+            name, offset, size = found
+            if not multilod:  # a sharded legacy mesh: one fragment, stored under the id
+                return decode_legacy_fragment(read_sharded(where, info["sharding"], id), what)
+            manifest = parse_manifest(where.read_range(name, offset, offset + size) or b"", what)
+            total = int(sum(int(s.sum()) for s in manifest["sizes"]))  # the fragments lie just before it
+            data = where.read_range(name, offset - total, offset) if total else b""
+            return decode_multilod(manifest, data or b"", info, what)
+        if multilod:
+            index = where.read(f"{id}.index")
+            if index is None:
+                return None
+            manifest = parse_manifest(index, what)
+            return decode_multilod(manifest, where.read(str(id), max_bytes=2**31) or b"", info, what)
+        manifest = _json(where, f"{id}:0", f"the mesh manifest of {id}")
+        if manifest is None:
+            return None
         verts, faces, base = [], [], 0
         for fragment in manifest.get("fragments", []):
             data = where.read(str(fragment), max_bytes=2**31)
@@ -183,9 +213,13 @@ class PrecomputedSegments(Segments):
 
     # ---- skeletons ----------------------------------------------------------------------
     def _skeleton_bytes(self, id: int) -> bytes | None:
-        if not self.skeleton_dir or self._sub_info(self.skeleton_dir).get("sharding"):
+        if not self.skeleton_dir:
             return None
-        return self.loc.join(self.skeleton_dir).read(str(id), max_bytes=2**31)
+        where = self.loc.join(self.skeleton_dir)
+        sharding = self._sub_info(self.skeleton_dir).get("sharding")
+        if sharding:
+            return read_sharded(where, sharding, id)
+        return where.read(str(id), max_bytes=2**31)
 
     def skeleton(self, id: int):
         data = self._skeleton_bytes(id)

@@ -162,6 +162,28 @@ class Location:
             raise BackendError(f"{key} of {self!r} holds {len(got.value)} bytes, more than the {max_bytes} expected")
         return bytes(got.value)
 
+    def read_range(self, key: str, start: int, stop: int) -> bytes | None:
+        """Bytes ``[start, stop)`` of ``key`` (fewer at its end), or None when it does not exist."""
+        if stop - start > MAX_META_BYTES * 16:
+            raise BackendError(f"{key} of {self!r}: a range of {stop - start} bytes is more than expected")
+        if self.local:
+            path = os.path.join(self.path, *key.split("/"))
+            try:
+                with open(path, "rb") as fh:
+                    fh.seek(start)
+                    return fh.read(stop - start)
+            except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+                return None
+            except OSError as exc:
+                raise BackendError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        try:
+            got = self._store().read(key, byte_range=slice(start, stop)).result()
+        except Exception as exc:
+            if str(exc).startswith("OUT_OF_RANGE"):
+                return b""
+            raise ts_error(exc, f"reading bytes {start}-{stop} of {key} of {self!r}") from exc
+        return bytes(got.value) if got.state == "value" else None
+
     def write(self, key: str, data: bytes) -> None:
         """Store ``data`` as ``key`` whole (a local file is written aside and renamed into place)."""
         if not self.writable:
