@@ -122,3 +122,19 @@ def test_a_copy_killed_half_way_resumes_and_skips_what_is_done(tmp_path, private
     _, got = levels_of(oz, ("em",))
     for a, b in zip(want, got):
         np.testing.assert_array_equal(b, a)
+
+
+def test_a_copy_runs_on_a_dask_cluster_and_on_worker_processes(demo, tmp_path):
+    local = ndfs.remote(str(demo / "store"))
+    report = ndfs.copy((local, "demo/cells"), f"precomputed+file://{tmp_path}/pc", scheduler="dask", workers=2,
+                       progress=False)
+    assert report.channels == {"demo/cells": "cells"} and report.written > 0
+    report = ndfs.copy((local, "demo/em"), f"zarr+file://{tmp_path}/oz", scheduler="processes", workers=2,
+                       progress=False)
+    assert report.written > 0
+    for remote, ref, channel in ((ndfs.remote(f"precomputed://{tmp_path}/pc"), ("cells",), "cells"),
+                                 (ndfs.remote(f"zarr://{tmp_path}/oz"), ("em",), "em")):
+        _, want = levels_of(local, ("demo", channel))
+        _, got = levels_of(remote, ref)
+        for a, b in zip(want, got):
+            np.testing.assert_array_equal(b, a)

@@ -25,6 +25,10 @@ def add_copy_parser(subparsers) -> None:
     s.add_argument("--level", type=int, action="append", dest="levels", metavar="N",
                    help="copy this level (repeatable; default: every level the destination keeps)")
     s.add_argument("--workers", type=int, default=4, help="chunks copied at once (default 4)")
+    s.add_argument("--scheduler", choices=["threads", "processes", "dask"], default="threads",
+                   help="where chunks are copied: threads of this process (default), worker processes, or Dask")
+    s.add_argument("--address", metavar="tcp://HOST:8786",
+                   help="a Dask scheduler to run on (with --scheduler dask; default: a local cluster)")
     s.add_argument("--restart", action="store_true", help="copy every chunk again, forgetting an earlier run")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_copy)
@@ -45,7 +49,7 @@ def cmd_copy(args) -> int:
         box = Box.from_xyz(args.x, args.y, args.z)
     report = copy(args.source, args.dest, box=box, levels=args.levels, workers=args.workers,
                   progress=not args.quiet and sys.stderr.isatty(), resume=not args.restart,
-                  config=load_config(args.config))
+                  config=load_config(args.config), scheduler=args.scheduler, address=args.address)
     for src, dst in report.channels.items():
         print(f"copied {src} -> {dst}")
     print(f"{report.written} chunks written ({report.nbytes / 2**20:.1f} MiB), {report.skipped} already done")

@@ -5,7 +5,7 @@ remote gets exactly the source's levels (sizes, offsets, voxel sizes, chunk shap
 gets the same geometry and rebuilds its own lower levels from level 0 (the levels it would make must
 be the source's, else only the levels that match are kept). Voxels are copied one destination chunk at
 a time (every write covers whole chunks of the destination, so nothing is read back), by ``workers``
-threads, with a tqdm bar counting chunks.
+threads (or worker processes, or a Dask cluster: ``scheduler=``), with a tqdm bar counting chunks.
 
 Resumable: the chunks written are recorded in a state file (``<user data dir>/copies/<digest>.done``,
 one line per chunk, the digest naming source, destination, box and levels); a copy started again after
@@ -28,7 +28,7 @@ import json
 import logging
 import os
 import threading
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -158,12 +158,38 @@ def state_dir() -> Path:
     return Path(os.environ.get("NDFS_COPY_STATE_DIR") or user_data_dir() / "copies")
 
 
+def _copy_chunk(src_source, src_ref, dst_source, dst_ref, level: int, part: Box) -> int:
+    """One chunk copied in a worker process: both stacks reopened from their recipes (once per process)."""
+    from ndfs.stack import open_source
+
+    data = open_source(src_source).read(src_ref, part, level)
+    open_source(dst_source).write(dst_ref, part, level, data)
+    return int(data.nbytes)
+
+
+def _copy_here(src: Backend, src_ref, dst: Backend, dst_ref, level: int, part: Box) -> int:
+    data = src.read(src_ref, part, level)
+    dst.write(dst_ref, part, level, data)
+    return int(data.nbytes)
+
+
 def copy_volume(src: Backend, src_ref, dst: Backend, dst_ref, *, box: Box | None = None,
                 levels: Sequence[int] | None = None, workers: int = 4, progress: bool = True, resume: bool = True,
-                report: CopyReport | None = None) -> CopyReport:
+                report: CopyReport | None = None, scheduler: str = "threads", address: str | None = None,
+                client=None) -> CopyReport:
     """Copy one channel (or ``box`` of it, at level 0) from ``src`` to ``dst``, making the destination when
-    it does not exist. ``levels`` default: every level the destination keeps and does not rebuild itself."""
+    it does not exist. ``levels`` default: every level the destination keeps and does not rebuild itself.
+    ``scheduler`` ``"threads"`` (default), ``"processes"`` or ``"dask"`` (a LocalCluster of ``workers``
+    processes, the scheduler at ``address``, or ``client``), as :func:`ndfs.tools.batch.map_blocks` runs
+    blocks; worker processes reopen both remotes from their recipes (open them with ``ndfs.remote``)."""
     from tqdm import tqdm
+
+    from ndfs.tools.batch import SCHEDULERS, _Pool
+
+    if scheduler not in SCHEDULERS:
+        raise BadRegion(f"scheduler must be one of {', '.join(SCHEDULERS)}, not {scheduler!r}")
+    if (address or client is not None) and scheduler != "dask":
+        raise BadRegion("address= and client= go with scheduler='dask'")
 
     src_ref, dst_ref = as_ref(src_ref), as_ref(dst_ref)
     report = report if report is not None else CopyReport()
@@ -195,30 +221,42 @@ def copy_volume(src: Backend, src_ref, dst: Backend, dst_ref, *, box: Box | None
                desc=f"{'/'.join(src_ref)} -> {'/'.join(dst_ref)}")
     complete = False
 
-    def one(key, part):
-        data = src.read(src_ref, part, key[0])
-        dst.write(dst_ref, part, key[0], data)
-        state.mark(key)
-        return data.nbytes
+    if scheduler == "threads":
+        def submit(pool, key, part):
+            return pool.submit(_copy_here, src, src_ref, dst, dst_ref, key[0], part)
+    else:
+        from ndfs.stack import source_of
 
+        src_source, dst_source = source_of(src), source_of(dst)
+
+        def submit(pool, key, part):
+            return pool.submit(_copy_chunk, src_source, src_ref, dst_source, dst_ref, key[0], part)
+
+    inflight = 2 * max(1, int(workers))
+    pool = _Pool(scheduler, max(1, int(workers)), address, client, {}) if todo else None
     try:
-        with ThreadPoolExecutor(max(1, int(workers)), thread_name_prefix="ndfs-copy") as pool:
-            pending = set()
-            queue = iter(todo)
-            for key, part in queue:
-                pending.add(pool.submit(one, key, part))
-                if len(pending) >= 2 * max(1, int(workers)):
-                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for f in done:
-                        report.nbytes += f.result()
-                        report.written += 1
-                        bar.update(1)
-            for f in pending:
+        pending: dict = {}
+
+        def take(done) -> None:
+            for f in done:
+                key = pending.pop(f)
                 report.nbytes += f.result()
                 report.written += 1
+                state.mark(key)
                 bar.update(1)
+
+        for key, part in todo:
+            pending[submit(pool, key, part)] = key
+            if len(pending) >= inflight:
+                finished, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+                take(finished)
+        while pending:
+            finished, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+            take(finished)
         complete = True
     finally:
+        if pool is not None:
+            pool.close(wait=complete)
         bar.close()
         state.finish(complete)
     report.channels["/".join(src_ref)] = "/".join(dst_ref)
@@ -258,10 +296,12 @@ def _resolve(target, config=None) -> tuple[Backend, VolumeRef, bool]:
 
 
 def copy(source, dest, *, box: Box | None = None, levels: Sequence[int] | None = None, workers: int = 4,
-         progress: bool = True, resume: bool = True, config=None) -> CopyReport:
+         progress: bool = True, resume: bool = True, config=None, scheduler: str = "threads",
+         address: str | None = None, client=None) -> CopyReport:
     """Copy a channel, a box of it (``box`` at level 0, ZYX, dataset coordinates) or every channel below a
     folder from ``source`` to ``dest`` (see the module doc). A folder's channels keep their paths below
-    ``dest``. Returns a :class:`CopyReport`."""
+    ``dest``. ``scheduler``/``address``/``client``: see :func:`copy_volume`. Returns a :class:`CopyReport`."""
+    run = {"scheduler": scheduler, "address": address, "client": client}
     src, src_ref, _ = _resolve(source, config)
     dst, dst_ref, into = _resolve(dest, config)
     report = CopyReport()
@@ -269,11 +309,11 @@ def copy(source, dest, *, box: Box | None = None, levels: Sequence[int] | None =
         if into:
             dst_ref = (src_ref[-1],)
         copy_volume(src, src_ref, dst, dst_ref, box=box, levels=levels, workers=workers, progress=progress,
-                    resume=resume, report=report)
+                    resume=resume, report=report, **run)
         return report
     for ref in _volumes_below(src, src_ref):
         copy_volume(src, ref, dst, dst_ref + ref[len(src_ref):], box=box, levels=levels, workers=workers,
-                    progress=progress, resume=resume, report=report)
+                    progress=progress, resume=resume, report=report, **run)
     return report
 
 
