@@ -18,10 +18,11 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import quote, urlparse
+from urllib.parse import quote, unquote, urlparse
 
 import numpy as np
 
@@ -49,7 +50,7 @@ def tensorstore():
 
 def ts_error(exc: Exception, what: str) -> NdfsError:
     """The NdfsError for a tensorstore failure (its messages carry an absl status code first)."""
-    text = str(exc)
+    text = re.sub(r"://[^/@\s]*@", "://***@", str(exc))  # never a password a URL's user-info held
     code = text.split(":", 1)[0].strip()
     msg = f"{what}: {text}"
     if code == "NOT_FOUND":
@@ -78,7 +79,7 @@ class Location:
             self.scheme, self.path = "file", str(Path(text).expanduser().resolve())
             self.base = ""
         elif scheme == "file":
-            self.scheme, self.path = "file", str(Path(urlparse(text).path).resolve())
+            self.scheme, self.path = "file", str(Path(unquote(urlparse(text).path)).resolve())
             self.base = ""
         elif scheme in SCHEMES:
             self.scheme, self.path = scheme, ""
