@@ -41,7 +41,8 @@ def write_precomputed(root: Path) -> dict:
     made = {}
     # jpeg image with a second scale
     em = em_volume()
-    info = CloudVolume.create_new_info(1, "image", "uint8", "jpeg", [4, 4, 40], [16, 8, 2], em.shape, chunk_size=[32, 32, 8])
+    info = CloudVolume.create_new_info(1, "image", "uint8", "jpeg", [4, 4, 40], [16, 8, 2], em.shape,
+                                       chunk_size=[32, 32, 8])
     cv = _cv(f"file://{root}/em", info)
     cv.add_scale((2, 2, 1), chunk_size=[32, 32, 8], encoding="jpeg")
     cv.commit_info()
@@ -56,7 +57,8 @@ def write_precomputed(root: Path) -> dict:
     made["em"] = em
     # raw uint16
     raw = em_volume((70, 50, 12), seed=2, dtype=np.uint16) * 200
-    info = CloudVolume.create_new_info(1, "image", "uint16", "raw", [8, 8, 30], [0, 0, 0], raw.shape, chunk_size=[32, 32, 4])
+    info = CloudVolume.create_new_info(1, "image", "uint16", "raw", [8, 8, 30], [0, 0, 0], raw.shape,
+                                       chunk_size=[32, 32, 4])
     cv = _cv(f"file://{root}/raw16", info)
     cv.commit_info()
     cv[:, :, :] = raw
@@ -91,7 +93,8 @@ def write_precomputed(root: Path) -> dict:
     made["seg_skeleton"] = skel
     # sharded
     data = em_volume((100, 80, 24), seed=3, dtype=np.uint16)
-    info = CloudVolume.create_new_info(1, "image", "uint16", "raw", [8, 8, 40], [3, 0, 1], data.shape, chunk_size=[16, 16, 8])
+    info = CloudVolume.create_new_info(1, "image", "uint16", "raw", [8, 8, 40], [3, 0, 1], data.shape,
+                                       chunk_size=[16, 16, 8])
     cv = _cv(f"file://{root}/shard", info)
     cv.image.to_sharded(uncompressed_shard_bytesize=40000, max_shard_index_bytes=64)
     cv.commit_info()
@@ -118,8 +121,9 @@ def write_omezarr(root: Path) -> dict:
     pyramid = [img, img[:, ::2, ::2].copy()]
     axes = [{"name": "z", "type": "space", "unit": "micrometer"}, {"name": "y", "type": "space", "unit": "micrometer"},
             {"name": "x", "type": "space", "unit": "micrometer"}]
-    transforms = [[{"type": "scale", "scale": [0.04, 0.004, 0.004]}, {"type": "translation", "translation": [0.08, 0.04, 0.0]}],
-                  [{"type": "scale", "scale": [0.04, 0.008, 0.008]}, {"type": "translation", "translation": [0.08, 0.04, 0.0]}]]
+    shift = {"type": "translation", "translation": [0.08, 0.04, 0.0]}
+    transforms = [[{"type": "scale", "scale": [0.04, 0.004, 0.004]}, shift],
+                  [{"type": "scale", "scale": [0.04, 0.008, 0.008]}, shift]]
     g = zarr.open_group(str(root / "v4.ome.zarr"), mode="w", zarr_format=2)
     write_multiscale(pyramid, g, fmt=FormatV04(), axes=axes, coordinate_transformations=transforms,
                      storage_options={"chunks": (4, 32, 32)})

@@ -420,5 +420,6 @@ class AdminStore(metaclass=_Contract):
         """Remove a channel and everything in it."""
 
 
-__all__ = ["Backend", "AnnotationStore", "KeyValueStore", "AdminStore", "ShapeStore", "annotations", "RequestStats", "VolumeRef",
+__all__ = ["Backend", "AnnotationStore", "KeyValueStore", "AdminStore", "ShapeStore", "annotations", "RequestStats",
+           "VolumeRef",
            "as_ref", "NdfsError"]

@@ -94,8 +94,8 @@ def parse_info(doc: dict, loc: Location, name: str) -> Found:
             problem = None
             gz = loc.join(scale["key"]).any_file_with_suffix(".gz")
             if gz:
-                problem = (f"scale {scale['key']} of {loc!r} stores its chunks as .gz files (such as {gz}; CloudVolume's "
-                           "compress='gzip' on local disk), which tensorstore and neuroglancer do not read; rewrite "
+                problem = (f"scale {scale['key']} of {loc!r} stores its chunks as .gz files (such as {gz}; "
+                           "CloudVolume's compress='gzip' on local disk), which tensorstore and neuroglancer do not read; rewrite "
                            "the layer without compression, or serve it over HTTP with Content-Encoding: gzip")
             for c in range(channels):
                 per_channel[c].append(ArrayLevel(
