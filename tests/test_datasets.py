@@ -280,6 +280,11 @@ def test_a_mount_shows_layers_images_labels_and_their_objects(field, tmp_path):
         np.testing.assert_array_equal(cut, made["shard"].transpose(2, 1, 0)[2:19, 5:45, 7:57])
         info = json.loads((mnt / "pc" / "seg" / "info.json").read_text())
         assert info["kind"] == "annotation"
+        seg = made["seg"].transpose(2, 1, 0)  # the Fiji views of a uint64 segmentation, as for any label channel
+        fiji = tifffile.imread(mnt / "pc" / "seg" / "0" / "labels16" / "z" / "8.tif")
+        table = (mnt / "pc" / "seg" / "0" / "labels16" / "z" / "8.csv").read_text().splitlines()[1:]
+        lut = {int(k): int(v) for k, v in (row.split(",") for row in table)}
+        np.testing.assert_array_equal(np.vectorize(lambda k: lut.get(int(k), 0))(fiji), seg[8 - 2])
         ramon = mnt / "pc" / "seg" / "ramon"
         assert sorted(p.name for p in ramon.iterdir()) == sorted([f"{i}.json" for i in SEG_IDS] + ["by-type"])
         assert json.loads((ramon / f"{SEG_IDS[0]}.json").read_text())["kvpairs"]["label"] == "soma"
