@@ -15,7 +15,7 @@ import pytest
 import tifffile
 
 import ndfs
-from ndfs.core.errors import ConfigError, NotFound, ReadOnly
+from ndfs.core.errors import BadRegion, ConfigError, NotFound, ReadOnly
 from ndfs.core.geometry import Box
 from ndfs.formats.swc import parse_swc
 from ndfs.stores.base import ShapeStore
@@ -220,6 +220,21 @@ def test_writes_reach_unsharded_layers_and_sharded_ones_refuse_with_erofs(field,
         over_http.volume("", "raw16")[0, 0:4, 0:4] = np.zeros((4, 4), np.uint16)
     untouched = CloudVolume(f"file://{root}/pc/raw16", progress=False)
     np.testing.assert_array_equal(cv_zyx(untouched, Box((0, 0, 0), expected.shape)), made["raw16"].transpose(2, 1, 0))
+
+
+def test_a_channel_inside_a_dataset_is_not_removed_alone(field, tmp_path):
+    """The image beside its labels lives at the labels' parent: removing it alone would take the labels."""
+    import zarr
+
+    root, made, _ = field
+    shutil.copytree(root / "oz", tmp_path / "oz")
+    oz = ndfs.remote(f"zarr+file://{tmp_path}/oz", cache=False)
+    with pytest.raises(BadRegion, match="part of the dataset v4.ome.zarr"):
+        oz.backend.delete_volume("v4.ome.zarr/image")
+    assert zarr.open_array(str(tmp_path / "oz" / "v4.ome.zarr" / "labels" / "cells" / "s0"), mode="r").shape
+    assert oz.volume("v4.ome.zarr", "image").info.kind == "image"
+    oz.backend.delete_volume("v5.ome.zarr")  # a whole dataset is one channel: it goes
+    assert not (tmp_path / "oz" / "v5.ome.zarr").exists()
 
 
 def test_gzip_chunk_files_are_refused_with_a_reason_not_read_as_zeros(tmp_path):

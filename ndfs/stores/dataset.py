@@ -160,6 +160,10 @@ class DatasetBackend(Backend, AnnotationStore, ShapeStore, AdminStore):
         found = self._volume(ref)
         if found.location is None or found.location is self.location:
             raise BadRegion(f"{'/'.join(ref)} is the remote's own dataset; remove it outside ndfs")
+        parent = self._entry(ref[:-1])
+        if parent.entries is not None and isinstance(parent.entries.get(ref[-1]), Found):
+            raise BadRegion(f"{'/'.join(ref)} is part of the dataset {'/'.join(ref[:-1])} (a channel, or the image "
+                            "beside its labels); remove the whole dataset outside ndfs")
         self._remove(found.location)
         self.forget_volume(ref)
 
