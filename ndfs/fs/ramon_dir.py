@@ -181,7 +181,7 @@ class RamonRendered(RenderedFile):
         nbytes = box.size * v.info.dtype.itemsize
         if nbytes > v.tree.max_cutout_bytes:
             raise TooLarge(f"object {self.id} spans {box}: {nbytes} bytes of labels, past max_cutout_bytes")
-        return v.tree.read(v.remote, v.ref, box, 0), box, ids
+        return v.volume(0).read(box), box, ids
 
     def _render(self) -> bytes:
         from ndfs.formats import registry

@@ -21,8 +21,9 @@ can hold new files implements ``create``; ``unlink`` removes a file.
 
 Versions: every file of a volume is keyed on the volume's version token
 (``Backend.version``, owned by the outermost layer); :meth:`Tree.refresh`
-notices when it moved (a write here, another process, ``max_age_s``) and
-tells the listeners, which evict the kernel's pages of that volume.
+notices when it moved (a write here, another process, ``max_age_s``), forgets
+what it rendered from the old version and marks the volume ``changed``; the
+session then serves that volume's files past the kernel's page cache.
 """
 
 from __future__ import annotations
@@ -42,8 +43,9 @@ import numpy as np
 from ndfs.stores.base import Backend, KeyValueStore, VolumeRef
 from ndfs.core.errors import BadInput, NdfsError, NotFound, ReadOnly, TooLarge, disk_error
 from ndfs.formats import registry
-from ndfs.fs import views
+from ndfs.fs import omezarr, views
 from ndfs.fs.ramon_dir import RamonDir, has_ramon
+from ndfs.volume import Volume
 from ndfs.fs.nodes import (AXES, SNAPSHOT_BYTES, WRITE_SLACK, BytesFile, DirNode, DynamicFile, FileNode, Node,
                             Plane, RenderedFile, TiffFile)
 from ndfs.core.geometry import Box
@@ -70,10 +72,9 @@ def _dumps(doc) -> str:
 class Tree:
     """Resolves mount paths to nodes over a set of named backends.
 
-    ``listeners`` are called as ``listener(remote, ref)`` whenever a volume's
-    version token is seen to move (:meth:`refresh`: after every write through
-    :meth:`write`, and when a file of a volume changed elsewhere is opened);
-    the FUSE skin evicts kernel pages there.
+    A volume's version token is looked at by :meth:`refresh` (after every write
+    through :meth:`write`, and when a file of the volume is opened); when it
+    moved, the volume joins ``changed``.
     """
 
     def __init__(self, remotes: Mapping[str, Backend], ttl_s: float = 10.0, max_cutout_bytes: int = 1 << 30,
@@ -88,7 +89,6 @@ class Tree:
         self._lock = threading.Lock()
         self._tokens: dict[tuple, tuple[object, float]] = {}  # (remote, ref) -> (token last seen, when it moved)
         self.changed: set[tuple] = set()  # volumes whose token moved while this tree served them
-        self.listeners: list[Callable[[str, VolumeRef], None]] = []
         #: rendered cutout and RAMON files, keyed with the volume's token so a change makes them stale
         rendered_bytes = max(64 * 2**20, min(2 * max_cutout_bytes, 512 * 2**20))
         self.rendered = cachetools.LRUCache(maxsize=rendered_bytes, getsizeof=len)
@@ -156,9 +156,9 @@ class Tree:
         with self._lock:
             return self._tokens.get((remote, ref), (None, self.started))[1]
 
-    def refresh(self, remote: str, ref: VolumeRef, notify: bool = True):
+    def refresh(self, remote: str, ref: VolumeRef):
         """Look at the volume's token; if it moved since the last look, forget memoised answers and
-        tell the listeners. Returns the token. The first look only records it."""
+        mark the volume ``changed``. Returns the token. The first look only records it."""
         token = self.token(remote, ref)
         with self._lock:
             prev = self._tokens.get((remote, ref))
@@ -169,28 +169,15 @@ class Tree:
                 return token
             self.changed.add((remote, ref))
         self._forget_contents(remote, ref)
-        if notify:
-            self._notify(remote, ref)
         return token
 
-    # ---- reads and writes -------------------------------------------------------
-    def read(self, remote: str, ref: VolumeRef, box: Box, level: int) -> np.ndarray:
-        """A box as one unit: the layers below never return half of a write (see ndfs.locks)."""
-        return self.backend(remote).read(ref, box, level)
-
+    # ---- writes -------------------------------------------------------------------
     def write(self, remote: str, ref: VolumeRef, box: Box, level: int, array: np.ndarray) -> None:
-        """Store voxels through the remote's backend (the one write path of the mount), then tell listeners."""
+        """Store voxels through the remote's backend (the one write path of the mount), then refresh."""
         try:
             self.backend(remote).write(ref, box, level, array)
         finally:  # a failed write may still have changed part of the volume
             self.refresh(remote, ref)
-
-    def _notify(self, remote: str, ref: VolumeRef) -> None:
-        for listener in list(self.listeners):
-            try:
-                listener(remote, ref)
-            except Exception:
-                log.exception("change listener failed for %s/%s", remote, "/".join(ref))
 
     def render(self, key: tuple, render: Callable[[], bytes]) -> bytes:
         """A rendered file's bytes, memoised in ``rendered`` (bounded in bytes) under `key`."""
@@ -339,8 +326,9 @@ class FolderDir(DirNode):
 
     def names(self) -> list[str]:
         backend = self.tree.backend(self.remote)
-        return self.tree._memoised(("children", self.remote, self.path),
-                                   lambda: backend.children(self.path), self.tree.ttl_s)
+        names = self.tree._memoised(("children", self.remote, self.path),
+                                    lambda: backend.children(self.path), self.tree.ttl_s)
+        return names + omezarr.extra_names(self, names)  # <channel>.ome.zarr beside each channel
 
     @property
     def writable(self) -> bool:
@@ -351,6 +339,9 @@ class FolderDir(DirNode):
     def child(self, name: str) -> Node:
         path = self.path + (name,)
         backend = self.tree.backend(self.remote)
+        found = omezarr.child(self, name)
+        if found is not None:
+            return found
         if isinstance(backend, KeyValueStore) and self.tree._memoised(
                 ("is_file", self.remote, path), lambda: backend.is_file(path), self.tree.ttl_s):
             return BlobFile(self.tree, self.remote, path)
@@ -388,6 +379,11 @@ class VolumeDir(DirNode):
         self.tree, self.remote, self.ref = tree, remote, ref
         self.token, self.mtime = tree.token(remote, ref), tree.mtime(remote, ref)  # both move with every change
 
+    def volume(self, level: int) -> Volume:
+        """The channel at ``level`` as an :class:`ndfs.volume.Volume`: what every file of it reads through
+        (a read never returns half of a write, see ndfs.core.locks)."""
+        return Volume(self.tree.backend(self.remote), self.ref, level)
+
     @property
     def info(self) -> VolumeInfo:
         return self.tree.info(self.remote, self.ref)
@@ -418,11 +414,13 @@ class VolumeDir(DirNode):
 
 
 class LevelDir(DirNode):
+    """One level of a channel: its files read voxels through ``volume``, an :class:`ndfs.volume.Volume`."""
+
     def __init__(self, vol: VolumeDir, level: int):
         self.vol, self.level, self.mtime = vol, level, vol.mtime
+        self.volume = vol.volume(level)
 
     def names(self) -> list[str]:
-
         return list(AXES) + ["stack.tif", "cutout"] + views.level_names(self)
 
     def child(self, name: str) -> Node:
@@ -434,11 +432,10 @@ class LevelDir(DirNode):
         if name == "stack.tif":
             lv = v.info.level(self.level)
             layout = t.layout(v.remote, v.ref, self.level, "stack")
-            backend = t.backend(v.remote)
             plane = Plane("z")
 
             def get_rows(p: int, r0: int, r1: int) -> np.ndarray:
-                return plane.rows(backend.read(v.ref, plane.box(lv.box, lv.offset[0] + p, r0, r1), self.level))
+                return plane.rows(self.volume.read(plane.box(lv.box, lv.offset[0] + p, r0, r1)))
 
             return TiffFile(layout, get_rows, self.mtime, store=self._store_stack if v.writable else None)
 
@@ -498,7 +495,6 @@ class AxisDir(DirNode):
 
     def child(self, name: str) -> Node:
         if name.endswith(".png"):
-
             return views.axis_child(self, name)
         m = SLICE_NAME.fullmatch(name)
         if not m or int(m.group(1)) not in self._range():
@@ -509,10 +505,10 @@ class AxisDir(DirNode):
         t = v.tree
         lv = v.info.level(level)
         layout = t.layout(v.remote, v.ref, level, self.plane.axis)
-        backend, plane = t.backend(v.remote), self.plane
+        plane, volume = self.plane, self.leveldir.volume
 
         def get_rows(p: int, r0: int, r1: int) -> np.ndarray:
-            return plane.rows(backend.read(v.ref, plane.box(lv.box, index, r0, r1), level))
+            return plane.rows(volume.read(plane.box(lv.box, index, r0, r1)))
 
         whole = plane.box(lv.box, index, 0, layout.height)
 
@@ -521,9 +517,9 @@ class AxisDir(DirNode):
             t.write(v.remote, v.ref, whole, level,
                     registry.read_array(fh, "tif", fname, shape=whole.shape, dtype=v.info.dtype))
 
-        return TiffFile(layout, get_rows, self.mtime, on_open=lambda: backend.prefetch(v.ref, whole, level),
+        return TiffFile(layout, get_rows, self.mtime, on_open=lambda: volume.backend.prefetch(v.ref, whole, level),
                         store=store if v.writable else None,
-                        snapshot=lambda: plane.rows(t.read(v.remote, v.ref, whole, level)))
+                        snapshot=lambda: plane.rows(volume.read(whole)))
 
 
 class CutoutDir(DirNode):
@@ -585,7 +581,7 @@ class CutoutFile(RenderedFile):
         v, level = self.leveldir.vol, self.leveldir.level
         t = v.tree
         key = (v.remote, v.ref, level, self.box, self.fmt, v.token)
-        return t.render(key, lambda: registry.render(t.read(v.remote, v.ref, self.box, level), self.fmt,
+        return t.render(key, lambda: registry.render(self.leveldir.volume.read(self.box), self.fmt,
                                                      voxel_size_nm=v.info.level(level).voxel_size_nm,
                                                      offset=self.box.start))
 

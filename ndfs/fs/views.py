@@ -45,6 +45,7 @@ from ndfs.core.errors import NdfsError, NotFound, TooLarge
 from ndfs.formats.npy import NpyLayout
 from ndfs.formats.png import PngLayout
 from ndfs.formats.tiff import TiffLayout
+from ndfs.volume import Volume
 from ndfs.fs.nodes import AXES, BytesFile, DirNode, FileNode, Plane, TiffFile
 from ndfs.core.geometry import Box
 from ndfs.core.info import LevelInfo, VolumeInfo
@@ -85,23 +86,24 @@ def image_display_range(tree, remote: str, ref: VolumeRef) -> Callable[[], tuple
 
     def compute() -> tuple[int, int]:
         key = ("display-range", remote, ref, tree.token(remote, ref))
-        return tree._memoised(key, lambda: _estimate_range(tree.backend(remote), ref, info))
+        return tree._memoised(key, lambda: _estimate_range(Volume(tree.backend(remote), ref, len(info.levels) - 1)))
 
     return compute
 
 
-def _estimate_range(backend, ref: VolumeRef, info: VolumeInfo) -> tuple[int, int]:
-    lv = info.levels[-1]
+def _estimate_range(coarsest: Volume) -> tuple[int, int]:
+    """The min and max of the coarsest level (of its middle plane's centre when the level is large)."""
+    lv, dtype = coarsest.level_info, coarsest.dtype
     (z0, y0, x0), (nz, ny, nx) = lv.offset, lv.shape
-    if lv.box.size * info.dtype.itemsize > BAND_BYTES:  # only the middle plane, centre crop
+    if lv.box.size * dtype.itemsize > BAND_BYTES:  # only the middle plane, centre crop
         z0, nz = z0 + nz // 2, 1
         cy, cx = min(ny, 4096), min(nx, 4096)
         y0, x0, ny, nx = y0 + (ny - cy) // 2, x0 + (nx - cx) // 2, cy, cx
-    a = backend.read(ref, Box((z0, y0, x0), (z0 + nz, y0 + ny, x0 + nx)), len(info.levels) - 1)
+    a = coarsest.read(Box((z0, y0, x0), (z0 + nz, y0 + ny, x0 + nx)))
     lo, hi = int(a.min()), int(a.max())
     if hi <= lo:
         lo, hi = (lo, lo + 1) if lo < 65535 else (lo - 1, lo)
-    log.info("display range of %s: %d..%d (from level %d)", "/".join(ref), lo, hi, len(info.levels) - 1)
+    log.info("display range of %s: %d..%d (from level %d)", "/".join(coarsest.ref), lo, hi, coarsest.level_index)
     return lo, hi
 
 
@@ -212,16 +214,18 @@ def _luts(tree) -> _LutStore:
         return store
 
 
-class _Volume:
-    """What the nodes here need of one channel at one level (a snapshot of the tree's answers)."""
+class LevelView:
+    """One level of a channel as the views see it: the level's :class:`ndfs.volume.Volume` (every voxel is
+    read through it), and where it sits in the tree (remote, version token, mtime) for naming and for
+    keying lookup tables."""
 
     def __init__(self, leveldir):
         v = leveldir.vol
+        self.volume: Volume = leveldir.volume
         self.tree, self.remote, self.ref, self.level = v.tree, v.remote, v.ref, leveldir.level
-        self.info: VolumeInfo = v.info
-        self.lv: LevelInfo = self.info.level(self.level)
+        self.info: VolumeInfo = self.volume.info
+        self.lv: LevelInfo = self.volume.level_info
         self.mtime, self.token = leveldir.mtime, v.token
-        self.backend = self.tree.backend(self.remote)
 
     @property
     def name(self) -> str:
@@ -232,7 +236,7 @@ class _Volume:
         return self.token
 
     def read(self, box: Box) -> np.ndarray:
-        return self.backend.read(self.ref, box, self.level)
+        return self.volume.read(box)
 
     def stack_rows(self, p: int, r0: int, r1: int) -> np.ndarray:
         """Rows r0..r1 of z plane p (counted from the level's first plane)."""
@@ -248,7 +252,7 @@ def has_label_views(info: VolumeInfo) -> bool:
     return info.kind == "annotation" and info.dtype.kind in "ui" and info.dtype.itemsize >= 4
 
 
-def _plane_geometry(vol: _Volume, plane) -> tuple[int, int]:
+def _plane_geometry(vol: LevelView, plane) -> tuple[int, int]:
     return plane.shape(vol.lv.shape)
 
 
@@ -256,7 +260,7 @@ class _PlaneRows:
     """Rows of one plane for one open file: a plane of up to BAND_BYTES is read once, whole
     (through the tree's read lock, so never half before and half after a write)."""
 
-    def __init__(self, vol: _Volume, plane, index: int):
+    def __init__(self, vol: LevelView, plane, index: int):
         self.vol, self.plane, self.index = vol, plane, index
         self.height, self.width = _plane_geometry(vol, plane)
         self.box = plane.box(vol.lv.box, index, 0, self.height)
@@ -273,7 +277,7 @@ class _PlaneRows:
         if self.small:
             with self._lock:
                 if self._whole is None:
-                    self._whole = plane.rows(vol.tree.read(vol.remote, vol.ref, self.box, vol.level))
+                    self._whole = plane.rows(vol.read(self.box))
             return self._whole[r0:r1]
         return plane.rows(vol.read(plane.box(vol.lv.box, self.index, r0, r1)))
 
@@ -283,7 +287,7 @@ class _PlaneRows:
         return parts[0] if len(parts) == 1 else np.unique(np.concatenate(parts))
 
 
-def _plane_lut(vol: _Volume, plane, index: int, rows: _PlaneRows | None, fresh: bool) -> Lut:
+def _plane_lut(vol: LevelView, plane, index: int, rows: _PlaneRows | None, fresh: bool) -> Lut:
     """The table of one plane: computed from `rows` when fresh (the file being opened), else a
     recent one (younger than the tree's ttl) if there is one."""
     store = _luts(vol.tree)
@@ -297,7 +301,7 @@ def _plane_lut(vol: _Volume, plane, index: int, rows: _PlaneRows | None, fresh: 
     return lut
 
 
-def volume_lut(vol: _Volume) -> Lut:
+def volume_lut(vol: LevelView) -> Lut:
     """The table of a whole level: every id in it, by a scan of the level (once per version)."""
     store = _luts(vol.tree)
     key = ("volume", vol.remote, vol.ref, vol.level, vol.version())
@@ -313,7 +317,7 @@ def volume_lut(vol: _Volume) -> Lut:
         return lut
 
 
-def _scan_boxes(vol: _Volume) -> list[Box]:
+def _scan_boxes(vol: LevelView) -> list[Box]:
     """Chunk-aligned boxes covering the level, each at most about BAND_BYTES (at least one chunk)."""
     grid = vol.lv.grid
     (lz, ly, lx), (hz, hy, hx) = grid.index_range(vol.lv.box)
@@ -330,7 +334,7 @@ def _scan_boxes(vol: _Volume) -> list[Box]:
     return boxes
 
 
-def _scan_ids(vol: _Volume) -> np.ndarray:
+def _scan_ids(vol: LevelView) -> np.ndarray:
     boxes = _scan_boxes(vol)
     log.info("labels of %s: scanning %d boxes for the volume lookup table", vol.name, len(boxes))
     t0 = last = time.monotonic()
@@ -374,7 +378,7 @@ def _label_layouts(n: int, h: int, w: int, bits: int, vs_unit):
 class LabelPlaneTiff(FileNode):
     """``labels16/z/<N>.tif``: one plane, renumbered with the plane's own table."""
 
-    def __init__(self, vol: _Volume, plane, index: int, bits: int):
+    def __init__(self, vol: LevelView, plane, index: int, bits: int):
         self.vol, self.plane, self.index, self.bits = vol, plane, index, bits
         self.mtime = vol.mtime
         h, w = _plane_geometry(vol, plane)
@@ -393,7 +397,7 @@ class LabelPlaneTiff(FileNode):
 class LabelStackTiff(FileNode):
     """``labels16/stack.tif``: the whole level, renumbered with the volume table."""
 
-    def __init__(self, vol: _Volume, bits: int):
+    def __init__(self, vol: LevelView, bits: int):
         self.vol, self.bits, self.mtime = vol, bits, vol.mtime
         n, h, w = vol.lv.shape
         self._placeholder, self._layout = _label_layouts(n, h, w, bits, vol.calibration())
@@ -422,7 +426,7 @@ class LutFile(FileNode):
 
     direct_io = True
 
-    def __init__(self, vol: _Volume, bits: int, make: Callable[[], Lut], peek: Callable[[], Lut | None],
+    def __init__(self, vol: LevelView, bits: int, make: Callable[[], Lut], peek: Callable[[], Lut | None],
                  what: str):
         self.vol, self.bits, self.make, self.what, self.mtime = vol, bits, make, what, vol.mtime
         known = peek()
@@ -437,7 +441,7 @@ class LutFile(FileNode):
 class PngFile(FileNode):
     """``{z,y,x}/<N>.png``: a grey plane; annotation planes renumbered to 16 bits."""
 
-    def __init__(self, vol: _Volume, plane, index: int, labels: bool):
+    def __init__(self, vol: LevelView, plane, index: int, labels: bool):
         self.vol, self.plane, self.index, self.labels = vol, plane, index, labels
         self.mtime = vol.mtime
         h, w = _plane_geometry(vol, plane)
@@ -448,7 +452,7 @@ class PngFile(FileNode):
     def open(self):
         rows = _PlaneRows(self.vol, self.plane, self.index)
         vol = self.vol
-        vol.backend.prefetch(vol.ref, rows.box, vol.level)
+        vol.volume.backend.prefetch(vol.ref, rows.box, vol.level)
         if self.labels:
             lut = _plane_lut(vol, self.plane, self.index, rows, fresh=True)
             lut.check_bits(16, f"plane {self.plane.axis}={self.index} of {vol.name}")
@@ -479,7 +483,7 @@ class _PngHandle(FileNode):
 class NpyFile(FileNode):
     """``volume.npy``: the whole level as a C-order .npy; reads fetch only the rows they cover."""
 
-    def __init__(self, vol: _Volume):
+    def __init__(self, vol: LevelView):
         self.vol, self.mtime = vol, vol.mtime
         self.layout = NpyLayout(vol.lv.shape, vol.info.dtype)
         self.size = self.layout.size
@@ -491,7 +495,7 @@ class NpyFile(FileNode):
 class LabelsDir(DirNode):
     """``labels16/`` or ``labels32/`` of an annotation level."""
 
-    def __init__(self, vol: _Volume, bits: int):
+    def __init__(self, vol: LevelView, bits: int):
         self.vol, self.bits, self.mtime = vol, bits, vol.mtime
 
     def names(self) -> list[str]:
@@ -513,7 +517,7 @@ class LabelsDir(DirNode):
 class LabelAxisDir(DirNode):
     """``labels16/z/``: ``<N>.tif`` for every index on the axis, and its table ``<N>.csv``."""
 
-    def __init__(self, vol: _Volume, plane, bits: int):
+    def __init__(self, vol: LevelView, plane, bits: int):
         self.vol, self.plane, self.bits, self.mtime = vol, plane, bits, vol.mtime
 
     def _range(self) -> range:
@@ -555,7 +559,7 @@ def level_names(leveldir) -> list[str]:
 
 def level_child(leveldir, name: str):
     """The node of a name from :func:`level_names`; NotFound for anything else."""
-    vol = _Volume(leveldir)
+    vol = LevelView(leveldir)
     if name == "volume.npy":
         return NpyFile(vol)
     if name in LABEL_VIEWS and has_label_views(vol.info):
@@ -569,7 +573,7 @@ def axis_child(axisdir, name: str):
     PNG planes are not listed: ``File > Import > Image Sequence`` on ``z/`` then sees only the
     TIFFs (one file per plane, not two), and any ``<N>.png`` name still opens.
     """
-    vol = _Volume(axisdir.leveldir)
+    vol = LevelView(axisdir.leveldir)
     labels = _png_labels(vol.info)
     m = PNG_NAME.fullmatch(name)
     rng = axisdir._range()
