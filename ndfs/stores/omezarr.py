@@ -35,6 +35,7 @@ import numpy as np
 
 from ndfs.core.errors import BackendError
 from ndfs.core.info import LevelInfo, VolumeInfo
+from ndfs.formats.ngff import zarray_v2, zattrs_v04
 from ndfs.stores.dataset import DatasetBackend, Found, Segments
 from ndfs.stores.tstore import ArrayLevel, Location
 
@@ -203,20 +204,6 @@ def parse_image(attrs: dict, loc: Location, name: str, fmt: int) -> Found:
     return Found(entries=entries, location=loc)
 
 
-def image_attributes(info: VolumeInfo, name: str) -> dict:
-    """The NGFF 0.4 ``.zattrs`` of an image with ``info``'s levels (arrays ``0``, ``1``...), in nm; a label
-    image (``image-label``) for annotation channels."""
-    axes = [{"name": a, "type": "space", "unit": "nanometer"} for a in "zyx"]
-    datasets = [{"path": str(i), "coordinateTransformations": [
-        {"type": "scale", "scale": [float(v) for v in lv.voxel_size_nm]},
-        {"type": "translation", "translation": [float(o * v) for o, v in zip(lv.offset, lv.voxel_size_nm)]}]}
-        for i, lv in enumerate(info.levels)]
-    attrs = {"multiscales": [{"version": "0.4", "name": name, "axes": axes, "datasets": datasets}]}
-    if info.kind == "annotation":
-        attrs["image-label"] = {"version": "0.4"}
-    return attrs
-
-
 class LabelSegments(Segments):
     """The objects an OME-Zarr label image lists in its ``image-label`` ``properties``."""
 
@@ -278,14 +265,11 @@ class ZarrBackend(DatasetBackend):
         """An OME-Zarr 0.4 image on zarr v2 (read by Fiji, napari, neuroglancer): arrays ``0``, ``1``... with
         blosc-compressed chunks and ``/`` as dimension separator; ``.zattrs`` is written last."""
         loc.write(".zgroup", b'{"zarr_format": 2}')
-        for i, lv in enumerate(info.levels):
-            meta = {"zarr_format": 2, "shape": list(lv.shape),
-                    "chunks": [min(c, s) for c, s in zip(lv.chunk_shape, lv.shape)],
-                    "dtype": info.dtype.newbyteorder("<").str if info.dtype.itemsize > 1 else info.dtype.str,
-                    "compressor": {"id": "blosc", "cname": "lz4", "clevel": 5, "shuffle": 1, "blocksize": 0},
-                    "fill_value": 0, "order": "C", "filters": None, "dimension_separator": "/"}
-            loc.join(str(i)).write(".zarray", json.dumps(meta, indent=1).encode())
-        loc.write(".zattrs", json.dumps(image_attributes(info, loc.name), indent=1).encode())
+        blosc = {"id": "blosc", "cname": "lz4", "clevel": 5, "shuffle": 1, "blocksize": 0}
+        for i in range(len(info.levels)):
+            loc.join(str(i)).write(".zarray", json.dumps(zarray_v2(info, i, blosc), indent=1).encode())
+        attrs = zattrs_v04(loc.name, info, is_label=info.kind == "annotation")
+        loc.write(".zattrs", json.dumps(attrs, indent=1).encode())
 
     @staticmethod
     def _plain_array(loc: Location, fmt: int, meta: dict, name: str) -> Found:

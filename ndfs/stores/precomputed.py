@@ -38,9 +38,11 @@ import threading
 
 import numpy as np
 
-from ndfs.core.errors import BackendError, BadRegion, ReadOnly
+from ndfs.core.errors import BackendError
 from ndfs.core.info import LevelInfo, VolumeInfo
+from ndfs.formats.precomputed import decode_legacy_fragment, info_document
 from ndfs.formats.swc import Skeleton
+from ndfs.ramon.neuroglancer import parse_segment_properties
 from ndfs.stores.dataset import DatasetBackend, Found, Segments
 from ndfs.stores.precomputed_shards import decode_multilod, locate, parse_manifest, read_sharded
 from ndfs.stores.tstore import ArrayLevel, Location
@@ -228,47 +230,6 @@ class PrecomputedSegments(Segments):
         return decode_skeleton(data, self._sub_info(self.skeleton_dir), id)
 
 
-def parse_segment_properties(doc: dict) -> dict[int, dict[str, str]]:
-    """id -> kv pairs of a ``neuroglancer_segment_properties`` info (tags joined by commas)."""
-    from ndfs.ramon.types import RESERVED_KV_PREFIXES
-
-    inline = doc.get("inline") or {}
-    try:
-        ids = [int(i) for i in inline.get("ids", [])]
-        out: dict[int, dict[str, str]] = {i: {} for i in ids}
-        for prop in inline.get("properties", []):
-            key = str(prop.get("id", prop.get("type")))
-            if key.lower().startswith(RESERVED_KV_PREFIXES):
-                key = "property_" + key
-            values = prop.get("values", [])
-            if prop.get("type") == "tags":
-                names = prop.get("tags", [])
-                for i, picks in zip(ids, values):
-                    out[i][key] = ",".join(str(names[k]) for k in picks)
-            else:
-                for i, value in zip(ids, values):
-                    out[i][key] = value if isinstance(value, str) else json.dumps(value)
-    except (TypeError, ValueError, IndexError, AttributeError) as exc:
-        raise BackendError(f"segment properties are not usable: {exc!r}") from exc
-    return out
-
-
-def decode_legacy_fragment(data: bytes, what: str) -> tuple[np.ndarray, np.ndarray]:
-    """(vertices float32 (N, 3) in nm, faces uint32 (M, 3)) of one legacy mesh fragment."""
-    if len(data) < 4:
-        raise BackendError(f"{what} is truncated")
-    (n,) = struct.unpack_from("<I", data)
-    end = 4 + 12 * n
-    rest = len(data) - end
-    if rest < 0 or rest % 12:
-        raise BackendError(f"{what} holds {len(data)} bytes, not a legacy mesh of {n} vertices")
-    v = np.frombuffer(data, "<f4", 3 * n, 4).reshape(n, 3)
-    f = np.frombuffer(data, "<u4", rest // 4, end).reshape(-1, 3)
-    if len(f) and f.max() >= n:
-        raise BackendError(f"{what} names vertices it does not have")
-    return v, f
-
-
 def decode_skeleton(data: bytes, info: dict, id: int) -> Skeleton:
     """A precomputed skeleton file (vertex and edge counts, vertices, edges, vertex attributes) in nm."""
     try:
@@ -312,37 +273,7 @@ class PrecomputedBackend(DatasetBackend):
         return parse_info(doc, loc, name)
 
     def _create(self, loc: Location, info: VolumeInfo) -> None:
-        loc.write("info", json.dumps(info_document(info), indent=1).encode())
-
-
-#: data types a precomputed layer holds
-DATA_TYPES = ("uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64", "float32")
-
-
-def _number(v: float) -> str:
-    return str(int(v)) if float(v).is_integer() else f"{v:g}"
-
-
-def info_document(info: VolumeInfo) -> dict:
-    """The precomputed ``info`` of a new layer with ``info``'s levels: raw images, compressed_segmentation
-    annotation channels (8x8x8 blocks), one scale per level."""
-    if info.dtype.name not in DATA_TYPES:
-        raise BadRegion(f"a precomputed layer cannot hold {info.dtype}")
-    scales, keys = [], set()
-    for i, lv in enumerate(info.levels):
-        res = [float(v) for v in lv.voxel_size_nm[::-1]]
-        key = "_".join(_number(v) for v in res)
-        if key in keys:
-            key = f"{key}_{i}"
-        keys.add(key)
-        scale = {"key": key, "size": list(lv.shape[::-1]), "voxel_offset": list(lv.offset[::-1]), "resolution": res,
-                 "chunk_sizes": [[min(c, s) for c, s in zip(lv.chunk_shape[::-1], lv.shape[::-1])]],
-                 "encoding": "compressed_segmentation" if info.kind == "annotation" else "raw"}
-        if info.kind == "annotation":
-            scale["compressed_segmentation_block_size"] = [8, 8, 8]
-        scales.append(scale)
-    return {"@type": "neuroglancer_multiscale_volume", "type": "segmentation" if info.kind == "annotation" else "image",
-            "data_type": info.dtype.name, "num_channels": 1, "scales": scales}
+        loc.write("info", json.dumps(info_document(info, keys="resolution"), indent=1).encode())
 
 
 __all__ = ["PrecomputedBackend", "parse_info", "info_document", "parse_segment_properties", "decode_legacy_fragment",
