@@ -1,5 +1,5 @@
 """``ndfs copy`` and ``ndfs.copy``: local -> OME-Zarr -> precomputed -> local round-trips voxel for voxel, a box
-copies only its region, a BOSS channel becomes OME-Zarr, and a copy killed half way resumes where it stopped."""
+copies only its region, a BOSS channel goes through OME-Zarr and precomputed to local, and a copy killed half way resumes where it stopped."""
 
 import os
 import signal
@@ -80,17 +80,25 @@ def test_a_box_copies_its_region_on_every_level_and_nothing_else(demo, tmp_path)
     assert report.written == touched == 5  # 2 chunks (8, 64, 64) at level 0, 2 at level 1, 1 at level 2
 
 
-def test_a_boss_channel_becomes_an_omezarr_image(reference_servers, reference_store, tmp_path):
+def test_a_boss_channel_goes_to_omezarr_to_precomputed_to_local_voxel_for_voxel(reference_servers, reference_store,
+                                                                                 tmp_path):
     from ndfs.stores.boss import BossBackend
+    from ndfs.stores.local import LocalBackend
 
     path, _, oracle = reference_store
     boss = BossBackend(reference_servers["boss"].url, "x")
+    want = oracle.read("em16", oracle.box("em16", 0), 0)
     ndfs.copy((boss, (path.name, "conf", "em16")), f"zarr+file://{tmp_path}/oz", progress=False)
     oz = ndfs.remote(f"zarr://{tmp_path}/oz")
     info = oz.backend.info(("em16",))
     assert info.level(0).box == oracle.box("em16", 0)
-    np.testing.assert_array_equal(oz.backend.read(("em16",), info.level(0).box, 0),
-                                  oracle.read("em16", oracle.box("em16", 0), 0))
+    np.testing.assert_array_equal(oz.backend.read(("em16",), info.level(0).box, 0), want)
+    ndfs.copy(f"zarr://{tmp_path}/oz", f"precomputed+file://{tmp_path}/pc", progress=False)
+    back = LocalBackend(tmp_path / "back", create=True)
+    ndfs.copy(f"precomputed://{tmp_path}/pc", (back, ("p",)), progress=False)
+    got = back.info(("p", "em16"))
+    assert got.level(0).box == oracle.box("em16", 0) and got.dtype == np.uint16
+    np.testing.assert_array_equal(back.read(("p", "em16"), got.level(0).box, 0), want)
 
 
 def test_a_copy_killed_half_way_resumes_and_skips_what_is_done(tmp_path, private_copy_state):
