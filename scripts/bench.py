@@ -369,14 +369,13 @@ def median(values):
 
 
 def rss_of(pid: int, key: str = "VmRSS") -> int:
+    """0 once the process is gone: the sampler outlives the daemon it watches."""
+    from ndfs.testing.serve import memory
+
     try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) * 1024
+        return memory(pid)[key]
     except OSError:
-        pass
-    return 0
+        return 0
 
 
 def du_bytes(path: Path) -> int:

@@ -47,7 +47,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get
 import numpy as np  # noqa: E402
 import requests  # noqa: E402
 
-from ndfs.testing.serve import served  # noqa: E402
+from ndfs.testing.serve import memory, served  # noqa: E402
 
 MiB = 2**20
 TOKEN = "bench-serve-token"
@@ -74,15 +74,6 @@ def build_store(root: Path, shape) -> None:
         slab = rng.integers(0, 256, (min(depth, shape[0] - z),) + tuple(shape[1:]), dtype=np.uint8)
         backend.write(("bench", "big", "em"), Box((z, 0, 0), (z + len(slab),) + tuple(shape[1:])), 0, slab)
     backend.close()
-
-
-def rss(pid: int) -> dict[str, int]:
-    out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            out[key] = int(value.split()[0]) * 1024
-    return out
 
 
 def maximal_url(protocol: str, url: str, shape) -> str:
@@ -124,7 +115,7 @@ def memory_row(protocol: str, store: Path, shape, budget: int | None, clients: i
         small = {"boss": ("0:{}/".format(shape[0]), "0:1/"), "dvid": (f"_{shape[0]}/", "_1/"),
                  "neurodata": (f"0,{shape[0]}/", "0,1/")}[protocol]
         requests.get(url.replace(*small), headers=headers, timeout=60).raise_for_status()  # codecs loaded
-        rest = rss(srv.proc.pid)["VmRSS"]
+        rest = memory(srv.proc.pid)["VmRSS"]
         tally, lock = {"busy": 0, "bytes": 0}, threading.Lock()
         errors: list[BaseException] = []
 
@@ -139,7 +130,7 @@ def memory_row(protocol: str, store: Path, shape, budget: int | None, clients: i
             t.start()
         for t in threads:
             t.join()
-        peak = rss(srv.proc.pid)["VmHWM"]
+        peak = memory(srv.proc.pid)["VmHWM"]
     if errors:
         raise errors[0]
     bound = rest + (budget or 2 * 2**30) + SLACK

@@ -41,7 +41,7 @@ from ndfs.serve.common import WsgiServer
 from ndfs.serve.neurodata import NeuroDataApp
 from ndfs.testing.mount import fuse_unavailable, mounted
 from ndfs.testing.reference import build_reference_store
-from ndfs.testing.serve import served
+from ndfs.testing.serve import memory, served
 
 needs_fuse = pytest.mark.skipif(fuse_unavailable() is not None, reason=str(fuse_unavailable()))
 SECRET = (b"NDFS-DECODER-SECRET-0123456789/" * 3)[:64]  # 4 x 4 x 4 uint8 voxels, if it were ever read
@@ -141,10 +141,7 @@ def _box():
 
 def peak_mib(pid: int) -> float:
     """A process's peak resident memory so far (VmHWM), in MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError(f"no VmHWM for {pid}")
+    return memory(pid)["VmHWM"] / (1 << 20)
 
 
 # ---- HDF5 that reaches outside itself ---------------------------------------------------------------

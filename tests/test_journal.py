@@ -129,9 +129,17 @@ WRITER = textwrap.dedent("""
     from ndfs.stores import local
     from ndfs.stores.local import LocalBackend
     from ndfs.core.geometry import Box
+    from ndfs.stores.journal import Journal
     store, value, pause = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+    hold = float(sys.argv[4]) if len(sys.argv) > 4 else 0.0
     local.APPLY_BYTES = 8 * 256 * 256  # eight planes a slab: a whole-volume write is four slabs
     backend = LocalBackend(store)
+    if hold:  # fault injection: a slow disk before the entry's commit point, wide enough for a kill to hit
+        commit = Journal._write_json
+        def slow_commit(self, entry):
+            time.sleep(hold)
+            commit(self, entry)
+        Journal._write_json = slow_commit
     if pause:  # fault injection: stop between the slabs of the apply, so a kill lands mid-write
         original = LocalBackend._store
         def slow(self, ref, level, box, array):
@@ -201,7 +209,8 @@ def test_sigkill_at_random_instants_leaves_every_level_all_old_or_all_new(tmp_pa
     rng = random.Random(17)
 
     def start(value: int) -> subprocess.Popen:
-        child = subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(value), "0"],
+        # the journal's commit point is held 0.2 s, so that a kill lands before it however busy the machine
+        child = subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(value), "0", "0.2"],
                                  stdout=subprocess.PIPE, text=True)
         assert child.stdout.readline().strip() == "start"
         return child

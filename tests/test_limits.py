@@ -13,7 +13,6 @@ import select
 import socket
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,7 +22,7 @@ from ndfs.stores.local import LocalBackend
 from ndfs.core.geometry import Box
 from ndfs.serve.limits import MemoryBudget, RequestRefused, c_order_pieces, parse_int
 from ndfs.testing.reference import build_reference_store
-from ndfs.testing.serve import served
+from ndfs.testing.serve import memory, served
 
 TOKEN = "t-limits"
 AUTH = {"Authorization": f"Token {TOKEN}"}
@@ -163,13 +162,6 @@ def test_dripped_bodies_idle_connections_and_unauthenticated_large_bodies_are_cu
 
 
 # ---- B: memory and work bounded by the request --------------------------------------------------------------
-def _status(pid: int) -> dict[str, int]:
-    out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            out[key] = int(value.split()[0]) * 1024
-    return out
 
 
 def _maximal(protocol: str, url: str) -> tuple[str, dict, callable]:
@@ -206,7 +198,7 @@ def test_concurrent_maximal_cutouts_stay_within_the_memory_bound(store, protocol
         url, headers, decode = _maximal(protocol, srv.url)
         small = url.replace("0:32/", "0:1/").replace("0,32/", "0,1/").replace("_32/", "_1/")
         assert requests.get(small, headers=headers, timeout=60).status_code == 200  # codecs loaded
-        before = _status(srv.proc.pid)["VmRSS"]
+        before = memory(srv.proc.pid)["VmRSS"]
         results = [None] * 8
 
         def fetch(i):
@@ -218,7 +210,7 @@ def test_concurrent_maximal_cutouts_stay_within_the_memory_bound(store, protocol
             t.start()
         for t in threads:
             t.join(600)
-        peak = _status(srv.proc.pid)["VmHWM"]
+        peak = memory(srv.proc.pid)["VmHWM"]
     assert results == [(200, True)] * len(results), results
     assert peak - before <= BUDGET + SLACK, f"peak RSS grew {(peak - before) / MiB:.0f} MiB"
 

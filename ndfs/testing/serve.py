@@ -53,3 +53,17 @@ def served(protocol: str, store, *extra, env: dict | None = None, stderr=subproc
                 stream.close()
     if check_exit and code != 0:
         raise AssertionError(f"ndfs serve --protocol {protocol} exited with {code} after SIGTERM")
+
+
+def memory(pid: int) -> dict[str, int]:
+    """A live process's resident memory now (``VmRSS``) and its peak so far (``VmHWM``), in bytes.
+
+    Raises OSError once the process is gone (its ``/proc`` entry with it).
+    """
+    out = {}
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out[key] = int(value.split()[0]) * 1024
+    return out
