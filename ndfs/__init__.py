@@ -59,6 +59,15 @@ def count(target, ref=None, **kwargs):
     return _count(target, ref, **kwargs)
 
 
+def copy(source, dest, **kwargs):
+    """Copy a channel, a box of it or a whole project between any two remotes (see :func:`ndfs.tools.copy.copy`):
+    ``ndfs.copy("local/demo/em", "precomputed+file:///data/layers")``; resumable, chunk-aligned on the
+    destination, whose metadata is made from the source's."""
+    from ndfs.tools.copy import copy as _copy
+
+    return _copy(source, dest, **kwargs)
+
+
 _LAZY = {"Remote": ("ndfs.api", "Remote"), "Volume": ("ndfs.volume", "Volume")}
 #: the library's modules by their short names: ndfs.convert, ndfs.mesh, ndfs.batch... (in their layers' folders)
 _SUBMODULES = {"api": "ndfs.api", "batch": "ndfs.tools.batch", "convert": "ndfs.tools.convert",
@@ -79,5 +88,5 @@ def __getattr__(name):  # submodules and classes load on first use, so `import n
 __all__ = [
     "__version__", "NdfsError", "NotFound", "PermissionDenied", "ReadOnly", "BadRegion",
     "TooLarge", "Timeout", "BackendError", "Box", "ChunkGrid", "LevelInfo", "VolumeInfo",
-    "open_remote", "open_volume", "remote", "count", "Remote", "Volume",
+    "open_remote", "open_volume", "remote", "count", "copy", "Remote", "Volume",
 ]

@@ -55,7 +55,7 @@ def remote(name_or_url: str | os.PathLike | Backend | None = None, *, kind: str 
     ``cache`` defaults to the configuration's ``[cache] enabled``.
     """
     from ndfs.stores.http import mask_url
-    from ndfs.core.config import REMOTE_KINDS, RemoteConfig, load_config
+    from ndfs.core.config import DATASET_KINDS, REMOTE_KINDS, RemoteConfig, load_config
 
     if isinstance(name_or_url, Backend):
         return Remote(name_or_url, name=name_or_url.kind)
@@ -71,6 +71,13 @@ def remote(name_or_url: str | os.PathLike | Backend | None = None, *, kind: str 
             rc = replace(rc, read_only=True)
         if options or token_env:
             rc = replace(rc, options={**rc.options, **options}, token_env=token_env or rc.token_env)
+    elif "://" in text and _dataset_url(text, kind) is not None:
+        url_kind, target = _dataset_url(text, kind)
+        rc = RemoteConfig(name=url_kind, kind=url_kind, read_only=read_only, options=dict(options),
+                          **({"url": target} if "://" in target else {"path": Path(target).expanduser().resolve()}))
+    elif "://" not in text and kind in DATASET_KINDS:
+        rc = RemoteConfig(name=kind, kind=kind, path=Path(text).expanduser().resolve(), read_only=read_only,
+                          options=dict(options))
     elif "://" in text:
         scheme, rest = text.split("://", 1)
         if scheme == "file":
@@ -103,6 +110,33 @@ def remote(name_or_url: str | os.PathLike | Backend | None = None, *, kind: str 
     use_cache = cfg.cache.enabled if cache is None else bool(cache)
     backend = build(rc, cfg.cache if use_cache else None, cfg.write)
     return Remote(backend, name=rc.name)
+
+
+#: neuroglancer's data source prefixes and the remote kinds they name
+_NEUROGLANCER_PREFIXES = {"precomputed": "precomputed", "zarr": "zarr", "zarr2": "zarr", "zarr3": "zarr"}
+
+
+def _dataset_url(text: str, kind: str | None) -> tuple[str, str] | None:
+    """(kind, path or URL) of a dataset remote written ``precomputed://URL`` (neuroglancer's way),
+    ``precomputed+https://...`` (or ``+file``, ``+gs``, ``+s3``, ``+http``), or a URL with
+    ``kind="precomputed"``/``"zarr"``; None for anything else."""
+    from ndfs.core.config import DATASET_KINDS, DATASET_SCHEMES
+
+    scheme, rest = text.split("://", 1)
+    if scheme in _NEUROGLANCER_PREFIXES:
+        named = _NEUROGLANCER_PREFIXES[scheme]
+        if kind is not None and kind != named:
+            raise ConfigError(f"{scheme}:// names kind {named!r} but kind={kind!r} was given")
+        return named, rest
+    url_kind, _, proto = scheme.rpartition("+")
+    url_kind = url_kind or kind
+    if url_kind not in DATASET_KINDS:
+        return None
+    if kind is not None and kind != url_kind:
+        raise ConfigError(f"{scheme}:// names kind {url_kind!r} but kind={kind!r} was given")
+    if f"{proto}://" not in DATASET_SCHEMES:
+        raise ConfigError(f"a {url_kind} remote is a path or a {', '.join(DATASET_SCHEMES)} URL, not {proto}://")
+    return url_kind, f"{proto}://{rest}"
 
 
 def _local_config(path: Path, read_only: bool, create: bool):

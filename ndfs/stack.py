@@ -70,6 +70,13 @@ HTTP_BACKENDS = {
 }
 
 
+#: remote kinds that read a dataset format at a path or URL: (module, class)
+DATASET_BACKENDS = {
+    "precomputed": ("ndfs.stores.precomputed", "PrecomputedBackend"),
+    "zarr": ("ndfs.stores.omezarr", "ZarrBackend"),
+}
+
+
 def open_backend(remote: RemoteConfig, config: Config | None = None):
     """Build the uncached backend of one remote (no I/O happens until it is used)."""
     if remote.kind == "local":
@@ -79,6 +86,15 @@ def open_backend(remote: RemoteConfig, config: Config | None = None):
             check_remote_options("local", remote.options, f"remote {remote.name!r}")
         check_local_store(remote)
         return LocalBackend(remote.path, read_only=remote.read_only)
+    if remote.kind in DATASET_BACKENDS:
+        import importlib
+
+        module, cls = DATASET_BACKENDS[remote.kind]
+        options = check_remote_options(remote.kind, remote.options, f"remote {remote.name!r}")
+        where = remote.path if remote.path is not None else remote.url
+        if where is None:
+            raise ConfigError(f"remote {remote.name!r}: a {remote.kind} remote needs path = \"DIR\" or url = \"...\"")
+        return getattr(importlib.import_module(module), cls)(where, read_only=remote.read_only, **options)
     if remote.kind not in HTTP_BACKENDS:
         raise ConfigError(f"remote {remote.name!r}: kind {remote.kind!r} is not available")
     import importlib

@@ -54,6 +54,18 @@ def reference_servers(reference_store):
         yield running
 
 
+@pytest.fixture(scope="session")
+def dataset_reference_servers(reference_store, tmp_path_factory):
+    """The reference project as CloudVolume and ome-zarr-py wrote it (ndfs.testing.third_party), and a
+    Range-capable static HTTP server on 127.0.0.1 over it: (DatasetReferences, StaticServer)."""
+    from ndfs.testing.http_static import StaticServer
+    from ndfs.testing.third_party import dataset_references
+
+    refs = dataset_references(tmp_path_factory.mktemp("datasets"), reference_store[2])
+    with StaticServer(refs.root) as server:
+        yield refs, server
+
+
 @pytest.fixture
 def reference_case(request, reference_store, tmp_path):
     """make(name) -> the conformance Case of that name (ndfs.testing.cases), closed after the test."""
@@ -63,7 +75,12 @@ def reference_case(request, reference_store, tmp_path):
     closers: list = []
 
     def make(name: str):
-        servers = {} if name.startswith("local-") else request.getfixturevalue("reference_servers")
+        from ndfs.testing.cases import DATASET_KINDS
+
+        if name.split("-")[0] in DATASET_KINDS:
+            servers = {"datasets": request.getfixturevalue("dataset_reference_servers")}
+        else:
+            servers = {} if name.startswith("local-") else request.getfixturevalue("reference_servers")
         return make_case(name, path, oracle, servers, tmp_path, closers)
 
     yield make

@@ -19,10 +19,12 @@ def boss_reference_server(reference_store):
 
 
 @pytest.fixture(params=["local-raw", "local-read-only", "local-cached-memory", "local-cached-disk-tiny",
-                        "boss-raw", "boss-cached", "boss-journaled"])
+                        "boss-raw", "boss-cached", "boss-journaled",
+                        "precomputed-raw", "precomputed-read-only", "precomputed-cached", "precomputed-journaled",
+                        "precomputed-http", "zarr-raw", "zarr-journaled", "zarr-v3", "zarr-http"])
 def conformance_case(request, reference_store, reference_case, tmp_path):
-    if request.param == "boss-journaled":
-        return reference_case("boss-journaled")
+    if request.param == "boss-journaled" or request.param.startswith(("precomputed-", "zarr-")):
+        return reference_case(request.param)
     path, _, oracle = reference_store
     if request.param.startswith("local-cached"):
         from ndfs.cache import CachedBackend

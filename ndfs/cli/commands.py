@@ -767,6 +767,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_parser(sub)
     from ndfs.cli.annotate import add_annotate_parsers
     add_annotate_parsers(sub)
+    from ndfs.cli.copy import add_copy_parser
+    add_copy_parser(sub)
     for name, parser in sub.choices.items():
         _with_examples(parser, EXAMPLES.get(name, ""))
     _with_examples(p, "")
@@ -836,6 +838,10 @@ EXAMPLES = {
   ndfs count local/demo/cells --type segment
   ndfs count local/demo/cells --type segment --x 0:512 --y 0:512 --z 0:64 --table cells.csv
   ndfs count local/demo/cells --kv kind=cell --table -""",
+    "copy": """
+  ndfs copy local/demo/em precomputed+file:///tmp/layers      # a new precomputed layer /tmp/layers/em
+  ndfs copy local/demo zarr+file:///tmp/images --workers 8     # every channel, as OME-Zarr images
+  ndfs copy local/demo/em local/backup/em --x 0:512 --y 0:512 --z 0:64""",
     "annotate": """
   ndfs annotate local/demo/cells    # one object per label, with its size, box and centroid
   ndfs annotate local/demo/em --level 2 --threshold 180 --min-voxels 100 --into local/demo/found --create""",

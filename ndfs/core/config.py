@@ -42,10 +42,14 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-REMOTE_KINDS = ("local", "boss", "dvid", "neurodata")
+REMOTE_KINDS = ("local", "boss", "dvid", "neurodata", "precomputed", "zarr")
+#: remote kinds that read a dataset format at a path or URL (local, file://, http(s)://, gs://, s3://)
+DATASET_KINDS = ("precomputed", "zarr")
+DATASET_SCHEMES = ("file://", "http://", "https://", "gs://", "s3://")
 SECTIONS = ("remotes", "cache", "mount", "write")
 #: keys of every remote, and of the local ones and of the remote services
-REMOTE_KEYS = {"local": ("kind", "path", "read_only", "create"), "http": ("kind", "url", "token_env", "read_only")}
+REMOTE_KEYS = {"local": ("kind", "path", "read_only", "create"), "http": ("kind", "url", "token_env", "read_only"),
+               "dataset": ("kind", "url", "path", "read_only")}
 _DRIVER_COMMON = ("timeout_s", "connect_timeout_s", "retries", "backoff_s", "backoff_cap_s", "workers",
                   "max_request_bytes")
 #: the settings each remote service's driver takes (its keyword arguments besides read_only)
@@ -53,6 +57,8 @@ DRIVER_OPTIONS = {
     "boss": _DRIVER_COMMON + ("max_meta_bytes",),
     "dvid": _DRIVER_COMMON + ("branch", "max_request_voxels", "ttl_s", "label_compression"),
     "neurodata": _DRIVER_COMMON + ("tokens", "api", "ttl_s"),
+    "precomputed": ("layers", "max_scan_bytes"),
+    "zarr": ("layers", "max_scan_bytes"),
 }
 #: settings every remote takes besides its driver's: they go to the layers ndfs stacks on the driver
 LAYER_OPTIONS = ("max_age_s",)
@@ -63,6 +69,7 @@ OPTION_RULES: dict[str, tuple] = {
     "max_meta_bytes": (int, 64), "max_request_voxels": (int, 1), "ttl_s": (float, 0),
     "branch": (str, None), "label_compression": (str, ("auto", "lz4", "gzip", "none")),
     "tokens": (list, None), "api": (str, None), "max_age_s": (float, "max-age"),
+    "layers": (list, None), "max_scan_bytes": (int, 1),
 }
 #: what is cached of an open DVID node is checked this often for changes made by other clients (seconds;
 #: one small request per repo), when no max_age_s is configured
@@ -70,6 +77,11 @@ DVID_MAX_AGE_S = 5.0
 #: what is cached of a BOSS or NeuroData channel ndfs can write (a token and not read_only) is fetched
 #: again after this long (seconds), when no max_age_s is configured: these services tell nobody of changes
 WRITABLE_MAX_AGE_S = 60.0
+
+
+def remote_keys(kind: str) -> tuple[str, ...]:
+    """The keys a remote of ``kind`` takes besides its driver's settings."""
+    return REMOTE_KEYS["local" if kind == "local" else "dataset" if kind in DATASET_KINDS else "http"]
 
 
 def user_config_dir() -> Path:
@@ -252,8 +264,7 @@ def check_max_age(value, where: str, key: str = "max_age_s") -> float:
 def check_remote_options(kind: str, options: dict, where: str) -> dict:
     """The driver and layer settings of a remote of ``kind``, checked: known keys (nearest valid one
     suggested), types, finite numbers in range; returns them with ints given for floats made floats. Pure."""
-    _known(options, DRIVER_OPTIONS.get(kind, ()) + LAYER_OPTIONS, where,
-           others=REMOTE_KEYS["local"] if kind == "local" else REMOTE_KEYS["http"])
+    _known(options, DRIVER_OPTIONS.get(kind, ()) + LAYER_OPTIONS, where, others=remote_keys(kind))
     out = {}
     for key, value in options.items():
         kind_, rule = OPTION_RULES[key]
@@ -287,13 +298,19 @@ def parse_config(data: dict[str, Any], base_dir: Path, where: str = "config") ->
         if kind not in REMOTE_KINDS:
             raise ConfigError(f"{where}: remote {name!r} has kind {kind!r}; known kinds: {', '.join(REMOTE_KINDS)}")
         here = f"{where} [remotes.{name}]"
-        keys = REMOTE_KEYS["local"] if kind == "local" else REMOTE_KEYS["http"]
+        keys = remote_keys(kind)
         options = check_remote_options(kind, {k: v for k, v in table.items() if k not in keys}, here)
         path = _typed(table, "path", str, None, here)
         url = _typed(table, "url", str, None, here)
         if kind == "local" and path is None:
             raise ConfigError(f"{here}: a local remote needs path = \"DIR\"")
-        if kind != "local" and (url is None or not url.startswith(("http://", "https://"))):
+        if kind in DATASET_KINDS:
+            if (url is None) == (path is None):
+                raise ConfigError(f"{here}: a {kind} remote needs either path = \"DIR\" or url = \"https://HOST/...\" "
+                                  "(also file://, gs://, s3://), not both")
+            if url is not None and not url.startswith(DATASET_SCHEMES):
+                raise ConfigError(f"{here}: url must start with {', '.join(DATASET_SCHEMES)}, not {mask_url(url)!r}")
+        elif kind != "local" and (url is None or not url.startswith(("http://", "https://"))):
             raise ConfigError(f"{here}: a {kind} remote needs url = \"https://HOST\" (or http://), "
                               f"not {mask_url(url) if url else 'none'!r}")
         token_env = _typed(table, "token_env", str, None, here)

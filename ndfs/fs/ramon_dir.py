@@ -2,12 +2,14 @@
 
     ramon/<id>.json          the object's metadata (ndfs file form); write to create or update, rm to delete
     ramon/<id>.tif           its voxels inside its bounding box (other labels zeroed), ImageJ-calibrated
-    ramon/<id>.obj|.ply      its surface mesh in nm (zmesh), for objects that own voxels
+    ramon/<id>.obj|.ply      its surface mesh in nm: the store's own mesh where it keeps one (precomputed
+                             layers), else zmesh of its voxels
+    ramon/<id>.swc           its skeleton in nm, where the store keeps one (precomputed layers)
     ramon/by-type/<type>/    the <id>.json files of one RAMON type
 
 Listings ask the backend for ids only (never the objects), so a channel with
 a million objects lists without fetching them; ``.tif``/``.obj``/``.ply``
-exist for every listed id but are not listed (a file browser would render
+(and ``.swc``) exist for every listed id but are not listed (a file browser would render
 every mesh). A written ``<id>.json`` is checked completely before anything is
 stored: bad JSON or a bad field is EINVAL and nothing changes; an ``id`` in
 the file must match the name (or be 0/absent). Rendered files are kept in the
@@ -21,11 +23,11 @@ import re
 
 import numpy as np
 
-from ndfs.stores.base import AnnotationStore
+from ndfs.stores.base import AnnotationStore, ShapeStore
 from ndfs.core.errors import InvalidAnnotation, NotFound, ReadOnly, TooLarge
 from ndfs.fs.nodes import DirNode, FileNode, Node, RenderedFile
 
-NAME = re.compile(r"^([1-9][0-9]*)\.(json|tif|obj|ply)$")
+NAME = re.compile(r"^([1-9][0-9]*)\.(json|tif|obj|ply|swc)$")
 BY_TYPE = "by-type"
 
 
@@ -53,7 +55,8 @@ class RamonDir(DirNode):
     def _parse(self, name: str) -> tuple[int, str]:
         m = NAME.fullmatch(name)
         if not m:
-            raise NotFound(f"ramon/ holds <id>.json, <id>.tif, <id>.obj, <id>.ply and {BY_TYPE}/, not {name!r}")
+            raise NotFound(f"ramon/ holds <id>.json, <id>.tif, <id>.obj, <id>.ply, <id>.swc and {BY_TYPE}/, "
+                           f"not {name!r}")
         return int(m.group(1)), m.group(2)
 
     def child(self, name: str) -> Node:
@@ -160,7 +163,8 @@ class RamonJson(RenderedFile):
 
 
 class RamonRendered(RenderedFile):
-    """``<id>.tif`` (the object's voxels in its bounding box) or ``<id>.obj``/``<id>.ply`` (its mesh)."""
+    """``<id>.tif`` (the object's voxels in its bounding box), ``<id>.obj``/``<id>.ply`` (its mesh: the
+    store's own when it keeps one, else zmesh of its voxels) or ``<id>.swc`` (the store's skeleton)."""
 
     def __init__(self, ramon_dir: RamonDir, id_: int, ext: str):
         self.dir, self.id, self.ext, self.mtime = ramon_dir, id_, ext, ramon_dir.mtime
@@ -181,13 +185,27 @@ class RamonRendered(RenderedFile):
 
     def _render(self) -> bytes:
         from ndfs.formats import registry
+        from ndfs.tools.mesh import to_obj, to_ply
 
         v = self.dir.vol
+        backend = v.tree.backend(v.remote)
+        shapes = isinstance(backend, ShapeStore)
+        if self.ext == "swc":
+            from ndfs.formats.swc import to_swc
+
+            skeleton = backend.object_skeleton(v.ref, self.id) if shapes else None
+            if skeleton is None:
+                raise NotFound(f"{v.remote} keeps no skeleton of object {self.id}")
+            return to_swc(skeleton)
+        if self.ext in ("obj", "ply") and shapes:
+            own = backend.object_mesh(v.ref, self.id)
+            if own is not None:
+                return to_obj(*own) if self.ext == "obj" else to_ply(*own)
         labels, box, ids = self._labels()
         if self.ext == "tif":
             own = np.where(np.isin(labels, np.array(ids, dtype=labels.dtype)), labels, 0).astype(labels.dtype)
             return registry.render(own, "tif", voxel_size_nm=v.info.level(0).voxel_size_nm, offset=box.start)
-        from ndfs.tools.mesh import Mesh, mesh_cache, to_obj, to_ply
+        from ndfs.tools.mesh import Mesh, mesh_cache
 
         mask = np.isin(labels, np.array(ids, dtype=labels.dtype)).astype(np.uint8)
         # the process-wide mesh cache: memory, and on disk (<cache dir>/meshes) keyed by the mask's content

@@ -56,12 +56,11 @@ from ndfs.core.geometry import Box
 from ndfs.core.info import VolumeInfo
 from ndfs.serve.browser import Answer, FileTreeApp
 from ndfs.serve.limits import DEFAULT_SCAN_BYTES, MAX_LIST_ITEMS, MemoryBudget, RequestRefused
-from ndfs.serve.segments import MESH_LEVEL_BYTES, LabelIndex, legacy_fragment, mesh_level, segment_properties
+from ndfs.formats.precomputed import BLOCK, chunk_shape_xyz, encoding, info_document, is_segmentation, legacy_fragment
+from ndfs.ramon.neuroglancer import segment_properties
+from ndfs.serve.segments import MESH_LEVEL_BYTES, LabelIndex, mesh_level
 from ndfs.stores.base import AnnotationStore, Backend
 
-#: data types precomputed (and its readers) know
-DATA_TYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "float32")
-BLOCK = (8, 8, 8)
 NUMBER = r"(-?\d+)"
 CHUNK_RE = re.compile(rf"{NUMBER}-{NUMBER}_{NUMBER}-{NUMBER}_{NUMBER}-{NUMBER}")
 LEVEL_RE = re.compile(r"0|[1-9]\d*")
@@ -69,43 +68,6 @@ MANIFEST_RE = re.compile(r"([1-9]\d*):0")
 FRAGMENT_RE = re.compile(r"([1-9]\d*):0:(0|[1-9]\d*)")
 #: seconds a path's "is it a volume" answer is kept
 MEMO_S = 10.0
-
-
-def is_segmentation(info: VolumeInfo) -> bool:
-    return info.kind == "annotation" and info.dtype.kind in "iu"
-
-
-def encoding(info: VolumeInfo) -> str:
-    if is_segmentation(info) and info.dtype.name in ("uint32", "uint64"):
-        return "compressed_segmentation"
-    return "raw"
-
-
-def chunk_shape_xyz(info: VolumeInfo, level: int) -> list[int]:
-    lv = info.level(level)
-    return [int(min(c, s)) for c, s in zip(lv.chunk_shape[::-1], lv.shape[::-1])]
-
-
-def info_document(info: VolumeInfo, *, mesh: bool = False, properties: bool = False) -> dict:
-    """The precomputed ``info`` of a volume (see the module doc). Pure."""
-    if info.dtype.name not in DATA_TYPES:
-        raise RequestRefused(400, f"precomputed has no {info.dtype.name} data type (it has {', '.join(DATA_TYPES)})")
-    enc = encoding(info)
-    scales = []
-    for i, lv in enumerate(info.levels):
-        scale = {"key": str(i), "size": list(lv.shape[::-1]), "voxel_offset": list(lv.offset[::-1]),
-                 "resolution": [float(v) for v in lv.voxel_size_nm[::-1]],
-                 "chunk_sizes": [chunk_shape_xyz(info, i)], "encoding": enc}
-        if enc == "compressed_segmentation":
-            scale["compressed_segmentation_block_size"] = list(BLOCK)
-        scales.append(scale)
-    doc = {"@type": "neuroglancer_multiscale_volume", "type": "segmentation" if is_segmentation(info) else "image",
-           "data_type": info.dtype.name, "num_channels": 1, "scales": scales}
-    if mesh:
-        doc["mesh"] = "mesh"
-    if properties:
-        doc["segment_properties"] = "segment_properties"
-    return doc
 
 
 def chunk_box(info: VolumeInfo, level: int, name: str) -> Box:
@@ -193,8 +155,9 @@ class PrecomputedApp(FileTreeApp):
         info = self.backend.info(ref)
         labels = is_segmentation(info)
         if rest == ["info"]:
-            doc = info_document(info, mesh=labels,
-                                properties=labels and isinstance(self.backend, AnnotationStore))
+            doc = info_document(info, mesh="mesh" if labels else None,
+                                properties="segment_properties" if labels and isinstance(self.backend, AnnotationStore)
+                                else None)
             return _json(doc)
         if len(rest) == 2 and LEVEL_RE.fullmatch(rest[0]):
             level = int(rest[0])

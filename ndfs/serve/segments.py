@@ -7,13 +7,10 @@
   request finds its object without scanning the channel again.
 * :func:`mesh_level`: the level meshes are made at: the finest whose labels
   take at most ``max_bytes`` (so its index is one bounded scan).
-* :func:`legacy_fragment`: a mesh as neuroglancer's legacy mesh fragment
-  (uint32 vertex count, float32 x y z vertices in nm, uint32 triangle indices,
-  little-endian).
-* :func:`segment_properties`: neuroglancer's ``segment_properties`` document of
-  a channel's RAMON objects: a label (the ``name`` key-value pair, else the
-  type and id), a description (author, status, confidence, key-value pairs)
-  and tags (the RAMON type, its class, its status).
+
+Mesh fragments and ``segment_properties`` documents are made by
+:mod:`ndfs.formats.precomputed` and :mod:`ndfs.ramon.neuroglancer`, which the
+``precomputed`` remote reads them back with.
 
 Thread-safe: an index is made once per (channel, level, version) however many
 requests ask for it at once.
@@ -22,7 +19,6 @@ requests ask for it at once.
 from __future__ import annotations
 
 import logging
-import struct
 import threading
 import time
 from collections import OrderedDict
@@ -154,53 +150,3 @@ def _merge(data: np.ndarray, origin, lo: dict, hi: dict) -> None:
             hi[label] = np.maximum(hi[label], e)
         else:
             lo[label], hi[label] = s, e
-
-
-def legacy_fragment(vertices: np.ndarray, faces: np.ndarray) -> bytes:
-    """A neuroglancer legacy mesh fragment: uint32 count, float32 xyz vertices (nm), uint32 triangles. Pure."""
-    v = np.ascontiguousarray(vertices, dtype="<f4")
-    f = np.ascontiguousarray(faces, dtype="<u4")
-    return struct.pack("<I", len(v)) + v.tobytes() + f.tobytes()
-
-
-STATUS = ("unprocessed", "locked", "processed", "ignored")
-
-
-def segment_properties(objects) -> dict:
-    """neuroglancer's inline segment properties of RAMON objects (see the module doc). Pure."""
-    from ndfs.ramon.types import ENUMS
-
-    ids, labels, descriptions, tag_lists = [], [], [], []
-    tags: list[str] = []
-    where: dict[str, int] = {}
-
-    def tag(name: str) -> int:
-        if name not in where:
-            where[name] = len(tags)
-            tags.append(name)
-        return where[name]
-
-    for obj in sorted(objects, key=lambda o: o.id):
-        kv = dict(obj.kvpairs or {})
-        ids.append(str(obj.id))
-        labels.append(str(kv.get("name") or f"{obj.TYPE} {obj.id}"))
-        parts = [obj.TYPE]
-        if obj.author:
-            parts.append(f"by {obj.author}")
-        parts.append(f"status {STATUS[obj.status] if 0 <= obj.status < len(STATUS) else obj.status}")
-        parts.append(f"confidence {obj.confidence:g}")
-        parts += [f"{k}={v}" for k, v in sorted(kv.items()) if k != "name"]
-        descriptions.append(", ".join(parts))
-        mine = [tag(obj.TYPE)]
-        for enum in ("segmentclass", "organelleclass"):
-            value = getattr(obj, enum, 0)
-            if value:
-                mine.append(tag(ENUMS[enum][value]))
-        if 0 <= obj.status < len(STATUS):
-            mine.append(tag(STATUS[obj.status]))
-        tag_lists.append(sorted(set(mine)))
-    return {"@type": "neuroglancer_segment_properties",
-            "inline": {"ids": ids, "properties": [
-                {"id": "label", "type": "label", "values": labels},
-                {"id": "description", "type": "description", "values": descriptions},
-                {"id": "tags", "type": "tags", "tags": tags, "values": tag_lists}]}}

@@ -43,6 +43,7 @@ import numpy as np
 from ndfs.core.errors import NotFound
 from ndfs.core.geometry import Box
 from ndfs.core.info import VolumeInfo
+from ndfs.formats.ngff import chunk_shape, multiscale, zarray_v2, zattrs_v04
 from ndfs.serve.browser import Answer, FileTreeApp
 from ndfs.serve.limits import MemoryBudget
 from ndfs.stores.base import Backend
@@ -53,31 +54,9 @@ V2_GROUP = (".zgroup", ".zattrs")
 MEMO_S = 10.0
 
 
-def chunk_shape(info: VolumeInfo, level: int) -> tuple[int, int, int]:
-    """The level's chunk shape (z, y, x): the store's, clipped to the level. Pure."""
-    lv = info.level(level)
-    return tuple(int(max(1, min(c, s))) for c, s in zip(lv.chunk_shape, lv.shape))  # type: ignore[return-value]
-
-
 def grid_shape(info: VolumeInfo, level: int) -> tuple[int, int, int]:
     lv = info.level(level)
     return tuple(-(-s // c) for s, c in zip(lv.shape, chunk_shape(info, level)))  # type: ignore[return-value]
-
-
-def _multiscale(name: str, info: VolumeInfo) -> dict:
-    datasets = []
-    for i, lv in enumerate(info.levels):
-        transforms = [{"type": "scale", "scale": [float(v) for v in lv.voxel_size_nm]}]
-        if any(lv.offset):
-            transforms.append({"type": "translation",
-                               "translation": [float(o * v) for o, v in zip(lv.offset, lv.voxel_size_nm)]})
-        datasets.append({"path": str(i), "coordinateTransformations": transforms})
-    axes = [{"name": a, "type": "space", "unit": "nanometer"} for a in "zyx"]
-    return {"name": name, "axes": axes, "datasets": datasets}
-
-
-def _v2_dtype(dtype: np.dtype) -> str:
-    return np.dtype(dtype).newbyteorder("<").str if np.dtype(dtype).itemsize > 1 else np.dtype(dtype).str
 
 
 @dataclass(frozen=True)
@@ -108,31 +87,17 @@ class OmeZarrImage:
         self.is_label, self.label_source = is_label, label_source
 
     # ---- metadata ------------------------------------------------------------------
-    def _image_label(self, v05: bool) -> dict | None:
-        if not self.is_label:
-            return None
-        doc: dict = {} if v05 else {"version": "0.4"}
-        if self.label_source is not None:
-            doc["source"] = {"image": self.label_source}
-        return doc
-
     def zattrs(self) -> dict:
-        doc = {"multiscales": [{"version": "0.4", **_multiscale(self.name, self.info)}]}
-        if self.is_label:
-            doc["image-label"] = self._image_label(False)
-        return doc
+        return zattrs_v04(self.name, self.info, is_label=self.is_label, label_source=self.label_source)
 
     def group_json(self) -> dict:
-        ome = {"version": "0.5", "multiscales": [_multiscale(self.name, self.info)]}
+        ome = {"version": "0.5", "multiscales": [multiscale(self.name, self.info)]}
         if self.is_label:
-            ome["image-label"] = self._image_label(True)
+            ome["image-label"] = {} if self.label_source is None else {"source": {"image": self.label_source}}
         return {"zarr_format": 3, "node_type": "group", "attributes": {"ome": ome}}
 
     def zarray(self, level: int) -> dict:
-        lv = self.info.level(level)
-        return {"zarr_format": 2, "shape": list(lv.shape), "chunks": list(chunk_shape(self.info, level)),
-                "dtype": _v2_dtype(self.info.dtype), "compressor": None, "fill_value": 0, "order": "C",
-                "filters": None, "dimension_separator": "/"}
+        return zarray_v2(self.info, level)
 
     def array_json(self, level: int) -> dict:
         lv = self.info.level(level)

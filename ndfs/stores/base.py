@@ -411,6 +411,22 @@ class KeyValueStore(metaclass=_Contract):
         """Remove the file; NotFound if it does not exist, ReadOnly where files cannot be removed."""
 
 
+class ShapeStore(metaclass=_Contract):
+    """Stores that keep their objects' own meshes and skeletons (neuroglancer precomputed layers), which the
+    mount's ``ramon/<id>.obj|.ply|.swc`` serve instead of meshing the voxels; ``isinstance(backend, ShapeStore)``."""
+
+    contract = True
+
+    @abc.abstractmethod
+    def object_mesh(self, ref: Sequence[str], id: int):
+        """The object's own mesh as (vertices float32 (N, 3) x, y, z in nm, faces uint32 (M, 3)), or None when
+        the store keeps no mesh of it (the caller may mesh its voxels instead)."""
+
+    @abc.abstractmethod
+    def object_skeleton(self, ref: Sequence[str], id: int):
+        """The object's skeleton (:class:`ndfs.formats.swc.Skeleton`, nm), or None when the store has none."""
+
+
 class AdminStore(metaclass=_Contract):
     """Channels made and removed through the store (the local store); ``isinstance(backend, AdminStore)``.
     A store opened read-only refuses them (ReadOnly)."""
@@ -429,5 +445,5 @@ class AdminStore(metaclass=_Contract):
         """Remove a channel and everything in it."""
 
 
-__all__ = ["Backend", "AnnotationStore", "KeyValueStore", "AdminStore", "annotations", "RequestStats", "Validation",
-           "VolumeRef", "as_ref", "NdfsError"]
+__all__ = ["Backend", "AnnotationStore", "KeyValueStore", "AdminStore", "ShapeStore", "annotations", "RequestStats",
+           "Validation", "VolumeRef", "as_ref", "NdfsError"]

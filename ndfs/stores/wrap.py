@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ndfs.stores.base import AdminStore, AnnotationStore, Backend, KeyValueStore
+from ndfs.stores.base import AdminStore, AnnotationStore, Backend, KeyValueStore, ShapeStore
 
 
 def layers(backend: Backend):
@@ -23,7 +23,7 @@ def layers(backend: Backend):
         backend = backend.inner
 
 
-class WrappingBackend(Backend, AnnotationStore, KeyValueStore, AdminStore):
+class WrappingBackend(Backend, AnnotationStore, KeyValueStore, AdminStore, ShapeStore):
     """Everything but ``_read``/``_write`` goes to ``inner``; ``kind`` and ``capabilities`` are its.
 
     A layer implements every contract by passing it down, and is an instance of exactly the contracts
@@ -132,6 +132,13 @@ class WrappingBackend(Backend, AnnotationStore, KeyValueStore, AdminStore):
 
     def _ramon_bbox(self, ref, id, level):
         return self.inner.ramon_bbox(ref, id, level)
+
+    # ---- an object's own mesh and skeleton ------------------------------------------------
+    def object_mesh(self, ref, id):
+        return self.inner.object_mesh(ref, id)
+
+    def object_skeleton(self, ref, id):
+        return self.inner.object_skeleton(ref, id)
 
     def close(self) -> None:
         self.inner.close()

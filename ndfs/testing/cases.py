@@ -7,6 +7,11 @@ conformance module's ``conformance_case`` fixture returns. Names are
 reference store); layers ``raw`` (the driver), ``read-only``, ``cached`` (the
 chunk cache) or ``journaled`` (the outbox journal over the cache, as a mount
 and ``ndfs.remote()`` stack a remote service: :func:`ndfs.stack.open_store`).
+
+Stores ``precomputed`` and ``zarr`` read the reference project as the formats' own writers wrote it
+(:mod:`ndfs.testing.third_party`: CloudVolume, ome-zarr-py), from a local folder (``zarr``: NGFF 0.4 on
+zarr v2; ``zarr-v3``: 0.5 on zarr v3) or, with layers ``http``, over a Range-capable static HTTP server
+(``zarr``: 0.5); their lower levels are what the writer stored, so a write changes only its level.
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ def make_case(name: str, path: Path, oracle: ReferenceData, servers: dict, tmp_p
     from ndfs.core.config import RemoteConfig
 
     kind, layers = name.split("-", 1)
+    if kind in DATASET_KINDS:
+        return dataset_case(kind, layers, oracle, servers["datasets"], tmp_path, closers)
     read_only = layers == "read-only"
     if kind == "local":
         store, rc, prefix = LocalBackend(path, read_only=read_only), RemoteConfig("c", "local", path=path), ()
@@ -68,6 +75,38 @@ def make_case(name: str, path: Path, oracle: ReferenceData, servers: dict, tmp_p
     # the BOSS answers no voxel below the level-0 frame start at coarser levels (see the BOSS driver)
     return Case(backend=backend, oracle=oracle, writable=not read_only, prefix=prefix,
                 zeros_below_start=kind == "boss")
+
+
+DATASET_KINDS = ("precomputed", "zarr")
+
+
+def dataset_case(kind: str, layers: str, oracle: ReferenceData, datasets, tmp_path: Path, closers: list) -> Case:
+    """A precomputed or zarr case: ``datasets`` is (DatasetReferences, a StaticServer over their root)."""
+    from ndfs.core.config import RemoteConfig
+    from ndfs.stores.omezarr import ZarrBackend
+    from ndfs.stores.precomputed import PrecomputedBackend
+    from ndfs.testing.third_party import REFERENCE_LAYERS
+
+    refs, server = datasets
+    cls = PrecomputedBackend if kind == "precomputed" else ZarrBackend
+    root = refs.precomputed if kind == "precomputed" else refs.zarr5 if layers in ("v3", "http") else refs.zarr4
+    if layers == "http":
+        url = f"{server.url}/{root.relative_to(refs.root)}"
+        store = cls(url, layers=REFERENCE_LAYERS)
+    else:
+        url = root.as_uri()
+        store = cls(root, read_only=layers == "read-only")
+    backend = store
+    if layers == "cached":
+        from ndfs.cache import CachedBackend
+
+        backend = CachedBackend(store, namespace=f"{kind}:{url}", memory_bytes=64 * 2**20,
+                                disk_dir=tmp_path / "cache", disk_bytes=2**28)
+    elif layers == "journaled":
+        backend = journaled(store, kind, url, tmp_path)
+    closers.append(backend)
+    return Case(backend=backend, oracle=oracle, writable="write" in store.capabilities, rebuilds_levels=False,
+                extra={"config": RemoteConfig("c", kind, url=url)})
 
 
 def journaled(store, kind: str, url: str, tmp_path):

@@ -1,2 +1,2 @@
-"""What ndfs does with volumes besides serving them: convert (export/import), mesh, batch, annotate
-(counting cells through RAMON) and the demo data. Each builds on ``ndfs.volume`` and the stores."""
+"""What ndfs does with volumes besides serving them: convert (export/import), copy (between remotes), mesh,
+batch, annotate (counting cells through RAMON) and the demo data. Each builds on ``ndfs.volume`` and the stores."""

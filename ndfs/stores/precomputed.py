@@ -1,0 +1,280 @@
+"""Neuroglancer precomputed layers as a remote (kind ``precomputed``): volumes, segment properties, meshes, skeletons.
+
+A layer is a folder with an ``info`` file (JSON) whose ``scales`` are the channel's levels, finest
+first: level ``i`` is ``scales[i]`` with its ``size``, ``voxel_offset`` (dataset coordinates) and
+``resolution`` (nm) read as z, y, x, and its first ``chunk_sizes`` entry as chunk shape (for a sharded
+scale, the chunks inside the shards). ``image`` layers are image channels; ``segmentation`` layers of
+uint32/uint64 are annotation channels. A layer with ``num_channels`` above 1 is a folder of channels
+``c0``, ``c1``... Voxels go through tensorstore's ``neuroglancer_precomputed`` driver (raw, jpeg, png,
+compressed_segmentation; sharded or not). Chunks absent from the store read as zeros, as in
+neuroglancer and tensorstore.
+
+Writes go to unsharded scales with a lossless encoding (raw, png, compressed_segmentation) on
+storage that takes writes (a local path, gs://, s3://); tensorstore writes each chunk whole (a local
+chunk is written aside and renamed), and the outbox journal in front of the remote replays a write
+interrupted by a crash, so a write's chunks end all new. A write changes the level written (no
+pyramid is rebuilt). Sharded scales are read-only (EROFS): a shard holds many chunks and is never
+rewritten in part. jpeg scales are read-only too (lossy).
+
+Segmentation layers: ``ramon/<id>.json`` objects are the ids of ``segment_properties`` (inline ids
+with ``label``, ``description``, ``tags``, ``string`` and ``number`` properties, as kv pairs) and the
+ids that have a mesh or skeleton; meshes are the layer's own, legacy (``<mesh>/<id>:0`` manifests and
+their fragments) or multi-resolution (``neuroglancer_multilod_draco``: the finest level of detail),
+unsharded or sharded (:mod:`ndfs.stores.precomputed_shards`); skeletons are its skeletons, unsharded
+or sharded (vertex attribute ``radius`` kept); all in nm. Objects without a mesh of their own are
+meshed from the voxels by the mount (zmesh), as for any annotation channel.
+
+Local layers that CloudVolume wrote with ``compress="gzip"`` store chunks as ``<name>.gz`` files, which
+tensorstore (and neuroglancer over plain HTTP) do not read: such a scale refuses reads with a message
+saying so instead of reading zeros. Thread-safe; no I/O in ``__init__``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import struct
+import threading
+
+import numpy as np
+
+from ndfs.core.errors import BackendError
+from ndfs.core.info import LevelInfo, VolumeInfo
+from ndfs.formats.precomputed import decode_legacy_fragment, info_document
+from ndfs.formats.swc import Skeleton
+from ndfs.ramon.neuroglancer import parse_segment_properties
+from ndfs.stores.dataset import DatasetBackend, Found, Segments
+from ndfs.stores.precomputed_shards import decode_multilod, locate, parse_manifest, read_sharded
+from ndfs.stores.tstore import ArrayLevel, Location
+
+log = logging.getLogger("ndfs.precomputed")
+
+LABEL_DTYPES = ("uint32", "uint64")
+MULTILOD = "neuroglancer_multilod_draco"
+
+
+def _zyx(values) -> tuple:
+    x, y, z = values
+    return (z, y, x)
+
+
+def _json(loc: Location, key: str, what: str) -> dict | None:
+    data = loc.read(key)
+    if data is None:
+        return None
+    try:
+        doc = json.loads(data)
+    except ValueError as exc:
+        raise BackendError(f"{what} ({key} of {loc!r}) is not JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise BackendError(f"{what} ({key} of {loc!r}) is not a JSON object")
+    return doc
+
+
+def parse_info(doc: dict, loc: Location, name: str) -> Found:
+    """The Found (a volume, or a folder of channels) a precomputed ``info`` describes."""
+    try:
+        dtype = np.dtype(doc["data_type"])
+        kind = "annotation" if doc.get("type") == "segmentation" and dtype.name in LABEL_DTYPES else "image"
+        channels = int(doc.get("num_channels", 1))
+        per_channel: list[list[ArrayLevel]] = [[] for _ in range(channels)]
+        levels = []
+        for i, scale in enumerate(doc["scales"]):
+            chunk = scale["chunk_sizes"][0]
+            lv = LevelInfo(shape=_zyx(scale["size"]), offset=_zyx(scale.get("voxel_offset", (0, 0, 0))),
+                           voxel_size_nm=tuple(float(v) for v in _zyx(scale["resolution"])),
+                           chunk_shape=_zyx(chunk))
+            levels.append(lv)
+            sharded = bool(scale.get("sharding"))
+            encoding = scale.get("encoding", "raw")
+            read_only = None
+            if sharded:
+                read_only = (f"scale {scale['key']} of precomputed layer {name} is sharded: ndfs reads it but never "
+                             "rewrites part of a shard, so it is read-only")
+            elif encoding == "jpeg":
+                read_only = f"scale {scale['key']} of precomputed layer {name} is jpeg-encoded (lossy): read-only"
+            problem = None
+            gz = loc.join(scale["key"]).any_file_with_suffix(".gz")
+            if gz:
+                problem = (f"scale {scale['key']} of {loc!r} stores its chunks as .gz files (such as {gz}; "
+                           "CloudVolume's compress='gzip' on local disk), which tensorstore and neuroglancer do not read; rewrite "
+                           "the layer without compression, or serve it over HTTP with Content-Encoding: gzip")
+            for c in range(channels):
+                per_channel[c].append(ArrayLevel(
+                    spec={"driver": "neuroglancer_precomputed", "kvstore": loc.kvstore(), "scale_index": i},
+                    axes=("x", "y", "z", "channel"), fixed={3: c}, origin=lv.offset, info=lv, sharded=sharded,
+                    read_only=read_only, problem=problem))
+        extra = {"format": "precomputed", "encoding": doc["scales"][0].get("encoding", "raw")}
+        info = VolumeInfo(dtype=dtype, kind=kind, levels=tuple(levels), extra=extra)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise BackendError(f"the info of precomputed layer {loc!r} is not usable: {exc!r}") from exc
+    segments = PrecomputedSegments(loc, doc) if kind == "annotation" else None
+    if channels == 1:
+        return Found(info=info, levels=per_channel[0], segments=segments, location=loc)
+    return Found(entries={f"c{c}": Found(info=info, levels=per_channel[c], location=loc) for c in range(channels)},
+                 location=loc)
+
+
+class PrecomputedSegments(Segments):
+    """Segment properties, legacy meshes and skeletons of a segmentation layer (read on first use, kept)."""
+
+    def __init__(self, loc: Location, doc: dict):
+        self.loc = loc
+        self.mesh_dir = doc.get("mesh") if isinstance(doc.get("mesh"), str) else None
+        self.skeleton_dir = doc.get("skeletons") if isinstance(doc.get("skeletons"), str) else None
+        self.props_dir = doc.get("segment_properties") if isinstance(doc.get("segment_properties"), str) else None
+        self._lock = threading.Lock()
+        self._props: dict[int, dict[str, str]] | None = None
+        self._infos: dict[str, dict] = {}
+
+    def _sub_info(self, sub: str) -> dict:
+        with self._lock:
+            if sub not in self._infos:
+                self._infos[sub] = _json(self.loc.join(sub), "info", f"the info of {sub}") or {}
+            return self._infos[sub]
+
+    def _properties(self) -> dict[int, dict[str, str]]:
+        with self._lock:
+            if self._props is not None:
+                return self._props
+        props: dict[int, dict[str, str]] = {}
+        if self.props_dir:
+            doc = _json(self.loc.join(self.props_dir), "info", "the segment properties") or {}
+            props = parse_segment_properties(doc)
+        with self._lock:
+            self._props = props
+        return props
+
+    def ids(self) -> list[int]:
+        return sorted(self._properties())
+
+    def properties(self, id: int) -> dict[str, str] | None:
+        found = self._properties().get(id)
+        if found is not None:
+            return dict(found)
+        return {} if self._has_shape(id) else None
+
+    # ---- meshes ----------------------------------------------------------------------------
+    def _mesh_info(self) -> dict | None:
+        return self._sub_info(self.mesh_dir) if self.mesh_dir else None
+
+    def _has_shape(self, id: int) -> bool:
+        """Whether the layer keeps a mesh or a skeleton of ``id`` (one small read each)."""
+        info = self._mesh_info()
+        if info is not None:
+            where = self.loc.join(self.mesh_dir)
+            if info.get("sharding"):
+                if locate(where, info["sharding"], id) is not None:
+                    return True
+            elif info.get("@type") == MULTILOD:
+                if where.read_range(f"{id}.index", 0, 1) is not None:
+                    return True
+            elif _json(where, f"{id}:0", f"the mesh manifest of {id}") is not None:
+                return True
+        return self._skeleton_bytes(id) is not None
+
+    def mesh(self, id: int):
+        info = self._mesh_info()
+        if info is None:
+            return None
+        where = self.loc.join(self.mesh_dir)
+        what = f"the mesh of object {id} in {where!r}"
+        multilod = info.get("@type") == MULTILOD
+        if info.get("sharding"):
+            found = locate(where, info["sharding"], id)
+            if found is None:
+                return None
+            name, offset, size = found
+            if not multilod:  # a sharded legacy mesh: one fragment, stored under the id
+                return decode_legacy_fragment(read_sharded(where, info["sharding"], id), what)
+            manifest = parse_manifest(where.read_range(name, offset, offset + size) or b"", what)
+            total = int(sum(int(s.sum()) for s in manifest["sizes"]))  # the fragments lie just before it
+            data = where.read_range(name, offset - total, offset) if total else b""
+            return decode_multilod(manifest, data or b"", info, what)
+        if multilod:
+            index = where.read(f"{id}.index")
+            if index is None:
+                return None
+            manifest = parse_manifest(index, what)
+            return decode_multilod(manifest, where.read(str(id), max_bytes=2**31) or b"", info, what)
+        manifest = _json(where, f"{id}:0", f"the mesh manifest of {id}")
+        if manifest is None:
+            return None
+        verts, faces, base = [], [], 0
+        for fragment in manifest.get("fragments", []):
+            data = where.read(str(fragment), max_bytes=2**31)
+            if data is None:
+                raise BackendError(f"mesh fragment {fragment} of object {id} is missing from {where!r}")
+            v, f = decode_legacy_fragment(data, f"fragment {fragment} of object {id}")
+            verts.append(v)
+            faces.append(f + base)
+            base += len(v)
+        if not verts:
+            return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint32)
+        return np.concatenate(verts).astype(np.float32), np.concatenate(faces).astype(np.uint32)
+
+    # ---- skeletons ----------------------------------------------------------------------
+    def _skeleton_bytes(self, id: int) -> bytes | None:
+        if not self.skeleton_dir:
+            return None
+        where = self.loc.join(self.skeleton_dir)
+        sharding = self._sub_info(self.skeleton_dir).get("sharding")
+        if sharding:
+            return read_sharded(where, sharding, id)
+        return where.read(str(id), max_bytes=2**31)
+
+    def skeleton(self, id: int):
+        data = self._skeleton_bytes(id)
+        if data is None:
+            return None
+        return decode_skeleton(data, self._sub_info(self.skeleton_dir), id)
+
+
+def decode_skeleton(data: bytes, info: dict, id: int) -> Skeleton:
+    """A precomputed skeleton file (vertex and edge counts, vertices, edges, vertex attributes) in nm."""
+    try:
+        nv, ne = struct.unpack_from("<II", data)
+        pos = 8
+        v = np.frombuffer(data, "<f4", 3 * nv, pos).reshape(nv, 3).astype(np.float64)
+        pos += 12 * nv
+        e = np.frombuffer(data, "<u4", 2 * ne, pos).reshape(ne, 2)
+        pos += 8 * ne
+        attrs = {}
+        for attr in info.get("vertex_attributes", []):
+            dt = np.dtype(attr["data_type"]).newbyteorder("<")
+            k = int(attr.get("num_components", 1))
+            a = np.frombuffer(data, dt, nv * k, pos).reshape(nv, k) if k > 1 else np.frombuffer(data, dt, nv, pos)
+            pos += nv * k * dt.itemsize
+            attrs[str(attr["id"])] = a
+    except (struct.error, ValueError, KeyError, TypeError) as exc:
+        raise BackendError(f"the skeleton of object {id} is not usable: {exc}") from exc
+    transform = info.get("transform")
+    if transform:
+        m = np.asarray(transform, dtype=np.float64).reshape(3, 4)
+        v = v @ m[:, :3].T + m[:, 3]
+    if len(e) and e.max() >= nv:
+        raise BackendError(f"the skeleton of object {id} names vertices it does not have")
+    radius = attrs.get("radius")
+    return Skeleton(vertices=v.astype(np.float32), edges=e.astype(np.uint32),
+                    radius=None if radius is None else np.asarray(radius, dtype=np.float32).reshape(nv),
+                    label=id, attributes=attrs)
+
+
+class PrecomputedBackend(DatasetBackend):
+    """Neuroglancer precomputed layers at a path or URL (see the module doc). Thread-safe."""
+
+    kind = "precomputed"
+    format_name = "precomputed"
+
+    def _probe(self, loc: Location, name: str) -> Found | None:
+        doc = _json(loc, "info", "the precomputed info")
+        if doc is None or "scales" not in doc:
+            return None
+        return parse_info(doc, loc, name)
+
+    def _create(self, loc: Location, info: VolumeInfo) -> None:
+        loc.write("info", json.dumps(info_document(info, keys="resolution"), indent=1).encode())
+
+
+__all__ = ["PrecomputedBackend", "parse_info", "info_document", "parse_segment_properties", "decode_legacy_fragment",
+           "decode_skeleton"]
