@@ -76,6 +76,13 @@ def open_backend(remote: RemoteConfig, config: Config | None = None):
             check_remote_options("local", remote.options, f"remote {remote.name!r}")
         check_local_store(remote)
         return LocalBackend(remote.path, read_only=remote.read_only)
+    if remote.kind == "synthetic":
+        from ndfs.stores.synthetic import SyntheticBackend
+
+        try:
+            return SyntheticBackend(**check_remote_options("synthetic", remote.options, f"remote {remote.name!r}"))
+        except BadRegion as exc:  # a geometry the options allow one by one but not together
+            raise ConfigError(f"remote {remote.name!r}: {exc}") from None
     if remote.kind not in HTTP_BACKENDS:
         raise ConfigError(f"remote {remote.name!r}: kind {remote.kind!r} is not available")
     import importlib

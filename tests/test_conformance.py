@@ -19,11 +19,19 @@ def boss_reference_server(reference_store):
 
 
 @pytest.fixture(params=["local-raw", "local-read-only", "local-cached-memory", "local-cached-disk-tiny",
-                        "boss-raw", "boss-cached", "boss-journaled"])
+                        "boss-raw", "boss-cached", "boss-journaled", "synthetic-raw", "synthetic-cached"])
 def conformance_case(request, reference_store, reference_case, tmp_path):
     if request.param == "boss-journaled":
         return reference_case("boss-journaled")
     path, _, oracle = reference_store
+    if request.param.startswith("synthetic-"):  # read-only, voxels computed in the reference geometry
+        from ndfs.testing.cases import synthetic_case
+
+        closers: list = []
+        case = synthetic_case(oracle, request.param.endswith("cached"), closers)
+        for backend in closers:
+            request.addfinalizer(backend.close)
+        return case
     if request.param.startswith("local-cached"):
         from ndfs.cache import CachedBackend
 

@@ -42,10 +42,11 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-REMOTE_KINDS = ("local", "boss", "dvid", "neurodata")
+REMOTE_KINDS = ("local", "boss", "dvid", "neurodata", "synthetic")
 SECTIONS = ("remotes", "cache", "mount", "write")
 #: keys of every remote, and of the local ones and of the remote services
-REMOTE_KEYS = {"local": ("kind", "path", "read_only", "create"), "http": ("kind", "url", "token_env", "read_only")}
+REMOTE_KEYS = {"local": ("kind", "path", "read_only", "create"), "http": ("kind", "url", "token_env", "read_only"),
+               "synthetic": ("kind", "read_only")}
 _DRIVER_COMMON = ("timeout_s", "connect_timeout_s", "retries", "backoff_s", "backoff_cap_s", "workers",
                   "max_request_bytes")
 #: the settings each remote service's driver takes (its keyword arguments besides read_only)
@@ -53,6 +54,8 @@ DRIVER_OPTIONS = {
     "boss": _DRIVER_COMMON + ("max_meta_bytes",),
     "dvid": _DRIVER_COMMON + ("branch", "max_request_voxels", "ttl_s", "label_compression"),
     "neurodata": _DRIVER_COMMON + ("tokens", "api"),
+    # computed voxels, no service (ndfs/stores/synthetic.py): the geometry it simulates
+    "synthetic": ("shape", "chunk_shape", "offset", "voxel_size_nm", "levels", "project", "channels", "latency_ms"),
 }
 #: how each driver setting is checked: (type, smallest value allowed) or (type, the values allowed)
 OPTION_RULES: dict[str, tuple] = {
@@ -61,6 +64,8 @@ OPTION_RULES: dict[str, tuple] = {
     "max_meta_bytes": (int, 64), "max_request_voxels": (int, 1), "ttl_s": (float, 0),
     "branch": (str, None), "label_compression": (str, ("auto", "lz4", "gzip", "none")),
     "tokens": (list, None), "api": (str, None),
+    "shape": (list, "zyx"), "chunk_shape": (list, "zyx"), "offset": (list, "zyx"), "voxel_size_nm": (list, "zyx"),
+    "levels": (int, 1), "project": (str, None), "channels": (list, None), "latency_ms": (float, 0),
 }
 
 
@@ -235,8 +240,7 @@ def check_number(key: str, value, minimum, where: str):
 def check_remote_options(kind: str, options: dict, where: str) -> dict:
     """The driver settings of a remote of ``kind``, checked: known keys (nearest valid one suggested),
     types, finite numbers in range; returns them with ints given for floats made floats. Pure."""
-    _known(options, DRIVER_OPTIONS.get(kind, ()), where,
-           others=REMOTE_KEYS["local"] if kind == "local" else REMOTE_KEYS["http"])
+    _known(options, DRIVER_OPTIONS.get(kind, ()), where, others=remote_keys(kind))
     out = {}
     for key, value in options.items():
         kind_, rule = OPTION_RULES[key]
@@ -249,10 +253,20 @@ def check_remote_options(kind: str, options: dict, where: str) -> dict:
             raise ConfigError(f"{where}: {key} must be one of {', '.join(rule)}, not {value!r}")
         elif kind_ is str and not value:
             raise ConfigError(f"{where}: {key} must not be empty")
+        elif kind_ is list and rule == "zyx":
+            if len(value) != 3 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+                raise ConfigError(f"{where}: {key} must be three numbers [z, y, x], got {value!r}")
+            for v in value:
+                check_number(key, v, -math.inf if key == "offset" else "positive", where)
         elif kind_ is list and not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{where}: {key} must be a list of strings, got {value!r}")
         out[key] = value
     return out
+
+
+def remote_keys(kind: str) -> tuple[str, ...]:
+    """The keys of a remote of ``kind`` besides its driver settings."""
+    return REMOTE_KEYS.get(kind, REMOTE_KEYS["http"])
 
 
 def parse_config(data: dict[str, Any], base_dir: Path, where: str = "config") -> Config:
@@ -268,13 +282,13 @@ def parse_config(data: dict[str, Any], base_dir: Path, where: str = "config") ->
         if kind not in REMOTE_KINDS:
             raise ConfigError(f"{where}: remote {name!r} has kind {kind!r}; known kinds: {', '.join(REMOTE_KINDS)}")
         here = f"{where} [remotes.{name}]"
-        keys = REMOTE_KEYS["local"] if kind == "local" else REMOTE_KEYS["http"]
+        keys = remote_keys(kind)
         options = check_remote_options(kind, {k: v for k, v in table.items() if k not in keys}, here)
         path = _typed(table, "path", str, None, here)
         url = _typed(table, "url", str, None, here)
         if kind == "local" and path is None:
             raise ConfigError(f"{here}: a local remote needs path = \"DIR\"")
-        if kind != "local" and (url is None or not url.startswith(("http://", "https://"))):
+        if kind not in ("local", "synthetic") and (url is None or not url.startswith(("http://", "https://"))):
             raise ConfigError(f"{here}: a {kind} remote needs url = \"https://HOST\" (or http://), "
                               f"not {mask_url(url) if url else 'none'!r}")
         token_env = _typed(table, "token_env", str, None, here)
@@ -376,6 +390,8 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
 def remote_target(rc: RemoteConfig) -> str:
     """Where a remote points, as "kind:url-or-path" (outbox entries are only ever posted back there);
     any user-info of the URL (a token) is masked, since targets are shown and stored."""
+    if rc.kind == "synthetic":  # no address: the geometry names it (two differently shaped ones share nothing)
+        return "synthetic:" + ",".join(f"{k}={rc.options[k]}" for k in sorted(rc.options))
     return f"{rc.kind}:{rc.path if rc.path is not None else mask_url(rc.url or '')}"
 
 
