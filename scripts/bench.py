@@ -27,8 +27,11 @@ What runs (everything on 127.0.0.1, cleaned up in ``finally``):
 The targets, each ndfs measurement next to its baseline from the same run:
 
 1. scroll 64 consecutive z-slices cold (read ``z/N.tif`` fully, in order):
-   cutout requests per chunk touched, and time vs a per-slice client (one
-   cutout request per slice, sequential, decoded);
+   cutout requests per chunk touched, time vs a per-slice client (one
+   cutout request per slice, sequential, decoded), the cutout bytes the
+   mount pulled (read-ahead included) vs a one-shot client that fetches each
+   touched cuboid once, ``--workers`` at a time, and the time vs the link's
+   floor (those bytes / bandwidth + one latency per wave of ``--workers``);
 2. warm re-read of ``stack.tif`` vs the same bytes on tmpfs;
 3. cold ``cp stack.tif`` (fresh mount, fresh cache dir) vs a direct parallel
    HTTP client (cuboid-aligned cutouts on as many threads as ndfs uses);
@@ -196,7 +199,7 @@ def serve_child(args) -> int:
     app = BossApp(backend)
     seen: list[str] = []  # paths of the cutout GETs that reached the app, in order
     lock = threading.Lock()
-    holder: dict = {}
+    holder: dict = {"cutout_bytes": 0}  # bytes of the cutout answers' bodies
 
     def routed(environ, start_response):
         path = environ.get("PATH_INFO", "")
@@ -205,6 +208,7 @@ def serve_child(args) -> int:
             with lock:
                 since = int(parse_qs(environ.get("QUERY_STRING", "")).get("since", ["-1"])[0])
                 doc = {"totals": counter.snapshot(), "cutouts": counter.count("GET", "/cutout/"),
+                       "cutout_bytes": holder["cutout_bytes"],
                        "bench": counter.count(None, "/_bench/"), "seen": len(seen),
                        "paths": seen[since:] if since >= 0 else []}
             body = json.dumps(doc).encode()
@@ -213,7 +217,18 @@ def serve_child(args) -> int:
         if environ.get("REQUEST_METHOD") == "GET" and "/cutout/" in path:
             with lock:
                 seen.append(path)
+            return counted(app(environ, start_response))
         return app(environ, start_response)
+
+    def counted(body):
+        try:
+            for piece in body:
+                with lock:
+                    holder["cutout_bytes"] += len(piece)
+                yield piece
+        finally:
+            if hasattr(body, "close"):
+                body.close()
 
     options = ServeOptions(latency_s=args.latency_ms / 1000.0,
                            bandwidth_bps=args.bandwidth_mbps * 1e6 / 8 if args.bandwidth_mbps else None)
@@ -538,8 +553,12 @@ def target_scroll(env: Env, res: Results, state: ScrollState) -> None:
     state.z0 = z0
     touched = chunks_touched(plan, z0, SCROLL)
     buf = memoryview(bytearray(MiB))
-    times = {"ndfs": [], "base": []}
-    reqs, beyond, dup, logical = [], [], [], []
+    times = {"ndfs": [], "base": [], "oneshot": []}
+    reqs, beyond, dup, logical, pulled, oneshot_bytes = [], [], [], [], [], []
+    touched_boxes = [Box((z, y, x), (min(z + CUBOID[0], plan.z), min(y + CUBOID[1], plan.xy),
+                                     min(x + CUBOID[2], plan.xy)))
+                     for z in range(z0 // CUBOID[0] * CUBOID[0], z0 + SCROLL, CUBOID[0])
+                     for y in range(0, plan.xy, CUBOID[1]) for x in range(0, plan.xy, CUBOID[2])]
 
     def ndfs_run(keep: bool) -> None:
         cache = env.fresh("cache")
@@ -548,10 +567,12 @@ def target_scroll(env: Env, res: Results, state: ScrollState) -> None:
             before = srv.state()
             t = scroll_mount(env, mnt, zs, buf)
             after_count = srv.settle()
-            paths = srv.state(since=before["seen"])["paths"]
+            after = srv.state(since=before["seen"])
+            paths = after["paths"]
             backend = stats_json(mnt)["backend"]
         if keep:
             n = after_count - before["cutouts"]
+            pulled.append(after["cutout_bytes"] - before["cutout_bytes"])
             times["ndfs"].append(t)
             reqs.append(n)
             zr = [tuple(map(int, p.rstrip("/").split("/")[-1].split(":"))) for p in paths]
@@ -574,13 +595,31 @@ def target_scroll(env: Env, res: Results, state: ScrollState) -> None:
         if keep:
             times["base"].append(t)
 
+    def oneshot_run(keep: bool) -> None:
+        """The touched cuboids, each fetched once, `workers` at a time: what the scroll needs, no more."""
+        env.drop_caches()
+        session = http_session(plan.workers)
+        try:
+            before = srv.state()
+            t = time.perf_counter()
+            with ThreadPoolExecutor(plan.workers) as pool:
+                for _ in pool.map(lambda b: fetch(session, cutout_url(srv.url, STACK, b), b), touched_boxes):
+                    pass
+            t = time.perf_counter() - t
+            after = srv.state()
+        finally:
+            session.close()
+        if keep:
+            times["oneshot"].append(t)
+            oneshot_bytes.append(after["cutout_bytes"] - before["cutout_bytes"])
+
+    runs = (ndfs_run, base_run, oneshot_run)
     if plan.warmup:
-        ndfs_run(False)
-        base_run(False)
+        for run in runs:
+            run(False)
     for i in range(plan.repeats):
-        first, second = (ndfs_run, base_run) if i % 2 == 0 else (base_run, ndfs_run)
-        first(True)
-        second(True)
+        for run in runs[i % 3:] + runs[:i % 3]:  # rotated, so no side always runs first
+            run(True)
     # requests for chunks the scroll touched (read-ahead past the range is counted apart, in the note);
     # a chunk fetched twice would show in `dup` and fails the row
     inside = median([r - b for r, b in zip(reqs, beyond)])
@@ -591,6 +630,16 @@ def target_scroll(env: Env, res: Results, state: ScrollState) -> None:
     tn, tb = median(times["ndfs"]), median(times["base"])
     res.add(Row("1b", f"scroll {SCROLL} z-slices cold: time", f"{tn:.2f} s", f"{tb:.2f} s per-slice",
                 tn / tb, "<= 0.5", tn / tb <= 0.5))
+    pn, po = median(pulled), median(oneshot_bytes)
+    res.add(Row("1c", f"scroll {SCROLL} z-slices cold: cutout bytes pulled", f"{pn / MiB:.1f} MiB",
+                f"{po / MiB:.1f} MiB one-shot client", pn / po, "<= 1.25", pn / po <= 1.25))
+    waves = -(-len(touched_boxes) // plan.workers)
+    floor = po / (plan.bandwidth_mbps * 1e6 / 8) + waves * plan.latency_ms / 1000
+    res.add(Row("1d", f"scroll {SCROLL} z-slices cold: time vs the link floor", f"{tn:.2f} s",
+                f"{floor:.2f} s floor", tn / floor, "<= 1.25", tn / floor <= 1.25))
+    env.note(f"1d: floor = the one-shot client's bytes / {plan.bandwidth_mbps:g} Mbit/s + {waves} round trips of "
+             f"{plan.latency_ms:g} ms ({len(touched_boxes)} cuboids, {plan.workers} at a time); the one-shot "
+             f"client itself took {median(times['oneshot']):.2f} s")
     env.note(f"1: slices z={z0}..{z0 + SCROLL - 1} of {plan.xy}x{plan.xy}; per run {reqs} cutout requests "
              f"({beyond} of them for chunks past the scrolled range, i.e. read-ahead past it; "
              f"{dup} repeated), {logical} logical backend reads (stats.json); per-slice client "
