@@ -49,7 +49,10 @@ The targets, each ndfs measurement next to its baseline from the same run:
    64-slice scroll (bytes fetched vs the chunks touched), a random walk of
    slice reads (the daemon's RSS in its second half vs its first), and the
    same channel through ``ndfs serve --protocol boss --remote``: a far cutout
-   (vs the origin) and a 160 GB request (refused, 413).
+   (vs the origin) and a 160 GB request (refused, 413);
+8. the first look: a fresh mount of a local store on disk (page cache
+   dropped): the first slice's time to first byte vs a later cold slice's,
+   and its first ``cp stack.tif`` vs a second cold one.
 
 Cold runs drop the kernel page cache first (``echo 3 >
 /proc/sys/vm/drop_caches``, best effort, reported when refused). ndfs and
@@ -148,7 +151,7 @@ def make_plan(args) -> Plan:
                 only=frozenset(getattr(args, "only", None) or ()))
 
 
-TARGETS = ("1", "2", "3", "4", "5", "6", "7")
+TARGETS = ("1", "2", "3", "4", "5", "6", "7", "8")
 
 
 # ---- data ---------------------------------------------------------------------
@@ -1026,6 +1029,68 @@ def target_sim(env: Env, res: Results) -> None:
         log.close()
 
 
+# ---- target 8: the first look (a fresh mount of a local store) ------------------------
+FIRST = ("look", "first", "em")
+
+
+def target_first_look(env: Env, res: Results) -> None:
+    """Targets 8a/8b: a fresh ``ndfs mount`` of a local zarr store on disk: the first slice's time to first
+    byte vs a later cold slice's, and the first ``cp stack.tif`` vs a later cold one, page cache dropped."""
+    import numpy as np
+
+    from ndfs.core.geometry import Box
+    from ndfs.stores.local import LocalBackend
+
+    plan = env.plan
+    store = env.work / "first-look"
+    n, xy = (32, 256) if plan.mode == "smoke" else (64, 1024)
+    backend = LocalBackend(store, create=True)
+    backend.create_volume(FIRST, (n, xy, xy), "uint8", voxel_size_nm=(40.0, 4.0, 4.0), levels=1,
+                          chunk_shape=(16, 256, 256))  # the demo's chunks
+    rng = np.random.default_rng(8)
+    for z0 in range(0, n, 16):
+        backend.write(FIRST, Box((z0, 0, 0), (z0 + 16, xy, xy)), 0, smooth_noise(rng, (16, xy, xy)))
+    backend.close()
+    cfg = env.work / "first-look.toml"
+    cfg.write_text(f'[remotes.local]\nkind = "local"\npath = "{store}"\n')
+
+    def ttfb(path: Path) -> float:
+        t = time.perf_counter()
+        with open(path, "rb", buffering=0) as fh:
+            fh.read(65536)
+        return time.perf_counter() - t
+
+    first, later, cp_first, cp_later = [], [], [], []
+    dst = env.fast / "first-look-copy.tif"
+
+    def cp(src: Path, out: list) -> None:
+        env.drop_caches()
+        t = time.perf_counter()
+        subprocess.run(["cp", str(src), str(dst)], check=True, timeout=600)
+        out.append(time.perf_counter() - t)
+        dst.unlink()
+
+    for i in range(max(3, plan.repeats)):
+        with env.mount(env.fresh("cache"), config=cfg) as (mnt, _pid):
+            level = mnt.joinpath("local", *FIRST, "0")
+            env.drop_caches()
+            first.append(ttfb(level / "z" / "5.tif"))  # the first file the mount opens
+            env.drop_caches()
+            later.append(ttfb(level / "z" / f"{n - 5}.tif"))  # another slab: as cold, minus the first time
+            cp(level / "stack.tif", cp_later)  # the daemon has served its first look (two slabs of the stack)
+        with env.mount(env.fresh("cache"), config=cfg) as (mnt, _pid):
+            cp(mnt.joinpath("local", *FIRST, "0", "stack.tif"), cp_first)  # the first thing the mount does
+    f, l = median(first), median(later)
+    res.add(Row("8a", "fresh mount, first slice: time to first byte", f"{f * 1e3:.0f} ms",
+                f"{l * 1e3:.0f} ms later cold slice", f / l, "<= 2", f / l <= 2))
+    cf, cl = median(cp_first), median(cp_later)
+    res.add(Row("8b", "fresh mount, first cp stack.tif: time", f"{cf * 1e3:.0f} ms",
+                f"{cl * 1e3:.0f} ms after two slices", cf / cl, "<= 2", cf / cl <= 2))
+    env.note(f"8: a local store on disk ({n}x{xy}x{xy} uint8, 16x256x256 zstd chunks, as the demo's), page cache "
+             f"dropped before each read; 8a's two slices in one new mount, which then copies stack.tif (2 of its "
+             f"{n // 16} slabs already in memory) for 8b's baseline; 8b's first cp in another new mount")
+
+
 # ---- main ---------------------------------------------------------------------
 def run(plan: Plan) -> int:
     from ndfs.testing.mount import fuse_unavailable
@@ -1089,6 +1154,8 @@ def run(plan: Plan) -> int:
                 failed |= _step(env, res, "5", "stream", lambda: target_stream(env, res))
             if plan.runs("7"):
                 failed |= _step(env, res, "7", "petascale, simulated", lambda: target_sim(env, res))
+            if plan.runs("8"):
+                failed |= _step(env, res, "8", "first look", lambda: target_first_look(env, res))
         res.rows.sort(key=lambda r: r.target)
         print_table(plan, res, env, time.monotonic() - started)
         for e in res.errors:

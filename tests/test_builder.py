@@ -108,3 +108,21 @@ def test_layers_are_instances_of_exactly_the_protocols_of_the_store_below(site):
     assert isinstance(local, AdminStore) and isinstance(local, AnnotationStore) and not isinstance(local, KeyValueStore)
     assert isinstance(boss, AnnotationStore) and not isinstance(boss, AdminStore)
     assert not isinstance(boss, KeyValueStore)
+
+
+def test_warm_up_loads_the_local_store_s_modules_through_every_layer(tmp_path):
+    """The mount warms its backends before it shows (a first slice must not wait half a second for zarr)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from ndfs.core.config import Config, RemoteConfig\n"
+            "from ndfs.stack import open_store\n"
+            "from pathlib import Path\n"
+            f"rc = RemoteConfig('local', 'local', path=Path({str(tmp_path)!r}))\n"
+            "backend = open_store(Config(remotes={'local': rc}), rc)\n"
+            "assert 'zarr' not in sys.modules, 'opening a store must stay light'\n"
+            "backend.warm_up()\n"
+            "assert 'zarr' in sys.modules\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr

@@ -211,6 +211,13 @@ class LocalBackend(LocalRamon, Backend, AnnotationStore, AdminStore):
             self._replayed.discard(ref)
 
     # ---- voxels ----------------------------------------------------------
+    def warm_up(self) -> None:
+        """Import zarr (about half a second: the whole wait of a mount's first slice, measured with py-spy)."""
+        try:
+            import zarr  # noqa: F401
+        except ImportError as exc:  # the first read reports it
+            log.debug("zarr did not import ahead of the first read: %s", exc)
+
     def _array(self, ref: VolumeRef, level: int):
         key = (ref, level)
         with self._arrays_lock:
