@@ -813,3 +813,25 @@ def test_stats_and_disk_helpers(store, make, tmp_path):
     missing = tmp_path / "nowhere"
     assert disk_cache_info(missing)["entries"] == 0 and clear_disk_cache(missing) == 0
     assert not missing.exists()
+
+
+def test_a_bulk_read_of_the_local_store_goes_straight_through_and_keeps_nothing(store, make):
+    path, data, _ = store
+    inner = GatedLocal(path)
+    cached = make(inner)
+    cached.bulk_read_bytes = data.nbytes  # the whole level counts as bulk here
+    np.testing.assert_array_equal(cached.read(REF, Box.from_shape(SHAPE), 0), data)
+    assert inner.boxes == [(0, Box.from_shape(SHAPE))]  # one read, the box itself
+    stats = cached.cache_stats()
+    assert stats["bulk_reads"] == 1 and stats["memory_entries"] == 0
+    small = Box((0, 0, 0), (8, 32, 32))  # below the bulk size: cached chunk by chunk, as always
+    np.testing.assert_array_equal(cached.read(REF, small, 0), data[small.slices()])
+    assert cached.cache_stats()["memory_entries"] == 1
+
+
+def test_a_bulk_read_over_a_disk_tier_is_cached_as_ever(store, make):
+    path, data, _ = store
+    cached = make(LocalBackend(path), disk=True)
+    cached.bulk_read_bytes = data.nbytes
+    np.testing.assert_array_equal(cached.read(REF, Box.from_shape(SHAPE), 0), data)
+    assert cached.cache_stats()["bulk_reads"] == 0 and cached.cache_stats()["memory_entries"] == 48

@@ -96,6 +96,8 @@ class CachedBackend(WrappingBackend):
     #: chunk lands as soon as it is in and the fetch workers stay busy in chunk order,
     #: like a parallel client's, instead of waiting on the slowest chunk of a big request
     prefetch_request_bytes = 4 * MiB
+    #: reads at least this large go straight to a store without a disk tier, uncached (see _assemble)
+    bulk_read_bytes = 64 * MiB
     #: a sequential reader is read ahead by at most this share of the slabs it has read (at least one slab)
     readahead_share = 0.25
     #: prefetch hints beyond this many queued or running tasks are dropped
@@ -121,7 +123,8 @@ class CachedBackend(WrappingBackend):
         self._inflight: dict[tuple, _Flight] = {}
         self._recent: dict[tuple, dict] = {}
         self._counts = dict.fromkeys(("memory_hits", "disk_hits", "misses", "prefetched",
-                                      "prefetch_dropped", "corrupt", "disk_errors", "changed_elsewhere"), 0)
+                                      "prefetch_dropped", "corrupt", "disk_errors", "changed_elsewhere",
+                                      "bulk_reads"), 0)
         self._seen: dict[VolumeRef, tuple] = {}  # (generation, max-age window) of each volume when last looked at
         self._pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="ndfs-fetch")
         #: sequential readers get enough slabs read ahead to keep this many chunks in flight
@@ -207,6 +210,11 @@ class CachedBackend(WrappingBackend):
             return self._assemble(ref, box, level, info, grid)
 
     def _assemble(self, ref: VolumeRef, box: Box, level: int, info, grid: ChunkGrid) -> np.ndarray:
+        if self._disk is None and box.size * info.dtype.itemsize >= self.bulk_read_bytes:
+            # a bulk read from a store kept in memory only (the local store, already on disk): one read
+            # straight into the result, not cut into chunk copies that would push out what the tier holds
+            self._count("bulk_reads")
+            return self.inner.read(ref, box, level)
         out = np.empty(box.shape, dtype=info.dtype)
         missing = []
         with self._lock:
