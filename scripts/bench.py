@@ -932,7 +932,7 @@ def target_sim(env: Env, res: Results) -> None:
         res.add(Row("7a", f"synthetic {nz} x 100k x 100k: mount + ls -l of {nz} slices: voxel requests",
                     f"{reads} req", "-", None, "0 requests", reads == 0))
         tn, tt = median(times["ndfs"]), median(times["tmpfs"])
-        res.add(Row("7b", f"the same ls -l: time", f"{tn * 1e3:.0f} ms", f"{tt * 1e3:.0f} ms tmpfs", tn / tt,
+        res.add(Row("7b", "the same ls -l: time", f"{tn * 1e3:.0f} ms", f"{tt * 1e3:.0f} ms tmpfs", tn / tt,
                     "<= 2", tn / tt <= 2))
         env.note(f"7: synthetic remote {nz} x {SIM_XY} x {SIM_XY} uint8 in 16x512x512 chunks, {len(info.levels)} "
                  f"levels; the mount came up in {t_mount:.2f} s, its first ls -l (metadata) took {first * 1e3:.0f} ms")

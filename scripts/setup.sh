@@ -22,6 +22,8 @@ if [[ ",$extras," == *",test,"* ]]; then  # what tests/test_fiji.py opens a moun
   { command -v java >/dev/null && [ -e /usr/share/java/ij.jar ]; } || need_apt --no-install-recommends default-jre-headless libij-java
   command -v gdalinfo >/dev/null || need_apt --no-install-recommends gdal-bin
   identify -version 2>/dev/null | grep -q ImageMagick || need_apt --no-install-recommends imagemagick
+  # tests/test_view.py: a real browser draws ndfs view (headless, software WebGL)
+  command -v chromium >/dev/null || need_apt --no-install-recommends chromium
 fi
 
 if [ ! -x .venv/bin/python ]; then

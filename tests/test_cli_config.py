@@ -37,7 +37,7 @@ def test_demo_is_idempotent_and_forceable(site):
 def test_ls_info_and_cat_read_the_tree_without_a_mount(site, tmp_path):
     cfg = site / "ndfs.toml"
     assert ndfs("--config", cfg, "ls").stdout.split() == ["here"]
-    assert ndfs("--config", cfg, "ls", "here/demo").stdout.split() == ["cells", "em"]
+    assert ndfs("--config", cfg, "ls", "here/demo").stdout.split() == ["cells", "em", "cells.ome.zarr", "em.ome.zarr"]
     long = ndfs("--config", cfg, "ls", "-l", "here/demo/em/0").stdout
     assert "stack.tif" in long and "z/" in long
     assert '"dtype": "uint64"' in ndfs("--config", cfg, "info", "here/demo/cells").stdout

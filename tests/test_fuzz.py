@@ -179,7 +179,7 @@ def test_names_left_the_store_and_the_mount_as_they_were(site, mnt):
     """Runs after the name tests: nothing was created, changed or broken by them."""
     root, pid = mnt
     assert store_state(site / "store") == STATE["initial"]
-    assert sorted(os.listdir(root / "local" / "demo")) == ["cells", "em"]
+    assert sorted(os.listdir(root / "local" / "demo")) == ["cells", "cells.ome.zarr", "em", "em.ome.zarr"]
     assert os.path.getsize(root / "local" / "demo" / "em" / "0" / "z" / "3.tif") > SHAPE[1] * SHAPE[2]
     assert alive(pid)
     log = (site / "mount.log").read_text()

@@ -87,7 +87,7 @@ def test_listing_a_level_shows_every_slice(mnt):
     assert sorted(os.listdir(level / "z"), key=lambda n: int(n[:-4])) == [f"{z}.tif" for z in range(SHAPE[0])]
     assert len(os.listdir(level / "x")) == SHAPE[2]
     assert sorted(os.listdir(mnt[0])) == [".ndfs", "local"]
-    assert sorted(os.listdir(mnt[0] / "local" / "demo")) == ["cells", "em"]
+    assert sorted(os.listdir(mnt[0] / "local" / "demo")) == ["cells", "cells.ome.zarr", "em", "em.ome.zarr"]
 
 
 def test_cp_gives_a_file_every_reader_accepts(site, mnt, tmp_path):

@@ -73,7 +73,7 @@ def test_a_plane_written_with_tifffile_lands_in_the_store_and_every_view(site, m
     np.testing.assert_array_equal(tifffile.imread(level / axis / f"{index}.tif"), new)
     a = oracle(site / "store")
     np.testing.assert_array_equal(np.take(a, index, axis="zyx".index(axis)), new)
-    # a file read before the write shows the new voxels when read again (kernel pages were evicted)
+    # a file read before the write shows the new voxels when read again (the changed volume is served past the page cache)
     expect_other = a[:, 60, :] if axis == "z" else a[9]
     after_other = tifffile.imread(other)
     np.testing.assert_array_equal(after_other, expect_other)
@@ -115,6 +115,31 @@ def test_a_tiff_written_in_random_order_and_sizes_is_assembled(site, mnt):
     finally:
         os.close(fd)
     np.testing.assert_array_equal(oracle(site / "store")[21], new)
+
+
+def test_ftruncate_of_an_open_write_handle_cuts_or_empties_what_it_holds(site, mnt):
+    """ftruncate(fd, n) acts on the descriptor's own content: cut to n bytes, or emptied and written anew."""
+    first, second = noise(SHAPE[1:], seed=11), noise(SHAPE[1:], seed=12)
+    data = [io.BytesIO(), io.BytesIO()]
+    tifffile.imwrite(data[0], first)
+    tifffile.imwrite(data[1], second)
+    path = mnt / "em" / "0" / "z" / "19.tif"
+    fd = os.open(path, os.O_RDWR | os.O_TRUNC)
+    try:
+        os.write(fd, data[0].getvalue() + b"\0" * 5000)  # a whole file and then trailing bytes
+        os.ftruncate(fd, len(data[0].getvalue()))  # cut back to the whole file
+        assert os.fstat(fd).st_size == len(data[0].getvalue())
+    finally:
+        os.close(fd)
+    np.testing.assert_array_equal(oracle(site / "store")[19], first)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.ftruncate(fd, 0)  # emptied through the descriptor, then written anew
+        os.pwrite(fd, data[1].getvalue(), 0)
+    finally:
+        os.close(fd)
+    np.testing.assert_array_equal(oracle(site / "store")[19], second)
+    np.testing.assert_array_equal(tifffile.imread(path), second)
 
 
 def test_stack_tif_takes_a_whole_level(site, mnt):

@@ -712,6 +712,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_cat)
     from ndfs.cli.serve import add_serve_parser
     add_serve_parser(sub)
+    from ndfs.cli.view import add_view_parser
+    add_view_parser(sub)
     from ndfs.cli.convert import add_export_parser
     add_export_parser(sub)
     from ndfs.cli.annotate import add_annotate_parsers
@@ -768,7 +770,12 @@ EXAMPLES = {
     "serve": """
   ndfs serve --protocol boss --store pub --port 8080
   ndfs serve --protocol dvid --store pub --port 8000 --read-only
-  ndfs serve --protocol neurodata --remote local --token-env ND_TOKEN --host 0.0.0.0""",
+  ndfs serve --protocol neurodata --remote local --token-env ND_TOKEN --host 0.0.0.0
+  ndfs serve --protocol precomputed --store pub     # precomputed://http://127.0.0.1:8080/demo/em
+  ndfs serve --protocol zarr --store pub            # http://127.0.0.1:8080/demo/em/ is OME-Zarr""",
+    "view": """
+  ndfs view local/demo/em           # the image, its labels and meshes; prints the URL to open
+  ndfs view local/demo/em --open --segments 3,7,12""",
     "export": """
   ndfs export local/demo/em cutout.tif --x 0:256 --y 0:256 --z 0:16
   ndfs export local/demo/em slices/ --level 1 --z 0:8     # one PNG per z

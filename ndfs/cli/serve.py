@@ -18,21 +18,25 @@ from ndfs.core.units import parse_size, positive_size
 from ndfs.core.errors import NdfsError
 from ndfs.serve.limits import DEFAULT_REQUEST_MEMORY, DEFAULT_SCAN_BYTES, Limits
 
-PROTOCOLS = ("boss", "dvid", "neurodata")
+PROTOCOLS = ("boss", "dvid", "neurodata", "precomputed", "zarr")
 
 
 def add_serve_parser(subparsers) -> None:
     """Register ``ndfs serve`` on the main parser's subparsers."""
     s = subparsers.add_parser(
-        "serve", help="serve a store over the BOSS, DVID or NeuroData protocol "
-                      "(for intern, dvidtools, ndio, ndfs remotes, tests)",
+        "serve", help="serve a store over the BOSS, DVID or NeuroData protocol (for intern, dvidtools, ndio, "
+                      "ndfs remotes, tests), or to viewers as neuroglancer precomputed or OME-Zarr",
         description="Serve a local store (or a configured remote) over a datastore's HTTP protocol. "
                     "BOSS: folders collection/experiment/channel of the store become the BOSS resources "
                     "of the same names. DVID: each top-level folder is a repo (alias = folder name) whose "
                     "volumes are data instances (level i of a volume: instance <name>_i); version nodes, "
                     "locks, key-value data and instances created by clients are kept in memory only and "
                     "are lost when the server stops. NeuroData (ndio): each top-level folder is a token whose "
-                    "volumes are its channels, with RAMON objects of annotation channels. Stop with Ctrl-C.")
+                    "volumes are its channels, with RAMON objects of annotation channels. Precomputed: each volume "
+                    "is a neuroglancer layer at its path (info, chunks, meshes of labels, segment properties). Zarr: "
+                    "each volume is an OME-Zarr image at its path (0.4 on zarr v2 and 0.5 on zarr v3 side by side), "
+                    "with the annotation channels of its folder under labels/. The viewer protocols are read-only "
+                    "and answer browsers (CORS, ranges). Stop with Ctrl-C.")
     s.add_argument("--protocol", choices=PROTOCOLS, required=True, help="protocol to speak")
     source = s.add_mutually_exclusive_group()
     source.add_argument("--store", metavar="DIR", help="local store directory to serve")
@@ -80,6 +84,9 @@ def add_serve_parser(subparsers) -> None:
     b.add_argument("--max-cutout-bytes", type=positive_size, default=None, metavar="SIZE",
                    help="largest cutout one request may ask for (default: the protocol's own: BOSS 520 MiB, "
                         "NeuroData 512 MiB, DVID 3 GiB)")
+    s.add_argument("--mesh-level", type=int, default=None, metavar="N",
+                   help="precomputed: make meshes at level N (default: the finest level whose labels take at most "
+                        "64 MiB)")
     s.add_argument("--latency-ms", type=float, default=0.0, help="added delay per request, ms (testing)")
     s.add_argument("--bandwidth-mbps", type=float, default=None,
                    help="cap on response bytes, megabits/s over all connections (testing)")
@@ -184,13 +191,24 @@ def cmd_serve(args) -> int:
         from ndfs.serve.neurodata import NeuroDataApp
 
         app = NeuroDataApp(backend, tokens=args.token, **work)
+    elif args.protocol == "precomputed":
+        from ndfs.serve.precomputed import PrecomputedApp
+
+        _viewer_meshes(args)
+        app = PrecomputedApp(backend, tokens=args.token, budget=work["budget"], max_scan_bytes=args.max_scan_bytes,
+                             mesh_level_index=args.mesh_level)
+    elif args.protocol == "zarr":
+        from ndfs.serve.zarr import ZarrApp
+
+        app = ZarrApp(backend, tokens=args.token, budget=work["budget"])
     else:  # pragma: no cover - argparse limits the choices
         raise NdfsError(f"unknown protocol {args.protocol}")
     server = WsgiServer(app, args.host, args.port, options=options, threads=args.threads, limits=limits)
     if not args.token and not _loopback(args.host):
-        print(f"ndfs serve: warning: no --token given, so anyone who reaches {args.host} can read "
-              "and write this store", file=sys.stderr)
-    api = {"dvid": "/api/", "neurodata": "/ocp/ca/"}.get(args.protocol, "/v1/")
+        what_they_can = "read" if args.protocol in ("precomputed", "zarr") else "read and write"
+        print(f"ndfs serve: warning: no --token given, so anyone who reaches {args.host} can {what_they_can} "
+              "this store", file=sys.stderr)
+    api = {"dvid": "/api/", "neurodata": "/ocp/ca/", "precomputed": "/", "zarr": "/"}.get(args.protocol, "/v1/")
     signal.signal(signal.SIGTERM, lambda *_: server.stop())  # before the start line: a client may stop it at once
     print(f"ndfs serve: {args.protocol} protocol for {what} at {server.url}{api} (Ctrl-C stops)", flush=True)
     try:
@@ -198,6 +216,16 @@ def cmd_serve(args) -> int:
     finally:
         backend.close()
     return 0
+
+
+def _viewer_meshes(args) -> None:
+    """Meshes made by the precomputed server go to the configuration's mesh disk tier, as the mount's do."""
+    from ndfs.core.config import load_config
+    from ndfs.tools.mesh import configure_mesh_cache
+
+    if args.mesh_level is not None and args.mesh_level < 0:
+        raise NdfsError("--mesh-level must be a level number (0 = full resolution)")
+    configure_mesh_cache(load_config(args.config).cache)
 
 
 def _loopback(host: str) -> bool:

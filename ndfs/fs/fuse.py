@@ -5,10 +5,12 @@ only translates. Each handler turns an NdfsError into its errno, and anything
 else into a logged EIO, so one bad request never takes the mount down. The
 kernel sends the calling thread's id with each request; the session gets the
 process behind it (a ``flush`` from a child that inherited a descriptor
-commits nothing). After a change, the kernel's cached pages of a volume's
-files are evicted with libfuse's ``fuse_invalidate_path`` on a thread of its
-own (see :class:`_Invalidator`). mfusepy is imported inside :func:`mount` and
-:func:`make_operations` only (it fails at import when libfuse is missing).
+commits nothing). ndfs never asks the kernel to evict pages: a volume that
+changed is served past the page cache (direct_io) from then on, and a
+notification waiting on a page that a dead daemon's read holds would keep a
+``kill -9``-ed daemon from ever exiting. mfusepy is imported inside
+:func:`mount` and :func:`make_operations` only (it fails at import when
+libfuse is missing).
 """
 
 from __future__ import annotations
@@ -17,9 +19,7 @@ import errno
 import functools
 import logging
 import os
-import queue
 import shutil
-import threading
 
 from ndfs.core.errors import NdfsError
 from ndfs.fs.session import Caller, FileSystem
@@ -55,61 +55,6 @@ def _errno_policy(func):
     return wrapper
 
 
-class _Invalidator:
-    """Evicts kernel pages and attributes of paths through libfuse3's ``fuse_invalidate_path``.
-
-    Runs on its own thread: a notification from inside a request handler for
-    the same inode can deadlock the kernel, so callers wait (bounded) for a
-    batch of other paths and never for the path they are handling.
-    """
-
-    def __init__(self):
-        self._fuse = None
-        self._call = None
-        self._queue: queue.Queue = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name="ndfs-invalidate", daemon=True)
-
-    def start(self, fuse_ptr, call) -> None:
-        self._fuse, self._call = fuse_ptr, call
-        self._thread.start()
-
-    def submit(self, paths: list[str]) -> threading.Event:
-        done = threading.Event()
-        if self._call is None or not paths:
-            done.set()
-        else:
-            self._queue.put((paths, done))
-        return done
-
-    def evict(self, paths: list[str]) -> None:
-        """Submit and wait up to 5 s (the session calls this after a change)."""
-        if not self.submit(paths).wait(timeout=5.0):
-            log.warning("evicting cached pages of %d file(s) took over 5 s", len(paths))
-
-    def _run(self) -> None:
-        while True:
-            paths, done = self._queue.get()
-            for path in paths:
-                try:
-                    self._call(self._fuse, path.encode("utf-8", "surrogateescape"))
-                except Exception:
-                    log.exception("evicting kernel pages of %s failed", path)
-            done.set()
-
-
-def _libfuse_invalidate():
-    """(fuse pointer of the running mount, fuse_invalidate_path); call inside a request handler."""
-    import ctypes
-
-    import mfusepy
-
-    lib = mfusepy._libfuse  # mfusepy exposes no wrapper for this libfuse3 call
-    func = lib.fuse_invalidate_path
-    func.argtypes = (ctypes.c_void_p, ctypes.c_char_p)
-    func.restype = ctypes.c_int
-    return ctypes.c_void_p(lib.fuse_get_context().contents.fuse), func
-
-
 def make_operations(fs: FileSystem):
     """The mfusepy Operations object serving a file session."""
     import mfusepy
@@ -122,15 +67,6 @@ def make_operations(fs: FileSystem):
 
         def __init__(self):
             self.fs = fs
-            self.invalidator = _Invalidator()
-            fs.evict = self.invalidator.evict
-
-        def init(self, path):
-            try:
-                self.invalidator.start(*_libfuse_invalidate())
-            except (AttributeError, OSError, ValueError):
-                log.warning("this libfuse has no fuse_invalidate_path: files re-read after a write may "
-                            "show old pages until they are opened again")
 
         @_errno_policy
         def getattr(self, path, fh=None):
@@ -165,7 +101,7 @@ def make_operations(fs: FileSystem):
 
         @_errno_policy
         def truncate(self, path, length, fh=None):
-            fs.truncate(path, length, None if fh is None else fh.fh)
+            fs.truncate(path, length, None if fh is None else fh.fh, caller())
             return 0
 
         @_errno_policy

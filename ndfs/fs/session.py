@@ -17,7 +17,9 @@ When a written file is committed (stored in the datastore):
   A flush from another process (a child that inherited the descriptor, a
   subprocess given it), or of a file still being filled in (numpy's
   ``tofile`` closes a duplicate descriptor in the middle of tifffile's
-  write), commits nothing and is not an error. A refused commit (bad format,
+  write), commits nothing and is not an error. Nor does the flush of a
+  writer killed by a signal (the kernel closing its descriptors): its file
+  is never committed, and is kept in the outbox as failed at release. A refused commit (bad format,
   shape, dtype...) is the error of that ``close()``.
 - ``fsync`` commits what the handle holds, whatever its state; errors go to
   the caller.
@@ -47,7 +49,6 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from ndfs.core.errors import NdfsError, NotFound, ReadOnly, TooLarge, disk_error
 from ndfs.fs.tree import FileNode, Node, Tree
@@ -86,6 +87,34 @@ class Caller:
     def of_thread(cls, tid: int) -> "Caller":
         """The caller behind a thread id (what the kernel sends with a FUSE request)."""
         return cls(None, tid)
+
+    @property
+    def killed(self) -> bool:
+        """Whether the calling thread is exiting because a signal killed its process (``kill -9``, a crash):
+        its descriptors are being closed by the kernel, not by the program. Looked up in /proc."""
+        return killed_by_signal(self.tid)
+
+
+#: PF_EXITING in a task's flags: the task is in exit
+_PF_EXITING = 0x4
+
+
+def killed_by_signal(tid: int) -> bool:
+    """True while thread ``tid`` exits because a signal ended its process (fields 9 and 52 of
+    /proc/<tid>/stat: the flags, and the exit code in waitpid's form, whose low 7 bits are the signal)."""
+    if tid <= 0:
+        return False
+    try:
+        with open(f"/proc/{tid}/stat", "rb") as fh:
+            text = fh.read()
+    except OSError:
+        return False
+    fields = text[text.rindex(b")") + 2:].split()
+    try:
+        flags, exit_code = int(fields[6]), int(fields[49])
+    except (IndexError, ValueError):
+        return False
+    return bool(flags & _PF_EXITING) and exit_code & 0x7F != 0
 
 
 def process_of(tid: int) -> int:
@@ -176,6 +205,7 @@ class WriteHandle:
         self.lock = threading.Lock()
         self.closed = False
         self.broken = False  # a write could not be spooled (a full disk): nothing will be committed
+        self.abandoned = False  # its writer was killed while it was open: nothing will be committed
 
     def _load(self) -> None:
         """Copy the current content in before the first partial change (open without O_TRUNC)."""
@@ -285,17 +315,15 @@ class FileSystem:
 
     ``spool_dir`` holds written files until they are committed (default: the temp directory);
     ``journal`` (an :class:`ndfs.journal.Journal`, the outbox) keeps files whose commit at release
-    failed; ``evict(paths)`` asks the kernel to drop its cached pages of those paths (the FUSE
-    adapter gives it; it must not block on the calling request).
+    failed.
     """
 
     def __init__(self, tree: Tree, *, spool_dir: str | os.PathLike | None = None, journal=None,
-                 entry_timeout_s: float = 60.0, evict: Callable[[list[str]], None] | None = None):
+                 entry_timeout_s: float = 60.0):
         self.tree = tree
         self.spool_dir = None if spool_dir is None else str(spool_dir)
         self.journal = journal
         self.entry_timeout_s = entry_timeout_s
-        self.evict = evict
         self.uid, self.gid = os.getuid(), os.getgid()
         self.handles: dict[int, object] = {}
         self._next = itertools.count(1)
@@ -305,21 +333,8 @@ class FileSystem:
         self._writers: dict[str, WriteHandle] = {}  # path -> latest handle writing it (for stat by path)
         self._hidden: dict[str, float] = {}  # removed views -> until when they read as absent
         self._created: dict[str, float] = {}  # made by create() -> until when the kernel may reuse the name
-        self._local = threading.local()
         if self.spool_dir is not None and (n := Spool.clean(self.spool_dir)):
             log.info("removed %d spool file(s) left by processes that are gone", n)
-        tree.listeners.append(self._volume_changed)
-
-    # ---- kernel page cache ------------------------------------------------------
-    def _volume_changed(self, remote: str, ref) -> None:
-        """A volume's token moved: have the kernel drop its pages of every file of it we handed out."""
-        if self.evict is None:
-            return
-        prefix = "/" + "/".join((remote, *ref)) + "/"
-        own = getattr(self._local, "path", None)
-        with self._lock:
-            paths = [p for p in self._seen if p.startswith(prefix) and p != own]
-        self.evict(paths)
 
     # ---- handles --------------------------------------------------------------------
     def _handle(self, fh: int):
@@ -394,7 +409,6 @@ class FileSystem:
         _check_name(path)
         caller = caller or Caller.here()
         self._check_hidden(path)
-        self._local.path = path  # a change found while opening evicts pages of the other files
         try:
             node, volume = self.tree.locate(path, fresh=True)
         except NotFound:
@@ -403,8 +417,6 @@ class FileSystem:
             if self._recently_created(path) and flags & WRITE_FLAGS:
                 return self.create(path, 0o644, flags, caller)
             raise
-        finally:
-            self._local.path = None
         if node.is_dir:
             raise NdfsError(f"{path} is a folder", errno=errno.EISDIR)
         if flags & WRITE_FLAGS:
@@ -415,14 +427,10 @@ class FileSystem:
                 self._truncated.discard(path)
             handle = WriteHandle(node, path, truncate, self.spool_dir, caller)
             return Opened(self._new_handle(handle, path), direct_io=True)
-        self._local.path = path
-        try:
-            handle = node.open()  # plane files read their snapshot here
-            # the token after the snapshot: if it moved meanwhile, the snapshot may be of a newer version than
-            # the pages other handles put in the page cache, so the volume goes past the page cache from now on
-            token = None if volume is None else self.tree.refresh(*volume)
-        finally:
-            self._local.path = None
+        handle = node.open()  # plane files read their snapshot here
+        # the token after the snapshot: if it moved meanwhile, the snapshot may be of a newer version than
+        # the pages other handles put in the page cache, so the volume goes past the page cache from now on
+        token = None if volume is None else self.tree.refresh(*volume)
         with self._lock:
             if len(self._seen) > 1_000_000:
                 self._seen.clear()
@@ -463,9 +471,17 @@ class FileSystem:
             raise NdfsError("the file was not opened for writing", errno=errno.EBADF)
         return handle.write(data, offset)
 
-    def truncate(self, path: str, length: int, fh: int | None = None) -> None:
+    def truncate(self, path: str, length: int, fh: int | None = None, caller: Caller | None = None) -> None:
+        """Truncate an open file (``fh``, or the caller's own write handle of ``path``: the FUSE binding
+        drops the handle of an ``ftruncate``) or, with none, empty ``path`` for its next open."""
         _check_name(path)
-        if fh is not None:
+        if fh is None:
+            with self._lock:
+                mine = self._writers.get(path)
+            if mine is not None and _same_process((caller or Caller.here()).pid, mine.opener):
+                mine.truncate(length)
+                return
+        else:
             handle = self._handle(fh)
             if isinstance(handle, WriteHandle):
                 handle.truncate(length)
@@ -482,11 +498,7 @@ class FileSystem:
 
     # ---- commits ------------------------------------------------------------------------------
     def _commit(self, handle: WriteHandle) -> bool:
-        self._local.path = handle.path
-        try:
-            return handle.commit()
-        finally:
-            self._local.path = None
+        return handle.commit()
 
     def flush(self, fh: int, caller: Caller | None = None) -> None:
         """A ``close()`` of one descriptor: commit if it is the opener's and the file is complete."""
@@ -497,6 +509,11 @@ class FileSystem:
         if not _same_process(caller.pid, handle.opener):
             log.debug("%s: flush from process %d, opened by %d: not committing", handle.path, caller.pid,
                       handle.opener)
+            return
+        if caller.killed:  # the kernel closes the descriptors of a writer killed mid-write: it never finished
+            handle.abandoned = True
+            log.warning("%s: its writer (process %d) was killed before closing it; nothing of it is stored",
+                        handle.path, caller.pid)
             return
         if not handle.complete():
             log.debug("%s: flushed before it is complete: not committing yet", handle.path)
@@ -519,6 +536,8 @@ class FileSystem:
         try:
             if handle.broken:
                 log.error("%s: a write to it failed, so nothing of it is stored", handle.path)
+            elif handle.abandoned and handle.dirty:  # kept for the user, as a failed commit is
+                self._keep_failed(handle, NdfsError("its writer was killed before closing it", errno=errno.EIO))
             elif handle.dirty:  # written after the last commit (the kernel ignores release's result)
                 try:
                     self._commit(handle)
@@ -526,8 +545,6 @@ class FileSystem:
                     self._keep_failed(handle, exc)
         finally:
             handle.close()
-            if self.evict is not None:  # its own pages: safe to evict now that the handle is gone
-                self.evict([handle.path])
 
     def _keep_failed(self, handle: WriteHandle, exc: Exception) -> None:
         """A commit at release failed: nobody can be told but the log and ``ndfs outbox``."""
@@ -581,7 +598,7 @@ class FileSystem:
 
     def warm_up(self) -> None:
         """Have every backend load what its first read needs (:meth:`ndfs.stores.base.Backend.warm_up`); the
-        mount calls it on a background thread once it is live."""
+        mount calls it before it shows, so no first read waits for it."""
         for name, backend in self.tree.remotes.items():
             try:
                 backend.warm_up()

@@ -21,8 +21,9 @@ can hold new files implements ``create``; ``unlink`` removes a file.
 
 Versions: every file of a volume is keyed on the volume's version token
 (``Backend.version``, owned by the outermost layer); :meth:`Tree.refresh`
-notices when it moved (a write here, another process, ``max_age_s``) and
-tells the listeners, which evict the kernel's pages of that volume.
+notices when it moved (a write here, another process, ``max_age_s``), forgets
+what it rendered from the old version and marks the volume ``changed``; the
+session then serves that volume's files past the kernel's page cache.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ import numpy as np
 from ndfs.stores.base import Backend, KeyValueStore, VolumeRef
 from ndfs.core.errors import BadInput, NdfsError, NotFound, ReadOnly, TooLarge, disk_error
 from ndfs.formats import registry
-from ndfs.fs import views
+from ndfs.fs import omezarr, views
 from ndfs.fs.ramon_dir import RamonDir, has_ramon
 from ndfs.volume import Volume
 from ndfs.fs.nodes import (AXES, SNAPSHOT_BYTES, WRITE_SLACK, BytesFile, DirNode, DynamicFile, FileNode, Node,
@@ -71,10 +72,9 @@ def _dumps(doc) -> str:
 class Tree:
     """Resolves mount paths to nodes over a set of named backends.
 
-    ``listeners`` are called as ``listener(remote, ref)`` whenever a volume's
-    version token is seen to move (:meth:`refresh`: after every write through
-    :meth:`write`, and when a file of a volume changed elsewhere is opened);
-    the FUSE skin evicts kernel pages there.
+    A volume's version token is looked at by :meth:`refresh` (after every write
+    through :meth:`write`, and when a file of the volume is opened); when it
+    moved, the volume joins ``changed``.
     """
 
     def __init__(self, remotes: Mapping[str, Backend], ttl_s: float = 10.0, max_cutout_bytes: int = 1 << 30,
@@ -89,7 +89,6 @@ class Tree:
         self._lock = threading.Lock()
         self._tokens: dict[tuple, tuple[object, float]] = {}  # (remote, ref) -> (token last seen, when it moved)
         self.changed: set[tuple] = set()  # volumes whose token moved while this tree served them
-        self.listeners: list[Callable[[str, VolumeRef], None]] = []
         #: rendered cutout and RAMON files, keyed with the volume's token so a change makes them stale
         rendered_bytes = max(64 * 2**20, min(2 * max_cutout_bytes, 512 * 2**20))
         self.rendered = cachetools.LRUCache(maxsize=rendered_bytes, getsizeof=len)
@@ -157,9 +156,9 @@ class Tree:
         with self._lock:
             return self._tokens.get((remote, ref), (None, self.started))[1]
 
-    def refresh(self, remote: str, ref: VolumeRef, notify: bool = True):
+    def refresh(self, remote: str, ref: VolumeRef):
         """Look at the volume's token; if it moved since the last look, forget memoised answers and
-        tell the listeners. Returns the token. The first look only records it."""
+        mark the volume ``changed``. Returns the token. The first look only records it."""
         token = self.token(remote, ref)
         with self._lock:
             prev = self._tokens.get((remote, ref))
@@ -170,24 +169,15 @@ class Tree:
                 return token
             self.changed.add((remote, ref))
         self._forget_contents(remote, ref)
-        if notify:
-            self._notify(remote, ref)
         return token
 
     # ---- writes -------------------------------------------------------------------
     def write(self, remote: str, ref: VolumeRef, box: Box, level: int, array: np.ndarray) -> None:
-        """Store voxels through the remote's backend (the one write path of the mount), then tell listeners."""
+        """Store voxels through the remote's backend (the one write path of the mount), then refresh."""
         try:
             self.backend(remote).write(ref, box, level, array)
         finally:  # a failed write may still have changed part of the volume
             self.refresh(remote, ref)
-
-    def _notify(self, remote: str, ref: VolumeRef) -> None:
-        for listener in list(self.listeners):
-            try:
-                listener(remote, ref)
-            except Exception:
-                log.exception("change listener failed for %s/%s", remote, "/".join(ref))
 
     def render(self, key: tuple, render: Callable[[], bytes]) -> bytes:
         """A rendered file's bytes, memoised in ``rendered`` (bounded in bytes) under `key`."""
@@ -336,8 +326,9 @@ class FolderDir(DirNode):
 
     def names(self) -> list[str]:
         backend = self.tree.backend(self.remote)
-        return self.tree._memoised(("children", self.remote, self.path),
-                                   lambda: backend.children(self.path), self.tree.ttl_s)
+        names = self.tree._memoised(("children", self.remote, self.path),
+                                    lambda: backend.children(self.path), self.tree.ttl_s)
+        return names + omezarr.extra_names(self, names)  # <channel>.ome.zarr beside each channel
 
     @property
     def writable(self) -> bool:
@@ -348,6 +339,9 @@ class FolderDir(DirNode):
     def child(self, name: str) -> Node:
         path = self.path + (name,)
         backend = self.tree.backend(self.remote)
+        found = omezarr.child(self, name)
+        if found is not None:
+            return found
         if isinstance(backend, KeyValueStore) and self.tree._memoised(
                 ("is_file", self.remote, path), lambda: backend.is_file(path), self.tree.ttl_s):
             return BlobFile(self.tree, self.remote, path)

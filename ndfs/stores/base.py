@@ -151,7 +151,7 @@ class Backend:
 
     def warm_up(self) -> None:
         """Load what a first read will need (modules, codecs), so that it need not wait for them: long-lived
-        processes (the mount) call it on a background thread as they start. No I/O to the service; never
+        processes (the mount) call it as they start, before the first request can come. No I/O to the service; never
         raises. Nothing to load by default."""
 
     def generation(self, ref: Sequence[str]):

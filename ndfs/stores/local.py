@@ -248,8 +248,8 @@ class LocalBackend(LocalRamon, Backend, AnnotationStore, AdminStore):
 
     # ---- voxels ----------------------------------------------------------
     def warm_up(self) -> None:
-        """Import the read engine (zarr: about half a second, the whole wait of a mount's first slice,
-        measured with py-spy; or tensorstore)."""
+        """Import the read engine (zarr: about half a second, the whole wait of a mount's first slice
+        as profiled; or tensorstore)."""
         try:
             if _engine() == "tensorstore":
                 _ts_context()

@@ -26,7 +26,9 @@ def fuse_unavailable() -> str | None:
 
 
 def is_mounted(path) -> bool:
-    target = os.path.realpath(path)
+    """Whether ``path`` is a mount point now (from /proc/mounts; never asks the mount itself, which may hang)."""
+    path = os.path.abspath(path)
+    target = os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
     with open("/proc/mounts") as fh:
         return any(line.split()[1] == target for line in fh)
 
