@@ -22,6 +22,7 @@ the names to a folder's listing, :func:`child` resolves them. Thread-safe.
 from __future__ import annotations
 
 from ndfs.core.errors import NotFound
+from ndfs.volume import Volume
 from ndfs.fs.nodes import BytesFile, DirNode, FileNode, Node
 
 SUFFIX = ".ome.zarr"
@@ -114,7 +115,8 @@ class ChunkFile(FileNode):
         self.size, self.mtime = node.size, mtime
 
     def open(self) -> FileNode:
-        data = self.image.chunk(self.node, lambda level, box: self.tree.read(self.remote, self.ref, box, level))
+        backend = self.tree.backend(self.remote)
+        data = self.image.chunk(self.node, lambda level, box: Volume(backend, self.ref, level).read(box))
         return BytesFile(data, self.mtime)
 
     def read(self, offset: int, size: int) -> bytes:
