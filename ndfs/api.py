@@ -10,7 +10,9 @@ and wraps it in a :class:`Remote`:
   ``KIND+URL``; or the plain URL with ``kind=``: ``ndfs.remote("http://host:8080", kind="boss")``.
   Tokens come only from the environment: ``token_env="NDFS_BOSS_TOKEN"``;
 * ``ndfs.remote("path/to/store")``, ``ndfs.remote("file:///abs/store")``: a local
-  store directory (``create=True`` makes it).
+  store directory (``create=True`` makes it);
+* ``ndfs.remote(kind="synthetic", shape=[20000, 100000, 100000])``: voxels computed
+  from coordinates, of any size (:mod:`ndfs.stores.synthetic`; options as in ``ndfs.toml``).
 
 Remote calls take a *project* (the folders above a channel: a local project,
 a BOSS ``collection/experiment``, a NeuroData token, a DVID repo) and a
@@ -63,7 +65,9 @@ def remote(name_or_url: str | os.PathLike | Backend | None = None, *, kind: str 
     if kind is not None and kind not in REMOTE_KINDS:
         raise ConfigError(f"unknown remote kind {kind!r}; known kinds: {', '.join(REMOTE_KINDS)}")
     text = None if name_or_url is None else os.fspath(name_or_url)
-    if text is None or ("://" not in text and text in cfg.remotes):
+    if text is None and kind == "synthetic":  # computed voxels: the options are its geometry
+        rc = RemoteConfig(name="synthetic", kind="synthetic", options=dict(options))
+    elif text is None or ("://" not in text and text in cfg.remotes):
         rc = cfg.remote(text)
         if kind is not None and kind != rc.kind:
             raise ConfigError(f"remote {rc.name!r} is of kind {rc.kind!r}, not {kind!r}")

@@ -90,11 +90,18 @@ def open_backend(remote: RemoteConfig, config: Config | None = None):
         import importlib
 
         module, cls = DATASET_BACKENDS[remote.kind]
-        options = check_remote_options(remote.kind, remote.options, f"remote {remote.name!r}")
+        options = _driver_options(remote)
         where = remote.path if remote.path is not None else remote.url
         if where is None:
             raise ConfigError(f"remote {remote.name!r}: a {remote.kind} remote needs path = \"DIR\" or url = \"...\"")
         return getattr(importlib.import_module(module), cls)(where, read_only=remote.read_only, **options)
+    if remote.kind == "synthetic":
+        from ndfs.stores.synthetic import SyntheticBackend
+
+        try:
+            return SyntheticBackend(**_driver_options(remote))
+        except BadRegion as exc:  # a geometry the options allow one by one but not together
+            raise ConfigError(f"remote {remote.name!r}: {exc}") from None
     if remote.kind not in HTTP_BACKENDS:
         raise ConfigError(f"remote {remote.name!r}: kind {remote.kind!r} is not available")
     import importlib
@@ -102,8 +109,7 @@ def open_backend(remote: RemoteConfig, config: Config | None = None):
     module, cls, example = HTTP_BACKENDS[remote.kind]
     if not remote.url:
         raise ConfigError(f"remote {remote.name!r}: a {remote.kind} remote needs url = \"{example}\"")
-    options = driver_options(replace(remote, options=check_remote_options(remote.kind, remote.options,
-                                                                        f"remote {remote.name!r}")))
+    options = _driver_options(remote)
     token = os.environ.get(remote.token_env) if remote.token_env else None
     if token is None and remote.kind == "boss":
         token = _intern_token(remote.url)
@@ -112,6 +118,12 @@ def open_backend(remote: RemoteConfig, config: Config | None = None):
         return backend(remote.url, token, read_only=remote.read_only, **options)
     except TypeError as exc:  # DRIVER_OPTIONS out of step with the driver: test_config_knows_every_driver_setting
         raise ConfigError(f"remote {remote.name!r}: unknown or mistyped setting ({exc})") from None
+
+
+def _driver_options(remote: RemoteConfig) -> dict:
+    """The remote's settings, checked, without those that go to the layers above its driver (max_age_s)."""
+    return driver_options(replace(remote, options=check_remote_options(remote.kind, remote.options,
+                                                                      f"remote {remote.name!r}")))
 
 
 def _intern_token(url: str) -> str | None:

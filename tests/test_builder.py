@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pickle
 
 import numpy as np
@@ -108,3 +109,26 @@ def test_layers_are_instances_of_exactly_the_protocols_of_the_store_below(site):
     assert isinstance(local, AdminStore) and isinstance(local, AnnotationStore) and not isinstance(local, KeyValueStore)
     assert isinstance(boss, AnnotationStore) and not isinstance(boss, AdminStore)
     assert not isinstance(boss, KeyValueStore)
+
+
+@pytest.mark.parametrize("engine", ["zarr", "tensorstore"])
+def test_warm_up_loads_the_local_store_s_modules_through_every_layer(tmp_path, engine):
+    """The mount warms its backends before it shows (a first slice must not wait half a second for the
+    local store's read engine: zarr-python, or tensorstore when installed)."""
+    import subprocess
+    import sys
+
+    if engine == "tensorstore":
+        pytest.importorskip("tensorstore")
+    code = ("import sys\n"
+            "from ndfs.core.config import Config, RemoteConfig\n"
+            "from ndfs.stack import open_store\n"
+            "from pathlib import Path\n"
+            f"rc = RemoteConfig('local', 'local', path=Path({str(tmp_path)!r}))\n"
+            "backend = open_store(Config(remotes={'local': rc}), rc)\n"
+            "assert not {'zarr', 'tensorstore'} & set(sys.modules), 'opening a store must stay light'\n"
+            "backend.warm_up()\n"
+            f"assert {engine!r} in sys.modules\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "NDFS_LOCAL_ENGINE": engine})
+    assert done.returncode == 0, done.stderr

@@ -549,17 +549,17 @@ def test_sequential_slice_reader_gets_the_next_slab_prefetched(store, make, pref
     assert foreground == ([0] * 8 if prefetch else [9] * 8)  # chunk misses seen by the reader
     assert cached.wait_idle(10)
     if prefetch:
-        # only the read-ahead of slabs 2 and 3 (9 chunks each, so the 8 workers' worth and one
-        # slab more), one request, started when the reader entered slab 1, itself read ahead
+        # only the read-ahead of slab 2 (9 chunks), one request, started when the reader entered slab 1,
+        # itself read ahead: two slabs read, so a quarter of them rounds to the one-slab minimum
         assert inner.stats.reads == 1
-        assert cached.cache_stats()["prefetched"] == 9 + 9 + 9
+        assert cached.cache_stats()["prefetched"] == 9 + 9
     else:
         assert inner.stats.reads == 1
         assert cached.cache_stats()["prefetched"] == 0
 
 
-def test_read_ahead_starts_one_slab_deep_and_deepens_once_a_read_ahead_slab_is_entered(store, make):
-    """A short scroll must not share the link with slabs it never reaches (bench row 1b)."""
+def test_read_ahead_starts_one_slab_deep_and_stays_one_slab_ahead_of_a_short_scroll(store, make):
+    """A short scroll must not share the link with slabs it never reaches (bench rows 1b, 1c)."""
     path, data, _ = store
     inner = GatedLocal(path)
     cached = make(inner, prefetch=True)
@@ -575,14 +575,59 @@ def test_read_ahead_starts_one_slab_deep_and_deepens_once_a_read_ahead_slab_is_e
         inner.boxes.clear()
 
     scroll([0])
-    scroll(range(1, 8))  # sequential now: one slab ahead, not two
-    scroll([8])          # the reader entered the slab read ahead: two slabs ahead
+    scroll(range(1, 8))  # sequential now: one slab ahead
+    scroll([8])          # the reader entered the slab read ahead: two slabs read, still one ahead
     scroll(range(9, 24))
-    assert fetched == [[(0, 8)], [(8, 16)], [(16, 32)], []]
+    assert fetched == [[(0, 8)], [(8, 16)], [(16, 24)], [(24, 32)]]
     # a jump back starts a new stream, shallow again
     cached.invalidate(REF)
     scroll([0, 1])
     assert fetched[-1] == [(0, 8), (8, 16)]
+
+
+class _Recording:
+    """A synthetic store that records the z range of every inner read (one chunk per slab here)."""
+
+    def __new__(cls, **kw):
+        from ndfs.stores.synthetic import SyntheticBackend
+
+        class Recording(SyntheticBackend):
+            def _read(self, ref, box, level):
+                with self.lock:
+                    self.zs.append((box.start[0], box.stop[0]))
+                return super()._read(ref, box, level)
+
+        b = Recording(**kw)
+        b.zs, b.lock = [], threading.Lock()
+        return b
+
+
+TALL = ("sim", "petascale", "em")
+
+
+@pytest.mark.parametrize("slabs", [4, 5, 8, 13, 24])
+def test_a_scroll_that_stops_has_fetched_at_most_a_quarter_more_than_it_read(make, slabs):
+    inner = _Recording(shape=(8 * 64, 32, 32), chunk_shape=(8, 32, 32), channels=["em:uint8"])
+    cached = make(inner, prefetch=True)
+    for z in range(8 * slabs):
+        cached.read(TALL, Box((z, 0, 0), (z + 1, 32, 32)), 0)
+        assert cached.wait_idle(10)
+    planes = sum(b - a for a, b in inner.zs)
+    assert len(set(inner.zs)) == len(inner.zs)  # no slab fetched twice
+    assert 8 * slabs <= planes <= 1.25 * 8 * slabs, inner.zs
+
+
+def test_a_long_read_deepens_to_the_workers_worth_and_one_slab_more(make):
+    inner = _Recording(shape=(8 * 64, 32, 32), chunk_shape=(8, 32, 32), channels=["em:uint8"])
+    cached = make(inner, prefetch=True)
+    ahead = []  # slabs fetched past the reader's, as it enters each slab
+    for z in range(8 * 48):
+        cached.read(TALL, Box((z, 0, 0), (z + 1, 32, 32)), 0)
+        assert cached.wait_idle(10)
+        if z % 8 == 0:
+            ahead.append(max(b for _, b in inner.zs) // 8 - z // 8 - 1)
+    assert ahead == sorted(ahead) and ahead[1:5] == [1, 1, 1, 1]
+    assert max(ahead) == 1 + cached.readahead_chunks  # one chunk per slab: 8 workers' worth and one more
 
 
 def test_scrolling_back_reads_ahead_downwards(store, make):
@@ -603,9 +648,9 @@ def test_scrolling_back_reads_ahead_downwards(store, make):
 
     scroll([31])
     scroll(range(30, 23, -1))  # downwards now: one slab below
-    scroll([23])               # entered the slab read ahead: deeper
+    scroll([23])               # entered the slab read ahead: the next one below
     scroll(range(22, -1, -1))
-    assert fetched == [[(24, 32)], [(16, 24)], [(0, 16)], []]
+    assert fetched == [[(24, 32)], [(16, 24)], [(8, 16)], [(0, 8)]]
     assert cached.cache_stats()["misses"] == 1
 
 
@@ -627,7 +672,7 @@ def test_read_ahead_follows_reads_that_arrive_out_of_order_and_straddle_planes(s
     path, data, _ = store
     inner = GatedLocal(path)
     cached = make(inner, prefetch=True)
-    cached.readahead_chunks = 12  # 12 chunks per whole-plane slab here: two slabs once deep
+    cached.readahead_chunks = 12  # 12 chunks per whole-plane slab here
     height, width = SHAPE[1], SHAPE[2]
 
     def plane(z, y0=0, y1=height):
@@ -641,11 +686,11 @@ def test_read_ahead_follows_reads_that_arrive_out_of_order_and_straddle_planes(s
     assert cached.wait_idle(10)
     assert [(b.start[0], b.stop[0]) for _, b in inner.boxes] == [(0, 8), (8, 16)]
     inner.boxes.clear()
-    for z in (9, 8, 10):  # into the slab read ahead, out of order: deep now
+    for z in (9, 8, 10):  # into the slab read ahead, out of order: the stream goes on to the next slab
         plane(z)
     assert cached.wait_idle(10)
-    assert [(b.start[0], b.stop[0]) for _, b in inner.boxes] == [(16, 32)]
-    assert cached.cache_stats()["prefetched"] == 12 * 3
+    assert [(b.start[0], b.stop[0]) for _, b in inner.boxes] == [(16, 24)]
+    assert cached.cache_stats()["prefetched"] == 12 * 2
 
 
 def test_a_reader_of_planes_in_row_bands_gets_the_next_slab_prefetched(store, make):
@@ -768,3 +813,25 @@ def test_stats_and_disk_helpers(store, make, tmp_path):
     missing = tmp_path / "nowhere"
     assert disk_cache_info(missing)["entries"] == 0 and clear_disk_cache(missing) == 0
     assert not missing.exists()
+
+
+def test_a_bulk_read_of_the_local_store_goes_straight_through_and_keeps_nothing(store, make):
+    path, data, _ = store
+    inner = GatedLocal(path)
+    cached = make(inner)
+    cached.bulk_read_bytes = data.nbytes  # the whole level counts as bulk here
+    np.testing.assert_array_equal(cached.read(REF, Box.from_shape(SHAPE), 0), data)
+    assert inner.boxes == [(0, Box.from_shape(SHAPE))]  # one read, the box itself
+    stats = cached.cache_stats()
+    assert stats["bulk_reads"] == 1 and stats["memory_entries"] == 0
+    small = Box((0, 0, 0), (8, 32, 32))  # below the bulk size: cached chunk by chunk, as always
+    np.testing.assert_array_equal(cached.read(REF, small, 0), data[small.slices()])
+    assert cached.cache_stats()["memory_entries"] == 1
+
+
+def test_a_bulk_read_over_a_disk_tier_is_cached_as_ever(store, make):
+    path, data, _ = store
+    cached = make(LocalBackend(path), disk=True)
+    cached.bulk_read_bytes = data.nbytes
+    np.testing.assert_array_equal(cached.read(REF, Box.from_shape(SHAPE), 0), data)
+    assert cached.cache_stats()["bulk_reads"] == 0 and cached.cache_stats()["memory_entries"] == 48

@@ -296,7 +296,8 @@ def test_the_config_knows_every_setting_of_every_driver():
 
     from ndfs.stack import HTTP_BACKENDS
 
-    for kind, (module, cls, _) in HTTP_BACKENDS.items():
+    drivers = {**HTTP_BACKENDS, "synthetic": ("ndfs.stores.synthetic", "SyntheticBackend", None)}
+    for kind, (module, cls, _) in drivers.items():
         params = inspect.signature(getattr(importlib.import_module(module), cls).__init__).parameters
         settings = {n for n, p in params.items() if p.kind == p.KEYWORD_ONLY} - {"read_only"}
         assert set(DRIVER_OPTIONS[kind]) == settings, kind

@@ -21,11 +21,20 @@ def boss_reference_server(reference_store):
 @pytest.fixture(params=["local-raw", "local-read-only", "local-cached-memory", "local-cached-disk-tiny",
                         "boss-raw", "boss-cached", "boss-journaled",
                         "precomputed-raw", "precomputed-read-only", "precomputed-cached", "precomputed-journaled",
-                        "precomputed-http", "zarr-raw", "zarr-journaled", "zarr-v3", "zarr-http"])
+                        "precomputed-http", "zarr-raw", "zarr-journaled", "zarr-v3", "zarr-http",
+                        "synthetic-raw", "synthetic-cached"])
 def conformance_case(request, reference_store, reference_case, tmp_path):
     if request.param == "boss-journaled" or request.param.startswith(("precomputed-", "zarr-")):
         return reference_case(request.param)
     path, _, oracle = reference_store
+    if request.param.startswith("synthetic-"):  # read-only, voxels computed in the reference geometry
+        from ndfs.testing.cases import synthetic_case
+
+        closers: list = []
+        case = synthetic_case(oracle, request.param.endswith("cached"), closers)
+        for backend in closers:
+            request.addfinalizer(backend.close)
+        return case
     if request.param.startswith("local-cached"):
         from ndfs.cache import CachedBackend
 

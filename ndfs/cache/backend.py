@@ -98,6 +98,10 @@ class CachedBackend(Freshness, WrappingBackend):
     #: chunk lands as soon as it is in and the fetch workers stay busy in chunk order,
     #: like a parallel client's, instead of waiting on the slowest chunk of a big request
     prefetch_request_bytes = 4 * MiB
+    #: reads at least this large go straight to a store without a disk tier, uncached (see _assemble)
+    bulk_read_bytes = 64 * MiB
+    #: a sequential reader is read ahead by at most this share of the slabs it has read (at least one slab)
+    readahead_share = 0.25
     #: prefetch hints beyond this many queued or running tasks are dropped
     prefetch_queue = 4
     #: an invalidation touching more disk chunks than this evicts the whole volume from disk
@@ -123,7 +127,8 @@ class CachedBackend(Freshness, WrappingBackend):
         self._inflight: dict[tuple, _Flight] = {}
         self._recent: dict[tuple, dict] = {}
         self._counts = dict.fromkeys(("memory_hits", "disk_hits", "misses", "prefetched", "prefetch_dropped",
-                                      "corrupt", "disk_errors", "changed_elsewhere", "changed_remotely"), 0)
+                                      "corrupt", "disk_errors", "changed_elsewhere", "changed_remotely",
+                                      "bulk_reads"), 0)
         #: (generation, max-age window, token on the service) of each volume when last looked at
         self._seen: dict[VolumeRef, tuple] = {}
         self._init_freshness()
@@ -226,6 +231,11 @@ class CachedBackend(Freshness, WrappingBackend):
             return self._assemble(ref, box, level, info, grid)
 
     def _assemble(self, ref: VolumeRef, box: Box, level: int, info, grid: ChunkGrid) -> np.ndarray:
+        if self._disk is None and box.size * info.dtype.itemsize >= self.bulk_read_bytes:
+            # a bulk read from a store kept in memory only (the local store, already on disk): one read
+            # straight into the result, not cut into chunk copies that would push out what the tier holds
+            self._count("bulk_reads")
+            return self.inner.read(ref, box, level)
         out = np.empty(box.shape, dtype=info.dtype)
         missing = []
         with self._lock:
@@ -531,14 +541,18 @@ class CachedBackend(Freshness, WrappingBackend):
         (scrolling back in Fiji), each slab once.
 
         A stream starts one slab ahead and deepens once the reader enters a slab
-        that was read ahead: then it reaches the slabs that hold ``readahead_chunks``
-        chunks, plus one (a 1024x1024 plane on 512x512 cuboids: 4 chunks per slab,
-        so 3 slabs for 8), but never more than half the memory tier. The read-ahead
+        that was read ahead, as far as ``readahead_share`` of the slabs it has
+        read (one slab until the eighth, two until the twelfth at 0.25), up to
+        the slabs that hold ``readahead_chunks`` chunks, plus one (a 1024x1024
+        plane on 512x512 cuboids: 4 chunks per slab, so 3 slabs for 8), but never
+        more than half the memory tier. So a scroll that stops has fetched at most
+        1.25x what it read (from its fourth slab on; a slab or two ahead of a short
+        one), while a long read reaches full depth after a dozen slabs. One slab
+        ahead already keeps the link busy while it is the bottleneck: the next
+        slab is asked for as the reader enters the one before it. The read-ahead
         goes out in chunk-sized requests, nearest first, on the fetch pool, so the
         workers stay busy while the reader drains what has landed, and the extra
-        slab waits in the queue instead of sharing the link. Starting shallow keeps
-        a short scroll (a few slabs in Fiji) from paying for slabs it never
-        reaches; a long read pays one shallow slab at its start.
+        slab waits in the queue instead of sharing the link.
         """
         depth, oz = grid.chunk_shape[0], grid.extent.start[0]
         if not self.prefetch_enabled or box.shape[0] >= depth:
@@ -567,7 +581,10 @@ class CachedBackend(Freshness, WrappingBackend):
                 (_, ya, xa), (_, yb, xb) = grid.index_range(Box((z0, ys[0], x0), (z1, ys[1], x1)))
                 per_slab = max(1, (yb - ya) * (xb - xa))
                 room = max(1, self._mem.maxsize // 2 // max(1, per_slab * int(np.prod(grid.chunk_shape)) * itemsize))
-                ahead = min(room, 1 + (-(-self.readahead_chunks // per_slab)))  # read ahead, not evicted unread
+                most = min(room, 1 + (-(-self.readahead_chunks // per_slab)))  # read ahead, not evicted unread
+                # never further ahead than a share of what the stream has read: a scroll that stops has
+                # fetched at most (1 + readahead_share) of it (from its fourth slab on, at the default)
+                ahead = max(1, min(most, int((st["hi"] - st["lo"] + 1) * self.readahead_share)))
             if upward:
                 start, end = max(last + 1, st["up"] + 1), min(last + 1 + ahead, n)
                 st["up"] = max(st["up"], end - 1)

@@ -42,14 +42,14 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-REMOTE_KINDS = ("local", "boss", "dvid", "neurodata", "precomputed", "zarr")
+REMOTE_KINDS = ("local", "boss", "dvid", "neurodata", "precomputed", "zarr", "synthetic")
 #: remote kinds that read a dataset format at a path or URL (local, file://, http(s)://, gs://, s3://)
 DATASET_KINDS = ("precomputed", "zarr")
 DATASET_SCHEMES = ("file://", "http://", "https://", "gs://", "s3://")
 SECTIONS = ("remotes", "cache", "mount", "write")
 #: keys of every remote, and of the local ones and of the remote services
 REMOTE_KEYS = {"local": ("kind", "path", "read_only", "create"), "http": ("kind", "url", "token_env", "read_only"),
-               "dataset": ("kind", "url", "path", "read_only")}
+               "dataset": ("kind", "url", "path", "read_only"), "synthetic": ("kind", "read_only")}
 _DRIVER_COMMON = ("timeout_s", "connect_timeout_s", "retries", "backoff_s", "backoff_cap_s", "workers",
                   "max_request_bytes")
 #: the settings each remote service's driver takes (its keyword arguments besides read_only)
@@ -59,6 +59,8 @@ DRIVER_OPTIONS = {
     "neurodata": _DRIVER_COMMON + ("tokens", "api", "ttl_s"),
     "precomputed": ("layers", "max_scan_bytes"),
     "zarr": ("layers", "max_scan_bytes"),
+    # computed voxels, no service (ndfs/stores/synthetic.py): the geometry it simulates
+    "synthetic": ("shape", "chunk_shape", "offset", "voxel_size_nm", "levels", "project", "channels", "latency_ms"),
 }
 #: settings every remote takes besides its driver's: they go to the layers ndfs stacks on the driver
 LAYER_OPTIONS = ("max_age_s",)
@@ -70,6 +72,8 @@ OPTION_RULES: dict[str, tuple] = {
     "branch": (str, None), "label_compression": (str, ("auto", "lz4", "gzip", "none")),
     "tokens": (list, None), "api": (str, None), "max_age_s": (float, "max-age"),
     "layers": (list, None), "max_scan_bytes": (int, 1),
+    "shape": (list, "zyx"), "chunk_shape": (list, "zyx"), "offset": (list, "zyx"), "voxel_size_nm": (list, "zyx"),
+    "levels": (int, 1), "project": (str, None), "channels": (list, None), "latency_ms": (float, 0),
 }
 #: what is cached of an open DVID node is checked this often for changes made by other clients (seconds;
 #: one small request per repo), when no max_age_s is configured
@@ -81,7 +85,7 @@ WRITABLE_MAX_AGE_S = 60.0
 
 def remote_keys(kind: str) -> tuple[str, ...]:
     """The keys a remote of ``kind`` takes besides its driver's settings."""
-    return REMOTE_KEYS["local" if kind == "local" else "dataset" if kind in DATASET_KINDS else "http"]
+    return REMOTE_KEYS["dataset"] if kind in DATASET_KINDS else REMOTE_KEYS.get(kind, REMOTE_KEYS["http"])
 
 
 def user_config_dir() -> Path:
@@ -279,6 +283,11 @@ def check_remote_options(kind: str, options: dict, where: str) -> dict:
             raise ConfigError(f"{where}: {key} must be one of {', '.join(rule)}, not {value!r}")
         elif kind_ is str and not value:
             raise ConfigError(f"{where}: {key} must not be empty")
+        elif kind_ is list and rule == "zyx":
+            if len(value) != 3 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+                raise ConfigError(f"{where}: {key} must be three numbers [z, y, x], got {value!r}")
+            for v in value:
+                check_number(key, v, -math.inf if key == "offset" else "positive", where)
         elif kind_ is list and not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{where}: {key} must be a list of strings, got {value!r}")
         out[key] = value
@@ -310,7 +319,7 @@ def parse_config(data: dict[str, Any], base_dir: Path, where: str = "config") ->
                                   "(also file://, gs://, s3://), not both")
             if url is not None and not url.startswith(DATASET_SCHEMES):
                 raise ConfigError(f"{here}: url must start with {', '.join(DATASET_SCHEMES)}, not {mask_url(url)!r}")
-        elif kind != "local" and (url is None or not url.startswith(("http://", "https://"))):
+        elif kind not in ("local", "synthetic") and (url is None or not url.startswith(("http://", "https://"))):
             raise ConfigError(f"{here}: a {kind} remote needs url = \"https://HOST\" (or http://), "
                               f"not {mask_url(url) if url else 'none'!r}")
         token_env = _typed(table, "token_env", str, None, here)
@@ -432,6 +441,8 @@ def max_age_of(rc: RemoteConfig, cache: CacheConfig, writable: bool) -> float | 
 def remote_target(rc: RemoteConfig) -> str:
     """Where a remote points, as "kind:url-or-path" (outbox entries are only ever posted back there);
     any user-info of the URL (a token) is masked, since targets are shown and stored."""
+    if rc.kind == "synthetic":  # no address: the geometry names it (two differently shaped ones share nothing)
+        return "synthetic:" + ",".join(f"{k}={rc.options[k]}" for k in sorted(rc.options))
     return f"{rc.kind}:{rc.path if rc.path is not None else mask_url(rc.url or '')}"
 
 

@@ -174,6 +174,9 @@ def mount(fs: FileSystem, mountpoint: str, *, attr_timeout_s: float = 60.0, entr
     if not os.path.isdir(mountpoint):
         raise MountError(f"mount point {mountpoint} is not a directory")
     ops = make_operations(fs)
+    # load what the first reads need (the local store's zarr: half a second, more with a cold page cache)
+    # before the mount shows, so the first slice a user opens does not wait for the store's modules
+    fs.warm_up()
     shared = {"allow_other": True} if allow_other else {}
     mfusepy.FUSE(
         ops, mountpoint, raw_fi=True, foreground=True, debug=debug,

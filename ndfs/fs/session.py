@@ -596,6 +596,15 @@ class FileSystem:
         return {"f_bsize": BLOCK, "f_frsize": BLOCK, "f_blocks": 0, "f_bfree": 0, "f_bavail": 0,
                 "f_files": 0, "f_ffree": 0, "f_namemax": 255}
 
+    def warm_up(self) -> None:
+        """Have every backend load what its first read needs (:meth:`ndfs.stores.base.Backend.warm_up`); the
+        mount calls it before it shows, so no first read waits for it."""
+        for name, backend in self.tree.remotes.items():
+            try:
+                backend.warm_up()
+            except Exception:  # a warm-up is only a head start: the first read does the work and reports
+                log.exception("warming up remote %r failed", name)
+
     def close(self) -> None:
         """Close every backend of the tree (the session is not used afterwards)."""
         log.info("statistics: %s", self.tree.stats())

@@ -165,6 +165,11 @@ class Backend:
         Never blocks on I/O and never raises for a bad hint (the cache clips or drops it).
         """
 
+    def warm_up(self) -> None:
+        """Load what a first read will need (modules, codecs), so that it need not wait for them: long-lived
+        processes (the mount) call it as they start, before the first request can come. No I/O to the service; never
+        raises. Nothing to load by default."""
+
     def generation(self, ref: Sequence[str]):
         """The volume's cross-process write stamp: changes with every write to its voxels or
         annotations made through ndfs by any process (compare for equality); None when the

@@ -60,6 +60,42 @@ APPLY_BYTES = 64 * 2**20
 SUPPORTED_DTYPES = ("uint8", "uint16", "uint32", "uint64", "float32")
 
 
+ENGINES = ("auto", "tensorstore", "zarr")
+_ENGINE: list = []
+_TS_CONTEXT: list = []
+
+
+def _engine() -> str:
+    """The engine that reads the local store's voxels: tensorstore when it is installed (the ``fast`` extra),
+    else zarr-python; ``NDFS_LOCAL_ENGINE=zarr`` (or ``tensorstore``) picks one. Writes always go through
+    zarr-python. Decided once per process."""
+    if not _ENGINE:
+        want = os.environ.get("NDFS_LOCAL_ENGINE", "auto").strip().lower() or "auto"
+        if want not in ENGINES:
+            raise BadRegion(f"NDFS_LOCAL_ENGINE must be one of {', '.join(ENGINES)}, not {want!r}")
+        if want == "zarr":
+            _ENGINE.append("zarr")
+        else:
+            try:
+                import tensorstore  # noqa: F401
+                _ENGINE.append("tensorstore")
+            except ImportError:
+                if want == "tensorstore":
+                    raise BadRegion("NDFS_LOCAL_ENGINE=tensorstore, but tensorstore is not installed: "
+                                    "pip install 'ndfs[fast]'") from None
+                _ENGINE.append("zarr")
+    return _ENGINE[0]
+
+
+def _ts_context():
+    """One tensorstore context per process, with no cache: the store changes under it (writes, other processes)."""
+    if not _TS_CONTEXT:
+        import tensorstore
+
+        _TS_CONTEXT.append(tensorstore.Context({"cache_pool": {"total_bytes_limit": 0}}))
+    return _TS_CONTEXT[0]
+
+
 def pyramid(shape, offset, voxel_size_nm, n_levels, chunk_shape) -> tuple[LevelInfo, ...]:
     """Level geometry for a volume whose lower levels halve x and y (z kept)."""
     levels = []
@@ -211,6 +247,17 @@ class LocalBackend(LocalRamon, Backend, AnnotationStore, AdminStore):
             self._replayed.discard(ref)
 
     # ---- voxels ----------------------------------------------------------
+    def warm_up(self) -> None:
+        """Import the read engine (zarr: about half a second, the whole wait of a mount's first slice
+        as profiled; or tensorstore)."""
+        try:
+            if _engine() == "tensorstore":
+                _ts_context()
+            else:
+                import zarr  # noqa: F401
+        except ImportError as exc:  # the first read reports it
+            log.debug("the read engine did not import ahead of the first read: %s", exc)
+
     def _array(self, ref: VolumeRef, level: int):
         key = (ref, level)
         with self._arrays_lock:
@@ -231,9 +278,33 @@ class LocalBackend(LocalRamon, Backend, AnnotationStore, AdminStore):
         with self.volume_lock(ref).reading(*z_planes(self.info(ref), box, level)):
             return self._read_array(ref, box, level)
 
+    def _reader(self, ref: VolumeRef, level: int):
+        """tensorstore's handle of a level for reads (None: zarr-python reads). tensorstore decodes the
+        same zarr v3 chunks faster and on its own threads; it keeps no cache here, so every read sees
+        the store as the journal and the volume lock leave it, exactly as a zarr-python read would."""
+        if _engine() != "tensorstore":
+            return None
+        key = (ref, level, "ts")
+        with self._arrays_lock:
+            handle = self._arrays.get(key)
+        if handle is None:
+            import tensorstore
+
+            spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(self._dir(ref) / str(level))}}
+            try:
+                handle = tensorstore.open(spec, read=True, context=_ts_context()).result()
+            except Exception as exc:  # tensorstore raises ValueError and its own types for a missing array
+                raise BackendError(f"cannot open level {level} of {'/'.join(ref)}: {exc}") from exc
+            with self._arrays_lock:
+                handle = self._arrays.setdefault(key, handle)
+        return handle
+
     def _read_array(self, ref: VolumeRef, box: Box, level: int) -> np.ndarray:
         lv = self.info(ref).level(level)
         try:
+            handle = self._reader(ref, level)
+            if handle is not None:
+                return handle[box.slices(lv.offset)].read().result()
             return np.asarray(self._array(ref, level)[box.slices(lv.offset)])
         except NdfsError:
             raise

@@ -65,6 +65,9 @@ class WrappingBackend(Backend, AnnotationStore, KeyValueStore, AdminStore, Shape
     def prefetch(self, ref, box, level=0):
         self.inner.prefetch(ref, box, level)
 
+    def warm_up(self) -> None:
+        self.inner.warm_up()
+
     def generation(self, ref):
         return self.inner.generation(ref)
 

@@ -12,6 +12,9 @@ Stores ``precomputed`` and ``zarr`` read the reference project as the formats' o
 (:mod:`ndfs.testing.third_party`: CloudVolume, ome-zarr-py), from a local folder (``zarr``: NGFF 0.4 on
 zarr v2; ``zarr-v3``: 0.5 on zarr v3) or, with layers ``http``, over a Range-capable static HTTP server
 (``zarr``: 0.5); their lower levels are what the writer stored, so a write changes only its level.
+
+:func:`synthetic_case` is the synthetic remote (read-only, voxels computed)
+in the reference project's geometry, with its own oracle.
 """
 
 from __future__ import annotations
@@ -117,3 +120,36 @@ def journaled(store, kind: str, url: str, tmp_path):
     rc = RemoteConfig("c", kind, url=url)
     return open_store(Config(remotes={"c": rc}, write=WriteConfig(outbox_dir=tmp_path / "outbox")), rc,
                       cache=CacheConfig(dir=tmp_path / "cache", memory_bytes=64 * 2**20), store=store)
+
+
+def synthetic_reference(oracle: ReferenceData) -> ReferenceData:
+    """The oracle of the synthetic remote in the reference geometry: its voxel rule evaluated over each
+    level's whole box as the reference data has it (not as the backend cuts boxes and levels)."""
+    import numpy as np
+
+    from ndfs.stores.synthetic import voxels
+    from ndfs.testing.reference import CHANNELS
+
+    out = ReferenceData()
+    for i, (name, (dtype, kind)) in enumerate(CHANNELS.items()):
+        out.levels[name] = []
+        for level in range(len(oracle.levels[name])):
+            box = oracle.box(name, level)
+            z, y, x = (np.arange(a, b, dtype=np.int64) for a, b in zip(box.start, box.stop))
+            out.levels[name].append(voxels(dtype, kind, 1000 * (i + 1), z, y * 2**level, x * 2**level))
+    return out
+
+
+def synthetic_case(oracle: ReferenceData, cached: bool, closers: list) -> Case:
+    """The synthetic remote laid out as the reference project (read-only), raw or behind the chunk cache."""
+    from ndfs.stores.synthetic import SyntheticBackend
+    from ndfs.testing.reference import CHANNELS, CHUNK, LEVELS, OFFSET, PROJECT, SHAPE, VOXEL_SIZE_NM
+
+    backend = SyntheticBackend(shape=SHAPE, chunk_shape=CHUNK, offset=OFFSET, voxel_size_nm=VOXEL_SIZE_NM,
+                               levels=LEVELS, project=PROJECT, channels=[f"{n}:{d}" for n, (d, _) in CHANNELS.items()])
+    if cached:
+        from ndfs.cache import CachedBackend
+
+        backend = CachedBackend(backend, namespace="synthetic:conformance", memory_bytes=64 * 2**20)
+    closers.append(backend)
+    return Case(backend=backend, oracle=synthetic_reference(oracle), writable=False)

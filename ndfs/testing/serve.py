@@ -20,14 +20,17 @@ class Served:
 
 @contextlib.contextmanager
 def served(protocol: str, store, *extra, env: dict | None = None, stderr=subprocess.PIPE,
-           check_exit: bool = True) -> Iterator[Served]:
+           check_exit: bool = True, config=None) -> Iterator[Served]:
     """Run ``ndfs serve --protocol PROTOCOL --store STORE --port 0 EXTRA...``; yield it once it listens.
+    ``store=None`` serves a configured remote instead (``config=`` the ndfs.toml, ``--remote NAME`` in EXTRA).
 
     On exit the child gets SIGTERM; with ``check_exit`` it must then exit with
     0 within 10 s (a clean shutdown), else AssertionError. A child that prints no
     start line is killed and its error output is in the AssertionError.
     """
-    cmd = [sys.executable, "-m", "ndfs", "serve", "--protocol", protocol, "--store", str(store), "--port", "0",
+    source = ["--store", str(store)] if store is not None else []  # None: --remote NAME (and --config) in extra
+    head = ["--config", str(config)] if config is not None else []
+    cmd = [sys.executable, "-m", "ndfs", *head, "serve", "--protocol", protocol, *source, "--port", "0",
            *map(str, extra)]
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr, text=True,
                             env=env)
