@@ -239,3 +239,72 @@ def test_meshes_go_only_from_label_channels_to_precomputed(demo, tmp_path):
     report = ndfs.copy((local, "demo"), f"precomputed+file://{tmp_path}/pc", meshes=True, progress=False)
     assert report.meshes > 0 and set(report.channels) == {"demo/em", "demo/cells"}
     assert not (tmp_path / "pc" / "em" / "mesh").exists() and (tmp_path / "pc" / "cells" / "mesh" / "info").exists()
+
+
+@pytest.fixture
+def s3_server(monkeypatch):
+    """An S3-compatible server on 127.0.0.1 (moto's) with a bucket ``lab``; the AWS variables point at it."""
+    pytest.importorskip("moto.server", reason="the S3 test needs moto[server] (the test extra)")
+    import socket
+
+    import boto3
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {"AWS_ACCESS_KEY_ID": "test-key-id", "AWS_SECRET_ACCESS_KEY": "test-secret-do-not-print",
+           "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_EC2_METADATA_DISABLED": "true"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "the S3 server did not start"
+                time.sleep(0.1)
+        client = boto3.client("s3")
+        client.create_bucket(Bucket="lab")
+        yield client, env
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_a_copy_to_an_s3_url_with_meshes_reads_back_and_is_what_cloudvolume_reads(tmp_path, s3_server):
+    from cloudvolume import CloudVolume
+
+    client, env = s3_server
+    make_demo(str(tmp_path / "store"), shape=(16, 128, 128), levels=2, chunk_shape=(8, 64, 64), progress=False)
+    (tmp_path / "ndfs.toml").write_text('[remotes.local]\nkind = "local"\npath = "store"\n')
+    done = run_ndfs("--config", tmp_path / "ndfs.toml", "copy", "local/demo/cells",
+                    "precomputed+s3://lab/layers", "--meshes", "--quiet", env={**os.environ})
+    assert "copied demo/cells -> cells" in done.stdout
+    assert env["AWS_SECRET_ACCESS_KEY"] not in done.stdout + done.stderr
+    local = ndfs.remote(str(tmp_path / "store"))
+    _, want = levels_of(local, ("demo", "cells"))
+    _, got = levels_of(ndfs.remote("precomputed+s3://lab/layers"), ("cells",))  # read back over S3
+    for a, b in zip(want, got):
+        np.testing.assert_array_equal(b, a)
+    # what is in the bucket, fetched by the AWS client, is a layer CloudVolume reads: voxels and meshes
+    keys = [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket="lab", Prefix="layers/")
+            for o in page.get("Contents", [])]
+    assert "layers/cells/info" in keys and "layers/cells/mesh/info" in keys
+    for key in keys:
+        path = tmp_path / "fetched" / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(client.get_object(Bucket="lab", Key=key)["Body"].read())
+    cv = CloudVolume(f"file://{tmp_path}/fetched/layers/cells", mip=0, progress=False)
+    np.testing.assert_array_equal(np.asarray(cv[cv.bounds])[..., 0].transpose(2, 1, 0), want[0])
+    label = int(np.unique(want[0])[-1])
+    mesh = cv.mesh.get(label)
+    mesh = mesh[label] if isinstance(mesh, dict) else mesh
+    own = ndfs.remote(f"precomputed://{tmp_path}/fetched/layers").backend.object_mesh(("cells",), label)
+    assert own is not None and len(mesh.faces) == len(own[1]) > 0
+    assert triangles(mesh.vertices, mesh.faces) == triangles(*own)
