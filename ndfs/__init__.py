@@ -62,7 +62,8 @@ def count(target, ref=None, **kwargs):
 def copy(source, dest, **kwargs):
     """Copy a channel, a box of it or a whole project between any two remotes (see :func:`ndfs.tools.copy.copy`):
     ``ndfs.copy("local/demo/em", "precomputed+file:///data/layers")``; resumable, chunk-aligned on the
-    destination, whose metadata is made from the source's."""
+    destination, whose metadata is made from the source's; ``meshes=True`` adds the meshes and segment properties
+    of label channels copied to precomputed."""
     from ndfs.tools.copy import copy as _copy
 
     return _copy(source, dest, **kwargs)

@@ -1,6 +1,9 @@
 """``ndfs copy`` and ``ndfs.copy``: local -> OME-Zarr -> precomputed -> local round-trips voxel for voxel, a box
-copies only its region, a BOSS channel goes through OME-Zarr and precomputed to local, and a copy killed half way resumes where it stopped."""
+copies only its region, a BOSS channel goes through OME-Zarr and precomputed to local, a copy killed half way resumes where it stopped,
+and a label channel copied to precomputed with --meshes carries the meshes the mount makes and its RAMON objects, as CloudVolume and a
+mount of the new layer read them."""
 
+import json
 import os
 import signal
 import subprocess
@@ -13,6 +16,7 @@ import zarr
 
 import ndfs
 from ndfs.core.geometry import Box
+from ndfs.testing.mount import fuse_unavailable, mounted
 from ndfs.testing.mount import ndfs as run_ndfs
 from ndfs.tools.demo import make_demo
 
@@ -30,6 +34,24 @@ def demo(tmp_path_factory):
     (root / "ndfs.toml").write_text('[remotes.local]\nkind = "local"\npath = "store"\n'
                                     '[remotes.back]\nkind = "local"\npath = "back"\ncreate = true\n')
     return root
+
+
+def parse_obj(data: bytes) -> tuple[np.ndarray, np.ndarray]:
+    lines = data.decode().splitlines()
+    verts = np.array([[float(v) for v in ln.split()[1:]] for ln in lines if ln.startswith("v ")], np.float32)
+    faces = np.array([[int(v) - 1 for v in ln.split()[1:]] for ln in lines if ln.startswith("f ")], np.int64)
+    return verts, faces
+
+
+def triangles(vertices, faces) -> list:
+    """A mesh as its triangles' corner coordinates, each turned to start at its smallest corner (orientation
+    kept), sorted: equal for the same surface whatever the order of its vertices and faces."""
+    out = []
+    for tri in np.asarray(vertices, np.float64)[np.asarray(faces, np.int64)]:
+        corners = [tuple(c) for c in tri]
+        k = corners.index(min(corners))
+        out.append(tuple(corners[k:] + corners[:k]))
+    return sorted(out)
 
 
 def levels_of(remote, ref):
@@ -146,3 +168,143 @@ def test_a_copy_runs_on_a_dask_cluster_and_on_worker_processes(demo, tmp_path):
         _, got = levels_of(remote, ref)
         for a, b in zip(want, got):
             np.testing.assert_array_equal(b, a)
+
+
+@pytest.mark.skipif(fuse_unavailable() is not None, reason=str(fuse_unavailable()))
+def test_a_label_channel_copied_with_meshes_carries_the_mounts_meshes_and_its_objects(tmp_path):
+    from cloudvolume import CloudVolume
+
+    from ndfs import ramon
+
+    make_demo(str(tmp_path / "store"), shape=(24, 200, 168), levels=2, chunk_shape=(8, 64, 64), progress=False)
+    local = ndfs.remote(str(tmp_path / "store"))
+    ref = ("demo", "cells")
+    labels = local.backend.read(ref, local.backend.info(ref).level(0).box, 0)
+    ids = [int(i) for i in np.unique(labels) if i]
+    assert len(ids) >= 3
+    local.backend.ramon_put(ref, [ramon.RamonNeuron(id=900, segments=ids[:2], kvpairs={"name": "pair"})])
+    objects = local.backend.ramon_ids(ref)
+    assert set(ids) | {900} <= set(objects) and len(objects) > len(ids) + 1  # synapses too: no voxels, no mesh
+    (tmp_path / "ndfs.toml").write_text('[remotes.local]\nkind = "local"\npath = "store"\n'
+                                        '[remotes.pc]\nkind = "precomputed"\npath = "pc"\n'
+                                        f'[cache]\ndir = "{tmp_path / "cache"}"\n')
+    layers = f"precomputed+file://{tmp_path}/pc"
+    done = run_ndfs("--config", tmp_path / "ndfs.toml", "copy", "local/demo/cells", layers, "--meshes", "--quiet")
+    assert f"{len(ids) + 1} meshes written, 0 already there" in done.stdout
+
+    cv = CloudVolume(f"file://{tmp_path}/pc/cells", progress=False)
+    assert cv.info["mesh"] == "mesh" and cv.info["segment_properties"] == "segment_properties"
+    props = json.loads((tmp_path / "pc" / "cells" / "segment_properties" / "info").read_text())
+    assert props["@type"] == "neuroglancer_segment_properties"
+    assert props["inline"]["ids"] == [str(i) for i in objects]
+    label_of = dict(zip(props["inline"]["ids"], props["inline"]["properties"][0]["values"]))
+    assert label_of["900"] == "pair" and label_of[str(ids[0])] == f"segment {ids[0]}"
+    mnt = tmp_path / "mnt"
+    with mounted(tmp_path / "ndfs.toml", mnt):
+        source, copied = mnt / "local" / "demo" / "cells" / "ramon", mnt / "pc" / "cells" / "ramon"
+        for i in ids:
+            want = parse_obj((source / f"{i}.obj").read_bytes())  # the mount's own mesh of the source object
+            got = cv.mesh.get(i)
+            got = got[i] if isinstance(got, dict) else got
+            assert len(got.vertices) == len(want[0]) and len(got.faces) == len(want[1]), f"object {i}"
+            assert triangles(got.vertices, got.faces) == triangles(*want), f"object {i}"  # CloudVolume reorders
+            # the new layer's own mesh, as its mount serves it: the same arrays, so the same file
+            assert (copied / f"{i}.obj").read_bytes() == (source / f"{i}.obj").read_bytes()
+        # the neuron: its segments' fragments, one after the other
+        pair = cv.mesh.get(900)
+        pair = pair[900] if isinstance(pair, dict) else pair
+        parts = [parse_obj((source / f"{i}.obj").read_bytes()) for i in ids[:2]]
+        assert len(pair.vertices) == sum(len(v) for v, _ in parts)
+        assert sorted(triangles(pair.vertices, pair.faces)) == sorted(sum((triangles(*p) for p in parts), []))
+        assert json.loads((copied / "900.json").read_text())["kvpairs"]["label"] == "pair"
+
+    # resumable: a rerun skips every mesh; one removed is made again, the same
+    (tmp_path / "pc" / "cells" / "mesh" / f"{ids[-1]}:0").unlink()
+    before = (tmp_path / "pc" / "cells" / "mesh" / f"{ids[-1]}:0:0").read_bytes()
+    done = run_ndfs("--config", tmp_path / "ndfs.toml", "copy", "local/demo/cells", layers, "--meshes", "--quiet")
+    assert f"1 meshes written, {len(ids)} already there" in done.stdout
+    assert (tmp_path / "pc" / "cells" / "mesh" / f"{ids[-1]}:0:0").read_bytes() == before
+
+
+def test_meshes_go_only_from_label_channels_to_precomputed(demo, tmp_path):
+    bad = run_ndfs("--config", demo / "ndfs.toml", "copy", "local/demo/cells", f"zarr+file://{tmp_path}/oz",
+                   "--meshes", "--quiet", check=False)
+    assert bad.returncode != 0 and not (tmp_path / "oz").exists()
+    assert bad.stderr.strip().splitlines()[-1].endswith("meshes are copied to a precomputed layer, not to a zarr remote")
+    local = ndfs.remote(str(demo / "store"))
+    with pytest.raises(ndfs.NdfsError, match="image channel: only annotation"):
+        ndfs.copy((local, "demo/em"), f"precomputed+file://{tmp_path}/pc", meshes=True, progress=False)
+    assert not (tmp_path / "pc").exists()
+    # a folder: its image channels are copied without meshes, its label channels with them
+    report = ndfs.copy((local, "demo"), f"precomputed+file://{tmp_path}/pc", meshes=True, progress=False)
+    assert report.meshes > 0 and set(report.channels) == {"demo/em", "demo/cells"}
+    assert not (tmp_path / "pc" / "em" / "mesh").exists() and (tmp_path / "pc" / "cells" / "mesh" / "info").exists()
+
+
+@pytest.fixture
+def s3_server(monkeypatch):
+    """An S3-compatible server on 127.0.0.1 (moto's) with a bucket ``lab``; the AWS variables point at it."""
+    pytest.importorskip("moto.server", reason="the S3 test needs moto[server] (the test extra)")
+    import socket
+
+    import boto3
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {"AWS_ACCESS_KEY_ID": "test-key-id", "AWS_SECRET_ACCESS_KEY": "test-secret-do-not-print",
+           "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_EC2_METADATA_DISABLED": "true"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "the S3 server did not start"
+                time.sleep(0.1)
+        client = boto3.client("s3")
+        client.create_bucket(Bucket="lab")
+        yield client, env
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_a_copy_to_an_s3_url_with_meshes_reads_back_and_is_what_cloudvolume_reads(tmp_path, s3_server):
+    from cloudvolume import CloudVolume
+
+    client, env = s3_server
+    make_demo(str(tmp_path / "store"), shape=(16, 128, 128), levels=2, chunk_shape=(8, 64, 64), progress=False)
+    (tmp_path / "ndfs.toml").write_text('[remotes.local]\nkind = "local"\npath = "store"\n')
+    done = run_ndfs("--config", tmp_path / "ndfs.toml", "copy", "local/demo/cells",
+                    "precomputed+s3://lab/layers", "--meshes", "--quiet", env={**os.environ})
+    assert "copied demo/cells -> cells" in done.stdout
+    assert env["AWS_SECRET_ACCESS_KEY"] not in done.stdout + done.stderr
+    local = ndfs.remote(str(tmp_path / "store"))
+    _, want = levels_of(local, ("demo", "cells"))
+    _, got = levels_of(ndfs.remote("precomputed+s3://lab/layers"), ("cells",))  # read back over S3
+    for a, b in zip(want, got):
+        np.testing.assert_array_equal(b, a)
+    # what is in the bucket, fetched by the AWS client, is a layer CloudVolume reads: voxels and meshes
+    keys = [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket="lab", Prefix="layers/")
+            for o in page.get("Contents", [])]
+    assert "layers/cells/info" in keys and "layers/cells/mesh/info" in keys
+    for key in keys:
+        path = tmp_path / "fetched" / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(client.get_object(Bucket="lab", Key=key)["Body"].read())
+    cv = CloudVolume(f"file://{tmp_path}/fetched/layers/cells", mip=0, progress=False)
+    np.testing.assert_array_equal(np.asarray(cv[cv.bounds])[..., 0].transpose(2, 1, 0), want[0])
+    label = int(np.unique(want[0])[-1])
+    mesh = cv.mesh.get(label)
+    mesh = mesh[label] if isinstance(mesh, dict) else mesh
+    own = ndfs.remote(f"precomputed://{tmp_path}/fetched/layers").backend.object_mesh(("cells",), label)
+    assert own is not None and len(mesh.faces) == len(own[1]) > 0
+    assert triangles(mesh.vertices, mesh.faces) == triangles(*own)

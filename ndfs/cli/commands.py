@@ -841,6 +841,7 @@ EXAMPLES = {
     "copy": """
   ndfs copy local/demo/em precomputed+file:///tmp/layers      # a new precomputed layer /tmp/layers/em
   ndfs copy local/demo zarr+file:///tmp/images --workers 8     # every channel, as OME-Zarr images
+  ndfs copy local/demo/cells precomputed+file:///tmp/layers --meshes   # labels with meshes and properties
   ndfs copy local/demo/em local/backup/em --x 0:512 --y 0:512 --z 0:64""",
     "annotate": """
   ndfs annotate local/demo/cells    # one object per label, with its size, box and centroid

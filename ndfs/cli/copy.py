@@ -17,7 +17,10 @@ def add_copy_parser(subparsers) -> None:
                     "the channel lands in under its own name. A destination that does not exist is made from "
                     "the source's metadata (levels, voxel size, offset, chunks). Chunks are copied whole, in "
                     "parallel, and recorded as they are written: after an interruption the same command skips "
-                    "what is done.")
+                    "what is done. With --meshes, an annotation (label) channel copied to a precomputed layer "
+                    "gets a mesh of every label too (legacy fragments with <id>:0 manifests, made as the mount "
+                    "makes ramon/<id>.obj; a neuron's manifest names its segments'), and its RAMON objects as "
+                    "the layer's segment properties; meshes already written are skipped on a rerun.")
     s.add_argument("source", help="channel or folder to copy, e.g. local/demo/em")
     s.add_argument("dest", help="where it goes, e.g. out/em or precomputed+file:///data/layers")
     for axis in "xyz":
@@ -29,6 +32,9 @@ def add_copy_parser(subparsers) -> None:
                    help="where chunks are copied: threads of this process (default), worker processes, or Dask")
     s.add_argument("--address", metavar="tcp://HOST:8786",
                    help="a Dask scheduler to run on (with --scheduler dask; default: a local cluster)")
+    s.add_argument("--meshes", action="store_true",
+                   help="also write a mesh of every label and the RAMON objects as segment properties "
+                        "(annotation channels to precomputed; off by default: meshing every object takes a while)")
     s.add_argument("--restart", action="store_true", help="copy every chunk again, forgetting an earlier run")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_copy)
@@ -49,10 +55,13 @@ def cmd_copy(args) -> int:
         box = Box.from_xyz(args.x, args.y, args.z)
     report = copy(args.source, args.dest, box=box, levels=args.levels, workers=args.workers,
                   progress=not args.quiet and sys.stderr.isatty(), resume=not args.restart,
-                  config=load_config(args.config), scheduler=args.scheduler, address=args.address)
+                  config=load_config(args.config), scheduler=args.scheduler, address=args.address,
+                  meshes=args.meshes)
     for src, dst in report.channels.items():
         print(f"copied {src} -> {dst}")
     print(f"{report.written} chunks written ({report.nbytes / 2**20:.1f} MiB), {report.skipped} already done")
+    if args.meshes:
+        print(f"{report.meshes} meshes written, {report.meshes_skipped} already there")
     return 0
 
 

@@ -29,6 +29,7 @@ from ndfs.core.errors import NotFound
 from ndfs.core.geometry import Box
 from ndfs.core.info import VolumeInfo
 from ndfs.serve.limits import MAX_LIST_ITEMS, RequestRefused
+from ndfs.tools.mesh import fold_label_boxes
 
 log = logging.getLogger("ndfs.serve.segments")
 
@@ -114,7 +115,7 @@ class LabelIndex:
         z0, z_end = lv.box.start[0], lv.box.stop[0]
         while z0 < z_end:
             slab = Box((z0, lv.box.start[1], lv.box.start[2]), (min(z0 + depth, z_end), *lv.box.stop[1:]))
-            _merge(backend.read(ref, slab, level), slab.start, lo, hi)
+            fold_label_boxes(backend.read(ref, slab, level), slab.start, lo, hi)
             if len(lo) > MAX_INDEXED_IDS:
                 raise RequestRefused(413, f"{'/'.join(ref)} has more than {MAX_INDEXED_IDS} labels at level {level}: "
                                           "too many to index")
@@ -124,29 +125,3 @@ class LabelIndex:
         log.info("indexed %d labels of %s level %d in %.1f s", len(lo), "/".join(ref), level,
                  time.monotonic() - started)
         return {i: Box(tuple(int(v) for v in lo[i]), tuple(int(v) + 1 for v in hi[i])) for i in lo}
-
-
-def _merge(data: np.ndarray, origin, lo: dict, hi: dict) -> None:
-    """Fold the boxes of the non-zero labels of ``data`` (its first voxel at ``origin``) into lo/hi."""
-    ids = np.unique(data)
-    ids = ids[ids != 0]
-    if not len(ids):
-        return
-    which = np.searchsorted(ids, data).ravel()  # zeros land on index 0 too: masked out below
-    present = (data != 0).ravel()
-    which = which[present]
-    mins = np.full((3, len(ids)), np.iinfo(np.int64).max, np.int64)
-    maxs = np.full((3, len(ids)), -1, np.int64)
-    flat = np.flatnonzero(present)
-    coords = np.unravel_index(flat, data.shape)
-    for axis in range(3):
-        np.minimum.at(mins[axis], which, coords[axis])
-        np.maximum.at(maxs[axis], which, coords[axis])
-    for k, label in enumerate(ids.tolist()):
-        s = mins[:, k] + origin
-        e = maxs[:, k] + origin
-        if label in lo:
-            lo[label] = np.minimum(lo[label], s)
-            hi[label] = np.maximum(hi[label], e)
-        else:
-            lo[label], hi[label] = s, e

@@ -24,6 +24,12 @@ unsharded or sharded (:mod:`ndfs.stores.precomputed_shards`); skeletons are its 
 or sharded (vertex attribute ``radius`` kept); all in nm. Objects without a mesh of their own are
 meshed from the voxels by the mount (zmesh), as for any annotation channel.
 
+Meshes and segment properties are written too (what ``ndfs copy --meshes`` does): :meth:`PrecomputedBackend.
+write_mesh` stores an object's mesh as one legacy fragment ``mesh/<id>:0:0`` and then its manifest
+``mesh/<id>:0`` (so a manifest names a complete fragment), :meth:`~PrecomputedBackend.write_mesh_manifest`
+a manifest naming other objects' fragments, :meth:`~PrecomputedBackend.write_segment_properties` the
+``segment_properties/info`` document; each adds its folder to the layer's ``info`` when it is not there.
+
 Local layers that CloudVolume wrote with ``compress="gzip"`` store chunks as ``<name>.gz`` files, which
 tensorstore (and neuroglancer over plain HTTP) do not read: such a scale refuses reads with a message
 saying so instead of reading zeros. Thread-safe; no I/O in ``__init__``.
@@ -38,11 +44,12 @@ import threading
 
 import numpy as np
 
-from ndfs.core.errors import BackendError
+from ndfs.core.errors import BackendError, BadRegion, ReadOnly
 from ndfs.core.info import LevelInfo, VolumeInfo
-from ndfs.formats.precomputed import decode_legacy_fragment, info_document
+from ndfs.formats.precomputed import decode_legacy_fragment, info_document, legacy_fragment
 from ndfs.formats.swc import Skeleton
 from ndfs.ramon.neuroglancer import parse_segment_properties
+from ndfs.stores.base import as_ref
 from ndfs.stores.dataset import DatasetBackend, Found, Segments
 from ndfs.stores.precomputed_shards import decode_multilod, locate, parse_manifest, read_sharded
 from ndfs.stores.tstore import ArrayLevel, Location
@@ -51,6 +58,9 @@ log = logging.getLogger("ndfs.precomputed")
 
 LABEL_DTYPES = ("uint32", "uint64")
 MULTILOD = "neuroglancer_multilod_draco"
+LEGACY = "neuroglancer_legacy_mesh"
+#: the folders ndfs writes a layer's meshes and segment properties in (when its info names none)
+MESH_DIR, PROPERTIES_DIR = "mesh", "segment_properties"
 
 
 def _zyx(values) -> tuple:
@@ -266,6 +276,10 @@ class PrecomputedBackend(DatasetBackend):
     kind = "precomputed"
     format_name = "precomputed"
 
+    def __init__(self, url, **kwargs):
+        super().__init__(url, **kwargs)
+        self._mesh_folders: dict[tuple, Location] = {}
+
     def _probe(self, loc: Location, name: str) -> Found | None:
         doc = _json(loc, "info", "the precomputed info")
         if doc is None or "scales" not in doc:
@@ -274,6 +288,84 @@ class PrecomputedBackend(DatasetBackend):
 
     def _create(self, loc: Location, info: VolumeInfo) -> None:
         loc.write("info", json.dumps(info_document(info, keys="resolution"), indent=1).encode())
+
+    # ---- meshes and segment properties written --------------------------------------------------
+    def _segmentation(self, ref) -> tuple[Location, dict]:
+        """(location, info document) of the segmentation layer ``ref``, checked writable."""
+        ref = as_ref(ref)
+        found = self._volume(ref)
+        if found.info.kind != "annotation" or not isinstance(found.segments, PrecomputedSegments):
+            raise BadRegion(f"{'/'.join(ref)} is not a segmentation layer: only those keep meshes and properties")
+        if "write" not in self.capabilities:
+            raise ReadOnly(f"precomputed remote {self.location!r} cannot be written ({self.read_only_reason})")
+        doc = _json(found.location, "info", "the precomputed info")
+        if doc is None:
+            raise BackendError(f"the info of {found.location!r} is gone")
+        return found.location, doc
+
+    def _folder(self, ref, key: str, default: str, type_: str, what: str) -> Location:
+        """The layer's ``key`` folder (``default`` named in its info, and that folder's info written, when
+        the layer has none yet); BadRegion when the layer's folder holds another kind of document."""
+        loc, doc = self._segmentation(ref)
+        name = doc.get(key)
+        if not isinstance(name, str) or not name.strip("/"):
+            where = loc.join(default)
+            if type_ == LEGACY:
+                where.write("info", json.dumps({"@type": LEGACY}).encode())
+            doc[key] = default
+            loc.write("info", json.dumps(doc, indent=1).encode())
+            self.forget_volume(ref)
+            return where
+        where = loc.join(name)
+        if type_ == LEGACY:
+            sub = _json(where, "info", f"the info of {name}") or {}
+            if sub.get("sharding") or sub.get("@type", LEGACY) != LEGACY:
+                raise BadRegion(f"{'/'.join(as_ref(ref))} keeps {sub.get('@type', 'sharded')} {what}; ndfs writes "
+                                f"unsharded legacy meshes only")
+        return where
+
+    def mesh_folder(self, ref) -> Location:
+        """The layer's legacy mesh folder, named in its info (``mesh``) when it had none (kept until the
+        volume is forgotten)."""
+        ref = as_ref(ref)
+        with self._found_lock:
+            found = self._mesh_folders.get(ref)
+        if found is None:
+            found = self._folder(ref, "mesh", MESH_DIR, LEGACY, "meshes")
+            with self._found_lock:
+                self._mesh_folders[ref] = found
+        return found
+
+    def forget_volume(self, ref) -> None:
+        ref = as_ref(ref)
+        with self._found_lock:
+            for key in [k for k in self._mesh_folders if k[:len(ref)] == ref]:
+                del self._mesh_folders[key]
+        super().forget_volume(ref)
+
+    def has_mesh(self, ref, id: int) -> bool:
+        """Whether the layer holds the manifest ``<id>:0`` of a legacy mesh of ``id``."""
+        return self.mesh_folder(ref).read(f"{int(id)}:0") is not None
+
+    def write_mesh(self, ref, id: int, vertices, faces) -> None:
+        """Store the mesh of ``id`` (vertices x y z in nm, triangles) as the legacy fragment ``<id>:0:0``, then
+        its manifest ``<id>:0``."""
+        where = self.mesh_folder(ref)
+        where.write(f"{int(id)}:0:0", legacy_fragment(vertices, faces))
+        where.write(f"{int(id)}:0", json.dumps({"fragments": [f"{int(id)}:0:0"]}).encode())
+
+    def write_mesh_manifest(self, ref, id: int, parts) -> None:
+        """The manifest ``<id>:0`` naming the fragments ``<part>:0:0`` of ``parts`` (written before)."""
+        where = self.mesh_folder(ref)
+        where.write(f"{int(id)}:0", json.dumps({"fragments": [f"{int(p)}:0:0" for p in parts]}).encode())
+
+    def write_segment_properties(self, ref, doc: dict) -> None:
+        """Store a ``neuroglancer_segment_properties`` document as the layer's segment properties."""
+        if doc.get("@type") != "neuroglancer_segment_properties":
+            raise BadRegion("segment properties are a neuroglancer_segment_properties document")
+        where = self._folder(ref, "segment_properties", PROPERTIES_DIR, "properties", "segment properties")
+        where.write("info", json.dumps(doc).encode())
+        self.forget_volume(ref)
 
 
 __all__ = ["PrecomputedBackend", "parse_info", "info_document", "parse_segment_properties", "decode_legacy_fragment",

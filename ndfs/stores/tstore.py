@@ -10,7 +10,9 @@ drivers (``neuroglancer_precomputed``, ``zarr``, ``zarr3``) opened on the same l
 tensorstore is an optional dependency (the ``formats`` extra), imported when a dataset is first read,
 so ``import ndfs`` stays light. Credentials for ``gs://`` and ``s3://`` are found by tensorstore the
 usual way (Application Default Credentials; the AWS environment variables and config files), anonymous
-when there are none; ndfs never sees or logs them. Every error is an NdfsError. Thread-safe.
+when there are none; ndfs never sees or logs them. ``s3://`` goes to the service named by
+``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL`` when one is set (an S3-compatible store such as MinIO;
+region from ``AWS_REGION``/``AWS_DEFAULT_REGION``), as the AWS tools do. Every error is an NdfsError. Thread-safe.
 """
 
 from __future__ import annotations
@@ -126,6 +128,17 @@ class Location:
         """A tensorstore kvstore spec for this location."""
         if self.local:
             return {"driver": "file", "path": self.path.rstrip("/") + "/"}
+        if self.scheme == "s3":
+            endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+            if endpoint:  # an S3-compatible service: tensorstore's s3:// URLs do not read these variables
+                parsed = urlparse(self.base)
+                path = parsed.path.strip("/")
+                spec = {"driver": "s3", "bucket": parsed.netloc, "path": path + "/" if path else "",
+                        "endpoint": endpoint}
+                region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+                if region:
+                    spec["aws_region"] = region
+                return spec
         return self.url  # tensorstore parses http(s)://, gs:// and s3:// URLs itself
 
     # ---- small files ---------------------------------------------------------------

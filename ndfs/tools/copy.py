@@ -12,6 +12,16 @@ one line per chunk, the digest naming source, destination, box and levels); a co
 an interruption skips them, and the file is removed once the copy is complete. A chunk is recorded
 only after its write returned, so an interrupted copy at worst writes a chunk twice.
 
+Meshes (``meshes=True``, ``ndfs copy --meshes``): when the source is an annotation channel and the
+destination a precomputed layer, every label of the copied region at level 0 gets its mesh in the
+layer, as the mount makes a label object's ``<id>.obj`` (the source's own mesh where it keeps one, else
+zmesh of the object's voxels, through :data:`~ndfs.tools.mesh.mesh_cache`), written as a legacy
+fragment with its ``<id>:0`` manifest; a RAMON neuron's manifest names its segments' fragments. The
+source's RAMON objects, if it has any, become the layer's segment properties
+(:func:`~ndfs.ramon.neuroglancer.segment_properties`). Meshes are made by ``workers`` threads after the
+voxels; a mesh whose manifest is there already is skipped (unless ``resume=False``), so an interrupted
+copy goes on where it stopped.
+
 Sources and destinations are :class:`~ndfs.volume.Volume` objects, ``(backend, path)`` pairs, tree
 paths ``REMOTE/PROJECT.../CHANNEL`` of the configured remotes, or dataset URLs (``precomputed://...``,
 ``zarr+file:///...``: what :func:`ndfs.remote` opens). A folder copies every channel below it, keeping
@@ -36,7 +46,7 @@ from typing import Sequence
 from ndfs.core.errors import BadRegion, NdfsError, NotFound
 from ndfs.core.geometry import Box
 from ndfs.core.info import VolumeInfo
-from ndfs.stores.base import AdminStore, Backend, VolumeRef, as_ref
+from ndfs.stores.base import AdminStore, AnnotationStore, Backend, ShapeStore, VolumeRef, as_ref
 
 log = logging.getLogger("ndfs.copy")
 
@@ -49,6 +59,8 @@ class CopyReport:
     written: int = 0
     skipped: int = 0
     nbytes: int = 0
+    meshes: int = 0
+    meshes_skipped: int = 0
 
 
 def _innermost(backend: Backend) -> Backend:
@@ -173,15 +185,92 @@ def _copy_here(src: Backend, src_ref, dst: Backend, dst_ref, level: int, part: B
     return int(data.nbytes)
 
 
+def _mesh_store(dst: Backend, src_info: VolumeInfo, src_ref: VolumeRef):
+    """The precomputed store meshes are written to; BadRegion when the copy cannot carry meshes."""
+    from ndfs.stores.precomputed import PrecomputedBackend
+
+    store = _innermost(dst)
+    if not isinstance(store, PrecomputedBackend):
+        raise BadRegion(f"meshes are copied to a precomputed layer, not to a {dst.kind} remote")
+    if src_info.kind != "annotation":
+        raise BadRegion(f"{'/'.join(src_ref)} is an image channel: only annotation (label) channels have meshes")
+    return store
+
+
+def copy_meshes(src: Backend, src_ref, dst: Backend, dst_ref, *, box: Box | None = None, workers: int = 4,
+                progress: bool = True, resume: bool = True, report: CopyReport | None = None) -> CopyReport:
+    """The meshes and segment properties of an annotation channel into the precomputed layer ``dst_ref``
+    (which holds its voxels already): see the module doc."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+    from tqdm import tqdm
+
+    from ndfs.ramon.neuroglancer import segment_properties
+    from ndfs.tools.mesh import label_boxes, mesh_cache
+
+    src_ref, dst_ref = as_ref(src_ref), as_ref(dst_ref)
+    report = report if report is not None else CopyReport()
+    src_info = src.info(src_ref)
+    store = _mesh_store(dst, src_info, src_ref)
+    objects = []
+    if isinstance(src, AnnotationStore):
+        ids = src.ramon_ids(src_ref)
+        for i in range(0, len(ids), 1000):
+            objects.extend(src.ramon_get(src_ref, ids[i:i + 1000]))
+    if objects:
+        store.write_segment_properties(dst_ref, segment_properties(objects))
+    boxes = label_boxes(src, src_ref, _level_box(src_info, box, 0), 0)
+    neurons = {o.id: [s for s in o.segments if s in boxes] for o in objects
+               if o.type == "neuron" and o.id not in boxes}
+    neurons = {k: v for k, v in neurons.items() if v}
+    voxel_size = src_info.level(0).voxel_size_nm
+    shapes = isinstance(src, ShapeStore)
+
+    def one(label: int) -> bool:
+        if resume and store.has_mesh(dst_ref, label):
+            return False
+        own = src.object_mesh(src_ref, label) if shapes else None
+        if own is None:
+            where = boxes[label]
+            mask = (src.read(src_ref, where, 0) == label).astype(np.uint8)
+            made = mesh_cache.mesh_of_mask(mask, where.start, voxel_size, label=label)
+            own = made.vertices, made.faces
+        store.write_mesh(dst_ref, label, *own)
+        return True
+
+    bar = tqdm(total=len(boxes) + len(neurons), unit="mesh", disable=not progress,
+               desc=f"{'/'.join(src_ref)} meshes")
+    try:
+        with ThreadPoolExecutor(max(1, int(workers))) as pool:
+            for wrote in pool.map(one, boxes):
+                report.meshes += wrote
+                report.meshes_skipped += not wrote
+                bar.update(1)
+        for id, parts in neurons.items():  # after their segments: a manifest names fragments that exist
+            if resume and store.has_mesh(dst_ref, id):
+                report.meshes_skipped += 1
+            else:
+                store.write_mesh_manifest(dst_ref, id, parts)
+                report.meshes += 1
+            bar.update(1)
+    finally:
+        bar.close()
+    for layer in _layers_above(dst):
+        layer.forget_volume(dst_ref)
+    return report
+
+
 def copy_volume(src: Backend, src_ref, dst: Backend, dst_ref, *, box: Box | None = None,
                 levels: Sequence[int] | None = None, workers: int = 4, progress: bool = True, resume: bool = True,
                 report: CopyReport | None = None, scheduler: str = "threads", address: str | None = None,
-                client=None) -> CopyReport:
+                client=None, meshes: bool = False) -> CopyReport:
     """Copy one channel (or ``box`` of it, at level 0) from ``src`` to ``dst``, making the destination when
     it does not exist. ``levels`` default: every level the destination keeps and does not rebuild itself.
     ``scheduler`` ``"threads"`` (default), ``"processes"`` or ``"dask"`` (a LocalCluster of ``workers``
     processes, the scheduler at ``address``, or ``client``), as :func:`ndfs.tools.batch.map_blocks` runs
-    blocks; worker processes reopen both remotes from their recipes (open them with ``ndfs.remote``)."""
+    blocks; worker processes reopen both remotes from their recipes (open them with ``ndfs.remote``).
+    ``meshes``: then :func:`copy_meshes` (an annotation channel to a precomputed layer only)."""
     from tqdm import tqdm
 
     from ndfs.tools.batch import SCHEDULERS, _Pool
@@ -194,6 +283,8 @@ def copy_volume(src: Backend, src_ref, dst: Backend, dst_ref, *, box: Box | None
     src_ref, dst_ref = as_ref(src_ref), as_ref(dst_ref)
     report = report if report is not None else CopyReport()
     src_info = src.info(src_ref)
+    if meshes:
+        _mesh_store(dst, src_info, src_ref)  # refused before any voxel is copied
     try:
         dst_info = dst.info(dst_ref)
     except NotFound:
@@ -259,6 +350,9 @@ def copy_volume(src: Backend, src_ref, dst: Backend, dst_ref, *, box: Box | None
             pool.close(wait=complete)
         bar.close()
         state.finish(complete)
+    if meshes:
+        copy_meshes(src, src_ref, dst, dst_ref, box=box, workers=workers, progress=progress, resume=resume,
+                    report=report)
     report.channels["/".join(src_ref)] = "/".join(dst_ref)
     return report
 
@@ -297,24 +391,29 @@ def _resolve(target, config=None) -> tuple[Backend, VolumeRef, bool]:
 
 def copy(source, dest, *, box: Box | None = None, levels: Sequence[int] | None = None, workers: int = 4,
          progress: bool = True, resume: bool = True, config=None, scheduler: str = "threads",
-         address: str | None = None, client=None) -> CopyReport:
+         address: str | None = None, client=None, meshes: bool = False) -> CopyReport:
     """Copy a channel, a box of it (``box`` at level 0, ZYX, dataset coordinates) or every channel below a
     folder from ``source`` to ``dest`` (see the module doc). A folder's channels keep their paths below
-    ``dest``. ``scheduler``/``address``/``client``: see :func:`copy_volume`. Returns a :class:`CopyReport`."""
+    ``dest``. ``scheduler``/``address``/``client``: see :func:`copy_volume`. ``meshes``: the meshes and
+    segment properties of annotation channels too (to a precomputed destination; a folder's image channels
+    are copied without). Returns a :class:`CopyReport`."""
     run = {"scheduler": scheduler, "address": address, "client": client}
     src, src_ref, _ = _resolve(source, config)
     dst, dst_ref, into = _resolve(dest, config)
+    if meshes and not _innermost(dst).kind == "precomputed":
+        raise BadRegion(f"meshes are copied to a precomputed layer, not to a {dst.kind} remote")
     report = CopyReport()
     if src.is_volume(src_ref):
         if into:
             dst_ref = (src_ref[-1],)
         copy_volume(src, src_ref, dst, dst_ref, box=box, levels=levels, workers=workers, progress=progress,
-                    resume=resume, report=report, **run)
+                    resume=resume, report=report, meshes=meshes, **run)
         return report
     for ref in _volumes_below(src, src_ref):
+        labels = meshes and src.info(ref).kind == "annotation"
         copy_volume(src, ref, dst, dst_ref + ref[len(src_ref):], box=box, levels=levels, workers=workers,
-                    progress=progress, resume=resume, report=report, **run)
+                    progress=progress, resume=resume, report=report, meshes=labels, **run)
     return report
 
 
-__all__ = ["copy", "copy_volume", "CopyReport"]
+__all__ = ["copy", "copy_volume", "copy_meshes", "CopyReport"]

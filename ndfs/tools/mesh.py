@@ -41,7 +41,7 @@ import numpy as np
 from ndfs.core.errors import BadRegion, MissingExtra, NotFound
 from ndfs.core.geometry import Box
 
-__all__ = ["Mesh", "mesh_label", "to_obj", "to_ply", "save_mesh", "MeshCache", "cached_mesh", "mesh_cache",
+__all__ = ["Mesh", "mesh_label", "fold_label_boxes", "label_boxes", "to_obj", "to_ply", "save_mesh", "MeshCache", "cached_mesh", "mesh_cache",
            "mesh_disk_dir",
            "configure_mesh_cache", "encode_mesh", "decode_mesh", "mask_key", "clear_mesh_disk"]
 
@@ -253,6 +253,49 @@ def _mesh_tight(mask: np.ndarray, tight: Box, vs, simplify: int, max_error_nm, l
     return Mesh(vertices=vertices, faces=np.ascontiguousarray(got.faces, dtype=np.uint32), label=int(label))
 
 
+# ---- where each label is -----------------------------------------------------------
+def fold_label_boxes(data: np.ndarray, origin, lo: dict, hi: dict) -> None:
+    """Fold the boxes of the non-zero labels of ``data`` (its first voxel at ``origin``) into ``lo``/``hi``
+    (label -> first and last voxel, z y x, inclusive)."""
+    ids = np.unique(data)
+    ids = ids[ids != 0]
+    if not len(ids):
+        return
+    which = np.searchsorted(ids, data).ravel()  # zeros land on index 0 too: masked out below
+    present = (data != 0).ravel()
+    which = which[present]
+    mins = np.full((3, len(ids)), np.iinfo(np.int64).max, np.int64)
+    maxs = np.full((3, len(ids)), -1, np.int64)
+    flat = np.flatnonzero(present)
+    coords = np.unravel_index(flat, data.shape)
+    for axis in range(3):
+        np.minimum.at(mins[axis], which, coords[axis])
+        np.maximum.at(maxs[axis], which, coords[axis])
+    for k, label in enumerate(ids.tolist()):
+        s = mins[:, k] + origin
+        e = maxs[:, k] + origin
+        if label in lo:
+            lo[label] = np.minimum(lo[label], s)
+            hi[label] = np.maximum(hi[label], e)
+        else:
+            lo[label], hi[label] = s, e
+
+
+def label_boxes(backend, ref, box: Box, level: int = 0, slab_bytes: int = 64 * MiB) -> dict[int, Box]:
+    """{label: its tight box} of every non-zero label of ``box`` at ``level`` of a channel, from one scan
+    slab by slab (whole chunks deep when a slab holds one)."""
+    info = backend.info(ref)
+    lv = info.level(level)
+    plane = box.shape[1] * box.shape[2] * info.dtype.itemsize
+    depth = max(1, min(box.shape[0], slab_bytes // max(1, plane)))
+    if depth >= lv.chunk_shape[0]:
+        depth -= depth % lv.chunk_shape[0]
+    lo: dict[int, np.ndarray] = {}
+    hi: dict[int, np.ndarray] = {}
+    for z0 in range(box.start[0], box.stop[0], depth):
+        slab = Box((z0, box.start[1], box.start[2]), (min(z0 + depth, box.stop[0]), box.stop[1], box.stop[2]))
+        fold_label_boxes(backend.read(ref, slab, level), slab.start, lo, hi)
+    return {i: Box(tuple(int(v) for v in lo[i]), tuple(int(v) + 1 for v in hi[i])) for i in sorted(lo)}
 
 
 # ---- cache -----------------------------------------------------------------------
