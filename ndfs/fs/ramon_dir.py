@@ -14,7 +14,7 @@ every mesh). A written ``<id>.json`` is checked completely before anything is
 stored: bad JSON or a bad field is EINVAL and nothing changes; an ``id`` in
 the file must match the name (or be 0/absent). Rendered files are kept in the
 tree's rendered-file cache, keyed with the channel's write version; meshes
-come from :data:`ndfs.mesh.mesh_cache` (memory and disk, keyed by content).
+come from :data:`ndfs.tools.mesh.mesh_cache` (memory and disk, keyed by content).
 """
 
 from __future__ import annotations
