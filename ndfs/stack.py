@@ -90,7 +90,8 @@ def open_backend(remote: RemoteConfig, config: Config | None = None):
         import importlib
 
         module, cls = DATASET_BACKENDS[remote.kind]
-        options = check_remote_options(remote.kind, remote.options, f"remote {remote.name!r}")
+        options = driver_options(replace(remote, options=check_remote_options(remote.kind, remote.options,
+                                                                            f"remote {remote.name!r}")))
         where = remote.path if remote.path is not None else remote.url
         if where is None:
             raise ConfigError(f"remote {remote.name!r}: a {remote.kind} remote needs path = \"DIR\" or url = \"...\"")
