@@ -243,3 +243,42 @@ def test_a_channel_created_resized_and_deleted_by_intern_appears_changes_and_dis
             return False
 
         assert wait_until(gone, timeout=120, interval=0.3)
+
+
+# ---- precomputed over HTTP: the info's ETag, revalidated with one conditional request per max age ---------
+def test_a_mount_of_an_http_precomputed_layer_sees_a_rewritten_layer_and_checks_with_304s(tmp_path):
+    from cloudvolume import CloudVolume
+
+    from ndfs.testing.http_static import StaticServer
+
+    def write(data_xyz):  # another writer makes the layer anew: a new info and every chunk
+        info = CloudVolume.create_new_info(1, "image", "uint8", "raw", [4, 4, 40], [0, 0, 0], data_xyz.shape,
+                                           chunk_size=[32, 32, 8])
+        cv = CloudVolume(f"file://{tmp_path / 'served' / 'em'}", info=info, progress=False, compress=False)
+        cv.commit_info()
+        cv[:, :, :] = data_xyz
+
+    first = np.random.default_rng(11).integers(1, 200, (64, 64, 16), dtype=np.uint8)
+    write(first)
+    with StaticServer(tmp_path / "served") as server:
+        config = tmp_path / "ndfs.toml"
+        config.write_text(f'[remotes.pc]\nkind = "precomputed"\nurl = "{server.url}/em"\nmax_age_s = 1\n'
+                          f'[cache]\ndir = "{tmp_path / "cache"}"\n')
+        mnt = tmp_path / "mnt"
+        with mounted(config, mnt, "--no-prefetch"):
+            plane = mnt / "pc" / "em" / "0" / "z" / "5.tif"
+            np.testing.assert_array_equal(tifffile.imread(plane), first[:, :, 5].T)
+            server.reset()
+            time.sleep(3.5)  # three checks' worth of time
+            for _ in range(3):
+                np.testing.assert_array_equal(tifffile.imread(plane), first[:, :, 5].T)
+            # unchanged: only the info was asked for, each time answered 304 without a body
+            assert set(server.keys) == {"em/info"} and server.counts["not_modified"] == server.keys["em/info"] >= 1
+            assert server.bytes_sent == 0
+            second = np.full((64, 64, 16), 123, np.uint8)
+            write(second)
+            assert wait_until(lambda: (tifffile.imread(plane) == 123).all(), timeout=120, interval=0.2)
+            entry = stats(mnt, "pc")["cache"]["volumes"]["em"]
+            assert entry["policy"] == "checked" and entry["max_age_s"] == 1.0 and entry["changes"] >= 1
+            report = ndfs("--config", config, "cache", "info", "--mount", mnt).stdout
+            assert ("pc", "em", "checked", "1") in {tuple(line.split()[:4]) for line in report.splitlines()}

@@ -428,7 +428,9 @@ def max_age_of(rc: RemoteConfig, cache: CacheConfig, writable: bool) -> float | 
     the remote's own ``max_age_s``, else ``[cache] max_age_s``, else its kind's default: DVID
     ``DVID_MAX_AGE_S`` (open nodes are checked that often; locked ones are kept for good), the BOSS and
     NeuroData ``WRITABLE_MAX_AGE_S`` for a remote ndfs can write (``writable``: a token and not read_only),
-    None otherwise (read-only and anonymous data, the local store). ``inf`` means None. Pure."""
+    None otherwise (read-only and anonymous data, the local store, and the precomputed and zarr remotes:
+    datasets there are mostly published data, so they are kept until written unless a ``max_age_s`` asks
+    for their metadata file to be checked that often). ``inf`` means None. Pure."""
     value = rc.options.get("max_age_s", cache.max_age_s)
     if value is None:
         if rc.kind == "dvid":

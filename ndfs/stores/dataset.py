@@ -15,6 +15,12 @@ a volume (its VolumeInfo and one :class:`~ndfs.stores.tstore.ArrayLevel` per lev
 named entries. Voxels are read and written through tensorstore, one level at a time; ndfs's chunk cache
 sits in front (every level reports its own chunks, for sharded data the inner chunks, as chunk shape).
 
+Writes by other clients: :meth:`DatasetBackend.validate` gives a cache the state of a volume from its
+dataset's metadata file (:class:`Meta`: a precomputed layer's ``info``; a zarr array's ``.zarray``, an
+OME-Zarr image's ``.zattrs``, or ``zarr.json`` on zarr v3), at most one stat (local) or one conditional
+GET (http(s), 304 when unchanged) per dataset per max age. Chunks rewritten under an unchanged metadata
+file are not seen by it. gs:// and s3:// offer no signal here (None: a cache expires what it holds).
+
 Segmentations (label layers and OME-Zarr labels) are annotation channels whose RAMON objects come from
 the dataset's own metadata (:class:`Segments`): ``ramon_ids``/``ramon_get`` list and describe them
 (read-only; a put or delete is EROFS), ``ramon_bbox`` finds an object's voxels by scanning the level
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -34,8 +41,8 @@ import numpy as np
 from ndfs.core.errors import BadRegion, NotFound, ReadOnly, TooLarge
 from ndfs.core.geometry import Box
 from ndfs.core.info import VolumeInfo
-from ndfs.stores.base import AdminStore, AnnotationStore, Backend, ShapeStore, VolumeRef, as_ref
-from ndfs.stores.tstore import ArrayLevel, Location
+from ndfs.stores.base import AdminStore, AnnotationStore, Backend, ShapeStore, Validation, VolumeRef, as_ref
+from ndfs.stores.tstore import ArrayLevel, Location, Stamp
 
 log = logging.getLogger("ndfs.dataset")
 
@@ -58,6 +65,22 @@ class Segments:
         return None
 
 
+@dataclass(eq=False)
+class Meta:
+    """The file a dataset's description comes from, and the state it was in when last read or revalidated:
+    ``stamp`` (:data:`~ndfs.stores.tstore.Stamp`; None when the storage gives none), ``at`` when that was
+    known (``time.time()``) and ``mono`` (the backend's monotonic clock; set when the Found is first
+    kept). Shared by every channel of the dataset, so one check covers them all. ``stamp`` is what the
+    Found holding it was parsed from."""
+
+    location: Location
+    key: str
+    stamp: Stamp | None
+    at: float = field(default_factory=time.time)
+    mono: float | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+
 @dataclass
 class Found:
     """What is at a location: a volume (``info`` and ``levels``) or a folder of ``entries`` (name -> the
@@ -68,6 +91,8 @@ class Found:
     segments: Segments | None = None
     entries: "dict[str, Location | Found] | None" = None
     location: Location | None = None
+    #: the metadata file the volume's description was read from (None: nothing to revalidate)
+    meta: Meta | None = None
 
     @property
     def is_volume(self) -> bool:
@@ -102,6 +127,8 @@ class DatasetBackend(Backend, AnnotationStore, ShapeStore, AdminStore):
         self.max_scan_bytes = int(max_scan_bytes)
         self._found: dict[VolumeRef, Found] = {}
         self._found_lock = threading.Lock()
+        #: the monotonic clock checks are timed with (tests step it by hand, with the cache's)
+        self._clock = time.monotonic
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.location!r})"
@@ -180,6 +207,8 @@ class DatasetBackend(Backend, AnnotationStore, ShapeStore, AdminStore):
         if found is not None:
             return found
         found = self._resolve(path)
+        if found.meta is not None and found.meta.mono is None:
+            found.meta.mono = self._clock()
         with self._found_lock:
             self._found.setdefault(path, found)
             return self._found[path]
@@ -250,6 +279,58 @@ class DatasetBackend(Backend, AnnotationStore, ShapeStore, AdminStore):
 
     def _info(self, ref: VolumeRef) -> VolumeInfo:
         return self._volume(ref).info
+
+    # ---- changes made by other clients -------------------------------------------------------
+    def validate(self, ref: Sequence[str], max_age_s: float) -> Validation | None:
+        """The volume's state from its dataset's metadata file (:class:`Meta`), from an answer at most
+        ``max_age_s`` old: a stat of a local file, or one conditional GET over http(s) (``If-None-Match``
+        / ``If-Modified-Since``; a 304 has no body), shared by the channels of one dataset. When the file
+        changed, what this backend knows of the dataset is forgotten, so the next look reads the metadata
+        again. The token is the file's stamp (mtime, size and inode; ETag and Last-Modified): it moves when
+        the metadata is rewritten, not when chunks are rewritten under the same metadata. None (no I/O)
+        for gs:// and s3:// and servers that send neither ETag nor Last-Modified. NotFound when the
+        metadata file is gone."""
+        ref = as_ref(ref)
+        meta = self._volume(ref).meta
+        if meta is None or meta.stamp is None or not meta.location.stampable:
+            return None
+        with meta.lock:  # one request per dataset, however many of its channels are checked at once
+            if meta.mono is not None and self._clock() - meta.mono < max_age_s:
+                return Validation(meta.stamp, meta.at)
+            mono, at = self._clock(), time.time()
+            now = meta.location.revalidate(meta.key, meta.stamp)
+            if now == meta.stamp:
+                meta.mono, meta.at = mono, at
+        if now is None:
+            self._forget_dataset(meta.location)
+            raise NotFound(f"{'/'.join(ref)}: {meta.key} of {meta.location!r} is gone")
+        if now != meta.stamp:
+            log.info("%s of %r changed: its description is read again", meta.key, meta.location)
+            self._forget_dataset(meta.location)
+        return Validation(now, at)
+
+    def _forget_dataset(self, loc: Location) -> None:
+        """Forget every channel and folder described by the dataset at ``loc`` (and what lies below them)."""
+        with self._found_lock:
+            gone = [k for k, f in self._found.items() if f.location is not None and f.location.url == loc.url]
+            gone = [k for k in self._found if any(k[:len(g)] == g for g in gone)]
+            for key in gone:
+                del self._found[key]
+        for key in gone:
+            Backend.forget_info(self, key)
+
+    def forget_info(self, ref: Sequence[str] | None = None) -> None:
+        """Drop memoised info; for a channel whose dataset :meth:`validate` cannot check (gs://, s3://), also
+        what was read of its metadata, so the next look reads it again (a cache forgets a volume's info when
+        its max-age window ends). A checked dataset's description is as current as its stamp, and
+        :meth:`validate` forgets it when the stamp moves."""
+        if ref is not None:
+            with self._found_lock:
+                found = self._found.get(as_ref(ref))
+            if found is not None and found.is_volume and found.location is not None and \
+                    (found.meta is None or found.meta.stamp is None or not found.meta.location.stampable):
+                self._forget_dataset(found.location)
+        super().forget_info(ref)
 
     def forget_volume(self, ref: Sequence[str]) -> None:
         """Forget what is known of ``ref`` and everything below it (after it was made anew)."""

@@ -108,17 +108,19 @@ class HttpClient:
             message = message.replace(secret, "***")
         return error if message == error.message else type(error)(message, errno=error.errno)
 
-    def request(self, method: str, path: str, *, expect: int = 200, data=None, headers=None, params=None,
+    def request(self, method: str, path: str, *, expect: int | tuple[int, ...] = 200, data=None, headers=None, params=None,
                 decode: Callable | None = None, retry: bool = True):
         """One logical request; returns ``decode(response)`` or the response.
 
-        ``decode`` raising ValueError, or the BadInput/TooLarge of a refusing
+        ``expect`` is the status of a good answer, or a tuple of them (a conditional request takes 200 and
+        304). ``decode`` raising ValueError, or the BadInput/TooLarge of a refusing
         :mod:`ndfs.formats.safe` decoder, counts as a retryable bad answer. ``retry=False``
         sends once (for calls that are not idempotent).
         """
         import requests
 
         url = self.base_url + path
+        good = expect if isinstance(expect, tuple) else (expect,)
         attempts = self.retries + 1 if retry else 1
         for attempt in range(attempts):
             with self._lock:
@@ -138,7 +140,7 @@ class HttpClient:
                 except requests.RequestException as exc:
                     raise self._scrub(BackendError(f"{self.name} {method} {path}: {exc}")) from exc
                 log.debug("%s %s -> %d in %.3f s", method, path, resp.status_code, time.monotonic() - started)
-                if resp.status_code != expect:
+                if resp.status_code not in good:
                     error = self._scrub(self.error_for(resp, method, path))
                     if resp.status_code in RETRY_STATUS:
                         raise Retryable(error, retry_after(resp))

@@ -36,7 +36,7 @@ import numpy as np
 from ndfs.core.errors import BackendError
 from ndfs.core.info import LevelInfo, VolumeInfo
 from ndfs.formats.ngff import zarray_v2, zattrs_v04
-from ndfs.stores.dataset import DatasetBackend, Found, Segments
+from ndfs.stores.dataset import DatasetBackend, Found, Meta, Segments
 from ndfs.stores.tstore import ArrayLevel, Location
 
 #: nanometres per unit of the NGFF space axis units (and their common abbreviations)
@@ -46,8 +46,12 @@ UNITS_NM = {"nanometer": 1.0, "nm": 1.0, "micrometer": 1e3, "micron": 1e3, "um":
 _SAFE = re.compile(r"^[A-Za-z0-9_.+-]{1,64}$")
 
 
-def _json(loc: Location, key: str) -> dict | None:
-    data = loc.read(key)
+def _json(loc: Location, key: str, stamps: dict | None = None) -> dict | None:
+    """The JSON object ``key`` holds (None when absent); with ``stamps``, read stamped and its stamp kept there."""
+    if stamps is None:
+        data = loc.read(key)
+    else:
+        data, stamps[key] = loc.read_stamped(key)
     if data is None:
         return None
     try:
@@ -59,22 +63,30 @@ def _json(loc: Location, key: str) -> dict | None:
     return doc
 
 
-def read_node(loc: Location) -> tuple[int, str, dict, dict] | None:
-    """(zarr format, "group" or "array", attributes, array metadata) of the zarr node at ``loc``, or None."""
-    v3 = _json(loc, "zarr.json")
+def read_node(loc: Location, stamps: dict | None = None) -> tuple[int, str, dict, dict] | None:
+    """(zarr format, "group" or "array", attributes, array metadata) of the zarr node at ``loc``, or None.
+    ``stamps``: filled with the state of each metadata file read (:meth:`Location.read_stamped`)."""
+    v3 = _json(loc, "zarr.json", stamps)
     if v3 is not None:
         kind = v3.get("node_type")
         attrs = v3.get("attributes") or {}
         if isinstance(attrs.get("ome"), dict):
             attrs = {**attrs, **attrs["ome"]}
         return 3, kind, attrs, v3 if kind == "array" else {}
-    attrs = _json(loc, ".zattrs") or {}
-    array = _json(loc, ".zarray")
+    attrs = _json(loc, ".zattrs", stamps) or {}
+    array = _json(loc, ".zarray", stamps)
     if array is not None:
         return 2, "array", attrs, array
     if _json(loc, ".zgroup") is not None or attrs:
         return 2, "group", attrs, {}
     return None
+
+
+def _meta(loc: Location, fmt: int, kind: str, stamps: dict) -> Meta:
+    """The file a node's description is checked by: ``zarr.json`` (v3), an array's ``.zarray``, a group's
+    ``.zattrs`` (v2: where an OME-Zarr image keeps its multiscales and labels)."""
+    key = "zarr.json" if fmt == 3 else ".zarray" if kind == "array" else ".zattrs"
+    return Meta(loc, key, stamps.get(key))
 
 
 def array_geometry(fmt: int, meta: dict) -> tuple[tuple[int, ...], np.dtype, tuple[int, ...], bool]:
@@ -126,8 +138,9 @@ def _channel_names(attrs: dict, n: int) -> list[str]:
     return [f"c{i}" for i in range(n)]
 
 
-def parse_image(attrs: dict, loc: Location, name: str, fmt: int) -> Found:
-    """The channel (or folder of channels) an OME-Zarr multiscale image describes."""
+def parse_image(attrs: dict, loc: Location, name: str, fmt: int, source: Meta | None = None) -> Found:
+    """The channel (or folder of channels) an OME-Zarr multiscale image describes (``source``: the state of
+    the image's metadata file it was read in, shared by its channels)."""
     try:
         ms = attrs["multiscales"][0]
         datasets = ms["datasets"]
@@ -190,7 +203,7 @@ def parse_image(attrs: dict, loc: Location, name: str, fmt: int) -> Found:
                 axes=tuple(names), fixed=fixed, origin=(0, 0, 0), info=lv, sharded=sharded,
                 read_only=(f"level {path} of OME-Zarr image {name} is sharded: ndfs never rewrites part of a "
                            "shard, so it is read-only") if sharded else None))
-        return Found(info=info, levels=levels_, segments=segments, location=loc)
+        return Found(info=info, levels=levels_, segments=segments, location=loc, meta=source)
 
     if len(choices) == 1:
         return found({i: 0 for i in other})
@@ -201,7 +214,7 @@ def parse_image(attrs: dict, loc: Location, name: str, fmt: int) -> Found:
         else:
             parts.append([f"{names[i]}{k}" for k in range(size)])
     entries = {"-".join(p[k] for p, k in zip(parts, pick)): found(dict(zip(other, pick))) for pick in choices}
-    return Found(entries=entries, location=loc)
+    return Found(entries=entries, location=loc, meta=source)
 
 
 class LabelSegments(Segments):
@@ -240,14 +253,15 @@ class ZarrBackend(DatasetBackend):
     format_name = "zarr"
 
     def _probe(self, loc: Location, name: str) -> Found | None:
-        node = read_node(loc)
+        stamps: dict = {}
+        node = read_node(loc, stamps)
         if node is None:
             return None
         fmt, kind, attrs, meta = node
         if kind == "array":
-            return self._plain_array(loc, fmt, meta, name)
+            return self._plain_array(loc, fmt, meta, name, _meta(loc, fmt, kind, stamps))
         if "multiscales" in attrs:
-            image = parse_image(attrs, loc, name, fmt)
+            image = parse_image(attrs, loc, name, fmt, _meta(loc, fmt, kind, stamps))
             labels = read_node(loc.join("labels"))
             listed = labels[2].get("labels") if labels is not None and labels[1] == "group" else None
             if not listed:
@@ -272,7 +286,7 @@ class ZarrBackend(DatasetBackend):
         loc.write(".zattrs", json.dumps(attrs, indent=1).encode())
 
     @staticmethod
-    def _plain_array(loc: Location, fmt: int, meta: dict, name: str) -> Found:
+    def _plain_array(loc: Location, fmt: int, meta: dict, name: str, stamp: Meta | None = None) -> Found:
         shape, dtype, chunks, sharded = array_geometry(fmt, meta)
         if len(shape) not in (2, 3):
             raise BackendError(f"zarr array {loc!r} has {len(shape)} dimensions; ndfs shows arrays of 2 or 3 "
@@ -284,7 +298,7 @@ class ZarrBackend(DatasetBackend):
                            fixed={}, origin=(0, 0, 0), info=lv, sharded=sharded,
                            read_only=f"zarr array {name} is sharded: read-only" if sharded else None)
         return Found(info=VolumeInfo(dtype=dtype, kind="image", levels=(lv,), extra={"format": f"zarr v{fmt}"}),
-                     levels=[level], location=loc)
+                     levels=[level], location=loc, meta=stamp)
 
 
 __all__ = ["ZarrBackend", "parse_image", "read_node", "array_geometry"]

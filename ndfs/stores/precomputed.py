@@ -50,7 +50,7 @@ from ndfs.formats.precomputed import decode_legacy_fragment, info_document, lega
 from ndfs.formats.swc import Skeleton
 from ndfs.ramon.neuroglancer import parse_segment_properties
 from ndfs.stores.base import as_ref
-from ndfs.stores.dataset import DatasetBackend, Found, Segments
+from ndfs.stores.dataset import DatasetBackend, Found, Meta, Segments
 from ndfs.stores.precomputed_shards import decode_multilod, locate, parse_manifest, read_sharded
 from ndfs.stores.tstore import ArrayLevel, Location
 
@@ -69,7 +69,10 @@ def _zyx(values) -> tuple:
 
 
 def _json(loc: Location, key: str, what: str) -> dict | None:
-    data = loc.read(key)
+    return _parse(loc.read(key), loc, key, what)
+
+
+def _parse(data: bytes | None, loc: Location, key: str, what: str) -> dict | None:
     if data is None:
         return None
     try:
@@ -81,8 +84,9 @@ def _json(loc: Location, key: str, what: str) -> dict | None:
     return doc
 
 
-def parse_info(doc: dict, loc: Location, name: str) -> Found:
-    """The Found (a volume, or a folder of channels) a precomputed ``info`` describes."""
+def parse_info(doc: dict, loc: Location, name: str, meta: Meta | None = None) -> Found:
+    """The Found (a volume, or a folder of channels) a precomputed ``info`` describes (``meta``: the
+    ``info`` file's state it was read in, shared by the channels)."""
     try:
         dtype = np.dtype(doc["data_type"])
         kind = "annotation" if doc.get("type") == "segmentation" and dtype.name in LABEL_DTYPES else "image"
@@ -120,9 +124,9 @@ def parse_info(doc: dict, loc: Location, name: str) -> Found:
         raise BackendError(f"the info of precomputed layer {loc!r} is not usable: {exc!r}") from exc
     segments = PrecomputedSegments(loc, doc) if kind == "annotation" else None
     if channels == 1:
-        return Found(info=info, levels=per_channel[0], segments=segments, location=loc)
-    return Found(entries={f"c{c}": Found(info=info, levels=per_channel[c], location=loc) for c in range(channels)},
-                 location=loc)
+        return Found(info=info, levels=per_channel[0], segments=segments, location=loc, meta=meta)
+    return Found(entries={f"c{c}": Found(info=info, levels=per_channel[c], location=loc, meta=meta)
+                          for c in range(channels)}, location=loc, meta=meta)
 
 
 class PrecomputedSegments(Segments):
@@ -281,10 +285,11 @@ class PrecomputedBackend(DatasetBackend):
         self._mesh_folders: dict[tuple, Location] = {}
 
     def _probe(self, loc: Location, name: str) -> Found | None:
-        doc = _json(loc, "info", "the precomputed info")
+        data, stamp = loc.read_stamped("info")
+        doc = _parse(data, loc, "info", "the precomputed info")
         if doc is None or "scales" not in doc:
             return None
-        return parse_info(doc, loc, name)
+        return parse_info(doc, loc, name, Meta(loc, "info", stamp))
 
     def _create(self, loc: Location, info: VolumeInfo) -> None:
         loc.write("info", json.dumps(info_document(info, keys="resolution"), indent=1).encode())

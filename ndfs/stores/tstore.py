@@ -3,7 +3,9 @@
 The ``precomputed`` and ``zarr`` remotes (:mod:`ndfs.stores.precomputed`, :mod:`ndfs.stores.omezarr`)
 name a location by URL: a local path, ``file://``, ``http(s)://``, ``gs://`` or ``s3://``.
 :class:`Location` joins keys onto it, reads small files (metadata, meshes, skeletons), lists local
-folders and writes small files where the location can be written. Voxels go through tensorstore's
+folders and writes small files where the location can be written; :meth:`Location.read_stamped` and
+:meth:`Location.revalidate` tell whether a metadata file changed (a stat of a local file, one conditional
+request over http(s)). Voxels go through tensorstore's
 drivers (``neuroglancer_precomputed``, ``zarr``, ``zarr3``) opened on the same location:
 :class:`ArrayLevel` reads and writes a ZYX box of one level.
 
@@ -39,6 +41,41 @@ log = logging.getLogger("ndfs.tstore")
 SCHEMES = ("file", "http", "https", "gs", "s3")
 #: the largest metadata file read whole (info, .zattrs, zarr.json, mesh manifests)
 MAX_META_BYTES = 64 * 2**20
+
+Stamp = tuple
+"""What identifies one state of a file: ``("stat", mtime_ns, size, inode)`` of a local file,
+``("http", etag, last_modified)`` of one served over http(s) (either may be "", not both). JSON-able."""
+
+_HTTP_CLIENTS: dict = {}
+_HTTP_LOCK = threading.Lock()
+
+
+def _http_client(base: str):
+    """One pooled HTTP session per server (scheme://[user-info@]host:port), shared by every location on it."""
+    from ndfs.stores.http import HttpClient, status_error
+
+    def error_for(resp, method, path):
+        return status_error(resp.status_code, f"{method} {mask_url(base + path)}: HTTP {resp.status_code}")
+
+    with _HTTP_LOCK:
+        client = _HTTP_CLIENTS.get(base)
+        if client is None:
+            client = _HTTP_CLIENTS[base] = HttpClient("dataset", base, None, error_for, retries=2,
+                                                      backoff_s=0.5, backoff_cap_s=5.0, workers=4)
+        return client
+
+
+#: asks caches on the way (proxies, CDNs) to check with the origin, as tensorstore's http store does
+_NO_CACHE = {"Cache-Control": "no-cache"}
+
+
+def _http_stamp(headers) -> Stamp | None:
+    etag, modified = headers.get("ETag") or "", headers.get("Last-Modified") or ""
+    return ("http", etag, modified) if etag or modified else None
+
+
+def _stat_stamp(st: os.stat_result) -> Stamp:
+    return ("stat", st.st_mtime_ns, st.st_size, st.st_ino)
 
 
 def tensorstore():
@@ -175,6 +212,74 @@ class Location:
         if len(got.value) > max_bytes:
             raise BackendError(f"{key} of {self!r} holds {len(got.value)} bytes, more than the {max_bytes} expected")
         return bytes(got.value)
+
+    @property
+    def stampable(self) -> bool:
+        """Whether :meth:`revalidate` can tell a file changed here (local paths and http(s); not gs:// or s3://)."""
+        return self.scheme in ("file", "http", "https")
+
+    def _http_parts(self, key: str) -> tuple:
+        parts = urlparse(self.base + "/" + key)
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
+        return _http_client(f"{parts.scheme}://{parts.netloc}"), quote(unquote(path), safe="/?=&%:@+,;~-._")
+
+    def read_stamped(self, key: str, *, max_bytes: int = MAX_META_BYTES) -> tuple[bytes | None, Stamp | None]:
+        """The bytes of ``key`` (None when it does not exist) and the stamp of the state they were read in:
+        a local file's stat taken on the file read; over http(s) the ``ETag`` and ``Last-Modified`` of the
+        one GET that brought them (None when the server sends neither; always None on gs:// and s3://)."""
+        if self.local:
+            path = os.path.join(self.path, *key.split("/"))
+            try:
+                with open(path, "rb") as fh:
+                    st = os.fstat(fh.fileno())
+                    if st.st_size > max_bytes:
+                        raise BackendError(f"{path} holds {st.st_size} bytes, more than the {max_bytes} expected")
+                    return fh.read(), _stat_stamp(st)
+            except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+                return None, None
+            except OSError as exc:
+                raise BackendError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        if self.scheme not in ("http", "https"):
+            return self.read(key, max_bytes=max_bytes), None
+        client, path = self._http_parts(key)
+        try:
+            resp = client.request("GET", path, headers=_NO_CACHE)
+        except NotFound:
+            return None, None
+        if len(resp.content) > max_bytes:
+            raise BackendError(f"{key} of {self!r} holds {len(resp.content)} bytes, more than the {max_bytes} expected")
+        return resp.content, _http_stamp(resp.headers)
+
+    def revalidate(self, key: str, stamp: Stamp) -> Stamp | None:
+        """The stamp of ``key`` now (``stamp`` itself when it has not changed), None when it is gone: a stat of a
+        local file; over http(s) one conditional GET (``If-None-Match`` with the ETag, ``If-Modified-Since``
+        with the Last-Modified ``stamp`` holds), which costs no body when the answer is 304 Not Modified.
+        BadRegion where nothing can tell (gs://, s3://: see :attr:`stampable`)."""
+        if self.local:
+            try:
+                st = os.stat(os.path.join(self.path, *key.split("/")))
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+            except OSError as exc:
+                raise BackendError(f"cannot stat {key} of {self!r}: {exc.strerror or exc}") from exc
+            found = _stat_stamp(st)
+            return stamp if found == stamp else found
+        if self.scheme not in ("http", "https"):
+            raise BadRegion(f"{self!r}: {self.scheme}:// files are not revalidated")
+        client, path = self._http_parts(key)
+        headers = dict(_NO_CACHE)
+        if stamp[1]:
+            headers["If-None-Match"] = stamp[1]
+        if stamp[2]:
+            headers["If-Modified-Since"] = stamp[2]
+        try:
+            resp = client.request("GET", path, headers=headers, expect=(200, 304))
+        except NotFound:
+            return None
+        if resp.status_code == 304:
+            return stamp
+        found = _http_stamp(resp.headers)
+        return stamp if found == stamp else found or ("http", "", "")
 
     def read_range(self, key: str, start: int, stop: int) -> bytes | None:
         """Bytes ``[start, stop)`` of ``key`` (fewer at its end), or None when it does not exist."""
@@ -387,4 +492,4 @@ class ArrayLevel:
             raise ts_error(exc, f"writing {box}") from exc
 
 
-__all__ = ["Location", "ArrayLevel", "tensorstore", "ts_error", "context", "SCHEMES"]
+__all__ = ["Location", "ArrayLevel", "Stamp", "tensorstore", "ts_error", "context", "SCHEMES"]

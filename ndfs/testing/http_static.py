@@ -3,9 +3,14 @@
 Serves the files below a directory on 127.0.0.1 the way a bucket or a web server does for neuroglancer,
 tensorstore and CloudVolume: GET and HEAD, single byte ranges (``bytes=a-b``, ``bytes=a-`` and suffix
 ranges ``bytes=-N``) answered 206 with ``Content-Range`` (416 past the end), 404 for absent keys and
-folders, ``Accept-Ranges: bytes`` and ``Access-Control-Allow-Origin: *`` on every answer. ``latency_ms``
-delays every answer (a remote store's round trip); ``requests`` counts what was asked (thread-safe).
-Read-only: anything but GET, HEAD and OPTIONS is 405.
+folders, ``Accept-Ranges: bytes`` and ``Access-Control-Allow-Origin: *`` on every answer. Files carry an
+``ETag`` (their modification time in ns, size and inode) and ``Last-Modified``; a GET or HEAD whose
+``If-None-Match`` names the current ETag, or (without ``If-None-Match``) whose ``If-Modified-Since`` is not
+older than the file, is answered 304 with no body, as a bucket or a web server answers a revalidation
+(``etags=False``: no ETag, only ``Last-Modified``, as some static servers answer).
+``latency_ms`` delays every answer (a remote store's round trip); ``requests`` counts what was asked,
+``counts`` each method and answer kind (``whole``, ``ranged``, ``not_modified``), ``bytes_sent`` the body
+bytes (thread-safe). Read-only: anything but GET, HEAD and OPTIONS is 405.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import re
 import threading
 import time
 from collections import Counter
+from email.utils import formatdate, parsedate_to_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -22,14 +28,33 @@ from urllib.parse import unquote, urlparse
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
+def _not_modified(headers, etag: str | None, mtime: float) -> bool:
+    """Whether a request's validators say the client holds the current file (RFC 9110 13.2.2: If-None-Match
+    wins over If-Modified-Since; a weak ``W/`` tag compares as its strong self for GET)."""
+    wanted = headers.get("If-None-Match")
+    if wanted is not None:
+        tags = [t.strip() for t in wanted.split(",")]
+        return etag is not None and ("*" in tags or etag in tags or f"W/{etag}" in tags)
+    since = headers.get("If-Modified-Since")
+    if since is None:
+        return False
+    try:
+        return int(mtime) <= parsedate_to_datetime(since).timestamp()
+    except (TypeError, ValueError):
+        return False
+
+
 class StaticServer:
     """``with StaticServer(root, latency_ms=20) as server: server.url``; counts in ``server.requests``."""
 
-    def __init__(self, root, *, latency_ms: float = 0.0, port: int = 0):
+    def __init__(self, root, *, latency_ms: float = 0.0, port: int = 0, etags: bool = True):
         self.root = Path(root).resolve()
+        self.etags = bool(etags)  # False: only Last-Modified, as some static servers do
         self.latency_s = float(latency_ms) / 1000.0
         self._lock = threading.Lock()
         self.counts: Counter = Counter()
+        #: GET and HEAD requests per key (the path below the root)
+        self.keys: Counter = Counter()
         self.bytes_sent = 0
         outer = self
 
@@ -54,12 +79,28 @@ class StaticServer:
                 key = unquote(urlparse(self.path).path).lstrip("/")
                 with outer._lock:
                     outer.counts[self.command] += 1
+                    if self.command in ("GET", "HEAD"):
+                        outer.keys[key] += 1
                 path = (outer.root / key).resolve()
                 if outer.root not in path.parents and path != outer.root or not path.is_file():
                     self._headers(404, 0)
                     return
-                size = path.stat().st_size
-                start, stop, code, extra = 0, size, 200, {}
+                st = path.stat()
+                size = st.st_size
+                tags = {"ETag": f'"{st.st_mtime_ns:x}-{size:x}-{st.st_ino:x}"',
+                        "Last-Modified": formatdate(st.st_mtime, usegmt=True)}
+                if not outer.etags:
+                    del tags["ETag"]
+                if _not_modified(self.headers, tags.get("ETag"), st.st_mtime):
+                    with outer._lock:
+                        outer.counts["not_modified"] += 1
+                    self.send_response(304)
+                    self.send_header("Access-Control-Allow-Origin", "*")
+                    for k, v in tags.items():
+                        self.send_header(k, v)
+                    self.end_headers()
+                    return
+                start, stop, code, extra = 0, size, 200, dict(tags)
                 wanted = self.headers.get("Range")
                 if wanted:
                     m = _RANGE.match(wanted.strip())
@@ -74,7 +115,7 @@ class StaticServer:
                     if start >= size or stop <= start:
                         self._headers(416, 0, {"Content-Range": f"bytes */{size}"})
                         return
-                    code, extra = 206, {"Content-Range": f"bytes {start}-{stop - 1}/{size}"}
+                    code, extra = 206, {"Content-Range": f"bytes {start}-{stop - 1}/{size}", **tags}
                 with outer._lock:
                     outer.counts["ranged" if code == 206 else "whole"] += 1
                 self._headers(code, stop - start, extra)
@@ -126,6 +167,7 @@ class StaticServer:
     def reset(self) -> None:
         with self._lock:
             self.counts.clear()
+            self.keys.clear()
             self.bytes_sent = 0
 
     def start(self) -> "StaticServer":
