@@ -25,11 +25,11 @@ from collections import OrderedDict
 
 import numpy as np
 
-from ndfs.core.errors import NotFound
+from ndfs.core.errors import NotFound, TooLarge
 from ndfs.core.geometry import Box
 from ndfs.core.info import VolumeInfo
 from ndfs.serve.limits import MAX_LIST_ITEMS, RequestRefused
-from ndfs.tools.mesh import fold_label_boxes
+from ndfs.tools.mesh import label_boxes
 
 log = logging.getLogger("ndfs.serve.segments")
 
@@ -106,22 +106,12 @@ class LabelIndex:
             raise RequestRefused(413, f"finding objects in level {level} of {'/'.join(ref)} would scan {nbytes} "
                                       f"bytes of labels, more than this server's limit of {self.max_scan_bytes}")
         started = time.monotonic()
-        plane = lv.shape[1] * lv.shape[2] * info.dtype.itemsize
-        depth = max(1, min(lv.shape[0], SCAN_SLAB_BYTES // max(1, plane)))
-        if depth >= lv.chunk_shape[0]:
-            depth -= depth % lv.chunk_shape[0]
-        lo: dict[int, np.ndarray] = {}
-        hi: dict[int, np.ndarray] = {}
-        z0, z_end = lv.box.start[0], lv.box.stop[0]
-        while z0 < z_end:
-            slab = Box((z0, lv.box.start[1], lv.box.start[2]), (min(z0 + depth, z_end), *lv.box.stop[1:]))
-            fold_label_boxes(backend.read(ref, slab, level), slab.start, lo, hi)
-            if len(lo) > MAX_INDEXED_IDS:
-                raise RequestRefused(413, f"{'/'.join(ref)} has more than {MAX_INDEXED_IDS} labels at level {level}: "
-                                          "too many to index")
-            z0 = slab.stop[0]
+        try:
+            boxes = label_boxes(backend, ref, lv.box, level, SCAN_SLAB_BYTES, max_labels=MAX_INDEXED_IDS)
+        except TooLarge as exc:
+            raise RequestRefused(413, str(exc)) from None
         with self._lock:
             self.scans += 1
-        log.info("indexed %d labels of %s level %d in %.1f s", len(lo), "/".join(ref), level,
+        log.info("indexed %d labels of %s level %d in %.1f s", len(boxes), "/".join(ref), level,
                  time.monotonic() - started)
-        return {i: Box(tuple(int(v) for v in lo[i]), tuple(int(v) + 1 for v in hi[i])) for i in lo}
+        return boxes

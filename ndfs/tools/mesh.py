@@ -38,7 +38,7 @@ from typing import Callable, Hashable, Sequence
 
 import numpy as np
 
-from ndfs.core.errors import BadRegion, MissingExtra, NotFound
+from ndfs.core.errors import BadRegion, MissingExtra, NotFound, TooLarge
 from ndfs.core.geometry import Box
 
 __all__ = ["Mesh", "mesh_label", "fold_label_boxes", "label_boxes", "to_obj", "to_ply", "save_mesh", "MeshCache", "cached_mesh", "mesh_cache",
@@ -281,9 +281,11 @@ def fold_label_boxes(data: np.ndarray, origin, lo: dict, hi: dict) -> None:
             lo[label], hi[label] = s, e
 
 
-def label_boxes(backend, ref, box: Box, level: int = 0, slab_bytes: int = 64 * MiB) -> dict[int, Box]:
+def label_boxes(backend, ref, box: Box, level: int = 0, slab_bytes: int = 64 * MiB,
+                max_labels: int | None = None) -> dict[int, Box]:
     """{label: its tight box} of every non-zero label of ``box`` at ``level`` of a channel, from one scan
-    slab by slab (whole chunks deep when a slab holds one)."""
+    slab by slab (whole chunks deep when a slab holds one); TooLarge as soon as more than ``max_labels``
+    are found."""
     info = backend.info(ref)
     lv = info.level(level)
     plane = box.shape[1] * box.shape[2] * info.dtype.itemsize
@@ -295,6 +297,8 @@ def label_boxes(backend, ref, box: Box, level: int = 0, slab_bytes: int = 64 * M
     for z0 in range(box.start[0], box.stop[0], depth):
         slab = Box((z0, box.start[1], box.start[2]), (min(z0 + depth, box.stop[0]), box.stop[1], box.stop[2]))
         fold_label_boxes(backend.read(ref, slab, level), slab.start, lo, hi)
+        if max_labels is not None and len(lo) > max_labels:
+            raise TooLarge(f"{'/'.join(ref)} has more than {max_labels} labels at level {level}: too many to index")
     return {i: Box(tuple(int(v) for v in lo[i]), tuple(int(v) + 1 for v in hi[i])) for i in sorted(lo)}
 
 
