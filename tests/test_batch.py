@@ -100,6 +100,16 @@ def dies_once(block, box):
     return count_above(block)
 
 
+def read_threads_seen(block):
+    """What a worker's reads decode on: NDFS_READ_THREADS and the local store's tensorstore context (if any)."""
+    from ndfs.stores import local
+
+    limit = None
+    if local._engine() == "tensorstore":
+        limit = local._ts_context().spec.to_json()["data_copy_concurrency"]["limit"]
+    return {(os.environ.get("NDFS_READ_THREADS"), limit)}
+
+
 def slow(block):
     time.sleep(2)
     return 0
@@ -116,6 +126,34 @@ def test_threshold_count_is_the_same_on_threads_processes_and_a_dask_localcluste
     got = map_blocks(count_above, em, reduce=add, scheduler=scheduler, workers=2, block=(8, 64, 64),
                      progress=False, timeout_s=90)
     assert got == want and want > 0
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("scheduler", ["processes", "dask"])
+def test_worker_processes_decode_on_one_thread_each(demo, scheduler):
+    """Each worker process is one of the cores: its reads must not spread over the others' (they did, with
+    tensorstore's default of every core, and two workers ran slower than they could)."""
+    if scheduler == "dask":
+        pytest.importorskip("distributed")
+    _, em, _, _, _ = demo
+    seen = map_blocks(read_threads_seen, em, reduce=union, scheduler=scheduler, workers=2, block=(8, 64, 64),
+                      progress=False, timeout_s=90)
+    engine_limit = {limit for _, limit in seen}
+    assert {env for env, _ in seen} == {"1"} and engine_limit <= {1, None}, seen
+
+
+def test_read_threads_is_a_positive_whole_number(monkeypatch):
+    from ndfs.core.config import read_threads
+    from ndfs.core.errors import ConfigError
+
+    monkeypatch.delenv("NDFS_READ_THREADS", raising=False)
+    assert read_threads(4) == 4
+    monkeypatch.setenv("NDFS_READ_THREADS", "2")
+    assert read_threads(4) == 2
+    for bad in ("0", "-1", "two", "1.5"):
+        monkeypatch.setenv("NDFS_READ_THREADS", bad)
+        with pytest.raises(ConfigError, match="NDFS_READ_THREADS"):
+            read_threads(4)
 
 
 @pytest.fixture(scope="module")

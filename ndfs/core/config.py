@@ -376,6 +376,22 @@ def parse_config(data: dict[str, Any], base_dir: Path, where: str = "config") ->
     return Config(remotes=remotes or default_config().remotes, cache=cache, mount=mount, write=write)
 
 
+#: how many threads one process's tensorstore reads may use to decode and copy chunks; batch worker
+#: processes set it to 1 (each worker is one of the cores already), see ndfs.tools.batch
+READ_THREADS_ENV = "NDFS_READ_THREADS"
+
+
+def read_threads(default: int) -> int:
+    """``NDFS_READ_THREADS`` when set (a positive whole number), else ``default``."""
+    text = os.environ.get(READ_THREADS_ENV, "").strip()
+    if not text:
+        return default
+    try:
+        return check_number(READ_THREADS_ENV, int(text), "positive", "environment")
+    except ValueError:
+        raise ConfigError(f"{READ_THREADS_ENV} must be a positive whole number, not {text[:40]!r}") from None
+
+
 def _apply_env(cfg: Config) -> Config:
     env = os.environ
     cache = cfg.cache

@@ -44,6 +44,7 @@ from ndfs.stores.base import AdminStore, AnnotationStore, Backend, VolumeRef, as
 from ndfs.stores.ramon_store import LocalRamon
 from ndfs.core.downsample import child_extent, downsample
 from ndfs.core.errors import BackendError, BadRegion, NdfsError, NoSpace, NotFound, ReadOnly, disk_error
+from ndfs.core.config import read_threads
 from ndfs.core.geometry import Box
 from ndfs.core.info import KINDS, LevelInfo, VolumeInfo
 from ndfs.stores.journal import Entry, Journal
@@ -88,11 +89,14 @@ def _engine() -> str:
 
 
 def _ts_context():
-    """One tensorstore context per process, with no cache: the store changes under it (writes, other processes)."""
+    """One tensorstore context per process, with no cache: the store changes under it (writes, other processes);
+    decoding on as many threads as there are cores, or ``NDFS_READ_THREADS``."""
     if not _TS_CONTEXT:
         import tensorstore
 
-        _TS_CONTEXT.append(tensorstore.Context({"cache_pool": {"total_bytes_limit": 0}}))
+        threads = read_threads(max(1, os.cpu_count() or 1))
+        _TS_CONTEXT.append(tensorstore.Context({"cache_pool": {"total_bytes_limit": 0},
+                                                "data_copy_concurrency": {"limit": threads}}))
     return _TS_CONTEXT[0]
 
 

@@ -35,6 +35,7 @@ from ndfs.core.errors import (BackendError, BadRegion, MissingExtra, NdfsError, 
 from ndfs.core.geometry import Box
 from ndfs.core.info import LevelInfo
 from ndfs.core.urls import mask_url
+from ndfs.core.config import read_threads
 
 log = logging.getLogger("ndfs.tstore")
 
@@ -386,7 +387,7 @@ def context():
         if _CONTEXT is None:
             ts = tensorstore()
             _CONTEXT = ts.Context({"cache_pool": {"total_bytes_limit": 0},
-                                   "data_copy_concurrency": {"limit": max(2, os.cpu_count() or 2)}})
+                                   "data_copy_concurrency": {"limit": read_threads(max(2, os.cpu_count() or 2))}})
         return _CONTEXT
 
 
@@ -400,7 +401,7 @@ def index_context():
         if _INDEX_CONTEXT is None:
             ts = tensorstore()
             _INDEX_CONTEXT = ts.Context({"cache_pool": {"total_bytes_limit": 64 * 2**20},
-                                         "data_copy_concurrency": {"limit": max(2, os.cpu_count() or 2)}})
+                                         "data_copy_concurrency": {"limit": read_threads(max(2, os.cpu_count() or 2))}})
         return _INDEX_CONTEXT
 
 

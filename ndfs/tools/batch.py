@@ -69,6 +69,7 @@ import numpy as np
 
 from ndfs.core.errors import BadRegion, MissingExtra, NdfsError, Timeout
 from ndfs.core.geometry import Box, ChunkGrid
+from ndfs.core.config import READ_THREADS_ENV
 
 __all__ = ["map_blocks", "blocks", "BatchError", "BlockFailure", "SCHEDULERS"]
 
@@ -226,6 +227,8 @@ def _run_remote(payload: bytes, core: Box, padded: Box, data: np.ndarray | None 
     """One block in a worker process. Loading the task happens here, in the call, so a fn that cannot be
     loaded (a module the worker cannot import) is the block's error, not a dead worker; whatever the
     block raises comes back as text with the worker's traceback."""
+    # each worker is one of the cores: its reads decode on one thread, not on every core against the others
+    os.environ.setdefault(READ_THREADS_ENV, "1")
     try:
         return _load_task(payload)(core, padded, data)
     except Exception as exc:
