@@ -308,15 +308,19 @@ class PrecomputedBackend(DatasetBackend):
             raise BackendError(f"the info of {found.location!r} is gone")
         return found.location, doc
 
-    def _folder(self, ref, key: str, default: str, type_: str, what: str) -> Location:
-        """The layer's ``key`` folder (``default`` named in its info, and that folder's info written, when
-        the layer has none yet); BadRegion when the layer's folder holds another kind of document."""
+    def _folder(self, ref, key: str, default: str, type_: str, what: str, first: bytes | None = None) -> Location:
+        """The layer's ``key`` folder (``default`` named in its info, when the layer has none yet, only once
+        that folder's own info, ``first`` or a legacy mesh info, is written: a crash between the two never
+        leaves the layer naming a folder without one); BadRegion when the layer's folder holds another kind
+        of document."""
         loc, doc = self._segmentation(ref)
         name = doc.get(key)
         if not isinstance(name, str) or not name.strip("/"):
             where = loc.join(default)
-            if type_ == LEGACY:
-                where.write("info", json.dumps({"@type": LEGACY}).encode())
+            if first is None and type_ == LEGACY:
+                first = json.dumps({"@type": LEGACY}).encode()
+            if first is not None:
+                where.write("info", first)
             doc[key] = default
             loc.write("info", json.dumps(doc, indent=1).encode())
             self.forget_volume(ref)
@@ -368,8 +372,10 @@ class PrecomputedBackend(DatasetBackend):
         """Store a ``neuroglancer_segment_properties`` document as the layer's segment properties."""
         if doc.get("@type") != "neuroglancer_segment_properties":
             raise BadRegion("segment properties are a neuroglancer_segment_properties document")
-        where = self._folder(ref, "segment_properties", PROPERTIES_DIR, "properties", "segment properties")
-        where.write("info", json.dumps(doc).encode())
+        data = json.dumps(doc).encode()
+        where = self._folder(ref, "segment_properties", PROPERTIES_DIR, "properties", "segment properties",
+                             first=data)
+        where.write("info", data)
         self.forget_volume(ref)
 
 
