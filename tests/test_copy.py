@@ -308,3 +308,24 @@ def test_a_copy_to_an_s3_url_with_meshes_reads_back_and_is_what_cloudvolume_read
     own = ndfs.remote(f"precomputed://{tmp_path}/fetched/layers").backend.object_mesh(("cells",), label)
     assert own is not None and len(mesh.faces) == len(own[1]) > 0
     assert triangles(mesh.vertices, mesh.faces) == triangles(*own)
+
+
+def test_an_object_too_large_to_mesh_is_named_not_read(tmp_path):
+    """copy_meshes reads no object's box past max_object_bytes (each worker would hold it and its mask)."""
+    from ndfs.tools.copy import copy_meshes
+
+    make_demo(str(tmp_path / "store"), shape=(16, 96, 96), levels=1, chunk_shape=(8, 64, 64), progress=False)
+    (tmp_path / "ndfs.toml").write_text('[remotes.local]\nkind = "local"\npath = "store"\n'
+                                        f'[cache]\ndir = "{tmp_path / "cache"}"\n')
+    run_ndfs("--config", tmp_path / "ndfs.toml", "copy", "local/demo/cells", f"precomputed+file://{tmp_path}/pc",
+             "--quiet")
+    src = ndfs.remote(str(tmp_path / "store")).backend
+    dst = ndfs.remote(f"precomputed+file://{tmp_path}/pc").backend
+    ref = ("demo", "cells")
+    ids = [int(i) for i in np.unique(src.read(ref, src.info(ref).level(0).box, 0)) if i]
+    assert ids
+    report = copy_meshes(src, ref, dst, ("cells",), progress=False, max_object_bytes=1)
+    assert sorted(report.meshes_refused) == ids and report.meshes == 0
+    assert not list((tmp_path / "pc" / "cells").glob("mesh/*:0"))  # no manifest, no fragment
+    report = copy_meshes(src, ref, dst, ("cells",), progress=False)
+    assert report.meshes == len(ids) and not report.meshes_refused

@@ -61,7 +61,8 @@ def cmd_copy(args) -> int:
         print(f"copied {src} -> {dst}")
     print(f"{report.written} chunks written ({report.nbytes / 2**20:.1f} MiB), {report.skipped} already done")
     if args.meshes:
-        print(f"{report.meshes} meshes written, {report.meshes_skipped} already there")
+        refused = f", {len(report.meshes_refused)} objects too large to mesh" if report.meshes_refused else ""
+        print(f"{report.meshes} meshes written, {report.meshes_skipped} already there{refused}")
     return 0
 
 

@@ -61,6 +61,8 @@ class CopyReport:
     nbytes: int = 0
     meshes: int = 0
     meshes_skipped: int = 0
+    #: labels whose box was larger than ``max_object_bytes``: no mesh made (the mount refuses them too)
+    meshes_refused: list[int] = field(default_factory=list)
 
 
 def _innermost(backend: Backend) -> Backend:
@@ -198,9 +200,12 @@ def _mesh_store(dst: Backend, src_info: VolumeInfo, src_ref: VolumeRef):
 
 
 def copy_meshes(src: Backend, src_ref, dst: Backend, dst_ref, *, box: Box | None = None, workers: int = 4,
-                progress: bool = True, resume: bool = True, report: CopyReport | None = None) -> CopyReport:
+                progress: bool = True, resume: bool = True, report: CopyReport | None = None,
+                max_object_bytes: int = 1 << 30) -> CopyReport:
     """The meshes and segment properties of an annotation channel into the precomputed layer ``dst_ref``
-    (which holds its voxels already): see the module doc."""
+    (which holds its voxels already): see the module doc. An object whose box holds more than
+    ``max_object_bytes`` of labels is not meshed from voxels (named in ``report.meshes_refused``), as the
+    mount refuses its ``<id>.obj``: each worker would hold that box and its mask at once."""
     from concurrent.futures import ThreadPoolExecutor
 
     import numpy as np
@@ -227,25 +232,31 @@ def copy_meshes(src: Backend, src_ref, dst: Backend, dst_ref, *, box: Box | None
     voxel_size = src_info.level(0).voxel_size_nm
     shapes = isinstance(src, ShapeStore)
 
-    def one(label: int) -> bool:
+    def one(label: int) -> str:
         if resume and store.has_mesh(dst_ref, label):
-            return False
+            return "skipped"
         own = src.object_mesh(src_ref, label) if shapes else None
         if own is None:
             where = boxes[label]
+            if where.size * src_info.dtype.itemsize > max_object_bytes:
+                log.warning("label %d of %s spans %s, more than %d bytes of labels: no mesh made", label,
+                            "/".join(src_ref), where, max_object_bytes)
+                return "refused"
             mask = (src.read(src_ref, where, 0) == label).astype(np.uint8)
             made = mesh_cache.mesh_of_mask(mask, where.start, voxel_size, label=label)
             own = made.vertices, made.faces
         store.write_mesh(dst_ref, label, *own)
-        return True
+        return "written"
 
     bar = tqdm(total=len(boxes) + len(neurons), unit="mesh", disable=not progress,
                desc=f"{'/'.join(src_ref)} meshes")
     try:
         with ThreadPoolExecutor(max(1, int(workers))) as pool:
-            for wrote in pool.map(one, boxes):
-                report.meshes += wrote
-                report.meshes_skipped += not wrote
+            for label, done in zip(boxes, pool.map(one, boxes)):
+                report.meshes += done == "written"
+                report.meshes_skipped += done == "skipped"
+                if done == "refused":
+                    report.meshes_refused.append(label)
                 bar.update(1)
         for id, parts in neurons.items():  # after their segments: a manifest names fragments that exist
             if resume and store.has_mesh(dst_ref, id):
