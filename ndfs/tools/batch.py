@@ -228,6 +228,7 @@ def _run_remote(payload: bytes, core: Box, padded: Box, data: np.ndarray | None 
     loaded (a module the worker cannot import) is the block's error, not a dead worker; whatever the
     block raises comes back as text with the worker's traceback."""
     # each worker is one of the cores: its reads decode on one thread, not on every core against the others
+    # (process pools set it at start; a Dask worker takes it here, before its first read of the store)
     os.environ.setdefault(READ_THREADS_ENV, "1")
     try:
         return _load_task(payload)(core, padded, data)
@@ -236,9 +237,11 @@ def _run_remote(payload: bytes, core: Box, padded: Box, data: np.ndarray | None 
 
 
 def _use_environment(env: dict) -> None:
-    """Worker initializer: take the caller's environment as it is now."""
+    """Worker initializer: take the caller's environment as it is now; reads decode on one thread (each
+    worker is one of the cores) unless the caller says otherwise."""
     os.environ.clear()
     os.environ.update(env)
+    os.environ.setdefault(READ_THREADS_ENV, "1")
 
 
 # ---- where results go (the reduction layer) -----------------------------------------
