@@ -42,3 +42,38 @@ def test_an_unknown_engine_is_refused(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                           env={**os.environ, "NDFS_LOCAL_ENGINE": "numpy"})
     assert done.returncode != 0 and "NDFS_LOCAL_ENGINE must be one of" in done.stderr
+
+
+FORK = """
+import multiprocessing, os, sys
+import numpy as np
+from ndfs.stores import local
+b = local.LocalBackend(sys.argv[1])
+ref = ("conf", "em8")
+want = b.read(ref, b.info(ref).level(0).box, 0)  # the parent reads with tensorstore first
+assert local._engine() == "tensorstore"
+
+def child(q):
+    again = local.LocalBackend(sys.argv[1])
+    q.put((local._engine(), bool((again.read(ref, again.info(ref).level(0).box, 0) == want).all()),
+           bool((b.read(ref, b.info(ref).level(0).box, 0) == want).all())))
+
+ctx = multiprocessing.get_context("fork")
+q = ctx.Queue()
+p = ctx.Process(target=child, args=(q,))
+p.start()
+got = q.get(timeout=60)
+p.join(60)
+print(p.exitcode, *got)
+"""
+
+
+def test_a_forked_child_reads_the_store_after_its_parent_used_tensorstore(reference_store):
+    """tensorstore aborts a forked child that touches it after the parent has used it; the child reads with
+    zarr-python instead, through a new backend and through the one it inherited."""
+    pytest.importorskip("tensorstore")
+    path, _, _ = reference_store
+    done = subprocess.run([sys.executable, "-c", FORK, str(path)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "NDFS_LOCAL_ENGINE": "auto"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["0", "zarr", "True", "True"], done.stdout + done.stderr[-2000:]

@@ -31,6 +31,7 @@ import errno
 import json
 import logging
 import os
+import sys
 import shutil
 import threading
 import time
@@ -98,6 +99,23 @@ def _ts_context():
         _TS_CONTEXT.append(tensorstore.Context({"cache_pool": {"total_bytes_limit": 0},
                                                 "data_copy_concurrency": {"limit": threads}}))
     return _TS_CONTEXT[0]
+
+
+def _tensorstore_used() -> bool:
+    """Whether this process has made a tensorstore context (the local store's or a dataset remote's)."""
+    tstore = sys.modules.get("ndfs.stores.tstore")
+    return bool(_TS_CONTEXT) or getattr(tstore, "_CONTEXT", None) is not None
+
+
+def _after_fork_in_child() -> None:
+    """tensorstore aborts a forked child that touches it once the parent has used it (its threads do not
+    survive a fork): such a child reads the local store with zarr-python, which resets itself after a fork."""
+    if _tensorstore_used():
+        _TS_CONTEXT.clear()
+        _ENGINE[:] = ["zarr"]
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def pyramid(shape, offset, voxel_size_nm, n_levels, chunk_shape) -> tuple[LevelInfo, ...]:
@@ -259,8 +277,8 @@ class LocalBackend(LocalRamon, Backend, AnnotationStore, AdminStore):
                 _ts_context()
             else:
                 import zarr  # noqa: F401
-        except ImportError as exc:  # the first read reports it
-            log.debug("the read engine did not import ahead of the first read: %s", exc)
+        except (ImportError, NdfsError) as exc:  # a missing module or a bad NDFS_LOCAL_ENGINE: the first read says
+            log.debug("the read engine did not load ahead of the first read: %s", exc)
 
     def _array(self, ref: VolumeRef, level: int):
         key = (ref, level)
