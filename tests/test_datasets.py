@@ -250,6 +250,19 @@ def test_gzip_chunk_files_are_refused_with_a_reason_not_read_as_zeros(tmp_path):
         pc.volume("", "gz")[0]
 
 
+def test_crafted_metadata_is_refused_by_the_safe_json_decoder(tmp_path):
+    """A dataset's metadata comes from anywhere: an info with a 10,000-digit integer or nested 100 deep is
+    refused with its reason (as every JSON answer of a service is), not parsed."""
+    layer = tmp_path / "pc" / "bad"
+    layer.mkdir(parents=True)
+    for body, reason in (('{"scales": [], "num_channels": 1' + "9" * 10_000 + "}", "digits"),
+                         ('{"scales": ' + "[" * 100 + "]" * 100 + "}", "nested too deeply")):
+        (layer / "info").write_text(body)
+        pc = ndfs.remote(str(tmp_path / "pc"), kind="precomputed", cache=False)
+        with pytest.raises(ndfs.core.errors.BackendError, match=reason):
+            pc.backend.info(("bad",))
+
+
 def test_dataset_urls_and_settings(tmp_path):
     from ndfs.core.config import parse_config
     from ndfs.stack import open_backend

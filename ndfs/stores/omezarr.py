@@ -46,38 +46,21 @@ UNITS_NM = {"nanometer": 1.0, "nm": 1.0, "micrometer": 1e3, "micron": 1e3, "um":
 _SAFE = re.compile(r"^[A-Za-z0-9_.+-]{1,64}$")
 
 
-def _json(loc: Location, key: str, stamps: dict | None = None) -> dict | None:
-    """The JSON object ``key`` holds (None when absent); with ``stamps``, read stamped and its stamp kept there."""
-    if stamps is None:
-        data = loc.read(key)
-    else:
-        data, stamps[key] = loc.read_stamped(key)
-    if data is None:
-        return None
-    try:
-        doc = json.loads(data)
-    except ValueError as exc:
-        raise BackendError(f"{key} of {loc!r} is not JSON: {exc}") from exc
-    if not isinstance(doc, dict):
-        raise BackendError(f"{key} of {loc!r} is not a JSON object")
-    return doc
-
-
 def read_node(loc: Location, stamps: dict | None = None) -> tuple[int, str, dict, dict] | None:
     """(zarr format, "group" or "array", attributes, array metadata) of the zarr node at ``loc``, or None.
     ``stamps``: filled with the state of each metadata file read (:meth:`Location.read_stamped`)."""
-    v3 = _json(loc, "zarr.json", stamps)
+    v3 = loc.read_json("zarr.json", stamps=stamps)
     if v3 is not None:
         kind = v3.get("node_type")
         attrs = v3.get("attributes") or {}
         if isinstance(attrs.get("ome"), dict):
             attrs = {**attrs, **attrs["ome"]}
         return 3, kind, attrs, v3 if kind == "array" else {}
-    attrs = _json(loc, ".zattrs", stamps) or {}
-    array = _json(loc, ".zarray", stamps)
+    attrs = loc.read_json(".zattrs", stamps=stamps) or {}
+    array = loc.read_json(".zarray", stamps=stamps)
     if array is not None:
         return 2, "array", attrs, array
-    if _json(loc, ".zgroup") is not None or attrs:
+    if loc.read_json(".zgroup") is not None or attrs:
         return 2, "group", attrs, {}
     return None
 

@@ -52,7 +52,7 @@ from ndfs.ramon.neuroglancer import parse_segment_properties
 from ndfs.stores.base import as_ref
 from ndfs.stores.dataset import DatasetBackend, Found, Meta, Segments
 from ndfs.stores.precomputed_shards import decode_multilod, locate, parse_manifest, read_sharded
-from ndfs.stores.tstore import ArrayLevel, Location
+from ndfs.stores.tstore import ArrayLevel, Location, json_object
 
 log = logging.getLogger("ndfs.precomputed")
 
@@ -66,22 +66,6 @@ MESH_DIR, PROPERTIES_DIR = "mesh", "segment_properties"
 def _zyx(values) -> tuple:
     x, y, z = values
     return (z, y, x)
-
-
-def _json(loc: Location, key: str, what: str) -> dict | None:
-    return _parse(loc.read(key), loc, key, what)
-
-
-def _parse(data: bytes | None, loc: Location, key: str, what: str) -> dict | None:
-    if data is None:
-        return None
-    try:
-        doc = json.loads(data)
-    except ValueError as exc:
-        raise BackendError(f"{what} ({key} of {loc!r}) is not JSON: {exc}") from exc
-    if not isinstance(doc, dict):
-        raise BackendError(f"{what} ({key} of {loc!r}) is not a JSON object")
-    return doc
 
 
 def parse_info(doc: dict, loc: Location, name: str, meta: Meta | None = None) -> Found:
@@ -144,7 +128,7 @@ class PrecomputedSegments(Segments):
     def _sub_info(self, sub: str) -> dict:
         with self._lock:
             if sub not in self._infos:
-                self._infos[sub] = _json(self.loc.join(sub), "info", f"the info of {sub}") or {}
+                self._infos[sub] = self.loc.join(sub).read_json("info", f"the info of {sub}") or {}
             return self._infos[sub]
 
     def _properties(self) -> dict[int, dict[str, str]]:
@@ -153,7 +137,7 @@ class PrecomputedSegments(Segments):
                 return self._props
         props: dict[int, dict[str, str]] = {}
         if self.props_dir:
-            doc = _json(self.loc.join(self.props_dir), "info", "the segment properties") or {}
+            doc = self.loc.join(self.props_dir).read_json("info", "the segment properties") or {}
             props = parse_segment_properties(doc)
         with self._lock:
             self._props = props
@@ -183,7 +167,7 @@ class PrecomputedSegments(Segments):
             elif info.get("@type") == MULTILOD:
                 if where.read_range(f"{id}.index", 0, 1) is not None:
                     return True
-            elif _json(where, f"{id}:0", f"the mesh manifest of {id}") is not None:
+            elif where.read_json(f"{id}:0", f"the mesh manifest of {id}") is not None:
                 return True
         return self._skeleton_bytes(id) is not None
 
@@ -211,7 +195,7 @@ class PrecomputedSegments(Segments):
                 return None
             manifest = parse_manifest(index, what)
             return decode_multilod(manifest, where.read(str(id), max_bytes=2**31) or b"", info, what)
-        manifest = _json(where, f"{id}:0", f"the mesh manifest of {id}")
+        manifest = where.read_json(f"{id}:0", f"the mesh manifest of {id}")
         if manifest is None:
             return None
         verts, faces, base = [], [], 0
@@ -286,7 +270,7 @@ class PrecomputedBackend(DatasetBackend):
 
     def _probe(self, loc: Location, name: str) -> Found | None:
         data, stamp = loc.read_stamped("info")
-        doc = _parse(data, loc, "info", "the precomputed info")
+        doc = json_object(data, loc, "info", "the precomputed info")
         if doc is None or "scales" not in doc:
             return None
         return parse_info(doc, loc, name, Meta(loc, "info", stamp))
@@ -303,7 +287,7 @@ class PrecomputedBackend(DatasetBackend):
             raise BadRegion(f"{'/'.join(ref)} is not a segmentation layer: only those keep meshes and properties")
         if "write" not in self.capabilities:
             raise ReadOnly(f"precomputed remote {self.location!r} cannot be written ({self.read_only_reason})")
-        doc = _json(found.location, "info", "the precomputed info")
+        doc = found.location.read_json("info", "the precomputed info")
         if doc is None:
             raise BackendError(f"the info of {found.location!r} is gone")
         return found.location, doc
@@ -327,7 +311,7 @@ class PrecomputedBackend(DatasetBackend):
             return where
         where = loc.join(name)
         if type_ == LEGACY:
-            sub = _json(where, "info", f"the info of {name}") or {}
+            sub = where.read_json("info", f"the info of {name}") or {}
             if sub.get("sharding") or sub.get("@type", LEGACY) != LEGACY:
                 raise BadRegion(f"{'/'.join(as_ref(ref))} keeps {sub.get('@type', 'sharded')} {what}; ndfs writes "
                                 f"unsharded legacy meshes only")

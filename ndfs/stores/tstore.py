@@ -36,6 +36,7 @@ from ndfs.core.geometry import Box
 from ndfs.core.info import LevelInfo
 from ndfs.core.urls import mask_url
 from ndfs.core.config import read_threads
+from ndfs.formats import safe
 
 log = logging.getLogger("ndfs.tstore")
 
@@ -77,6 +78,22 @@ def _http_stamp(headers) -> Stamp | None:
 
 def _stat_stamp(st: os.stat_result) -> Stamp:
     return ("stat", st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+def json_object(data: bytes | None, loc: "Location", key: str, what: str | None = None) -> dict | None:
+    """The JSON object in ``data``, the bytes of ``key`` at ``loc`` (None: the file is absent), decoded by the
+    safe decoder of services' answers (bounded size, depth and integers); BackendError, naming ``what`` when
+    given, when it is not a JSON object."""
+    if data is None:
+        return None
+    name = f"{what} ({key} of {loc!r})" if what else f"{key} of {loc!r}"
+    try:
+        doc = safe.reply_json(data, name)
+    except NdfsError as exc:  # BadInput, TooLarge: the dataset's metadata is broken, not the caller's request
+        raise BackendError(str(exc)) from None
+    if not isinstance(doc, dict):
+        raise BackendError(f"{name} is not a JSON object")
+    return doc
 
 
 def tensorstore():
@@ -213,6 +230,14 @@ class Location:
         if len(got.value) > max_bytes:
             raise BackendError(f"{key} of {self!r} holds {len(got.value)} bytes, more than the {max_bytes} expected")
         return bytes(got.value)
+
+    def read_json(self, key: str, what: str | None = None, stamps: dict | None = None) -> dict | None:
+        """The JSON object ``key`` holds, or None when absent (see :func:`json_object`); with ``stamps``,
+        read stamped (:meth:`read_stamped`) and its stamp kept there under ``key``."""
+        if stamps is None:
+            return json_object(self.read(key), self, key, what)
+        data, stamps[key] = self.read_stamped(key)
+        return json_object(data, self, key, what)
 
     @property
     def stampable(self) -> bool:
