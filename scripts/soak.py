@@ -861,13 +861,12 @@ def put(fh, data: bytes) -> None:
 def _interval(text: str) -> float | None:
     if text == "off":
         return None
+    from ndfs.core.units import positive_seconds
+
     try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"not a positive number of seconds or 'off': {text!r}")
-    return value
+        return positive_seconds(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"not a positive number of seconds or 'off': {text!r}") from None
 
 
 def main(argv=None) -> int:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ndfs.core.version import __version__
 from ndfs.core.errors import NdfsError
-from ndfs.core.units import human_size, parse_size
+from ndfs.core.units import human_size, parse_size, positive_seconds
 
 # glibc settings for the daemon: chunk-sized buffers (>= 2 MiB) go to mmap and are returned at once,
 # and few arenas keep freed memory from piling up across the FUSE and fetch threads. Measured by
@@ -82,23 +82,7 @@ def _session(args, mount: bool = False):
 
 def _max_age(text: str) -> float:
     """``--cache-max-age``: a positive number of seconds, or ``inf`` (kept until a write through ndfs)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"not a positive number of seconds (or inf): {text!r}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"not a positive number of seconds: {text!r}")
-    return value
+    return positive_seconds(text, allow_inf=True)
 
 
 # ---- commands ---------------------------------------------------------------

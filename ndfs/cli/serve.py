@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import math
 import os
 import signal
 import sys
 from pathlib import Path
 
-from ndfs.core.units import parse_size, positive_size
+from ndfs.core.units import parse_size, positive_seconds, positive_size
 from ndfs.core.errors import NdfsError
 from ndfs.serve.limits import DEFAULT_REQUEST_MEMORY, DEFAULT_SCAN_BYTES, Limits
 
@@ -63,15 +62,15 @@ def add_serve_parser(subparsers) -> None:
     b.add_argument("--max-connections-per-address", type=_count, default=d.max_connections_per_address,
                    metavar="N", help="open connections from one client address "
                                      f"(default {d.max_connections_per_address})")
-    b.add_argument("--header-timeout", type=_seconds, default=d.header_timeout_s, metavar="S",
+    b.add_argument("--header-timeout", type=positive_seconds, default=d.header_timeout_s, metavar="S",
                    help="a request's headers must arrive within S seconds of its first byte, "
                         f"however slowly they drip (default {d.header_timeout_s:g})")
-    b.add_argument("--body-timeout", type=_seconds, default=d.body_timeout_s, metavar="S",
+    b.add_argument("--body-timeout", type=positive_seconds, default=d.body_timeout_s, metavar="S",
                    help="a request's body must arrive within S seconds after its headers, plus one second per "
                         f"--body-min-rate bytes it declares (default {d.body_timeout_s:g})")
     b.add_argument("--body-min-rate", type=positive_size, default=int(d.body_min_rate), metavar="SIZE",
                    help=f"bytes per second a body is allowed at least (default {int(d.body_min_rate) // 1024}K)")
-    b.add_argument("--idle-timeout", type=_seconds, default=d.idle_timeout_s, metavar="S",
+    b.add_argument("--idle-timeout", type=positive_seconds, default=d.idle_timeout_s, metavar="S",
                    help="close a connection silent for S seconds, or that stops reading its answer for as long "
                         f"(default {d.idle_timeout_s:g})")
     b.add_argument("--max-request-memory", type=positive_size, default=DEFAULT_REQUEST_MEMORY, metavar="SIZE",
@@ -124,16 +123,6 @@ def _count(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"not a positive whole number: {text!r}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 < value < math.inf:
-        raise argparse.ArgumentTypeError(f"not a positive number of seconds: {text!r}")
     return value
 
 

@@ -1,4 +1,5 @@
-"""Sizes as people write and read them: '512M' in, '512 MiB' out (powers of 1024). No I/O."""
+"""Sizes and durations as people write and read them: '512M' in, '512 MiB' out (powers of 1024); seconds.
+No I/O."""
 
 from __future__ import annotations
 
@@ -23,6 +24,18 @@ def parse_size(text: str, minimum: int = 0) -> int:
 def positive_size(text: str) -> int:
     """:func:`parse_size` of at least one byte."""
     return parse_size(text, minimum=1)
+
+
+def positive_seconds(text: str, *, allow_inf: bool = False) -> float:
+    """A positive number of seconds (``inf`` too with ``allow_inf``); NaN, zero and negatives refused."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or (value == float("inf") and not allow_inf):  # NaN fails every comparison
+        raise argparse.ArgumentTypeError(f"not a positive number of seconds{' (or inf)' if allow_inf else ''}: "
+                                         f"{text!r}")
+    return value
 
 
 def human_size(n: float | None) -> str:
