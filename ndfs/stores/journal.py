@@ -33,7 +33,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -173,17 +173,22 @@ class Journal:
         self._mkdir()
         entry = Entry(id=_new_id(self.newest_id()), remote=remote, target=target, ref=list(ref), level=level,
                       start=list(box.start), stop=list(box.stop), dtype=array.dtype.str, created=time.time())
-        npy, meta = self._paths(entry)
+        self._keep(entry, lambda fh: _save_streamed(fh, array), "the write")
+        return entry
+
+    def _keep(self, entry: Entry, fill: Callable[[object], None], what: str) -> None:
+        """Write the entry's payload (``fill`` writes it into the open file), then its JSON, durably; on a
+        disk error neither is left and the error is ``disk_error``'s (ENOSPC stays ENOSPC)."""
+        payload, meta = self._paths(entry)
         try:
-            with self._temp(npy) as fh:
-                _save_streamed(fh, array)
+            with self._temp(payload) as fh:
+                fill(fh)
             self._write_json(entry)
             self._sync_dir()
         except OSError as exc:
-            npy.unlink(missing_ok=True)
+            payload.unlink(missing_ok=True)
             meta.unlink(missing_ok=True)
-            raise disk_error(exc, f"cannot keep the write in the journal {self.root}") from exc
-        return entry
+            raise disk_error(exc, f"cannot keep {what} in the journal {self.root}") from exc
 
     def put_file(self, remote: str, target: str, path: str, data_file, error: str) -> Entry:
         """Keep the bytes of a file the mount could not store (a failed commit at release), as failed."""
@@ -193,18 +198,13 @@ class Journal:
         entry = Entry(id=_new_id(None), remote=remote, target=target, ref=[], level=0, start=[0, 0, 0],
                       stop=[0, 0, 0], dtype="|u1", created=time.time(), state="failed", kind="file", path=path,
                       last_error=error, extra={"size": size})
-        payload, meta = self._paths(entry)
-        try:
-            with self._temp(payload) as fh:
-                data_file.seek(0)
-                while chunk := data_file.read(COPY_BYTES):
-                    fh.write(chunk)
-            self._write_json(entry)
-            self._sync_dir()
-        except OSError as exc:
-            payload.unlink(missing_ok=True)
-            meta.unlink(missing_ok=True)
-            raise disk_error(exc, f"cannot keep {path} in the journal {self.root}") from exc
+
+        def fill(fh) -> None:
+            data_file.seek(0)
+            while chunk := data_file.read(COPY_BYTES):
+                fh.write(chunk)
+
+        self._keep(entry, fill, path)
         return entry
 
     def save(self, entry: Entry) -> None:
