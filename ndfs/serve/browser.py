@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
+import time
 import zlib
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -65,6 +67,10 @@ class Answer:
     ticket: Ticket | None = None
 
 
+#: seconds a viewer server remembers what the store said (which paths are volumes, their images)
+MEMO_S = 10.0
+
+
 class FileTreeApp:
     """Base of the viewer servers: subclasses implement :meth:`lookup`. ``tokens``: accepted API tokens."""
 
@@ -74,6 +80,23 @@ class FileTreeApp:
     def __init__(self, tokens=None, *, budget: MemoryBudget | None = None):
         self.auth = TokenAuth(tokens)
         self.budget = budget or MemoryBudget()
+        self._memo_lock = threading.Lock()
+        self._memo: dict = {}
+
+    def _memoised(self, key, compute):
+        """``compute()``, remembered under ``key`` for :data:`MEMO_S` seconds (what a viewer asks for
+        again and again while it draws: which paths are volumes, their images), at most 10,000 keys."""
+        now = time.monotonic()
+        with self._memo_lock:
+            hit = self._memo.get(key)
+        if hit is not None and now - hit[0] < MEMO_S:
+            return hit[1]
+        value = compute()
+        with self._memo_lock:
+            if len(self._memo) > 10_000:
+                self._memo.clear()
+            self._memo[key] = (now, value)
+        return value
 
     def lookup(self, path: str) -> Answer:
         """The file at ``path`` (no leading slash); NotFound (404) when there is none."""

@@ -46,8 +46,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
-import time
 
 import numpy as np
 
@@ -66,8 +64,6 @@ CHUNK_RE = re.compile(rf"{NUMBER}-{NUMBER}_{NUMBER}-{NUMBER}_{NUMBER}-{NUMBER}")
 LEVEL_RE = re.compile(r"0|[1-9]\d*")
 MANIFEST_RE = re.compile(r"([1-9]\d*):0")
 FRAGMENT_RE = re.compile(r"([1-9]\d*):0:(0|[1-9]\d*)")
-#: seconds a path's "is it a volume" answer is kept
-MEMO_S = 10.0
 
 
 def chunk_box(info: VolumeInfo, level: int, name: str) -> Box:
@@ -117,22 +113,10 @@ class PrecomputedApp(FileTreeApp):
         self.mesh_level_index = mesh_level_index
         self.mesh_cache = mesh_cache
         self.index = LabelIndex(self.max_scan_bytes)
-        self._lock = threading.Lock()
-        self._memo: dict = {}
 
     # ---- layers ----------------------------------------------------------------
     def _is_volume(self, path: tuple) -> bool:
-        now = time.monotonic()
-        with self._lock:
-            hit = self._memo.get(path)
-        if hit is not None and now - hit[0] < MEMO_S:
-            return hit[1]
-        answer = self.backend.is_volume(path)
-        with self._lock:
-            if len(self._memo) > 10_000:
-                self._memo.clear()
-            self._memo[path] = (now, answer)
-        return answer
+        return self._memoised(("is_volume", path), lambda: self.backend.is_volume(path))
 
     def split(self, path: str) -> tuple[tuple, list[str]]:
         """(the volume a path is in, the rest of the path); NotFound when it is in none."""

@@ -33,8 +33,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import threading
-import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -50,8 +48,6 @@ from ndfs.stores.base import Backend
 
 INDEX = re.compile(r"0|[1-9]\d*")
 V2_GROUP = (".zgroup", ".zattrs")
-#: seconds a folder's listing (which channels are labels of which image) is kept
-MEMO_S = 10.0
 
 
 def grid_shape(info: VolumeInfo, level: int) -> tuple[int, int, int]:
@@ -227,21 +223,6 @@ class ZarrApp(FileTreeApp):
     def __init__(self, backend: Backend, tokens=None, *, budget: MemoryBudget | None = None):
         super().__init__(tokens, budget=budget)
         self.backend = backend
-        self._lock = threading.Lock()
-        self._memo: dict = {}
-
-    def _memoised(self, key, compute):
-        now = time.monotonic()
-        with self._lock:
-            hit = self._memo.get(key)
-        if hit is not None and now - hit[0] < MEMO_S:
-            return hit[1]
-        value = compute()
-        with self._lock:
-            if len(self._memo) > 10_000:
-                self._memo.clear()
-            self._memo[key] = (now, value)
-        return value
 
     def split(self, path: str) -> tuple[tuple, list[str]]:
         parts = [p for p in path.split("/") if p]
