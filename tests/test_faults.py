@@ -435,6 +435,50 @@ def test_a_sync_writer_waits_out_another_writer_finishing_an_older_entrys_file(o
         ob.close()
 
 
+def test_a_write_kept_by_a_process_that_named_the_remote_otherwise_still_posts_first(outbox_site):
+    """A mount calls a service "b", ndfs.remote(url) in another process calls it "neurodata": one target, one
+    volume. An older write kept for retry by one must post before the other's newer write, never after it."""
+    inner, box = outbox_site
+    api = OutboxBackend(inner, box, "neurodata", "local:test", mode="sync", retry_min_s=30.0)
+    mount = OutboxBackend(inner, box, "b", "local:test", mode="sync", retry_min_s=30.0)
+    try:
+        inner.transient = 1
+        with pytest.raises(BackendError):  # kept in the outbox, retried in 30 s
+            api.write(("p", "v"), PLANE, 0, np.full(PLANE.shape, 1, np.uint8))
+        mount.write(("p", "v"), PLANE, 0, np.full(PLANE.shape, 2, np.uint8))
+        assert inner.log == [1, 1, 2], f"posted {inner.log}"  # the kept write went first, then the newer one
+        assert not box.entries()
+        assert api.drain(timeout=10) and inner.log == [1, 1, 2]  # nothing left to post late
+        assert (LocalBackend(inner.root).read(("p", "v"), PLANE, 0) == 2).all()
+    finally:
+        api.close()
+        mount.close()
+
+
+def test_a_read_of_a_box_whose_pending_write_is_posted_meanwhile_reads_it_at_the_remote(outbox_site, monkeypatch):
+    """A pending entry holding all of a box answers reads without asking the remote; when another process
+    posts (and removes) it in the middle of such a read, the read asks the remote: never zeros."""
+    inner, box = outbox_site
+    ob = OutboxBackend(inner, box, "r", "local:test", mode="async", retry_min_s=30.0)
+    try:
+        inner.transient = 1
+        ob.write(("p", "v"), PLANE, 0, np.full(PLANE.shape, 7, np.uint8))
+        assert wait_until(lambda: inner.log == [7], timeout=5)  # failed once: pending, retried in 30 s
+        (entry,) = box.entries()
+        load = type(box).load
+
+        def posted_meanwhile(self, e):  # another process posts it and removes it, under this read
+            LocalBackend(inner.root).write(("p", "v"), PLANE, 0, np.full(PLANE.shape, 7, np.uint8))
+            box.remove(e)
+            monkeypatch.setattr(type(box), "load", load)
+            return load(self, e)
+
+        monkeypatch.setattr(type(box), "load", posted_meanwhile)
+        assert (ob.read(("p", "v"), PLANE, 0) == 7).all()
+    finally:
+        ob.close()
+
+
 def test_a_refusal_always_reaches_the_sync_writer(outbox_site):
     """The background retry thread must never post (and so swallow the refusal of) a sync writer's entry."""
     inner, box = outbox_site

@@ -78,13 +78,16 @@ class JournaledStore(WrappingBackend):
         self._pending: dict[str, Entry] = {}  # id -> entry, pending state only
         self._owned: set[str] = set()  # ids a sync writer is posting itself: the retry thread keeps off them
         journal.clean()
-        for entry in journal.entries(remote):
+        # an entry belongs to where it points (its target), whatever the remote was called in the process
+        # that wrote it (a mount's "b", ndfs.remote(url)'s "neurodata"): those are resumed here too
+        for entry in journal.entries():
             if entry.state != "pending" or entry.kind != "voxels":
                 continue
             if entry.target != target:
-                entry.state, entry.last_error = "failed", f"written for {entry.target}, now {target}"
-                journal.save(entry)
-                log.error("outbox entry %s was written for another target; not posting it", entry.id)
+                if entry.remote == remote:  # this remote's name now points elsewhere
+                    entry.state, entry.last_error = "failed", f"written for {entry.target}, now {target}"
+                    journal.save(entry)
+                    log.error("outbox entry %s was written for another target; not posting it", entry.id)
                 continue
             entry.next_try = 0.0
             self._pending[entry.id] = entry
@@ -95,10 +98,21 @@ class JournaledStore(WrappingBackend):
 
     # ---- reads see pending writes ------------------------------------------
     def _read(self, ref: VolumeRef, box: Box, level: int) -> np.ndarray:
+        while True:
+            out = self._read_over_pending(ref, box, level)
+            if out is not None:
+                return out
+            # an entry holding all of the box was posted (and removed) while we read it: it is at the
+            # remote now, so read again there
+
+    def _read_over_pending(self, ref: VolumeRef, box: Box, level: int) -> np.ndarray | None:
+        """The box with the pending entries over it laid on what the remote holds; None when one that held all
+        of the box (so the remote was not asked) was posted meanwhile."""
         with self._cond:
             over = [e for e in self._pending.values()
                     if tuple(e.ref) == ref and e.level == level and e.box.intersect(box) is not None]
-        if any(e.box.contains(box) for e in over):  # all of it is waiting here: no need to ask the remote
+        whole = any(e.box.contains(box) for e in over)
+        if whole:  # all of it is waiting here: no need to ask the remote
             out = np.zeros(box.shape, dtype=self.info(ref).dtype)
         else:
             out = self.inner.read(ref, box, level)
@@ -110,8 +124,13 @@ class JournaledStore(WrappingBackend):
                 except BackendError:
                     with self._cond:
                         gone = entry.id not in self._pending
-                    if gone or not self.journal.exists(entry):
-                        continue  # posted (and removed) while we were reading
+                    if gone or not self.journal.exists(entry):  # posted (and removed) while we were reading
+                        with self._cond:
+                            self._pending.pop(entry.id, None)  # by another process: nothing left to post
+                            self._cond.notify_all()
+                        if whole:
+                            return None
+                        continue
                     raise
                 part = entry.box.intersect(box)
                 out[part.slices(box.start)] = data[part.slices(entry.box.start)]
@@ -143,9 +162,10 @@ class JournaledStore(WrappingBackend):
         return FileVolumeLock(locks / name).writer()
 
     def _post_through(self, entry: Entry) -> None:
-        """Post every older pending entry of the volume (any process's), then this one; raise if this one fails."""
+        """Post every older pending entry of the volume (any process's, under any remote name that points
+        there), then this one; raise if this one fails."""
         with self._writer_mutex(entry.ref):
-            todo = [e for e in self.journal.entries(self.remote)
+            todo = [e for e in self.journal.entries()
                     if e.kind == "voxels" and e.state == "pending" and e.target == self.target
                     and e.ref == entry.ref and e.id <= entry.id]
             for e in todo:
