@@ -585,6 +585,50 @@ def test_read_ahead_starts_one_slab_deep_and_stays_one_slab_ahead_of_a_short_scr
     assert fetched[-1] == [(0, 8), (8, 16)]
 
 
+@pytest.mark.parametrize("usual_s", [0.0, 3600.0])
+def test_a_reader_waiting_on_a_slab_gets_the_next_one_asked_for_as_the_slab_is_about_to_land(store, make, usual_s):
+    """The read-ahead follows the slab the reader waits on a round trip early (bench row 1d), but it never
+    shares the link with most of that slab: it waits until the slab is readahead_lead of a usual fetch
+    time from landing (a fetch usually taking an hour: until it lands)."""
+    path, data, _ = store
+    inner = GatedLocal(path)
+    cached = make(inner, prefetch=True)
+    cached.readahead_chunks = 1
+    for z in range(8):  # a stream, one slab ahead: slab 8-16 is in memory
+        cached.read(REF, Box((z, 0, 0), (z + 1, 32, 32)), 0)
+        assert cached.wait_idle(10)
+    cached._fetch_s = usual_s  # what the earlier fetches took, as the cache measured it
+    inner.boxes.clear()
+    inner.gate.clear()  # every inner read from now on is held until the test opens the gate
+    got = {}
+
+    def reader():
+        for z in range(8, 17):  # entering slab 8 asks for 16-24 (held); z=16 waits on it
+            got[z] = cached.read(REF, Box((z, 0, 0), (z + 1, 32, 32)), 0)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not any(b.start[0] == 16 for _, b in inner.boxes) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        asked = lambda: sorted({(b.start[0], b.stop[0]) for _, b in inner.boxes})  # noqa: E731
+        if usual_s == 0.0:  # the slab waited on is due: the next goes out while it is still held
+            while (24, 32) not in asked() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert asked() == [(16, 24), (24, 32)]
+        else:  # far from due: nothing more is asked while the slab is on its way
+            time.sleep(0.3)
+            assert asked() == [(16, 24)]
+    finally:
+        inner.gate.set()
+        t.join(10)
+    assert cached.wait_idle(10)
+    assert sorted({(b.start[0], b.stop[0]) for _, b in inner.boxes}) == [(16, 24), (24, 32)]
+    for z, a in got.items():
+        np.testing.assert_array_equal(a, data[z:z + 1, :32, :32])
+
+
 class _Recording:
     """A synthetic store that records the z range of every inner read (one chunk per slab here)."""
 

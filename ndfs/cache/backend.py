@@ -48,7 +48,7 @@ import logging
 import os
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Sequence
 
@@ -76,11 +76,12 @@ class _Flight:
     """One in-progress fetch of one chunk: waiters block on ``future``; ``gen`` is the volume's
     shared generation when it started (a chunk fetched across another process's write is not kept)."""
 
-    __slots__ = ("future", "epoch", "prefetch", "gen")
+    __slots__ = ("future", "epoch", "prefetch", "gen", "started")
 
     def __init__(self, epoch: int, prefetch: bool, gen=None):
         self.future: Future = Future()
         self.epoch, self.prefetch, self.gen = epoch, prefetch, gen
+        self.started = time.monotonic()
 
 
 class CachedBackend(Freshness, WrappingBackend):
@@ -102,6 +103,9 @@ class CachedBackend(Freshness, WrappingBackend):
     bulk_read_bytes = 64 * MiB
     #: a sequential reader is read ahead by at most this share of the slabs it has read (at least one slab)
     readahead_share = 0.25
+    #: a reader waiting on chunks gets its read-ahead sent when they are this share of a fetch's usual
+    #: time from landing, so that its first bytes follow theirs on the link instead of a round trip later
+    readahead_lead = 0.2
     #: prefetch hints beyond this many queued or running tasks are dropped
     prefetch_queue = 4
     #: an invalidation touching more disk chunks than this evicts the whole volume from disk
@@ -144,6 +148,7 @@ class CachedBackend(Freshness, WrappingBackend):
         self._pf_pool = ThreadPoolExecutor(max(1, min(4, workers // 2)), thread_name_prefix="ndfs-prefetch")
         self._pf_cond = threading.Condition()
         self._pf_pending = 0
+        self._fetch_s: float | None = None  # how long a chunk request usually takes (moving average)
         self._warned: set[str] = set()
         self.disk_dir = None if disk_dir is None else Path(disk_dir)
         self._disk = None
@@ -251,9 +256,12 @@ class CachedBackend(Freshness, WrappingBackend):
         disk = self._disk
         if missing and disk is not None:
             missing = self._disk_lookup(disk, ref, level, grid, info.dtype, missing, epoch, out, box)
+        ahead = self._note_read(ref, box, level, grid, info.dtype.itemsize)
         while missing:
-            missing = self._fetch_missing(ref, level, grid, missing, out, box)
-        self._note_read(ref, box, level, grid, info.dtype.itemsize)
+            missing = self._fetch_missing(ref, level, grid, missing, out, box, ahead)
+            ahead = None
+        if ahead is not None:
+            self._read_ahead(ref, ahead, level)
         return out
 
     def _disk_lookup(self, disk, ref, level, grid, dtype, idxs, epoch, out, box) -> list[Index]:
@@ -328,12 +336,15 @@ class CachedBackend(Freshness, WrappingBackend):
                     mine[idx] = self._inflight[key] = _Flight(epoch, prefetch, gen)
         return hits, mine, theirs
 
-    def _fetch_missing(self, ref, level, grid, idxs, out, box) -> list[Index]:
-        """Fetch or wait for each chunk; returns chunks to retry (their prefetch flight failed)."""
+    def _fetch_missing(self, ref, level, grid, idxs, out, box, ahead: Box | None = None) -> list[Index]:
+        """Fetch or wait for each chunk; returns chunks to retry (their prefetch flight failed). ``ahead``:
+        the reader's read-ahead, sent as these chunks are about to land."""
         hits, mine, theirs = self._claim(ref, level, idxs, prefetch=False)
         with self._lock:
             self._counts["memory_hits"] += len(hits)
             self._counts["misses"] += len(mine) + len(theirs)
+        if ahead is not None:
+            self._read_ahead(ref, ahead, level, after=[*mine.values(), *theirs.values()])
         if mine:
             self._fetch_claimed(ref, level, grid, mine, parallel=True)
         retry = []
@@ -401,6 +412,7 @@ class CachedBackend(Freshness, WrappingBackend):
         """One inner request; splits it into chunks, stores them, resolves their flights."""
         try:
             arr = self.inner.read(ref, gbox, level)
+            took = time.monotonic() - min(f.started for _, f in members) if members else None
             chunks = []
             for idx, f in members:
                 chunk = arr[grid.chunk_box(idx).slices(gbox.start)].copy()  # a copy: own its bytes
@@ -412,6 +424,8 @@ class CachedBackend(Freshness, WrappingBackend):
                 raise
             return
         with self._lock:  # the checks and the puts at once: a _sync that drops the volume comes before or after
+            if took is not None:
+                self._fetch_s = took if self._fetch_s is None else 0.7 * self._fetch_s + 0.3 * took
             if members and members[0][1].prefetch:
                 self._counts["prefetched"] += len(members)
             gen = self.generation(ref)
@@ -484,15 +498,19 @@ class CachedBackend(Freshness, WrappingBackend):
             box = box.intersect(self.info(ref).level(level).box)
         except NdfsError:
             return
-        if box is None:
-            return
+        if box is not None:
+            self._read_ahead(ref, box, level)
+
+    def _read_ahead(self, ref: VolumeRef, box: Box, level: int, after: Sequence[_Flight] = ()) -> None:
+        """Queue a prefetch of ``box`` (inside the volume); with ``after``, it waits until those flights
+        are about to land (``readahead_lead``)."""
         with self._pf_cond:
             if self._pf_pending >= self.prefetch_queue:
                 self._count("prefetch_dropped")
                 return
             self._pf_pending += 1
         try:
-            self._pf_pool.submit(self._prefetch_task, ref, box, level)
+            self._pf_pool.submit(self._prefetch_task, ref, box, level, tuple(after))
         except RuntimeError:  # closed
             self._prefetch_done()
 
@@ -501,9 +519,16 @@ class CachedBackend(Freshness, WrappingBackend):
             self._pf_pending -= 1
             self._pf_cond.notify_all()
 
-    def _prefetch_task(self, ref: VolumeRef, box: Box, level: int) -> None:
-        """Runs on the prefetch pool: claims only chunks nobody has or fetches, never waits."""
+    def _prefetch_task(self, ref: VolumeRef, box: Box, level: int, after: tuple = ()) -> None:
+        """Runs on the prefetch pool: claims only chunks nobody has or fetches, never waits on them. It
+        first waits, at most until they land, for ``after`` (the flights a reader waits on) to come
+        within ``readahead_lead`` of a usual fetch time of landing."""
         try:
+            usual = self._fetch_s
+            if after:
+                due = max(f.started for f in after) + (1.0 - self.readahead_lead) * (usual or 0.0)
+                # no usual time yet: when they land, as a reader would ask next
+                wait([f.future for f in after], timeout=None if usual is None else max(0.0, due - time.monotonic()))
             self._sync(ref)  # what it fetches is of the volume's state now
             info = self.info(ref)
             grid, budget, want = info.level(level).grid, self.max_prefetch_bytes, []
@@ -528,8 +553,8 @@ class CachedBackend(Freshness, WrappingBackend):
         finally:
             self._prefetch_done()
 
-    def _note_read(self, ref: VolumeRef, box: Box, level: int, grid: ChunkGrid, itemsize: int) -> None:
-        """Spot z-slice readers moving through a volume and prefetch the chunk-deep slabs ahead of them.
+    def _note_read(self, ref: VolumeRef, box: Box, level: int, grid: ChunkGrid, itemsize: int) -> Box | None:
+        """Spot z-slice readers moving through a volume: the chunk-deep slabs to read ahead of them, or None.
 
         A read follows the stream of its ref/level when it keeps the stream's x
         extent and lands within a slab of the last one read, or in a slab read
@@ -548,15 +573,20 @@ class CachedBackend(Freshness, WrappingBackend):
         more than half the memory tier. So a scroll that stops has fetched at most
         1.25x what it read (from its fourth slab on; a slab or two ahead of a short
         one), while a long read reaches full depth after a dozen slabs. One slab
-        ahead already keeps the link busy while it is the bottleneck: the next
-        slab is asked for as the reader enters the one before it. The read-ahead
-        goes out in chunk-sized requests, nearest first, on the fetch pool, so the
-        workers stay busy while the reader drains what has landed, and the extra
-        slab waits in the queue instead of sharing the link.
+        ahead already keeps the link busy while it is the bottleneck: a reader
+        that waits on a slab gets the next one asked for when the slab is
+        ``readahead_lead`` of a usual fetch time from landing (see
+        ``_prefetch_task``), so its first bytes follow on the link without a
+        round trip between, and it never shares the link with most of the slab.
+        The read-ahead goes out in chunk-sized requests, nearest first, on the
+        fetch pool, so the workers stay busy while the reader drains what has
+        landed, and the extra slab waits in the queue instead of sharing the link.
+
+        Returns the box to read ahead; the caller sends it (``_read_ahead``).
         """
         depth, oz = grid.chunk_shape[0], grid.extent.start[0]
         if not self.prefetch_enabled or box.shape[0] >= depth:
-            return
+            return None
         (z0, y0, x0), (z1, y1, x1) = box.start, box.stop
         slab, last, n = (z0 - oz) // depth, (z1 - 1 - oz) // depth, grid.grid_shape[0]
         with self._lock:
@@ -567,7 +597,7 @@ class CachedBackend(Freshness, WrappingBackend):
                     abs(slab - st["cur"]) <= 1 or st["hi"] < last <= st["up"] or st["down"] <= slab < st["lo"]):
                 self._recent[(ref, level)] = {"x": (x0, x1), "y": (y0, y1), "zmin": z0, "zmax": z1, "cur": slab,
                                               "lo": slab, "hi": last, "down": slab, "up": last, "deep": False}
-                return
+                return None
             st["y"] = ys = (min(st["y"][0], y0), max(st["y"][1], y1))
             # deep once the reader has moved into a slab the read-ahead fetched
             st["deep"] = st["deep"] or st["hi"] < last <= st["up"] or st["down"] <= slab < st["lo"]
@@ -575,7 +605,7 @@ class CachedBackend(Freshness, WrappingBackend):
             upward, downward = z1 > st["zmax"], z0 < st["zmin"]
             st["zmin"], st["zmax"] = min(st["zmin"], z0), max(st["zmax"], z1)
             if not (upward or downward):
-                return  # not a new plane: nothing new to read ahead
+                return None  # not a new plane: nothing new to read ahead
             ahead = 1
             if st["deep"]:
                 (_, ya, xa), (_, yb, xb) = grid.index_range(Box((z0, ys[0], x0), (z1, ys[1], x1)))
@@ -592,9 +622,9 @@ class CachedBackend(Freshness, WrappingBackend):
                 start, end = max(slab - ahead, 0), min(slab, st["down"])
                 st["down"] = min(st["down"], start)
             if start >= end:
-                return
+                return None
         za, zb = oz + start * depth, min(oz + end * depth, grid.extent.stop[0])
-        self.prefetch(ref, Box((za, ys[0], x0), (zb, ys[1], x1)), level)
+        return Box((za, ys[0], x0), (zb, ys[1], x1))
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until no prefetch is queued or running and fetched chunks are on disk; False on timeout."""
