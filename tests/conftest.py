@@ -37,6 +37,18 @@ def private_cache(tmp_path_factory):
         yield path
 
 
+@pytest.fixture(scope="module", autouse=True)
+def no_kept_dask_cluster():
+    """A LocalCluster that map_blocks kept for its next call is closed after the module that made it, so
+    its idle workers do not run beside the rest of the suite."""
+    yield
+    import sys
+
+    batch = sys.modules.get("ndfs.tools.batch")
+    if batch is not None:
+        batch._KeptCluster.close_kept()
+
+
 @pytest.fixture(scope="session")
 def reference_store(tmp_path_factory):
     """The conformance reference project in a local store, shared by the whole session (read-mostly)."""

@@ -142,6 +142,59 @@ def test_worker_processes_decode_on_one_thread_each(demo, scheduler):
     assert {env for env, _ in seen} == {"1"} and engine_limit <= {1, None}, seen
 
 
+def worker_and_malloc_setting(block):
+    return {(os.getpid(), os.environ.get("MALLOC_TRIM_THRESHOLD_"))}
+
+
+@pytest.mark.timeout(180)
+def test_the_dask_localcluster_is_kept_for_the_next_call_and_its_workers_keep_glibcs_adaptive_malloc(demo):
+    """Starting a LocalCluster takes seconds: the next call with the same settings runs on the same one, a
+    call with other settings replaces it (one kept at a time), and exit closes it. Its workers start
+    without Dask's MALLOC_TRIM_THRESHOLD_, which made every block buffer a fresh mapping (bench row A6)."""
+    pytest.importorskip("distributed")
+    import dask
+    from distributed.core import Status
+
+    from ndfs.tools.batch import _KeptCluster
+
+    _, em, _, _, _ = demo
+
+    def run(workers):
+        return map_blocks(worker_and_malloc_setting, em, reduce=union, scheduler="dask", workers=workers,
+                          block=(8, 64, 64), progress=False, timeout_s=90)
+
+    _KeptCluster.close_kept()
+    try:
+        first = run(2)
+        kept = _KeptCluster._current
+        assert kept is not None and kept.users == 0
+        pids = set(kept.client.run(os.getpid).values())
+        assert len(pids) == 2 and {pid for pid, _ in first} <= pids
+        assert {setting for _, setting in first} == {None}
+        profiling = kept.client.run(lambda: dask.config.get("distributed.worker.profile.enabled"))
+        assert set(profiling.values()) == {False}  # no dashboard to show the profiles
+        again = run(2)
+        assert _KeptCluster._current is kept and {pid for pid, _ in again} <= pids
+        one = run(1)
+        assert _KeptCluster._current is not kept and kept.cluster.status == Status.closed
+        assert not {pid for pid, _ in one} & pids
+    finally:
+        _KeptCluster.close_kept()
+    assert _KeptCluster._current is None
+
+
+@pytest.mark.timeout(120)
+def test_a_dask_run_that_times_out_closes_its_cluster_instead_of_keeping_it_busy(demo):
+    pytest.importorskip("distributed")
+    from ndfs.tools.batch import _KeptCluster
+
+    _, em, _, _, _ = demo
+    _KeptCluster.close_kept()
+    with pytest.raises(Timeout, match="ran out of time"):
+        map_blocks(slow, em, block=(24, 160, 192), scheduler="dask", workers=1, timeout_s=0.3, progress=False)
+    assert _KeptCluster._current is None
+
+
 def test_read_threads_is_a_positive_whole_number(monkeypatch):
     from ndfs.core.config import read_threads
     from ndfs.core.errors import ConfigError
