@@ -81,8 +81,9 @@ and through each protocol's reference client (intern for BOSS and DVID,
 ndio 1.1.5 for NeuroData, when its test venv exists) against the same
 ``ndfs serve`` child; A4-A6 time ``ndfs.batch.map_blocks`` (an intensity
 transform, a threshold and a count) with 1 and 2 workers, on threads, on
-processes and on a Dask LocalCluster (one cluster alive at a time, each
-warmed by a discarded run), and print the speedup (with the load
+processes and on the Dask LocalCluster map_blocks keeps (the first run of
+each worker count, which starts it, discarded; a LocalCluster with Dask's
+defaults passed as ``client=`` in the note), and print the speedup (with the load
 average: 2 workers get 2 cores only on a quiet machine); A7 reads a zarr v3
 channel on disk whole through ``ndfs.open_volume(...)[:]`` vs tensorstore
 (zarr-python in the note), A8 reads its planes one by one through the API vs
@@ -1566,18 +1567,31 @@ def api_scaling(env: Env, res: Results, stores, tid: str, scheduler: str) -> Non
         return dt
 
     if scheduler == "dask":
-        # one cluster at a time, started once and warmed by the first run, as a user keeps one: the runs
-        # time the work. Two clusters alive at once would charge the idle one's heartbeats (a few percent
-        # of a core) to the other's runs, where two workers already use both cores.
+        # the LocalCluster map_blocks starts and keeps for the next call with the same workers (one at a
+        # time: an idle one's heartbeats would take CPU from the busy one's workers): the first run of
+        # each worker count starts it (discarded as the warm-up), the others time the work
         from distributed import Client, LocalCluster
 
+        from ndfs.tools.batch import _KeptCluster
+
+        for workers in (1, 2):
+            for i in range(runs):
+                dt = timed(workers)
+                if i > 0 or not plan.warmup:
+                    times[workers].append(dt)
+        _KeptCluster.close_kept()
+        # the same on a LocalCluster of the user's, made with Dask's defaults and passed as client=
+        theirs = {1: [], 2: []}
         for workers in (1, 2):
             with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
                               silence_logs=40) as cluster, Client(cluster) as client:
                 for i in range(runs):
                     dt = timed(workers, client)
                     if i > 0 or not plan.warmup:
-                        times[workers].append(dt)
+                        theirs[workers].append(dt)
+        env.note(f"{tid}: on a LocalCluster made with Dask's defaults (its workers start with "
+                 f"MALLOC_TRIM_THRESHOLD_=65536) and passed as client=: {median(theirs[1]):.2f} s with 1 worker, "
+                 f"{median(theirs[2]):.2f} s with 2 ({median(theirs[1]) / median(theirs[2]):.2f}x)")
     else:
         for i in range(runs):
             for workers in (1, 2):
