@@ -740,6 +740,8 @@ def target_scroll(env: Env, res: Results, state: ScrollState) -> None:
     pn, po = median(pulled), median(oneshot_bytes)
     res.add(Row("1c", f"scroll {SCROLL} z-slices cold: cutout bytes pulled", f"{pn / MiB:.1f} MiB",
                 f"{po / MiB:.1f} MiB one-shot client", pn / po, "<= 1.25", pn / po <= 1.25))
+    env.note(f"1c: {pn:,.0f} bytes pulled vs {po:,.0f}: {pn / po:.4f} (the read-ahead slab past the scroll's end "
+             f"is a quarter of what it read in cuboids; in bytes, as well as it compresses)")
     waves = -(-len(touched_boxes) // plan.workers)
     floor = po / (plan.bandwidth_mbps * 1e6 / 8) + waves * plan.latency_ms / 1000
     tk = median(times["ndfs_kept"])
