@@ -55,7 +55,10 @@ def count(target, ref=None, **kwargs):
         return _count(target.backend, target.ref, **kwargs)
     if isinstance(target, str) and ref is None:
         vol = open_volume(target)
-        return _count(vol.backend, vol.ref, **kwargs)
+        try:
+            return _count(vol.backend, vol.ref, **kwargs)
+        finally:
+            vol.backend.close()  # opened here: its pools and files are closed here
     return _count(target, ref, **kwargs)
 
 

@@ -260,3 +260,43 @@ def test_an_objects_tif_and_meshes_match_its_voxels_and_rm_deletes_it(mnt):
     assert not (labels_of(root) == one).any()  # its voxels are gone too
     with pytest.raises(FileNotFoundError):
         os.stat(rdir / f"{one}.json")
+
+
+@pytest.mark.parametrize("tables", [True, False], ids=["count-tables", "coordinates"])
+@pytest.mark.parametrize("small_ids", [True, False], ids=["small-ids", "ids-near-2**64"])
+def test_label_stats_equal_a_per_label_scan_over_several_slabs(tmp_path, monkeypatch, tables, small_ids):
+    """Counts, tight boxes and centroids equal numpy's per label, over a box split into several slabs, for
+    both ways a slab is counted (tables per axis, a coordinate per voxel) and both ways ids are indexed."""
+    from ndfs.tools import annotate
+
+    monkeypatch.setattr(annotate, "_tables_fit", lambda k, shape, size: tables)
+    monkeypatch.setattr(annotate, "SLAB_VOXELS", 5 * 40 * 56)  # slabs of 5 planes of the box below,
+    monkeypatch.setattr(annotate, "GROUP_VOXELS", 2 * 40 * 56)  # counted 2 planes at a time
+    rng = np.random.default_rng(7)
+    shape = (20, 48, 64)
+    base = np.uint64(5) if small_ids else np.uint64(2**64 - 1000)
+    data = np.zeros(shape, np.uint64)
+    for k in range(1, 40):  # boxes of labels, overlapping and spanning slabs, some in one voxel
+        lo = rng.integers(0, shape)
+        hi = np.minimum(lo + rng.integers(1, [12, 30, 30]), shape)
+        data[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = base + np.uint64(k)
+    data[rng.random(shape) < 0.05] = 0
+    backend = LocalBackend(tmp_path / "s", create=True)
+    backend.create_volume(("p", "lab"), shape, "uint64", kind="annotation", levels=1, chunk_shape=(4, 32, 32))
+    backend.write(("p", "lab"), Box((0, 0, 0), shape), 0, data)
+    box = Box((1, 5, 3), (19, 45, 59))
+    assert len(list(annotate._slabs(box, 4))) == 4
+    sub = data[box.slices()]
+    present = sorted(int(v) for v in np.unique(sub) if v)
+    some = present[::3] + [int(base) + 500, 2**64 + 5]  # one id without voxels, one no uint64 holds
+    for ids, expect in ((None, present), (some, present[::3])):
+        stats = label_stats(backend, ("p", "lab"), box, ids=ids)
+        assert sorted(stats) == expect
+        for label in expect:
+            zz, yy, xx = np.nonzero(sub == np.uint64(label))
+            st = stats[label]
+            assert st.voxels == len(zz)
+            corner = np.array(box.start)
+            assert st.bbox == Box(tuple(np.array([zz.min(), yy.min(), xx.min()]) + corner),
+                                  tuple(np.array([zz.max(), yy.max(), xx.max()]) + corner + 1))
+            assert st.centroid == pytest.approx((zz.mean() + 1, yy.mean() + 5, xx.mean() + 3), abs=1e-9)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -33,6 +34,10 @@ from ndfs.core.geometry import Box
 
 #: voxels read per slab while scanning
 SLAB_VOXELS = 16 * 2**20
+#: voxels a slab's planes are counted by at once (on every core; small enough to stay in cache)
+GROUP_VOXELS = 2**20
+#: unsigned labels below this index the count tables directly when the tables fit (see _index)
+DIRECT_MAX = 2**22
 #: most objects one thresholding may make: the ids reserved for them are reserved in one call
 MAX_NEW_OBJECTS = 2**20
 
@@ -60,9 +65,92 @@ def _slabs(box: Box, depth: int):
         yield Box((z, box.start[1], box.start[2]), (min(box.stop[0], z + step), box.stop[1], box.stop[2]))
 
 
+def _index(flat: np.ndarray, wanted: np.ndarray | None, shape: tuple[int, ...]):
+    """(labels, idx, tables): ``idx`` gives each voxel's position in ``labels``, or ``len(labels)`` for one
+    not counted (0, or not in ``wanted``); ``tables``: whether per-axis count tables fit (``_tables_fit``).
+    Small unsigned ids are their own positions (``labels`` is then every value up to the largest, 0 and
+    absent ones too, dropped later); others are found among the slab's sorted values by binary search."""
+    top = int(flat.max()) if flat.size else 0
+    if flat.dtype.kind == "u" and top < DIRECT_MAX and _tables_fit(top + 1, shape, flat.size):
+        return np.arange(top + 1, dtype=flat.dtype), flat, True  # made intp group by group
+    if wanted is None:
+        labels = np.unique(flat)  # sorted
+        labels = labels[labels != 0]
+    else:
+        labels = wanted[wanted != 0]
+    k = len(labels)
+    idx = np.searchsorted(labels, flat)
+    if k:
+        idx[labels[np.minimum(idx, k - 1)] != flat] = k
+    return labels, idx, _tables_fit(k, shape, flat.size)
+
+
+def _tables_fit(k: int, shape: tuple[int, ...], size: int) -> bool:
+    """Whether the per-axis count tables of ``k`` labels take no more room than the slab itself."""
+    return (k + 1) * sum(shape) <= max(size, 2**20)
+
+
+def _slab_stats(data: np.ndarray, start: tuple[int, int, int], wanted: np.ndarray | None, pool=None):
+    """Per label present in one slab: (labels, voxels, coordinate sums, low corner, high corner), arrays
+    of K and (K, 3), in the slab's dataset coordinates (``start`` is its corner); ``pool``: an executor
+    to count groups of planes on."""
+    shape = data.shape
+    labels, idx, tables = _index(data.ravel(), wanted, shape)
+    k, origin = len(labels), np.array(start, dtype=np.int64)
+    if tables:
+        # per axis, a table of voxel counts by (label, position along the axis): the count, the sums, the
+        # low and the high corner all come from these three tables, without a coordinate per voxel. They
+        # are summed over groups of planes of GROUP_VOXELS, so that temporaries stay in cache
+        idx3, k1 = idx.reshape(shape), k + 1
+        step = max(1, GROUP_VOXELS // max(1, shape[1] * shape[2]))
+
+        def group(z: int) -> list[np.ndarray]:
+            part = idx3[z:z + step].astype(np.intp, copy=False)
+            out = []
+            for axis, n in enumerate(part.shape):
+                along = (np.arange(n, dtype=np.intp) * k1).reshape([n if a == axis else 1 for a in range(3)])
+                out.append(np.bincount((part + along).ravel(), minlength=n * k1))
+            return out
+
+        per_axis = [[], np.zeros(shape[1] * k1, np.int64), np.zeros(shape[2] * k1, np.int64)]
+        mapper = map if pool is None else pool.map  # groups on the pool's threads: bincount mostly frees the GIL
+        for zc, yc, xc in mapper(group, range(0, shape[0], step)):
+            per_axis[0].append(zc)
+            per_axis[1] += yc
+            per_axis[2] += xc
+        per_axis[0] = np.concatenate(per_axis[0])
+        per_axis = [t.reshape(n, k1).T[:k] for t, n in zip(per_axis, shape)]
+        voxels = per_axis[0].sum(axis=1)
+        sums = np.stack([t @ np.arange(t.shape[1], dtype=np.int64) for t in per_axis], axis=1) \
+            + voxels[:, None] * origin
+        present = [t > 0 for t in per_axis]
+        lo = np.stack([p.argmax(axis=1) for p in present], axis=1) + origin
+        hi = np.stack([p.shape[1] - p[:, ::-1].argmax(axis=1) for p in present], axis=1) + origin
+    else:  # many labels in a long, thin slab: a coordinate per counted voxel
+        where = np.flatnonzero(idx < k)
+        which = idx[where]
+        coords = np.stack(np.unravel_index(where, shape), axis=1) + origin
+        voxels = np.bincount(which, minlength=k)
+        sums = np.zeros((k, 3), np.int64)
+        lo, hi = np.full((k, 3), np.iinfo(np.int64).max), np.full((k, 3), np.iinfo(np.int64).min)
+        for axis in range(3):
+            np.add.at(sums[:, axis], which, coords[:, axis])
+            np.minimum.at(lo[:, axis], which, coords[:, axis])
+            np.maximum.at(hi[:, axis], which, coords[:, axis] + 1)
+    keep = (voxels > 0) & (labels != 0)
+    if wanted is not None:
+        keep &= np.isin(labels, wanted)
+    return labels[keep], voxels[keep], sums[keep], lo[keep], hi[keep]
+
+
 def label_stats(backend: Backend, ref: Sequence[str] | str, box: Box | None = None, level: int = 0,
                 ids: Sequence[int] | None = None, progress: bool = False) -> dict[int, ObjectStats]:
-    """Per non-zero label (or only `ids`) inside `box`: voxel count, tight box, centroid. One pass."""
+    """Per non-zero label (or only `ids`) inside `box`: voxel count, tight box, centroid.
+
+    One pass, slab by slab: the next slab is read while one is counted (two slabs of ``SLAB_VOXELS`` in
+    memory at most), and a slab is counted in groups of planes on every core."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from tqdm import tqdm
 
     ref = as_ref(ref)
@@ -70,32 +158,36 @@ def label_stats(backend: Backend, ref: Sequence[str] | str, box: Box | None = No
     lv = info.level(level)
     box = lv.box if box is None else box
     info.check_box(box, level)
-    wanted = None if ids is None else np.array(sorted(set(int(i) for i in ids)), dtype=info.dtype)
-    count: dict[int, int] = {}
-    sums: dict[int, np.ndarray] = {}
-    lo: dict[int, np.ndarray] = {}
-    hi: dict[int, np.ndarray] = {}
-    with tqdm(total=box.shape[0], unit="slice", desc="scanning labels", disable=not progress) as bar:
-        for slab in _slabs(box, lv.chunk_shape[0]):
-            data = backend.read(ref, slab, level)
-            mask = data != 0 if wanted is None else np.isin(data, wanted)
-            zz, yy, xx = np.nonzero(mask)
-            if len(zz):
-                values = data[zz, yy, xx]
-                uniq, inv, n = np.unique(values, return_inverse=True, return_counts=True)
-                coords = np.stack([zz, yy, xx], axis=1) + np.array(slab.start)
-                for k, label in enumerate(uniq.tolist()):
-                    pts = coords[inv == k]
-                    count[label] = count.get(label, 0) + int(n[k])
-                    s = pts.sum(axis=0, dtype=np.float64)
-                    sums[label] = sums[label] + s if label in sums else s
-                    mn, mx = pts.min(axis=0), pts.max(axis=0) + 1
-                    lo[label] = np.minimum(lo[label], mn) if label in lo else mn
-                    hi[label] = np.maximum(hi[label], mx) if label in hi else mx
+    wanted = None
+    if ids is not None:  # an id the channel's type cannot hold labels no voxel
+        bounds = np.iinfo(info.dtype) if info.dtype.kind in "ui" else None
+        wanted = np.array(sorted(i for i in set(map(int, ids)) if bounds is None or bounds.min <= i <= bounds.max),
+                          dtype=info.dtype)
+    parts = []
+    slabs = list(_slabs(box, lv.chunk_shape[0]))
+    with tqdm(total=box.shape[0], unit="slice", desc="scanning labels", disable=not progress) as bar, \
+            ThreadPoolExecutor(1, thread_name_prefix="ndfs-scan") as reader, \
+            ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="ndfs-count") as pool:
+        pending = reader.submit(backend.read, ref, slabs[0], level) if slabs else None
+        for i, slab in enumerate(slabs):
+            data = pending.result()
+            pending = reader.submit(backend.read, ref, slabs[i + 1], level) if i + 1 < len(slabs) else None
+            parts.append(_slab_stats(data, slab.start, wanted, pool))
+            del data
             bar.update(slab.shape[0])
-    return {label: ObjectStats(label, count[label], Box(tuple(map(int, lo[label])), tuple(map(int, hi[label]))),
-                               tuple(float(v) for v in sums[label] / count[label]))
-            for label in sorted(count)}
+    labels = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, info.dtype)
+    if not len(labels):
+        return {}
+    uniq, inv = np.unique(labels, return_inverse=True)
+    voxels, sums = np.zeros(len(uniq), np.int64), np.zeros((len(uniq), 3), np.int64)
+    lo, hi = np.full((len(uniq), 3), np.iinfo(np.int64).max), np.full((len(uniq), 3), np.iinfo(np.int64).min)
+    np.add.at(voxels, inv, np.concatenate([p[1] for p in parts]))
+    np.add.at(sums, inv, np.concatenate([p[2] for p in parts]))
+    np.minimum.at(lo, inv, np.concatenate([p[3] for p in parts]))
+    np.maximum.at(hi, inv, np.concatenate([p[4] for p in parts]))
+    return {int(label): ObjectStats(int(label), int(n), Box(tuple(map(int, a)), tuple(map(int, b))),
+                                    tuple(float(v) for v in s / n))
+            for label, n, s, a, b in zip(uniq.tolist(), voxels, sums, lo, hi)}
 
 
 def _stats_kv(st: ObjectStats, level: int) -> dict[str, str]:
