@@ -87,7 +87,9 @@ defaults passed as ``client=`` in the note), and print the speedup (with the loa
 average: 2 workers get 2 cores only on a quiet machine); A7 reads a zarr v3
 channel on disk whole through ``ndfs.open_volume(...)[:]`` vs tensorstore
 (zarr-python in the note), A8 reads its planes one by one through the API vs
-through a mount, page cache dropped.
+through a mount, page cache dropped; A9 counts the cells of the demo's label
+channel through ``ndfs.count`` (voxels, box and centroid per cell) vs numpy's
+``np.unique`` over the channel read whole by tensorstore.
 """
 
 from __future__ import annotations
@@ -1724,9 +1726,55 @@ def api_engines(env: Env, res: Results) -> None:
                 ta / tm, "<= 1.1", ta / tm <= 1.1))
 
 
+def api_count(env: Env, res: Results) -> None:
+    """A9: count every cell of the demo's label channel (voxels, tight box and centroid per object)
+    through ``ndfs.count`` vs counting its labels with numpy (``np.unique(..., return_counts=True)`` over
+    the channel read whole by tensorstore), page cache dropped before each run."""
+    import numpy as np
+    import tensorstore
+
+    import ndfs
+    from ndfs.tools.demo import LABELS, PROJECT, make_demo
+
+    shape = {"smoke": (16, 128, 128), "quick": (64, 1024, 1024)}.get(env.plan.mode, (128, 1024, 1024))
+    root = env.work / "count-store"
+    make_demo(str(root), shape=shape, levels=1, progress=False)
+    cfg = env.work / "count.toml"
+    cfg.write_text(f'[remotes.local]\nkind = "local"\npath = "{root}"\n')
+    os.environ["NDFS_CONFIG"] = str(cfg)
+    level0 = str(root / PROJECT / LABELS / "0")
+
+    def ours():
+        t = time.perf_counter()
+        found = ndfs.count(f"local/{PROJECT}/{LABELS}", type="segment")
+        return found.count, time.perf_counter() - t
+
+    def numpy_unique():
+        t = time.perf_counter()
+        labels = tensorstore.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": level0}},
+                                  read=True).result().read().result()
+        values = np.unique(labels, return_counts=True)[0]
+        return int(np.count_nonzero(values)), time.perf_counter() - t
+
+    if ours()[0] != numpy_unique()[0]:
+        raise RuntimeError("ndfs.count and numpy count different numbers of cells")
+    times = {"ndfs": [], "numpy": []}
+    for i in range(max(3, env.plan.repeats)):
+        for name, fn in ((("ndfs", ours), ("numpy", numpy_unique)) if i % 2 == 0 else
+                         (("numpy", numpy_unique), ("ndfs", ours))):
+            env.drop_caches()
+            times[name].append(fn()[1])
+    tn, tu = median(times["ndfs"]), median(times["numpy"])
+    mib = np.prod(shape) * 8 / MiB
+    res.add(Row("A9", f"count the cells of a {mib:.0f} MiB uint64 label channel (voxels, box, centroid each)",
+                f"{tn:.2f} s", f"{tu:.2f} s np.unique", tn / tu, "<= 1.0", tn / tu <= 1.0))
+    env.note(f"A9: {ours()[0]} cells; np.unique gives counts only, over the channel read whole by tensorstore")
+
+
 def run_api(plan: Plan) -> int:
     """The API section alone: rows A1-A3 (cutouts vs reference clients), A4-A6 (map_blocks scaling), A7-A8
-    (the local store's bulk reads vs tensorstore, a plane scroll through the API vs the mount)."""
+    (the local store's bulk reads vs tensorstore, a plane scroll through the API vs the mount), A9 (counting
+    cells vs numpy)."""
     started = time.monotonic()
     res = Results()
     env = Env(plan)
@@ -1741,6 +1789,7 @@ def run_api(plan: Plan) -> int:
             failed |= _step(env, res, tid, f"map_blocks {scheduler}",
                             lambda s=scheduler, t=tid: api_scaling(env, res, stores, t, s))
         failed |= _step(env, res, "A7", "engines", lambda: api_engines(env, res))
+        failed |= _step(env, res, "A9", "count", lambda: api_count(env, res))
         env.note(f"API volume {'x'.join(map(str, shape[::-1]))} uint8 in 512x512x16 chunks; servers are "
                  f"`ndfs serve --protocol P` children with {plan.latency_ms:g} ms latency and a "
                  f"{plan.bandwidth_mbps:g} Mbit/s cap; ndfs reads without its cache (cache=False); "
@@ -1780,7 +1829,7 @@ def main(argv=None) -> int:
     p.add_argument("--keep", action="store_true", help="keep the temp dirs (store, caches, logs)")
     p.add_argument("--only", default=None, metavar="T,T",
                    help="run only these targets, e.g. 1,3 (6 runs after 1; 2 and 4 reuse 3's mount)")
-    p.add_argument("--api", action="store_true", help="run the API section instead (rows A1-A8, see run_api)")
+    p.add_argument("--api", action="store_true", help="run the API section instead (rows A1-A9, see run_api)")
     p.add_argument("--serve-child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--store", help=argparse.SUPPRESS)
     p.add_argument("--protocol", default="boss", choices=("boss", "dvid"), help=argparse.SUPPRESS)

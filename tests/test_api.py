@@ -313,7 +313,7 @@ def test_the_benchmark_api_section_runs_end_to_end_at_smoke_size():
     done = subprocess.run([sys.executable, str(REPO / "scripts" / "bench.py"), "--api", "--smoke"],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, f"{done.stdout}\n{done.stderr[-3000:]}"
-    names = [f"A{i}" for i in range(1, 9)]
+    names = [f"A{i}" for i in range(1, 10)]
     rows = {line.split()[0]: line for line in done.stdout.splitlines() if line[:2] in names}
     assert sorted(rows) == names, done.stdout
     assert "intern BossRemote" in rows["A1"] and "intern DVIDRemote" in rows["A2"]
