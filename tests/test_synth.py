@@ -145,3 +145,12 @@ def test_image_is_textured_not_flat_noise(full):
 def test_image_computes_its_own_labels(vol, full):
     _, img = full
     np.testing.assert_array_equal(vol.image(3, 6), img[3:6])
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_slabs_made_on_threads_come_in_order_and_equal_the_whole_volume(vol, full, workers):
+    lab, img = full
+    got = list(vol.slabs(depth=5, workers=workers))
+    assert [z0 for z0, _, _ in got] == list(range(0, SHAPE[0], 5))
+    np.testing.assert_array_equal(np.concatenate([i for _, i, _ in got]), img)
+    np.testing.assert_array_equal(np.concatenate([b for _, _, b in got]), lab)

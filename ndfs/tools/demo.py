@@ -2,7 +2,8 @@
 
 ``ndfs demo [DIR]`` calls :func:`make_demo`. The data come from
 :class:`ndfs.synth.DemoVolume` (deterministic for a seed) and are written slab
-by slab, so memory stays at a few slabs whatever the size. The label channel
+by slab (made on every core, written in order), so memory stays at a few
+slabs whatever the size. The label channel
 also gets RAMON objects: one segment per cell the generator placed (id = its
 label, key-value ``kind=cell``) and a few synapses between neighbouring cells
 (metadata only, no voxels), so ``ndfs count`` has a known answer.
@@ -10,6 +11,7 @@ label, key-value ``kind=cell``) and a few synapses between neighbouring cells
 
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
 from ndfs.stores.local import LocalBackend
@@ -52,7 +54,7 @@ def make_demo(
     synth = DemoVolume(shape=shape, n_cells=n_cells, seed=seed, voxel_size_nm=VOXEL_SIZE_NM)
     depth = chunk_shape[0]
     with tqdm(total=shape[0], unit="slice", desc="demo", disable=not progress) as bar:
-        for z0, image, labels in synth.slabs(depth):
+        for z0, image, labels in synth.slabs(depth, workers=os.cpu_count() or 1):
             box = Box((z0, 0, 0), (z0 + image.shape[0], shape[1], shape[2]))
             backend.write((PROJECT, IMAGE), box, 0, image)
             backend.write((PROJECT, LABELS), box, 0, labels)
