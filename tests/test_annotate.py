@@ -264,13 +264,16 @@ def test_an_objects_tif_and_meshes_match_its_voxels_and_rm_deletes_it(mnt):
 
 @pytest.mark.parametrize("tables", [True, False], ids=["count-tables", "coordinates"])
 @pytest.mark.parametrize("small_ids", [True, False], ids=["small-ids", "ids-near-2**64"])
-def test_label_stats_equal_a_per_label_scan_over_several_slabs(tmp_path, monkeypatch, tables, small_ids):
-    """Counts, tight boxes and centroids equal numpy's per label, over a box split into several slabs, for
-    both ways a slab is counted (tables per axis, a coordinate per voxel) and both ways ids are indexed."""
+@pytest.mark.parametrize("pieces", [4, 20], ids=["slabs", "tiles"])
+def test_label_stats_equal_a_per_label_scan_over_several_slabs(tmp_path, monkeypatch, tables, small_ids, pieces):
+    """Counts, tight boxes and centroids equal numpy's per label, over a box read in several slabs (or, when
+    a chunk-deep slab of its planes is over SLAB_VOXELS, tiles of chunks), for both ways a slab is counted
+    (tables per axis, a coordinate per voxel) and both ways ids are indexed."""
     from ndfs.tools import annotate
 
     monkeypatch.setattr(annotate, "_tables_fit", lambda k, shape, size: tables)
-    monkeypatch.setattr(annotate, "SLAB_VOXELS", 5 * 40 * 56)  # slabs of 5 planes of the box below,
+    # slabs of 5 planes of the box below, or tiles of a 4 x 32 x 32 chunk each
+    monkeypatch.setattr(annotate, "SLAB_VOXELS", 5 * 40 * 56 if pieces == 4 else 4 * 32 * 32)
     monkeypatch.setattr(annotate, "GROUP_VOXELS", 2 * 40 * 56)  # counted 2 planes at a time
     rng = np.random.default_rng(7)
     shape = (20, 48, 64)
@@ -285,7 +288,7 @@ def test_label_stats_equal_a_per_label_scan_over_several_slabs(tmp_path, monkeyp
     backend.create_volume(("p", "lab"), shape, "uint64", kind="annotation", levels=1, chunk_shape=(4, 32, 32))
     backend.write(("p", "lab"), Box((0, 0, 0), shape), 0, data)
     box = Box((1, 5, 3), (19, 45, 59))
-    assert len(list(annotate._slabs(box, 4))) == 4
+    assert len(list(annotate._slabs(box, (4, 32, 32)))) == pieces
     sub = data[box.slices()]
     present = sorted(int(v) for v in np.unique(sub) if v)
     some = present[::3] + [int(base) + 500, 2**64 + 5]  # one id without voxels, one no uint64 holds
@@ -300,3 +303,21 @@ def test_label_stats_equal_a_per_label_scan_over_several_slabs(tmp_path, monkeyp
             assert st.bbox == Box(tuple(np.array([zz.min(), yy.min(), xx.min()]) + corner),
                                   tuple(np.array([zz.max(), yy.max(), xx.max()]) + corner + 1))
             assert st.centroid == pytest.approx((zz.mean() + 1, yy.mean() + 5, xx.mean() + 3), abs=1e-9)
+
+
+@pytest.mark.parametrize("box, chunk", [
+    (Box((0, 0, 0), (128, 1024, 1024)), (16, 256, 256)),  # the demo: slabs of whole planes
+    (Box((3, 100, 7), (40, 20000, 30000)), (16, 512, 512)),  # planes too large: tiles of chunks
+    (Box((0, 0, 0), (5, 300, 100000)), (16, 64, 64)),  # a long thin plane
+])
+def test_a_scan_reads_every_voxel_once_in_bounded_pieces(box, chunk):
+    from ndfs.tools import annotate
+
+    pieces = list(annotate._slabs(box, chunk))
+    bound = max(annotate.SLAB_VOXELS, int(np.prod(chunk)))
+    assert sum(p.size for p in pieces) == box.size
+    assert all(p.intersect(box) == p and p.size <= bound for p in pieces)
+    starts = [p.start for p in pieces]
+    assert starts == sorted(starts) and len(set(starts)) == len(starts)  # in z order, and no two alike
+    for a, b in zip(pieces, pieces[1:]):
+        assert a.intersect(b) is None

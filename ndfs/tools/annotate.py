@@ -58,11 +58,27 @@ class ObjectStats:
                 "centroid_x": round(cx, 3), "centroid_y": round(cy, 3), "centroid_z": round(cz, 3)}
 
 
-def _slabs(box: Box, depth: int):
-    plane = box.shape[1] * box.shape[2]
-    step = max(1, min(box.shape[0], max(depth, SLAB_VOXELS // max(1, plane))))
-    for z in range(box.start[0], box.stop[0], step):
-        yield Box((z, box.start[1], box.start[2]), (min(box.stop[0], z + step), box.stop[1], box.stop[2]))
+def _slabs(box: Box, chunk: Sequence[int]):
+    """The pieces of ``box`` a scan reads one at a time, in z order: slabs of whole planes, at least a chunk
+    deep, of about SLAB_VOXELS; where a chunk-deep slab of whole planes holds more, that slab in tiles of
+    whole chunks in y (and x), so that a scan of planes of any size holds a bounded piece."""
+    depth, cy, cx = (max(1, int(c)) for c in chunk)
+    (z0, y0, x0), (z1, y1, x1) = box.start, box.stop
+    plane = (y1 - y0) * (x1 - x0)
+    if min(depth, z1 - z0) * plane <= SLAB_VOXELS:
+        step = max(1, min(z1 - z0, max(depth, SLAB_VOXELS // max(1, plane))))
+        for z in range(z0, z1, step):
+            yield Box((z, y0, x0), (min(z1, z + step), y1, x1))
+        return
+    rows = SLAB_VOXELS // (depth * (x1 - x0))  # whole rows of the box a tile can hold
+    if rows >= cy:
+        ty, tx = rows - rows % cy, x1 - x0
+    else:
+        ty, tx = cy, max(cx, SLAB_VOXELS // (depth * cy) // cx * cx)
+    for z in range(z0, z1, depth):
+        for y in range(y0, y1, ty):
+            for x in range(x0, x1, tx):
+                yield Box((z, y, x), (min(z1, z + depth), min(y1, y + ty), min(x1, x + tx)))
 
 
 def _index(flat: np.ndarray, wanted: np.ndarray | None, shape: tuple[int, ...]):
@@ -147,8 +163,8 @@ def label_stats(backend: Backend, ref: Sequence[str] | str, box: Box | None = No
                 ids: Sequence[int] | None = None, progress: bool = False) -> dict[int, ObjectStats]:
     """Per non-zero label (or only `ids`) inside `box`: voxel count, tight box, centroid.
 
-    One pass, slab by slab: the next slab is read while one is counted (two slabs of ``SLAB_VOXELS`` in
-    memory at most), and a slab is counted in groups of planes on every core."""
+    One pass, piece by piece (see ``_slabs``): the next piece is read while one is counted (two pieces in
+    memory at most), and a piece is counted in groups of planes on every core."""
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm import tqdm
@@ -164,7 +180,7 @@ def label_stats(backend: Backend, ref: Sequence[str] | str, box: Box | None = No
         wanted = np.array(sorted(i for i in set(map(int, ids)) if bounds is None or bounds.min <= i <= bounds.max),
                           dtype=info.dtype)
     parts = []
-    slabs = list(_slabs(box, lv.chunk_shape[0]))
+    slabs = list(_slabs(box, lv.chunk_shape))
     with tqdm(total=box.shape[0], unit="slice", desc="scanning labels", disable=not progress) as bar, \
             ThreadPoolExecutor(1, thread_name_prefix="ndfs-scan") as reader, \
             ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="ndfs-count") as pool:
@@ -174,7 +190,8 @@ def label_stats(backend: Backend, ref: Sequence[str] | str, box: Box | None = No
             pending = reader.submit(backend.read, ref, slabs[i + 1], level) if i + 1 < len(slabs) else None
             parts.append(_slab_stats(data, slab.start, wanted, pool))
             del data
-            bar.update(slab.shape[0])
+            if slab.stop[1:] == box.stop[1:]:  # the last piece of its planes
+                bar.update(slab.shape[0])
     labels = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, info.dtype)
     if not len(labels):
         return {}
