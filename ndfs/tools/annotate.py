@@ -29,6 +29,7 @@ from typing import Sequence
 import numpy as np
 
 from ndfs.stores.base import Backend, annotations, as_ref
+from ndfs.core.ahead import in_order
 from ndfs.core.errors import BadRegion, InvalidAnnotation
 from ndfs.core.geometry import Box
 
@@ -180,14 +181,10 @@ def label_stats(backend: Backend, ref: Sequence[str] | str, box: Box | None = No
         wanted = np.array(sorted(i for i in set(map(int, ids)) if bounds is None or bounds.min <= i <= bounds.max),
                           dtype=info.dtype)
     parts = []
-    slabs = list(_slabs(box, lv.chunk_shape))
     with tqdm(total=box.shape[0], unit="slice", desc="scanning labels", disable=not progress) as bar, \
-            ThreadPoolExecutor(1, thread_name_prefix="ndfs-scan") as reader, \
             ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="ndfs-count") as pool:
-        pending = reader.submit(backend.read, ref, slabs[0], level) if slabs else None
-        for i, slab in enumerate(slabs):
-            data = pending.result()
-            pending = reader.submit(backend.read, ref, slabs[i + 1], level) if i + 1 < len(slabs) else None
+        for slab, data in in_order(lambda piece: backend.read(ref, piece, level), _slabs(box, lv.chunk_shape),
+                                   name="ndfs-scan"):
             parts.append(_slab_stats(data, slab.start, wanted, pool))
             del data
             if slab.stop[1:] == box.stop[1:]:  # the last piece of its planes

@@ -27,12 +27,12 @@ from __future__ import annotations
 
 import os
 import shutil
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 
+from ndfs.core.ahead import in_order
 from ndfs.core.errors import BackendError, BadInput, BadRegion, NdfsError
 from ndfs.formats import registry
 from ndfs.formats.files import png
@@ -107,16 +107,9 @@ def _slabs(shape, itemsize: int, slab_bytes: int, chunk_z: int) -> list[Box]:
 
 def _stream(read, boxes: Sequence[Box], bar) -> Iterator[tuple[Box, np.ndarray]]:
     """(box, array) in order; the next box is read on a helper thread while the caller writes this one."""
-    if not boxes:
-        return
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ndfs-export") as pool:
-        nxt = pool.submit(read, boxes[0])
-        for i, b in enumerate(boxes):
-            arr = nxt.result()
-            if i + 1 < len(boxes):
-                nxt = pool.submit(read, boxes[i + 1])
-            yield b, arr
-            bar.update(b.shape[0])
+    for b, arr in in_order(read, boxes, name="ndfs-export"):
+        yield b, arr
+        bar.update(b.shape[0])
 
 
 def _remove(path: Path) -> None:

@@ -246,15 +246,7 @@ class DemoVolume:
         if workers <= 1:
             yield from map(one, starts)
             return
-        from collections import deque
-        from concurrent.futures import ThreadPoolExecutor
-        from itertools import islice
+        from ndfs.core.ahead import in_order
 
-        with ThreadPoolExecutor(workers, thread_name_prefix="ndfs-synth") as pool:
-            ahead = deque(pool.submit(one, z0) for z0 in islice(starts, workers))
-            while ahead:
-                done = ahead.popleft().result()
-                nxt = next(starts, None)
-                if nxt is not None:
-                    ahead.append(pool.submit(one, nxt))
-                yield done
+        for _, made in in_order(one, starts, ahead=workers, name="ndfs-synth"):
+            yield made
