@@ -142,6 +142,30 @@ def test_ftruncate_of_an_open_write_handle_cuts_or_empties_what_it_holds(site, m
     np.testing.assert_array_equal(tifffile.imread(path), second)
 
 
+def test_a_landed_write_is_stated_at_the_size_it_reads_at_before_its_handle_is_released(site, mnt):
+    """close() commits and returns before the kernel's release; a stat by the writer in between must
+    show the file as stored (laid out anew by ndfs), not the bytes it wrote. A second descriptor on
+    the same open file holds the release back, so the window is open for as long as the test needs."""
+    data = io.BytesIO()
+    new = noise(SHAPE[1:], seed=13)
+    tifffile.imwrite(data, new)
+    path = mnt / "em" / "0" / "z" / "17.tif"
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+    held = os.dup(fd)  # the same open file: close(fd) flushes and commits, the handle stays
+    try:
+        os.write(fd, data.getvalue())
+        assert os.stat(path).st_size == len(data.getvalue())  # not landed yet: the writer sees its bytes
+        os.close(fd)
+        np.testing.assert_array_equal(oracle(site / "store")[17], new)  # landed
+        stored = path.read_bytes()
+        assert len(stored) != len(data.getvalue())  # ndfs's layout differs, or this test could not fail
+        assert os.stat(path).st_size == len(stored)
+        np.testing.assert_array_equal(tifffile.imread(io.BytesIO(stored)), new)
+    finally:
+        os.close(held)
+    assert os.stat(path).st_size == len(stored)
+
+
 def test_stack_tif_takes_a_whole_level(site, mnt):
     lv2 = oracle(site / "store", level=2)
     new = noise(lv2.shape, seed=7)
@@ -267,6 +291,7 @@ def test_concurrent_readers_never_see_a_torn_slice(site, mnt):
     values = (17, 200)
     tifffile.imwrite(path, np.full(SHAPE[1:], values[0], np.uint8))
     size = os.stat(path).st_size
+    assert size == len(path.read_bytes())
     stop = threading.Event()
     whole, short, torn = [], [], []
 

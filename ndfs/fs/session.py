@@ -200,6 +200,7 @@ class WriteHandle:
         self.file = self.spool.file
         self.loaded = truncate  # the spool holds the content (empty after O_TRUNC)
         self.dirty = False  # written since the last commit
+        self.landed = False  # committed, and nothing written since: the path shows the file as stored
         self.opener = caller.pid
         self.tid = caller.tid
         self.lock = threading.Lock()
@@ -266,7 +267,7 @@ class WriteHandle:
             except NdfsError:
                 self.broken = True  # bytes the writer sent are not in the spool: this file is never committed
                 raise
-            self.dirty = True
+            self.dirty, self.landed = True, False
             return len(data)
 
     def truncate(self, length: int) -> None:
@@ -277,7 +278,7 @@ class WriteHandle:
                 self.file.truncate(length)
             except OSError as exc:
                 raise disk_error(exc, f"{self.path}: spooling the write") from exc
-            self.dirty = True
+            self.dirty, self.landed = True, False
 
     def complete(self) -> bool:
         with self.lock:
@@ -302,6 +303,7 @@ class WriteHandle:
             self.file.flush()
             self.file.seek(0)
             self.node.commit_file(self.file)
+            self.landed = True
             return True
 
     def close(self) -> None:
@@ -384,8 +386,11 @@ class FileSystem:
         with self._lock:
             handle = self.handles.get(fh) if fh is not None else self._writers.get(path)
         # a file being written has the size written so far, for the thread writing it (the kernel
-        # passes no handle on fstat); everyone else sees the file as it is until the write lands
-        if isinstance(handle, WriteHandle) and (fh is not None or caller is None or handle.tid == caller.tid):
+        # passes no handle on fstat); everyone else sees the file as it is until the write lands. Once
+        # it has landed, its path shows the file as stored (ndfs lays it out anew, often at another
+        # size) even before the kernel releases the handle; a descriptor passed in shows its own bytes
+        if isinstance(handle, WriteHandle) and (
+                fh is not None or (not handle.landed and (caller is None or handle.tid == caller.tid))):
             size = handle.size()
             if size is not None:  # None: released meanwhile, the tree has the file as it now is
                 return self.attrs(handle.node, size)
