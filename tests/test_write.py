@@ -153,13 +153,13 @@ def test_a_landed_write_is_stated_at_the_size_it_reads_at_before_its_handle_is_r
     fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
     held = os.dup(fd)  # the same open file: close(fd) flushes and commits, the handle stays
     try:
-        os.write(fd, data.getvalue())
-        assert os.stat(path).st_size == len(data.getvalue())  # not landed yet: the writer sees its bytes
+        os.write(fd, data.getvalue())  # no stat before close: its answer would stay in the kernel's cache
         os.close(fd)
+        stated = os.stat(path).st_size  # at once, as a program that saves and then stats does
         np.testing.assert_array_equal(oracle(site / "store")[17], new)  # landed
         stored = path.read_bytes()
         assert len(stored) != len(data.getvalue())  # ndfs's layout differs, or this test could not fail
-        assert os.stat(path).st_size == len(stored)
+        assert stated == len(stored) and os.stat(path).st_size == len(stored)
         np.testing.assert_array_equal(tifffile.imread(io.BytesIO(stored)), new)
     finally:
         os.close(held)
