@@ -107,6 +107,16 @@ def _tables_fit(k: int, shape: tuple[int, ...], size: int) -> bool:
     return (k + 1) * sum(shape) <= max(size, 2**20)
 
 
+def _combine(which: np.ndarray, k: int, voxels, sums, lo, hi):
+    """Rows grouped by ``which`` (0..k-1) into k: voxels and coordinate sums added, the least low corner and
+    the greatest high corner kept. Per voxel (voxels 1, each corner its coordinates) or per slab's label."""
+    out = (np.zeros(k, np.int64), np.zeros((k, 3), np.int64),
+           np.full((k, 3), np.iinfo(np.int64).max), np.full((k, 3), np.iinfo(np.int64).min))
+    for ufunc, total, rows in zip((np.add, np.add, np.minimum, np.maximum), out, (voxels, sums, lo, hi)):
+        ufunc.at(total, which, rows)
+    return out
+
+
 def _slab_stats(data: np.ndarray, start: tuple[int, int, int], wanted: np.ndarray | None, pool=None):
     """Per label present in one slab: (labels, voxels, coordinate sums, low corner, high corner), arrays
     of K and (K, 3), in the slab's dataset coordinates (``start`` is its corner); ``pool``: an executor
@@ -145,15 +155,9 @@ def _slab_stats(data: np.ndarray, start: tuple[int, int, int], wanted: np.ndarra
         hi = np.stack([p.shape[1] - p[:, ::-1].argmax(axis=1) for p in present], axis=1) + origin
     else:  # many labels in a long, thin slab: a coordinate per counted voxel
         where = np.flatnonzero(idx < k)
-        which = idx[where]
         coords = np.stack(np.unravel_index(where, shape), axis=1) + origin
-        voxels = np.bincount(which, minlength=k)
-        sums = np.zeros((k, 3), np.int64)
-        lo, hi = np.full((k, 3), np.iinfo(np.int64).max), np.full((k, 3), np.iinfo(np.int64).min)
-        for axis in range(3):
-            np.add.at(sums[:, axis], which, coords[:, axis])
-            np.minimum.at(lo[:, axis], which, coords[:, axis])
-            np.maximum.at(hi[:, axis], which, coords[:, axis] + 1)
+        voxels, sums, lo, hi = _combine(idx[where], k, 1, coords, coords, coords)
+        hi += 1
     keep = (voxels > 0) & (labels != 0)
     if wanted is not None:
         keep &= np.isin(labels, wanted)
@@ -193,12 +197,7 @@ def label_stats(backend: Backend, ref: Sequence[str] | str, box: Box | None = No
     if not len(labels):
         return {}
     uniq, inv = np.unique(labels, return_inverse=True)
-    voxels, sums = np.zeros(len(uniq), np.int64), np.zeros((len(uniq), 3), np.int64)
-    lo, hi = np.full((len(uniq), 3), np.iinfo(np.int64).max), np.full((len(uniq), 3), np.iinfo(np.int64).min)
-    np.add.at(voxels, inv, np.concatenate([p[1] for p in parts]))
-    np.add.at(sums, inv, np.concatenate([p[2] for p in parts]))
-    np.minimum.at(lo, inv, np.concatenate([p[3] for p in parts]))
-    np.maximum.at(hi, inv, np.concatenate([p[4] for p in parts]))
+    voxels, sums, lo, hi = _combine(inv, len(uniq), *(np.concatenate([p[i] for p in parts]) for i in range(1, 5)))
     return {int(label): ObjectStats(int(label), int(n), Box(tuple(map(int, a)), tuple(map(int, b))),
                                     tuple(float(v) for v in s / n))
             for label, n, s, a, b in zip(uniq.tolist(), voxels, sums, lo, hi)}
