@@ -1756,7 +1756,8 @@ def api_count(env: Env, res: Results) -> None:
         values = np.unique(labels, return_counts=True)[0]
         return int(np.count_nonzero(values)), time.perf_counter() - t
 
-    if ours()[0] != numpy_unique()[0]:
+    cells = ours()[0]
+    if cells != numpy_unique()[0]:
         raise RuntimeError("ndfs.count and numpy count different numbers of cells")
     times = {"ndfs": [], "numpy": []}
     for i in range(max(3, env.plan.repeats)):
@@ -1768,7 +1769,7 @@ def api_count(env: Env, res: Results) -> None:
     mib = np.prod(shape) * 8 / MiB
     res.add(Row("A9", f"count the cells of a {mib:.0f} MiB uint64 label channel (voxels, box, centroid each)",
                 f"{tn:.2f} s", f"{tu:.2f} s np.unique", tn / tu, "<= 1.0", tn / tu <= 1.0))
-    env.note(f"A9: {ours()[0]} cells; np.unique gives counts only, over the channel read whole by tensorstore")
+    env.note(f"A9: {cells} cells; np.unique gives counts only, over the channel read whole by tensorstore")
 
 
 def run_api(plan: Plan) -> int:
