@@ -41,7 +41,7 @@ from ndfs.serve.boss import BossApp
 from ndfs.serve.common import WsgiServer
 from ndfs.serve.dvid import DvidApp
 from ndfs.serve.neurodata import NeuroDataApp
-from ndfs.testing.mount import fuse_unavailable, mounted, ndfs
+from ndfs.testing.mount import fuse_unavailable, mounted, ndfs, wait_until
 from ndfs.testing.reference import OFFSET, build_reference_store
 from ndfs.testing.serve import served
 
@@ -162,6 +162,10 @@ def test_a_debug_mount_with_tokens_leaks_them_nowhere(store, guarded, tmp_path, 
             fh.write(_tiff(np.full((70, 90), 5, np.uint8)))
             with pytest.raises(OSError):  # a write that fails: it waits in the outbox
                 fh.close()
+            # close() returns before the kernel's release, which removes the write's spool file: wait
+            # for it, so that what is listed is what stays (the spool holds only the written bytes)
+            spool = tmp_path / "outbox" / "spool"
+            assert wait_until(lambda: not any(spool.iterdir())), "the failed write's spool file was never removed"
             outbox_files = [p for p in (tmp_path / "outbox").rglob("*") if p.is_file()]
             assert outbox_files  # the failed write is kept there, with where it goes: never the token
             seen += [p.read_bytes().decode("latin-1") for p in outbox_files]
