@@ -358,23 +358,27 @@ def test_fetch_in_flight_during_a_write_does_not_cache_stale_data(store, make, d
         np.testing.assert_array_equal(make(LocalBackend(path), disk=True).read(REF, box, 0), new)
 
 
-def test_write_landing_while_a_chunk_is_stored_on_disk_takes_it_back_out(store, make, monkeypatch):
+def test_a_write_landing_while_a_chunk_is_stored_on_disk_drops_it_after_the_store(store, make, monkeypatch):
     path, data, _ = store
     cached = make(LocalBackend(path), disk=True, memory_bytes=0)
     box = Box((0, 0, 0), (8, 32, 32))
     new = (data[box.slices()] ^ 0xFF).astype(np.uint8)
     real_set, fired = cached._disk.set, []
 
-    def set_with_a_write_first(key, value, **kw):  # the write lands just before the store
+    def set_with_a_write_racing(key, value, **kw):  # the write lands as the old chunk is being stored
         if not fired:
-            fired.append(key)
-            cached.write(REF, box, 0, new)
+            writer = threading.Thread(target=cached.write, args=(REF, box, 0, new))
+            fired.append(writer)
+            writer.start()
+            writer.join(0.5)  # it writes the store, then waits for this store before it drops the chunk
         return real_set(key, value, **kw)
 
-    monkeypatch.setattr(cached._disk, "set", set_with_a_write_first)
+    monkeypatch.setattr(cached._disk, "set", set_with_a_write_racing)
     np.testing.assert_array_equal(cached.read(REF, box, 0), data[box.slices()])
-    assert cached.wait_idle(10)  # the disk store (and the write racing it) runs on the disk thread
+    assert cached.wait_idle(10)  # the disk store runs on the disk thread
     assert fired
+    fired[0].join(10)
+    assert not fired[0].is_alive()
     np.testing.assert_array_equal(cached.read(REF, box, 0), new)
     np.testing.assert_array_equal(make(LocalBackend(path), disk=True).read(REF, box, 0), new)
 

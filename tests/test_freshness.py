@@ -9,7 +9,11 @@ never times.
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
+import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -134,6 +138,89 @@ def test_a_change_is_seen_within_max_age_and_fetched_again_twice_then_kept(servi
     cache.read(REF, PLANE, 0)
     assert service.reads == 3 and service.checks == 4
     assert cache.cache_stats()["changed_remotely"] == 1
+
+
+class _HeldDisk:
+    """The disk tier, with each chunk's store held at two gates: before the entry is written
+    (``go``) and after it (``on``); ``stored`` is set once an entry is in. Everything else passes."""
+
+    def __init__(self, disk):
+        self.disk = disk
+        self.go, self.on, self.stored, self.waiting = (threading.Event() for _ in range(4))
+
+    def set(self, key, value, **kw):
+        if not key.startswith('["fake:test"'):  # the state record, not a chunk
+            return self.disk.set(key, value, **kw)
+        self.waiting.set()
+        self.go.wait(10)
+        done = self.disk.set(key, value, **kw)
+        self.stored.set()
+        self.on.wait(10)
+        return done
+
+    def __getattr__(self, name):
+        return getattr(self.disk, name)
+
+
+def test_a_fetch_from_before_a_change_never_reaches_a_reader_through_the_disk_tier(service, caches):
+    """A chunk fetched before the check saw a change is still being stored on disk when the change is
+    dropped. Its entry must not show to a reader, not even for a moment: that reader would keep the
+    old pixels in memory until the next change."""
+    cache = caches(service, max_age_s=5.0)
+    held = cache._disk = _HeldDisk(cache._disk)
+    before = cache.read(REF, PLANE, 0)  # fetched; its store on disk waits at the first gate
+    assert held.waiting.wait(10)
+    service.data[3] = 7
+    service.token = ("mut", 2)
+    cache._clock.now += 5.1
+    # if the check has to wait for the store, the gates open by themselves; either way the store goes on
+    threading.Timer(0.5, lambda: (held.go.set(), held.on.set())).start()
+    cache.version(REF)  # the check sees the change and drops what is cached
+    held.go.set()
+    held.stored.wait(10)  # the old chunk's entry is written now (or it never will be)
+    try:
+        fresh = cache.read(REF, PLANE, 0)
+    finally:
+        held.on.set()
+    assert not np.array_equal(before, fresh)
+    assert (fresh == 7).all()
+    assert cache.wait_idle(10)
+    assert (cache.read(REF, PLANE, 0) == 7).all()  # nor later, from memory
+    assert service.reads == 2
+
+
+def test_a_fetch_from_before_another_process_s_write_never_reaches_a_reader_through_the_disk_tier(
+        service, caches, tmp_path):
+    """The same race with a write made by another process sharing the disk tier: its invalidation (stamp
+    moved, the written chunks deleted) comes while this process still stores the old chunks."""
+    cache = caches(service, max_age_s=None)  # no checks: only the shared stamp tells of the write
+    held = cache._disk = _HeldDisk(cache._disk)
+    before = cache.read(REF, PLANE, 0)
+    assert held.waiting.wait(10)
+    service.data[3] = 9  # the other process writes the plane, then drops it from the shared disk tier
+    writer = f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+import numpy as np
+from test_freshness import PLANE, REF, SHAPE, Service
+from ndfs.cache import CachedBackend
+cache = CachedBackend(Service(np.zeros(SHAPE, np.uint8)), namespace="fake:test", prefetch=False,
+                      disk_dir={str(tmp_path / "cache")!r})
+cache.invalidate(REF, PLANE, 0)
+cache.close()
+"""
+    threading.Timer(2.0, lambda: (held.go.set(), held.on.set())).start()
+    subprocess.run([sys.executable, "-c", writer], check=True, timeout=60)
+    held.go.set()
+    held.stored.wait(10)
+    try:
+        fresh = cache.read(REF, PLANE, 0)
+    finally:
+        held.on.set()
+    assert not np.array_equal(before, fresh)
+    assert (fresh == 9).all()
+    assert cache.wait_idle(10)
+    assert (cache.read(REF, PLANE, 0) == 9).all()
 
 
 def test_a_final_volume_is_asked_once_and_never_again(service, caches):

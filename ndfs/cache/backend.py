@@ -21,8 +21,7 @@ Writes go through. While one is under way its region (on every level it
 affects) is neither served from nor stored in either tier; afterwards
 ``invalidate`` bumps the volume's epoch and drops the affected chunks of
 every level from both tiers and from the flight map. A fetch stores its
-chunks only if the epoch it started under is still current (and takes a
-disk entry back out if the epoch moved while writing it), so a fetch racing
+chunks only if the epoch it started under is still current, so a fetch racing
 a write cannot leave stale data behind in this process.
 
 Other processes (mounts, scripts) hear of a write through a write stamp
@@ -31,8 +30,17 @@ for remote services ``invalidate`` moves one beside the shared disk tier
 before it deletes disk entries. Every read first compares the volume's stamp
 with the last one seen and, when it moved, drops the volume from memory
 (the volume's version token, :meth:`version`, moves with it, so a mount drops
-its files too). A fetch that spans another process's write takes its disk
-entry back out, as for an epoch change. Writes made outside ndfs are seen
+its files too). A fetch that spans another process's write is not stored,
+as for an epoch change.
+
+Storing fetched chunks on disk and dropping them are kept apart by a lock
+file beside each stamp (:class:`ndfs.core.locks.FileVolumeLock`): a group of
+chunks is checked (epoch, stamp) and written under the shared lock, and a drop
+moves the stamp and deletes entries under the exclusive one, in every process
+that shares the disk tier. So an entry fetched before a drop is either
+written before it (and deleted by it) or never written: no reader, here or
+elsewhere, ever sees it, not even for the moment between its write and a
+look that takes it back out. Writes made outside ndfs are seen
 within ``max_age_s`` (when set): volumes whose store has a change signal
 (DVID) are checked that often and dropped when they changed, volumes of a
 locked DVID node are kept for good, and the rest expire in clock-aligned
@@ -48,6 +56,7 @@ import logging
 import os
 import threading
 import time
+from contextlib import ExitStack, contextmanager
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Sequence
@@ -63,7 +72,7 @@ from ndfs.cache.fresh import Freshness
 from ndfs.cache.plan import Index, affected_regions, group_chunks
 from ndfs.core.errors import BackendError, ConfigError, NdfsError
 from ndfs.core.geometry import Box, ChunkGrid
-from ndfs.core.locks import z_planes
+from ndfs.core.locks import EVERY_PLANE, FileVolumeLock, z_planes
 
 log = logging.getLogger("ndfs.cache")
 MiB = 2**20
@@ -451,14 +460,19 @@ class CachedBackend(Freshness, WrappingBackend):
         self._store_on_disk(ref, level, members, chunks, False)
 
     def _store_on_disk(self, ref, level, members, chunks, queued: bool) -> None:
-        """Put fetched chunks in the disk tier (unless invalidated meanwhile), then end their flights."""
+        """Put fetched chunks in the disk tier (unless invalidated meanwhile), then end their flights.
+        Checked and written under the volume's entries lock, shared: a drop comes before or after."""
         try:
             disk = self._disk
-            for idx, f, chunk in chunks:
-                with self._lock:
-                    current = f.epoch == self.epoch(ref) and not self._being_written(ref, level, idx)
-                if disk is not None and current:
-                    self._disk_put(disk, ref, level, idx, chunk, f)
+            if disk is not None:
+                with self._entries_lock(ref, exclusive=False):
+                    gen = self.generation(ref)
+                    for idx, f, chunk in chunks:
+                        with self._lock:
+                            current = (f.epoch == self.epoch(ref) and f.gen == gen
+                                       and not self._being_written(ref, level, idx))
+                        if current:
+                            self._disk_put(disk, ref, level, idx, chunk, f)
         finally:
             self._release(ref, level, members)
             if queued:
@@ -466,11 +480,8 @@ class CachedBackend(Freshness, WrappingBackend):
                     self._disk_queued -= 1
 
     def _disk_put(self, disk, ref, level, idx, chunk, flight: _Flight) -> None:
-        """Store one chunk's payload; take it back out if an invalidation raced the fetch or the store.
-
-        Another process's write is seen through the shared stamp, which it moves before it
-        deletes its chunks from the disk tier: looking after our store closes the race.
-        """
+        """Store one chunk's payload (the caller checked it is current, under the entries lock); take it
+        back out if an invalidation got past that lock (its file could not be locked)."""
         key = self.disk_key(ref, level, idx)
         window = self._window(ref)
         expire = None if window is None else (window + 1) * self.max_age_s - time.time()
@@ -668,6 +679,24 @@ class CachedBackend(Freshness, WrappingBackend):
     def _stamp_path(self, ref: VolumeRef) -> Path:
         return self._stamps / stamp.stamp_name(self.namespace, ref)
 
+    @contextmanager
+    def _entries_lock(self, ref: VolumeRef, exclusive: bool):
+        """The volume's disk entries, locked for every process sharing the disk tier: shared to check
+        and store fetched chunks, exclusive to move the stamp and drop entries (see the module doc).
+        Where the lock file cannot be used, goes on unlocked (a store then takes a raced entry back out)."""
+        with ExitStack() as held:
+            if self._stamps is not None:
+                path = self._stamp_path(ref)
+                lock = FileVolumeLock(path.with_name(path.name + ".lock"))
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    held.enter_context(lock.writing(*EVERY_PLANE) if exclusive else lock.reading(*EVERY_PLANE))
+                except (OSError, NdfsError) as exc:
+                    level = logging.DEBUG if "entries lock" in self._warned else logging.WARNING
+                    self._warned.add("entries lock")
+                    log.log(level, "cannot lock the disk entries of %s, going on without: %s", "/".join(ref), exc)
+            yield
+
     def generation(self, ref):
         """The inner backend's write stamp (the local store), else the stamp this cache shares
         with other processes beside its disk tier (remote services); None without either."""
@@ -729,23 +758,24 @@ class CachedBackend(Freshness, WrappingBackend):
         """
         ref = as_ref(ref)
         ranges = None if box is None else self._ranges(ref, box, level or 0)
-        self._signal(ref)  # before the disk entries go: see _disk_put
-        with self._lock:
-            self._forget_memory(ref, self._hit(ref, ranges))
-        disk = self._disk
-        if disk is None:
-            return
-        n = sum(int(np.prod([b - a for a, b in zip(*r)])) for r in ranges.values()) if ranges else 0
-        try:
-            if ranges is None or n > self.disk_evict_limit:
-                disk.evict(self._tag(ref))
-            else:
-                for lv, (lo, hi) in ranges.items():
-                    for idx in itertools.product(*(range(a, b) for a, b in zip(lo, hi))):
-                        disk.delete(self.disk_key(ref, lv, idx))
-        except Exception as exc:  # never serve what we could not forget
-            log.error("disk cache invalidation failed, disabling the disk tier here: %s", exc)
-            self._disk = None
+        with self._entries_lock(ref, exclusive=True):
+            self._signal(ref)  # before the disk entries go: see _disk_put
+            with self._lock:
+                self._forget_memory(ref, self._hit(ref, ranges))
+            disk = self._disk
+            if disk is None:
+                return
+            n = sum(int(np.prod([b - a for a, b in zip(*r)])) for r in ranges.values()) if ranges else 0
+            try:
+                if ranges is None or n > self.disk_evict_limit:
+                    disk.evict(self._tag(ref))
+                else:
+                    for lv, (lo, hi) in ranges.items():
+                        for idx in itertools.product(*(range(a, b) for a, b in zip(lo, hi))):
+                            disk.delete(self.disk_key(ref, lv, idx))
+            except Exception as exc:  # never serve what we could not forget
+                log.error("disk cache invalidation failed, disabling the disk tier here: %s", exc)
+                self._disk = None
 
     def _ranges(self, ref: VolumeRef, box: Box, level: int) -> dict:
         """The chunk index range a box at ``level`` maps to on every level it affects."""

@@ -65,7 +65,7 @@ class Check:
 class Freshness:
     """Mixed into :class:`~ndfs.cache.backend.CachedBackend`: per-volume checks and windows (see the module
     doc). Uses the cache's ``inner``, ``max_age_s``, ``_lock``, ``_disk``, ``_forget_memory``, ``_signal``,
-    ``_tag``, ``_seen`` and ``generation``."""
+    ``_entries_lock``, ``_tag``, ``_seen`` and ``generation``."""
 
     def _init_freshness(self) -> None:
         self._checks: dict[VolumeRef, Check] = {}
@@ -146,22 +146,23 @@ class Freshness:
         them (and stamped the change) and they stay."""
         record = json.dumps(["state", self.namespace, list(ref)], separators=(",", ":"))
         value = json.dumps(list(token), separators=(",", ":"), default=str)
-        disk = self._disk
-        held = None if disk is None else self._disk_op("get", lambda: disk.get(record))
-        if disk is not None and (always or held != value):
-            self._signal(ref)  # before the entries go: a fetch racing this takes its entry back out
-            try:
-                disk.evict(self._tag(ref))
-                disk.set(record, value, tag=self._tag(ref))
-            except Exception as exc:  # never serve what we could not forget
-                log.error("disk cache eviction failed, disabling the disk tier here: %s", exc)
-                self._disk = None
-        elif disk is None and changed:
-            self._signal(ref)
-        if changed or always or disk is not None and held != value:
-            with self._lock:
-                self._forget_memory(ref, None)
-            self.forget_info(ref)
+        with self._entries_lock(ref, exclusive=True):  # a fetch from before is stored before this, or never
+            disk = self._disk
+            held = None if disk is None else self._disk_op("get", lambda: disk.get(record))
+            if disk is not None and (always or held != value):
+                self._signal(ref)
+                try:
+                    disk.evict(self._tag(ref))
+                    disk.set(record, value, tag=self._tag(ref))
+                except Exception as exc:  # never serve what we could not forget
+                    log.error("disk cache eviction failed, disabling the disk tier here: %s", exc)
+                    self._disk = None
+            elif disk is None and changed:
+                self._signal(ref)
+            if changed or always or disk is not None and held != value:
+                with self._lock:
+                    self._forget_memory(ref, None)
+                self.forget_info(ref)
         gen = self.generation(ref)
         with self._lock:  # what is held is current now: the next look is no change (see _sync)
             self._seen[ref] = (gen, None, token)

@@ -39,6 +39,8 @@ from ndfs.core.errors import BackendError, NdfsError, NotFound
 
 #: byte offset of plane 0 in a lock file: planes may be negative (dataset offsets)
 BASE = 2**62
+#: ``(z0, z1)`` covering every plane a volume can have: for locks over the whole volume
+EVERY_PLANE = (-(2**61), 2**61)
 
 
 def z_planes(info, box, level: int) -> tuple[int, int]:
