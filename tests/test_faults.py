@@ -345,6 +345,8 @@ def test_a_cache_directory_deleted_under_a_running_mount_changes_no_read(store, 
         _read_every_plane(_channel_dir(tmp_path / "mnt", PROTOCOLS["neurodata"], "em8") / "0", oracle, "em8", 0)
         os.kill(pid, 0)  # the daemon is alive
         assert is_mounted(tmp_path / "mnt")
+        # never brought back: a new database there would make each new thread's connection wait on it
+        assert not (tmp_path / "cache").exists()
     assert wait_until(lambda: not is_mounted(tmp_path / "mnt"))
     assert "Traceback" not in (tmp_path / "mount.log").read_text()
 

@@ -168,6 +168,11 @@ class CachedBackend(Freshness, WrappingBackend):
                 log.warning("disk cache %s is unusable, caching in memory only: %s", disk_dir, exc)
         # write stamps of remote volumes, shared like the disk tier (the local store keeps its own)
         self._stamps = None if self._disk is None else self.disk_dir / "stamps"
+        if self._stamps is not None:
+            try:  # here, once: never later, which would bring back a cache dir deleted under a mount
+                self._stamps.mkdir(exist_ok=True)
+            except OSError as exc:
+                log.warning("cannot make %s: changes are not shared with other processes: %s", self._stamps, exc)
 
     def __repr__(self) -> str:
         return f"CachedBackend({self.inner!r}, namespace={self.namespace!r})"
@@ -689,7 +694,6 @@ class CachedBackend(Freshness, WrappingBackend):
                 path = self._stamp_path(ref)
                 lock = FileVolumeLock(path.with_name(path.name + ".lock"))
                 try:
-                    path.parent.mkdir(parents=True, exist_ok=True)
                     held.enter_context(lock.writing(*EVERY_PLANE) if exclusive else lock.reading(*EVERY_PLANE))
                 except (OSError, NdfsError) as exc:
                     level = logging.DEBUG if "entries lock" in self._warned else logging.WARNING
@@ -741,7 +745,7 @@ class CachedBackend(Freshness, WrappingBackend):
         if self._stamps is None:
             return
         try:
-            stamp.bump(self._stamp_path(ref), make_parents=True)
+            stamp.bump(self._stamp_path(ref))
         except OSError as exc:
             log.warning("cannot stamp the change of %s for other processes: %s", "/".join(ref), exc)
 
