@@ -458,8 +458,9 @@ def test_a_stamp_never_brings_back_a_deleted_volume(tmp_path):
     with pytest.raises(FileNotFoundError):
         stamp.bump(tmp_path / "gone" / "stamp")
     assert not (tmp_path / "gone").exists()
-    stamp.bump(tmp_path / "made" / "stamp", make_parents=True)
-    stamp.bump(tmp_path / "made" / "stamp", make_parents=True)
+    (tmp_path / "made").mkdir()
+    stamp.bump(tmp_path / "made" / "stamp")
+    stamp.bump(tmp_path / "made" / "stamp")
     assert stamp.read(tmp_path / "made" / "stamp")[1] == 2 and stamp.read(tmp_path / "gone" / "stamp") is None
 
 

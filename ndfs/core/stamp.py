@@ -13,25 +13,18 @@ from __future__ import annotations
 
 import hashlib
 import os
-from pathlib import Path
 from typing import Sequence
 
 Stamp = tuple[int, int, int]
 
 
-def bump(path: str | os.PathLike, make_parents: bool = False) -> None:
-    """Record one write, creating the file (and with ``make_parents`` its directory) if needed.
+def bump(path: str | os.PathLike) -> None:
+    """Record one write, creating the file if needed.
 
-    Without ``make_parents`` a missing directory is FileNotFoundError: a stamp must not
-    bring back the directory of a volume that was just deleted.
+    A missing directory is FileNotFoundError: a stamp must not bring back the directory of a
+    volume that was just deleted, nor a cache dir deleted under a mount.
     """
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    except FileNotFoundError:
-        if not make_parents:
-            raise
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, b".")
     finally:
